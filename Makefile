@@ -1,0 +1,29 @@
+# The README's two commands: `make sweep` (set up + demo sweep) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STUDY ?= demo
+TRIALS ?= 8
+EXPORT ?= demo-config.json
+
+.PHONY: sweep test install clean-study
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing (the first install builds llama-cpp-python from source: about 5 minutes on 2 cores)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+sweep: $(VENV)/.installed
+	$(BIN)/sweep models quantize smollm2-135m --to Q8_0
+	$(BIN)/sweep run search_spaces/demo.yaml --study $(STUDY) --trials $(TRIALS)
+	$(BIN)/sweep export --study $(STUDY) -o $(EXPORT) --allow-infeasible
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+clean-study:
+	rm -f studies.db

@@ -1,0 +1,30 @@
+"""sweep: find out whether a local LLM can run in the background, invisible and still correct.
+
+The public names below are imported on first use, so ``import sweep`` and
+``sweep --help`` stay fast (Optuna, pydantic and SQLAlchemy load only when needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import ExportError, ModelError, SpaceError, StudyError, SweepError, TaskFileError
+
+_LAZY = {
+    "ModelFile": "models", "Registry": "models",
+    "Outcome": "records", "TrialConfig": "records", "TrialSettings": "records",
+    "choose": "results", "export_record": "results", "pareto_front": "results", "rows": "results",
+    "run_trial": "runner",
+    "Space": "space", "load_space": "space",
+    "load_study": "study", "run_study": "study",
+    "Task": "tasks", "load_tasks": "tasks", "score": "tasks", "stratified_subset": "tasks",
+}
+
+__all__ = sorted(["ExportError", "ModelError", "SpaceError", "StudyError", "SweepError", "TaskFileError", *_LAZY])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'sweep' has no attribute {name!r}")

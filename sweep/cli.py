@@ -1,0 +1,241 @@
+"""The ``sweep`` command line: each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import SweepError
+
+
+def parse_duration(text: str) -> float:
+    """'8h', '30m', '1h30m', '90s' or a bare number of seconds."""
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not parts or not any(parts.groups()):
+        raise click.BadParameter(f"{text!r} is not a duration like 8h, 30m, 1h30m or 90s")
+    h, m, s = (int(g or 0) for g in parts.groups())
+    return h * 3600 + m * 60 + s
+
+
+class _Group(click.Group):
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        debug = "--debug" in sys.argv
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(2)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except SweepError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; the trial in flight was recorded as failed (interrupted)", err=True)
+            sys.exit(130)
+        except Exception as exc:  # an internal error: say so, keep the traceback for --debug
+            if debug:
+                traceback.print_exc()
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+storage_option = click.option("--storage", envvar="SWEEP_STORAGE", default=None,
+                              help="Study storage URL [default: sqlite:///studies.db; env SWEEP_STORAGE].")
+models_dir_option = click.option("--models-dir", envvar="SWEEP_MODELS_DIR", type=click.Path(file_okay=False),
+                                 default=None, help="A directory of your own GGUF files [env SWEEP_MODELS_DIR].")
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def main(debug: bool) -> None:
+    """sweep: find a local-LLM configuration that stays invisible and is still correct."""
+
+
+@main.command()
+@click.argument("space", type=click.Path(path_type=Path))
+@click.option("--study", "study_name", default=None, help="Study name [default: the space's name].")
+@click.option("--trials", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Finished trials the study should hold; re-running continues to this count.")
+@click.option("--timeout", "timeout", default=None, help="Wall-clock bound such as 8h; the trial in flight finishes.")
+@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None, help="Your own JSONL task file.")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@storage_option
+@models_dir_option
+def run(space: Path, study_name: str | None, trials: int, timeout: str | None, tasks_file: Path | None,
+        quiet: bool, storage: str | None, models_dir: str | None) -> None:
+    """Run (or continue) a sweep of SPACE into the study."""
+    from .display import front_table, progress_line
+    from .results import pareto_front, rows
+    from .space import load_space
+    from .storage import storage_url
+    from .study import run_study
+    from .tasks import load_tasks
+
+    timeout_s = parse_duration(timeout) if timeout else None
+    sp = load_space(space, models_dir)  # everything is validated before the study is touched
+    tasks = load_tasks(tasks_file)
+    url = storage_url(storage)
+    name = study_name or sp.name
+    on_progress = None if quiet else (lambda p: click.echo(progress_line(p)))
+    study = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=on_progress)
+    all_rows = rows(study)
+    failed = [r for r in all_rows if r["state"] == "FAIL"]
+    click.echo(f"\nstudy {name!r} in {url}: {len(all_rows)} finished trials, {len(failed)} failed, "
+               f"{sum(r['feasible'] for r in all_rows)} meet every budget")
+    front, feasible = pareto_front(study)
+    if front:
+        click.echo("Pareto front" + ("" if feasible else " (no trial meets every budget; front ignoring budgets)") + ":")
+        click.echo(front_table(front, study.user_attrs["objectives"]))
+
+
+@main.command()
+@click.option("--study", "study_name", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@storage_option
+def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
+    """Print the study's Pareto front."""
+    from .display import front_table
+    from .results import pareto_front
+    from .storage import require_existing, storage_url
+    from .study import load_study
+
+    url = storage_url(storage)
+    require_existing(url)
+    study = load_study(url, study_name)
+    front, feasible = pareto_front(study)
+    if as_json:
+        click.echo(json.dumps({"study": study_name, "feasible_front": feasible, "objectives": study.user_attrs["objectives"],
+                               "front": front}, indent=2))
+        return
+    if not front:
+        raise SweepError(f"study {study_name!r} has no complete trial yet")
+    if not feasible:
+        click.echo("No trial meets every budget; this is the front ignoring budgets.")
+    click.echo(front_table(front, study.user_attrs["objectives"]))
+
+
+@main.command()
+@click.option("--study", "study_name", required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="File to write (JSON).")
+@click.option("--trial", "trial_number", type=int, default=None, help="Export this trial instead of the policy's pick.")
+@click.option("--allow-infeasible", is_flag=True, help="Export the closest trial when none meets every budget.")
+@storage_option
+def export(study_name: str, output: Path, trial_number: int | None, allow_infeasible: bool, storage: str | None) -> None:
+    """Write the chosen configuration, with provenance, to a file."""
+    from .results import choose, export_record
+    from .storage import require_existing, storage_url
+    from .study import load_study
+
+    url = storage_url(storage)
+    require_existing(url)
+    study = load_study(url, study_name)
+    row = choose(study, allow_infeasible=allow_infeasible, trial=trial_number)
+    record = export_record(study, row, url)
+    output.write_text(json.dumps(record, indent=2) + "\n")
+    click.echo(f"exported trial {row['number']} of study {study_name!r} to {output}")
+    for name, b in record["budgets"].items():
+        bound = f"<= {b['max']}" if "max" in b else f">= {b['min']}"
+        value = "missing" if b["value"] is None else f"{b['value']:.4g}"
+        click.echo(f"  {'met ' if b['met'] else 'OVER'} {name} {bound}: {value}")
+    click.echo(record["llama_server"])
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None)
+@click.option("--prompts", type=click.IntRange(min=1), default=None, help="Override the number of prompts.")
+@click.option("--idle", "idle_seconds", type=click.FloatRange(min=0), default=None, help="Override the idle window (s).")
+def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: int | None, idle_seconds: float | None) -> None:
+    """Run one configuration (a trial config or an exported file) outside any study."""
+    from dataclasses import replace
+
+    from .display import figures_table
+    from .records import TrialConfig, TrialSettings
+    from .runner import run_trial
+    from .tasks import load_tasks, stratified_subset
+
+    try:
+        data = json.loads(config_file.read_text())
+        config = TrialConfig.from_dict(data.get("config", data))
+    except FileNotFoundError:
+        raise SweepError(f"{config_file}: no such file") from None
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise SweepError(f"{config_file}: not a trial configuration ({exc})") from None
+    if not Path(config.model_path).is_file():
+        raise SweepError(f"{config_file}: model file {config.model_path} does not exist")
+    settings = TrialSettings.from_dict(data["settings"]) if data.get("settings") else TrialSettings()
+    settings = replace(settings, prompts=prompts or settings.prompts,
+                       idle_seconds=settings.idle_seconds if idle_seconds is None else idle_seconds)
+    outcome = run_trial(config, settings, stratified_subset(load_tasks(tasks_file), settings.prompts))
+    if as_json:
+        click.echo(json.dumps({"ok": outcome.ok, "reason": outcome.reason, "detail": outcome.detail,
+                               "figures": outcome.figures, "by_kind": outcome.by_kind}, indent=2))
+    else:
+        click.echo(figures_table(outcome.figures))
+        if not outcome.ok:
+            click.echo(f"trial failed: {outcome.reason}: {outcome.detail}")
+    if not outcome.ok:
+        sys.exit(1)
+
+
+@main.group()
+def models() -> None:
+    """List and derive models."""
+
+
+@models.command("list")
+@models_dir_option
+def models_list(models_dir: str | None) -> None:
+    """Show every model and quantization available."""
+    from .display import table
+    from .models import Registry
+
+    files = Registry(models_dir).files()
+    body = [[n, q, m.source, m.chat_format or "(from GGUF)", f"{m.size_bytes / 1e6:.0f} MB", str(m.path)]
+            for (n, q), m in sorted(files.items())]
+    click.echo(table(body, ["model", "quant", "source", "chat format", "size", "path"]))
+
+
+@models.command("quantize")
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Comma-separated quantizations, e.g. Q8_0,Q4_0.")
+@models_dir_option
+def models_quantize(name: str, to: str, models_dir: str | None) -> None:
+    """Derive quantized variants of NAME with llama.cpp's quantize API."""
+    from .models import Registry
+
+    for m in Registry(models_dir).quantize(name, [q.strip() for q in to.split(",") if q.strip()]):
+        click.echo(f"{m.name}:{m.quant}  {m.size_bytes / 1e6:.0f} MB  {m.path}")
+
+
+@main.group()
+def tasks() -> None:
+    """Check task files."""
+
+
+@tasks.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+def tasks_check(file: Path) -> None:
+    """Validate a JSONL task file."""
+    from collections import Counter
+
+    from .tasks import load_tasks
+
+    loaded = load_tasks(file)
+    kinds = Counter(t.kind for t in loaded)
+    click.echo(f"{file}: {len(loaded)} tasks ok ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")

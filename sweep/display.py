@@ -1,0 +1,62 @@
+"""Text for people: trial lines, the front as a table, a trial's figures.
+
+Every CPU figure is printed with its unit and the W and N it rests on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .metrics import METRICS
+from .study import Progress
+
+
+def config_summary(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "?"
+    cpus = ",".join(map(str, c["cpus"])) if c.get("cpus") else "any"
+    out = (f"{c['model']}:{c['quant']} t={c['n_threads']}/{c['n_threads_batch']} b={c['n_batch']}/{c['n_ubatch']} "
+           f"ctx={c['n_ctx']} cpus={cpus} nice={c['nice']} {c['sched_policy']}")
+    return out + (f" omp={c['omp_wait_policy']}" if c.get("omp_wait_policy") else "")
+
+
+def figures_summary(f: dict[str, float]) -> str:
+    if "correctness" not in f:
+        return ""
+    return (f"correct {f['correctness']:.2f} | CPU p99 {f.get('cpu_active_p99_share_pct', float('nan')):.1f}% of machine "
+            f"(peak {f.get('cpu_active_peak_share_pct', float('nan')):.1f}%, W={f.get('window_ms', 0):.0f}ms "
+            f"N={f.get('n_windows_active', 0):.0f}) | idle {f.get('cpu_idle_share_pct', float('nan')):.2f}% | "
+            f"p95 {f.get('latency_p95_s', float('nan')):.2f}s p99/p50 {f.get('latency_p99_p50_ratio', float('nan')):.2f} | "
+            f"RSS {f.get('rss_peak_gb', float('nan')):.2f} GB")
+
+
+def progress_line(p: Progress) -> str:
+    config = p.config.to_dict() if p.config else None
+    if p.outcome is None:
+        return f"[{p.done + 1}/{p.target}] trial {p.trial_number}: {config_summary(config)} ..."
+    if not p.outcome.ok:
+        verdict = f"FAILED ({p.outcome.reason}: {p.outcome.detail[:160]})"
+    else:
+        verdict = figures_summary(p.outcome.figures) + (" | meets budgets" if p.feasible else " | over budget")
+    return f"[{p.done}/{p.target}] trial {p.trial_number} in {p.outcome.wall_seconds:.1f}s: {verdict}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
+    header = ["trial"] + [f"{m} ({METRICS[m].unit})" for m in objectives] + ["budgets", "config"]
+    body = []
+    for r in front:
+        vals = [f"{r['figures'].get(m, float('nan')):.3g}" for m in objectives]
+        ok = "all met" if r["feasible"] else "over: " + ",".join(r["violations"])
+        body.append([str(r["number"])] + vals + [ok, config_summary(r["config"])])
+    return table(body, header)
+
+
+def figures_table(figures: dict[str, float]) -> str:
+    body = [[name, f"{figures[name]:.4g}", METRICS[name].unit, METRICS[name].help] for name in METRICS if name in figures]
+    return table(body, ["figure", "value", "unit", "meaning"])

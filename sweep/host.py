@@ -1,0 +1,71 @@
+"""Facts about the machine a sweep runs on, and CPU placement against it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from typing import Any, Literal
+
+Placement = Literal["first", "last", "spread"]
+
+
+def allowed_cpus() -> list[int]:
+    """The CPU ids this process may run on, sorted."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def machine_cpus() -> int:
+    """Logical CPUs of the whole machine: the denominator of every "share of the machine"."""
+    return os.cpu_count() or 1
+
+
+def place_cores(count: int, placement: Placement, cpus: list[int] | None = None) -> list[int]:
+    """Choose ``count`` CPU ids from the allowed set.
+
+    ``first`` takes the lowest ids, ``last`` the highest (away from core 0, where
+    interrupts and most user programs tend to land), ``spread`` takes evenly
+    spaced ids.
+    """
+    cpus = allowed_cpus() if cpus is None else cpus
+    if not 1 <= count <= len(cpus):
+        raise ValueError(f"cannot place {count} cores on {len(cpus)} allowed CPUs")
+    if placement == "first":
+        return cpus[:count]
+    if placement == "last":
+        return cpus[-count:]
+    step = len(cpus) / count
+    return [cpus[int(i * step)] for i in range(count)]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def host_info() -> dict[str, Any]:
+    """Metadata stored beside every measurement, so figures keep their context."""
+    mem_kb = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_kb = int(line.split()[1])
+                    break
+    except OSError:
+        pass
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "logical_cpus": machine_cpus(),
+        "allowed_cpus": allowed_cpus(),
+        "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,154 @@
+"""From a monitor series, phase marks and prompt timings to the figures of a trial.
+
+Every CPU figure exists in two units and says which: ``*_share_pct`` is the
+LLM's share of the whole machine (100 = every logical CPU busy), ``*_core_pct``
+is percent of one core (can exceed 100). Figures come with the window length W
+and the number of windows N they rest on (``window_ms``, ``n_windows_*``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .monitor import Series
+
+Direction = Literal["maximize", "minimize"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    unit: str
+    direction: Direction
+    help: str
+
+
+METRICS: dict[str, Metric] = {
+    "correctness": Metric("fraction", "maximize", "mean task score, 0..1"),
+    "cpu_idle_share_pct": Metric("% of machine", "minimize", "LLM CPU while loaded and idle"),
+    "cpu_active_mean_share_pct": Metric("% of machine", "minimize", "LLM CPU mean while answering"),
+    "cpu_active_p99_share_pct": Metric("% of machine", "minimize", "LLM CPU p99 over windows while answering"),
+    "cpu_active_peak_share_pct": Metric("% of machine", "minimize", "LLM CPU peak window while answering"),
+    "cpu_active_mean_core_pct": Metric("% of one core", "minimize", "LLM CPU mean while answering"),
+    "cpu_active_p99_core_pct": Metric("% of one core", "minimize", "LLM CPU p99 while answering"),
+    "cpu_active_peak_core_pct": Metric("% of one core", "minimize", "LLM CPU peak while answering"),
+    "system_cpu_baseline_pct": Metric("% of machine", "minimize", "whole machine before the trial"),
+    "system_cpu_active_mean_pct": Metric("% of machine", "minimize", "whole machine while answering"),
+    "system_cpu_active_p99_pct": Metric("% of machine", "minimize", "whole machine p99 while answering"),
+    "system_cpu_active_peak_pct": Metric("% of machine", "minimize", "whole machine peak while answering"),
+    "busiest_core_active_p99_pct": Metric("% of one core", "minimize", "busiest core p99 while answering"),
+    "latency_p50_s": Metric("s", "minimize", "request latency p50"),
+    "latency_p95_s": Metric("s", "minimize", "request latency p95"),
+    "latency_p99_s": Metric("s", "minimize", "request latency p99"),
+    "latency_p99_p50_ratio": Metric("ratio", "minimize", "latency predictability"),
+    "ttft_p50_s": Metric("s", "minimize", "time to first token p50"),
+    "prefill_tps": Metric("tokens/s", "maximize", "prompt tokens per second of prefill"),
+    "decode_tps": Metric("tokens/s", "maximize", "generated tokens per second of decode"),
+    "load_s": Metric("s", "minimize", "model load time"),
+    "rss_peak_gb": Metric("GB", "minimize", "peak RSS, kernel high-water mark (ru_maxrss)"),
+    "rss_anon_peak_gb": Metric("GB", "minimize", "peak anonymous RSS, sampled per window"),
+    "rss_file_peak_gb": Metric("GB", "minimize", "peak file-backed RSS (mmapped model), sampled"),
+    "window_ms": Metric("ms", "minimize", "monitor window W"),
+    "n_windows_active": Metric("count", "maximize", "windows N behind the active figures"),
+    "n_windows_idle": Metric("count", "maximize", "windows N behind the idle figure"),
+    "parse_failures": Metric("count", "minimize", "answers with nothing of the expected form"),
+    "monitor_cpu_pct": Metric("% of one core", "minimize", "the sampler's own CPU cost"),
+}
+
+MAJOR_PHASES = ("baseline", "load", "idle", "active", "done")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method); NaN for no values."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def phase_intervals(events: list[dict[str, Any]], start: float, end: float) -> list[tuple[str, float, float]]:
+    """Major phases as (name, t0, t1): baseline until the first mark, then each mark to the next."""
+    marks = [(e["phase"], e["t"]) for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES]
+    out, name, t0 = [], "baseline", start
+    for phase, t in marks:
+        out.append((name, t0, t))
+        name, t0 = phase, t
+    out.append((name, t0, end))
+    return out
+
+
+def tag_windows(series: Series, intervals: list[tuple[str, float, float]]) -> list[str]:
+    """The phase of each window; a window that straddles a phase change is a ``transition``."""
+    tags = []
+    for w in series.windows:
+        tag = "transition"
+        for name, t0, t1 in intervals:
+            if t0 <= w.t0 and w.t1 <= t1:
+                tag = name
+                break
+        tags.append(tag)
+    return tags
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str, Any]],
+            rss_peak_kb: int) -> tuple[dict[str, float], list[str]]:
+    """All figures of one trial, and the phase tag of each window."""
+    ws = series.windows
+    end = ws[-1].t1 if ws else 0.0
+    start = ws[0].t0 if ws else 0.0
+    tags = tag_windows(series, phase_intervals(events, start, end))
+    ncpu = series.ncpu
+
+    def core_pct(phase: str) -> list[float]:
+        return [100 * w.tree_cpu_s / (w.t1 - w.t0) for w, t in zip(ws, tags) if t == phase]
+
+    def machine_pct(phase: str) -> list[float]:
+        return [100 * _mean(w.core_busy) for w, t in zip(ws, tags) if t == phase]
+
+    active, idle = core_pct("active"), core_pct("idle")
+    sys_active = machine_pct("active")
+    busiest = [100 * max(w.core_busy) for w, t in zip(ws, tags) if t == "active" and w.core_busy]
+    f: dict[str, float] = {
+        "cpu_idle_share_pct": _mean(idle) / ncpu,
+        "cpu_active_mean_core_pct": _mean(active),
+        "cpu_active_p99_core_pct": percentile(active, 99),
+        "cpu_active_peak_core_pct": max(active, default=math.nan),
+        "system_cpu_baseline_pct": _mean(machine_pct("baseline")),
+        "system_cpu_active_mean_pct": _mean(sys_active),
+        "system_cpu_active_p99_pct": percentile(sys_active, 99),
+        "system_cpu_active_peak_pct": max(sys_active, default=math.nan),
+        "busiest_core_active_p99_pct": percentile(busiest, 99),
+        "rss_peak_gb": rss_peak_kb / 1024**2,
+        "rss_anon_peak_gb": max((w.rss_anon_kb for w in ws), default=0) / 1024**2,
+        "rss_file_peak_gb": max((w.rss_file_kb for w in ws), default=0) / 1024**2,
+        "window_ms": series.window_s * 1000,
+        "n_windows_active": len(active),
+        "n_windows_idle": len(idle),
+        "monitor_cpu_pct": 100 * series.monitor_cpu_s / series.monitor_wall_s if series.monitor_wall_s else math.nan,
+    }
+    for stat in ("mean", "p99", "peak"):
+        f[f"cpu_active_{stat}_share_pct"] = f[f"cpu_active_{stat}_core_pct"] / ncpu
+    marks = {e["phase"]: e["t"] for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES}
+    if "load" in marks and "idle" in marks:
+        f["load_s"] = marks["idle"] - marks["load"]
+    lat = [p["latency_s"] for p in prompts]
+    if lat:
+        f["latency_p50_s"] = percentile(lat, 50)
+        f["latency_p95_s"] = percentile(lat, 95)
+        f["latency_p99_s"] = percentile(lat, 99)
+        f["latency_p99_p50_ratio"] = f["latency_p99_s"] / f["latency_p50_s"] if f["latency_p50_s"] > 0 else math.nan
+    ttft = [p["ttft_s"] for p in prompts if p.get("ttft_s")]
+    if ttft:
+        f["ttft_p50_s"] = percentile(ttft, 50)
+        f["prefill_tps"] = sum(p["prompt_tokens"] for p in prompts if p.get("ttft_s")) / sum(ttft)
+    decode_s = sum(p["decode_s"] for p in prompts)
+    if decode_s > 0:
+        f["decode_tps"] = sum(max(p["completion_chunks"] - 1, 0) for p in prompts) / decode_s
+    return {k: v for k, v in f.items() if not (isinstance(v, float) and math.isnan(v))}, tags

@@ -1,0 +1,170 @@
+"""The monitor: samples the worker's process tree and the whole machine from the parent.
+
+CPU time of the tree comes from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds,
+no 10 ms tick quantization). Machine CPU comes from the per-core lines of
+``/proc/stat`` (ticks). Every rate divides a counter delta by the *actual*
+time between the two readings, never the nominal window: a late wake-up under
+load must not inflate a spike.
+
+Threads that exit between two readings lose their last partial window, at most
+one window of one thread; llama.cpp's compute threads are long-lived.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Window:
+    t0: float
+    t1: float
+    tree_cpu_s: float          # CPU seconds used by the worker tree in the window
+    core_busy: list[float]     # per-core busy fraction of the machine, 0..1
+    rss_anon_kb: int = 0
+    rss_file_kb: int = 0
+
+
+@dataclass
+class Series:
+    window_s: float
+    ncpu: int
+    windows: list[Window] = field(default_factory=list)
+    monitor_cpu_s: float = 0.0  # CPU the sampler thread itself used
+    monitor_wall_s: float = 0.0
+
+
+def _read_proc_stat() -> list[tuple[int, int]]:
+    """(busy, total) ticks per core."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:9]]
+                total = sum(v)
+                out.append((total - v[3] - v[4], total))  # idle and iowait are not busy
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(x) for x in f.read().split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return kids
+
+
+def tree_pids(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo.extend(_children(p))
+    return pids
+
+
+def _thread_ns(pid: int) -> dict[tuple[int, int], int]:
+    out: dict[tuple[int, int], int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[(pid, int(tid))] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return out
+
+
+def _rss_kb(pid: int) -> tuple[int, int]:
+    anon = file_ = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    anon = int(line.split()[1])
+                elif line.startswith("RssFile:"):
+                    file_ = int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return anon, file_
+
+
+class Monitor:
+    """Sample every ``window_s`` seconds in a background thread until ``stop()``.
+
+    ``on_sample`` is called after each window with it (the runner uses this to
+    enforce a memory limit as soon as it is crossed).
+    """
+
+    def __init__(self, window_s: float = 0.1, on_sample: Callable[[Window], None] | None = None) -> None:
+        self.series = Series(window_s=window_s, ncpu=len(_read_proc_stat()))
+        self._pid: int | None = None
+        self._on_sample = on_sample
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sweep-monitor", daemon=True)
+        self._last_ns: dict[tuple[int, int], int] = {}
+
+    def start(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def attach(self, pid: int) -> None:
+        self._pid = pid
+
+    def stop(self) -> Series:
+        self._stop.set()
+        self._thread.join()
+        return self.series
+
+    def _tree_delta_s(self) -> tuple[float, int, int]:
+        if self._pid is None:
+            return 0.0, 0, 0
+        now: dict[tuple[int, int], int] = {}
+        anon = file_ = 0
+        for pid in tree_pids(self._pid):
+            now.update(_thread_ns(pid))
+            a, f = _rss_kb(pid)
+            anon, file_ = anon + a, file_ + f
+        # A thread not seen before was born after the previous reading (the worker
+        # is attached right after fork), so all of its time belongs to this window.
+        delta = sum(ns - self._last_ns.get(key, 0) for key, ns in now.items())
+        self._last_ns = now
+        return delta / 1e9, anon, file_
+
+    def _loop(self) -> None:
+        cpu0, wall0 = time.thread_time(), time.monotonic()
+        prev_stat = _read_proc_stat()
+        self._tree_delta_s()  # the first reading only sets the base
+        prev_t = time.monotonic()
+        deadline = prev_t
+        while not self._stop.is_set():
+            deadline += self.series.window_s
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                deadline = time.monotonic()  # overslept: restart the grid rather than burst
+            # Timestamp the tree reading itself (the midpoint of its reads), so the
+            # counter delta and the elapsed time describe the same interval.
+            t_a = time.monotonic()
+            tree_s, anon, file_ = self._tree_delta_s()
+            t = (t_a + time.monotonic()) / 2
+            stat = _read_proc_stat()
+            busy = [(b1 - b0) / (n1 - n0) if n1 > n0 else 0.0 for (b0, n0), (b1, n1) in zip(prev_stat, stat)]
+            window = Window(prev_t, t, tree_s, busy, anon, file_)
+            self.series.windows.append(window)
+            if self._on_sample:
+                self._on_sample(window)
+            prev_t, prev_stat = t, stat
+        self.series.monitor_cpu_s = time.thread_time() - cpu0
+        self.series.monitor_wall_s = time.monotonic() - wall0

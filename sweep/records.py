@@ -1,0 +1,140 @@
+"""The records that cross process and storage boundaries: frozen, typed, versioned.
+
+Each has ``to_dict``/``from_dict``; ``from_dict`` refuses a record of another
+schema version rather than guessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from .errors import SweepError
+
+SCHEMA_VERSION = 1
+SchedPolicy = Literal["normal", "batch", "idle"]
+
+
+def _check_version(kind: str, data: dict[str, Any]) -> None:
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SweepError(f"{kind} record has schema version {version!r}; this sweep reads version {SCHEMA_VERSION}")
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names - {"schema_version"})
+    if unknown:
+        raise SweepError(f"{cls.__name__} record has unknown keys: {', '.join(unknown)}")
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything the worker needs to run one configuration."""
+
+    model: str
+    quant: str
+    model_path: str
+    chat_format: str | None
+    n_threads: int
+    n_threads_batch: int
+    n_batch: int
+    n_ubatch: int
+    n_ctx: int
+    cpus: tuple[int, ...] | None = None  # CPU affinity; None leaves it as inherited
+    nice: int = 0
+    sched_policy: SchedPolicy = "normal"
+    omp_wait_policy: Literal["passive", "active"] | None = None
+    gomp_spincount: int | None = None
+    max_tokens: int = 48
+    temperature: float = 0.0
+    seed: int = 1234
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cpus"] = list(self.cpus) if self.cpus is not None else None
+        return {"schema_version": SCHEMA_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialConfig:
+        _check_version("TrialConfig", data)
+        kw = _known(cls, data)
+        if kw.get("cpus") is not None:
+            kw["cpus"] = tuple(kw["cpus"])
+        return cls(**kw)
+
+    def environment(self) -> dict[str, str]:
+        """Variables the worker needs before ``llama_cpp`` is imported (OpenMP reads them at load)."""
+        env: dict[str, str] = {}
+        if self.omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = self.omp_wait_policy.upper()
+        if self.gomp_spincount is not None:
+            env["GOMP_SPINCOUNT"] = str(self.gomp_spincount)
+        return env
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``llama_cpp.Llama``; both thread counts always explicit."""
+        kw: dict[str, Any] = {
+            "model_path": self.model_path,
+            "n_threads": self.n_threads,
+            "n_threads_batch": self.n_threads_batch,
+            "n_batch": self.n_batch,
+            "n_ubatch": self.n_ubatch,
+            "n_ctx": self.n_ctx,
+            "n_gpu_layers": 0,
+            "seed": self.seed,
+            "verbose": False,
+        }
+        if self.chat_format:
+            kw["chat_format"] = self.chat_format
+        return kw
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How a trial is run and measured, shared by every trial of a study."""
+
+    prompts: int = 12
+    idle_seconds: float = 5.0
+    baseline_seconds: float = 1.0
+    timeout_seconds: float = 300.0
+    window_ms: int = 100
+    memory_limit_gb: float | None = None  # the runner kills the worker above this RSS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialSettings:
+        _check_version("TrialSettings", data)
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one trial produced: figures when it ran, a reason when it did not.
+
+    ``figures`` maps metric names (see ``sweep.metrics.METRICS``) to numbers;
+    ``series`` is the monitor's window-by-window record; ``answers`` holds what
+    the model said to each task.
+    """
+
+    ok: bool
+    reason: str | None = None  # machine-readable failure reason
+    detail: str = ""
+    stderr_tail: str = ""
+    figures: dict[str, float] = field(default_factory=dict)
+    by_kind: dict[str, float] = field(default_factory=dict)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    series: dict[str, Any] = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        _check_version("Outcome", data)
+        return cls(**_known(cls, data))

@@ -1,0 +1,225 @@
+"""The runner: one trial in a fresh worker process, measured from outside.
+
+A failure is data: whatever the worker does (crash, hang, garbage, runaway
+memory), ``run_trial`` returns an ``Outcome`` with a machine-readable reason and
+the tail of the worker's output, and no process of the trial survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Iterator
+
+from .metrics import figures as compute_figures
+from .monitor import Monitor, Series
+from .protocol import PROTOCOL_VERSION
+from .records import Outcome, TrialConfig, TrialSettings
+from .tasks import Task, messages_for, score
+
+WORKER_CMD = [sys.executable, "-m", "sweep.worker"]
+_TERM_GRACE_S = 2.0
+
+
+@contextlib.contextmanager
+def killer(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Make sure no process of the worker's group outlives the block, whatever happens."""
+    try:
+        yield
+    finally:
+        kill_group(proc.pid)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGTERM the whole process group, then SIGKILL whatever is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + _TERM_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+
+
+class _Reader(threading.Thread):
+    """Collects the worker's messages; anything that is not a valid message is a protocol error."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(name="sweep-reader", daemon=True)
+        self.fd, self.messages, self.protocol_errors = fd, [], []
+        self.last_message_t = time.monotonic()
+
+    def run(self) -> None:
+        with os.fdopen(self.fd, "rb") as f:
+            for raw in f:
+                try:
+                    msg = json.loads(raw)
+                    if msg.get("v") != PROTOCOL_VERSION:
+                        raise ValueError(f"protocol version {msg.get('v')!r}, expected {PROTOCOL_VERSION}")
+                except ValueError as exc:
+                    self.protocol_errors.append(f"{exc}: {raw[:120]!r}")
+                    continue
+                self.messages.append(msg)
+                self.last_message_t = time.monotonic()
+
+
+def _expected_cpus(config: TrialConfig) -> set[int] | None:
+    return set(config.cpus) if config.cpus is not None else None
+
+
+def _parse_cpu_list(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def verify_knobs(config: TrialConfig, threads: list[dict[str, Any]]) -> list[str]:
+    """What did not hold, thread by thread, as read back from /proc by the worker."""
+    problems = []
+    want_cpus = _expected_cpus(config)
+    for t in threads:
+        if want_cpus is not None and _parse_cpu_list(t["cpus"]) != want_cpus:
+            problems.append(f"thread {t['tid']} may run on CPUs {t['cpus']}, not {sorted(want_cpus)}")
+        if t["nice"] != config.nice:
+            problems.append(f"thread {t['tid']} has nice {t['nice']}, not {config.nice}")
+        if t["policy"] != config.sched_policy:
+            problems.append(f"thread {t['tid']} has policy {t['policy']}, not {config.sched_policy}")
+    return problems
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _series_dict(series: Series, tags: list[str]) -> dict[str, Any]:
+    return {
+        "window_s": series.window_s,
+        "ncpu": series.ncpu,
+        "t": [round(w.t1, 4) for w in series.windows],
+        "dt": [round(w.t1 - w.t0, 4) for w in series.windows],
+        "tree_core_pct": [round(100 * w.tree_cpu_s / (w.t1 - w.t0), 2) for w in series.windows],
+        "system_pct": [round(100 * sum(w.core_busy) / len(w.core_busy), 2) if w.core_busy else 0 for w in series.windows],
+        "rss_anon_mb": [round(w.rss_anon_kb / 1024, 1) for w in series.windows],
+        "phase": tags,
+    }
+
+
+def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
+              worker_cmd: list[str] | None = None) -> Outcome:
+    """Run one configuration in a fresh worker and measure it. Never raises for a worker fault."""
+    started = time.monotonic()
+    job = {
+        "config": config.to_dict(),
+        "idle_seconds": settings.idle_seconds,
+        "prompts": [messages_for(t) for t in tasks],
+    }
+    limit_kb = settings.memory_limit_gb * 1024**2 if settings.memory_limit_gb else None
+    over_memory = threading.Event()
+
+    def on_sample(w: Any) -> None:
+        if limit_kb and w.rss_anon_kb + w.rss_file_kb > limit_kb:
+            over_memory.set()
+
+    monitor = Monitor(settings.window_ms / 1000, on_sample).start()
+    time.sleep(settings.baseline_seconds)
+    env = {**os.environ, **config.environment()}
+    with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
+        log_path = os.path.join(tmp, "worker.log")
+        r, w = os.pipe()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                (worker_cmd or WORKER_CMD) + [str(w)], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                pass_fds=(w,), start_new_session=True, env=env, cwd=tmp,
+            )
+        os.close(w)
+        monitor.attach(proc.pid)
+        reader = _Reader(r)
+        reader.start()
+        killed_for = None
+        rusage = None
+        status = 0
+        with killer(proc):
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(job).encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the worker died at once; its status says why
+            deadline = started + settings.baseline_seconds + settings.timeout_seconds
+            while True:
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if over_memory.is_set():
+                    killed_for = "memory_budget"
+                elif time.monotonic() > deadline:
+                    killed_for = "timeout"
+                if killed_for:
+                    kill_group(proc.pid)
+                    _, status, rusage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.02)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        reader.join(timeout=5)
+        series = monitor.stop()
+        stderr_tail = _tail(log_path)
+
+    messages = reader.messages
+    prompts = [m for m in messages if m["type"] == "prompt"]
+    errors = [m for m in messages if m["type"] == "error"]
+    knobs = next((m["threads"] for m in messages if m["type"] == "knobs"), [])
+    figs, tags = compute_figures(series, messages, prompts, rusage.ru_maxrss if rusage else 0)
+    common = dict(stderr_tail=stderr_tail, series=_series_dict(series, tags), knobs={"threads": knobs},
+                  wall_seconds=time.monotonic() - started)
+    rc = proc.returncode
+
+    def failed(reason: str, detail: str) -> Outcome:
+        return Outcome(ok=False, reason=reason, detail=detail, figures=figs, **common)
+
+    if killed_for == "timeout":
+        return failed("timeout", f"no result within {settings.timeout_seconds:g} s")
+    if killed_for == "memory_budget":
+        return failed("memory_budget", f"RSS went over {settings.memory_limit_gb:g} GB")
+    if errors:
+        return failed(errors[0]["reason"], errors[0].get("detail", ""))
+    if rc < 0:
+        return failed("crashed", f"worker killed by {signal.Signals(-rc).name}")
+    if rc != 0:
+        return failed("crashed", f"worker exited with status {rc}")
+    if not any(m["type"] == "result" for m in messages) or len(prompts) != len(tasks):
+        detail = "; ".join(reader.protocol_errors[:3]) or f"result missing ({len(prompts)}/{len(tasks)} answers)"
+        return failed("protocol", detail)
+    problems = verify_knobs(config, knobs)
+    if problems:
+        return failed("knob_not_applied", "; ".join(problems[:4]))
+
+    scores = [score(t, p["answer"]) for t, p in zip(tasks, prompts)]
+    by_kind: dict[str, list[float]] = {}
+    for t, s in zip(tasks, scores):
+        by_kind.setdefault(t.kind, []).append(s.value)
+    figs["correctness"] = sum(s.value for s in scores) / len(scores) if scores else 0.0
+    figs["parse_failures"] = sum(not s.parsed for s in scores)
+    answers = [{"id": t.id, "kind": t.kind, "answer": p["answer"], "score": s.value, "parsed": s.parsed,
+                "latency_s": round(p["latency_s"], 4)} for t, p, s in zip(tasks, prompts, scores)]
+    return Outcome(ok=True, figures=figs, by_kind={k: sum(v) / len(v) for k, v in by_kind.items()},
+                   answers=answers, **common)

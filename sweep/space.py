@@ -1,0 +1,269 @@
+"""Search-space files: strict YAML schema, validation against the host, and sampling.
+
+A space file is validated completely, including models and CPU ids, before any
+study is touched, so a bad file can never leave half a study behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ModelError, SpaceError
+from .host import allowed_cpus, place_cores
+from .metrics import METRICS
+from .models import Registry
+from .records import TrialConfig, TrialSettings
+
+# The seed study's budgets (experiment-learnings.md), as metric -> bound.
+SEED_BUDGETS: dict[str, dict[str, float]] = {
+    "cpu_idle_share_pct": {"max": 2.0},
+    "cpu_active_mean_share_pct": {"max": 35.0},
+    "cpu_active_p99_share_pct": {"max": 50.0},
+    "rss_peak_gb": {"max": 6.0},
+    "latency_p95_s": {"max": 2.5},
+    "latency_p99_p50_ratio": {"max": 2.0},
+    "correctness": {"min": 0.80},
+}
+DEFAULT_OBJECTIVES = ["correctness", "cpu_active_p99_share_pct", "latency_p95_s"]
+
+_INT_PARAMS = {"n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cores", "nice", "gomp_spincount", "max_tokens"}
+_ENUM_PARAMS: dict[str, tuple[str, ...]] = {
+    "placement": ("first", "last", "spread"),
+    "sched_policy": ("normal", "batch", "idle"),
+    "omp_wait_policy": ("passive", "active"),
+}
+_FIXED_ONLY = {"cpus", "temperature"}
+KNOWN_PARAMS = _INT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY
+_DEFAULTS: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512, "n_ctx": 1024, "nice": 0, "sched_policy": "normal",
+                             "placement": "first", "max_tokens": 48, "temperature": 0.0}
+
+_Strict = ConfigDict(extra="forbid")
+
+
+class IntRange(BaseModel):
+    model_config = _Strict
+    low: int
+    high: Union[int, Literal["all"]]
+    step: int = 1
+    log: bool = False
+
+
+class ModelPath(BaseModel):
+    model_config = _Strict
+    path: Path
+    chat_format: Optional[str] = None
+
+
+class Bound(BaseModel):
+    model_config = _Strict
+    max: Optional[float] = None
+    min: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Bound:
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of max or min")
+        return self
+
+
+class TrialBlock(BaseModel):
+    model_config = _Strict
+    prompts: int = Field(12, ge=1)
+    idle_seconds: float = Field(5.0, ge=0)
+    baseline_seconds: float = Field(1.0, ge=0)
+    timeout_seconds: float = Field(300.0, gt=0)
+    window_ms: int = Field(100, ge=10, le=10000)
+    memory_limit_gb: Optional[float] = Field(None, gt=0)
+
+
+class SamplerBlock(BaseModel):
+    model_config = _Strict
+    name: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: Optional[int] = None
+    n_startup_trials: int = Field(10, ge=1)
+    population_size: int = Field(8, ge=2)
+
+
+class SpaceFile(BaseModel):
+    model_config = _Strict
+    version: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    models: dict[str, list[str]] = Field(min_length=1)
+    model_paths: dict[str, ModelPath] = {}
+    params: dict[str, Union[IntRange, list[Any]]] = {}
+    fixed: dict[str, Any] = {}
+    objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES), min_length=1)
+    constraints: dict[str, Bound] = Field(default_factory=lambda: {k: Bound(**v) for k, v in SEED_BUDGETS.items()})
+    trial: TrialBlock = TrialBlock()
+    sampler: SamplerBlock = SamplerBlock()
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated search space, resolved against this host and its models."""
+
+    path: Path
+    spec: SpaceFile
+    registry: Registry
+    cpus: tuple[int, ...]  # the host CPUs trials may be placed on
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def settings(self) -> TrialSettings:
+        return TrialSettings(**self.spec.trial.model_dump())
+
+    def fingerprint(self) -> str:
+        """A hash of what the space asks for, to refuse continuing a study with another space."""
+        canon = self.spec.model_dump(mode="json", exclude={"description", "trial", "sampler"})
+        return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
+
+    def sample(self, trial: Any) -> TrialConfig:
+        """Ask an Optuna trial for one configuration; record the effective values as user attrs."""
+        spec = self.spec
+        model = trial.suggest_categorical("model", sorted(spec.models))
+        quants = sorted(spec.models[model])
+        quant = trial.suggest_categorical(f"quant[{model}]", quants) if len(quants) > 1 else quants[0]
+        v: dict[str, Any] = {**_DEFAULTS, **spec.fixed}
+        for name, dist in spec.params.items():
+            if isinstance(dist, IntRange):
+                v[name] = trial.suggest_int(name, dist.low, self._high(dist), step=dist.step, log=dist.log)
+            else:
+                v[name] = trial.suggest_categorical(name, dist)
+        config = self._config(model, quant, v)
+        trial.set_user_attr("config", config.to_dict())
+        return config
+
+    def _high(self, dist: IntRange) -> int:
+        return len(self.cpus) if dist.high == "all" else dist.high
+
+    def _config(self, model: str, quant: str, v: dict[str, Any]) -> TrialConfig:
+        if "cpus" in v:
+            cpus: tuple[int, ...] = tuple(v["cpus"])
+        elif "cores" in v:
+            cpus = tuple(place_cores(v["cores"], v["placement"], list(self.cpus)))
+        else:
+            cpus = self.cpus
+        mf = self.registry.resolve(model, quant)
+        # Threads never exceed the cores they may run on; n_ubatch never exceeds n_batch
+        # (llama.cpp would clamp it silently; here the effective value is recorded).
+        return TrialConfig(
+            model=model, quant=quant, model_path=str(mf.path), chat_format=mf.chat_format,
+            n_threads=min(v.get("n_threads", len(cpus)), len(cpus)),
+            n_threads_batch=min(v.get("n_threads_batch", len(cpus)), len(cpus)),
+            n_batch=v["n_batch"], n_ubatch=min(v["n_ubatch"], v["n_batch"]), n_ctx=v["n_ctx"],
+            cpus=cpus, nice=v["nice"], sched_policy=v["sched_policy"], omp_wait_policy=v.get("omp_wait_policy"),
+            gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
+        )
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    # pydantic puts union member names in the location; they mean nothing to a user.
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and (p in ("IntRange", "list[any]") or "[" in p)))
+
+
+def _check_param(where: str, name: str, value: Any) -> None:
+    if name not in KNOWN_PARAMS:
+        raise SpaceError(f"{where}: unknown parameter {name!r} (known: {', '.join(sorted(KNOWN_PARAMS))})")
+    if name in _ENUM_PARAMS and value not in _ENUM_PARAMS[name]:
+        raise SpaceError(f"{where}: {value!r} is not one of {', '.join(_ENUM_PARAMS[name])}")
+    if name in _INT_PARAMS and (not isinstance(value, int) or isinstance(value, bool)):
+        raise SpaceError(f"{where}: expected a whole number, got {value!r}")
+    if name in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cores", "max_tokens") and value < 1:
+        raise SpaceError(f"{where}: must be at least 1, got {value}")
+    if name == "nice" and not 0 <= value <= 19:
+        raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
+
+
+def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
+    """Read, validate and resolve a search-space file.
+
+    Raises:
+        SpaceError: one message naming the file, the key and what is wrong.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such search-space file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise SpaceError(f"{path}{at}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        spec = SpaceFile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SpaceError(f"{path}: {_loc(err['loc']) or '(top level)'}: {err['msg']}") from None
+
+    host_cpus = allowed_cpus()
+    for name, dist in spec.params.items():
+        where = f"{path}: params.{name}"
+        if name not in KNOWN_PARAMS:
+            raise SpaceError(f"{where}: unknown parameter {name!r} (known: {', '.join(sorted(KNOWN_PARAMS))})")
+        if name in _FIXED_ONLY:
+            raise SpaceError(f"{where}: {name} can only be set under fixed")
+        if isinstance(dist, IntRange):
+            _check_param(where + ".low", name, dist.low)
+            high = len(host_cpus) if dist.high == "all" else dist.high
+            _check_param(where + ".high", name, high)
+            if dist.low > high:
+                raise SpaceError(f"{where}: empty range, low {dist.low} is above high {high}")
+        else:
+            if not dist:
+                raise SpaceError(f"{where}: empty list of choices")
+            for i, choice in enumerate(dist):
+                _check_param(f"{where}[{i}]", name, choice)
+    for name, value in spec.fixed.items():
+        where = f"{path}: fixed.{name}"
+        if name in spec.params:
+            raise SpaceError(f"{where}: {name} is both swept (params) and fixed")
+        if name == "cpus":
+            if not isinstance(value, list) or not value or not all(isinstance(c, int) for c in value):
+                raise SpaceError(f"{where}: expected a non-empty list of CPU ids")
+            missing = sorted(set(value) - set(host_cpus))
+            if missing:
+                raise SpaceError(f"{where}: CPU {', '.join(map(str, missing))} not available on this host "
+                                 f"(allowed CPUs: {', '.join(map(str, host_cpus))})")
+        elif name == "temperature":
+            if not isinstance(value, (int, float)) or value < 0:
+                raise SpaceError(f"{where}: expected a number >= 0")
+        else:
+            _check_param(where, name, value)
+    if "cores" in spec.params:
+        dist = spec.params["cores"]
+        high = max(dist) if isinstance(dist, list) else (len(host_cpus) if dist.high == "all" else dist.high)
+        if high > len(host_cpus):
+            raise SpaceError(f"{path}: params.cores: asks for {high} cores but this host allows "
+                             f"{len(host_cpus)} (CPUs {', '.join(map(str, host_cpus))}); use high: all")
+    for i, name in enumerate(spec.objectives):
+        if name not in METRICS:
+            raise SpaceError(f"{path}: objectives[{i}]: unknown metric {name!r}")
+    for name in spec.constraints:
+        if name not in METRICS:
+            raise SpaceError(f"{path}: constraints.{name}: unknown metric")
+
+    explicit = {name: (mp.path if mp.path.is_absolute() else (path.parent / mp.path), mp.chat_format)
+                for name, mp in spec.model_paths.items()}
+    registry = Registry(models_dir, explicit)
+    for name, quants in spec.models.items():
+        if not quants:
+            raise SpaceError(f"{path}: models.{name}: empty list of quantizations")
+        for quant in quants:
+            try:
+                registry.resolve(name, quant)
+            except ModelError as exc:
+                raise SpaceError(f"{path}: models.{name}: {exc}") from None
+    return Space(path=path, spec=spec, registry=registry, cpus=tuple(host_cpus))

@@ -1,0 +1,195 @@
+"""The study: an Optuna multi-objective study driven by ask/tell, one worker trial at a time.
+
+Counting rule: ``n_trials`` is the number of *finished* trials (complete or
+failed) the study should hold when the sweep ends. Running the same command
+again after an interruption carries on to that number; a study that already has
+it runs nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import StudyError
+from .host import host_info
+from .metrics import METRICS
+from .records import Outcome, TrialConfig
+from .runner import run_trial
+from .space import Space
+from .storage import SeriesStore, open_optuna_storage
+from .tasks import TASK_SET_VERSION, Task, stratified_subset
+
+SWEEP_VERSION = "0.1.0"
+MISSING_FIGURE = 1e9  # constraint value of a budget whose figure was not measured: never met
+
+
+def constraint_values(figures: dict[str, float], constraints: dict[str, dict[str, float]]) -> list[float]:
+    """One value per budget, <= 0 when met (Optuna's convention); a missing figure breaks its budget."""
+    out = []
+    for name, bound in constraints.items():
+        value = figures.get(name, math.nan)
+        if math.isnan(value):
+            out.append(MISSING_FIGURE)
+        elif bound.get("max") is not None:
+            out.append(value - bound["max"])
+        else:
+            out.append(bound["min"] - value)
+    return out
+
+
+def make_sampler(space: Space, offset: int) -> Any:
+    """The space's sampler. The seed is offset by the trials already in the study, so a
+    continued study does not replay the proposals of its first session."""
+    import optuna
+
+    cfg = space.spec.sampler
+    seed = None if cfg.seed is None else cfg.seed + offset
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+
+
+@dataclass
+class Progress:
+    """What a display needs after each trial."""
+
+    done: int
+    target: int
+    trial_number: int
+    config: TrialConfig | None
+    outcome: Outcome | None
+    feasible: bool
+    elapsed_s: float
+
+
+def load_study(storage_url: str, name: str) -> Any:
+    import optuna
+
+    _quiet_optuna()
+    try:
+        return optuna.load_study(study_name=name, storage=open_optuna_storage(storage_url))
+    except KeyError:
+        raise StudyError(f"no study named {name!r} in {storage_url}") from None
+
+
+def _quiet_optuna() -> None:
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _open_or_create(space: Space, storage_url: str, name: str) -> Any:
+    import optuna
+
+    _quiet_optuna()
+    storage = open_optuna_storage(storage_url)
+    directions = [METRICS[m].direction for m in space.spec.objectives]
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage)
+        theirs = study.user_attrs.get("space_fingerprint")
+        if theirs != space.fingerprint():
+            raise StudyError(f"study {name!r} was made from another search space "
+                             f"({study.user_attrs.get('space_file', '?')}); use a new --study name")
+        return study
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    study.set_metric_names(list(space.spec.objectives))
+    budgets = {k: v.model_dump(exclude_none=True) for k, v in space.spec.constraints.items()}
+    for key, value in {
+        "space_file": str(space.path), "space_fingerprint": space.fingerprint(), "objectives": space.spec.objectives,
+        "budgets": budgets, "settings": space.settings.to_dict(), "host": host_info(),
+        "task_set": TASK_SET_VERSION, "sweep_version": SWEEP_VERSION,
+        "models": {f"{n}:{q}": str(space.registry.resolve(n, q).path) for n, qs in space.spec.models.items() for q in qs},
+    }.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+def _recover_orphans(study: Any) -> int:
+    """Trials left RUNNING by a killed orchestrator: mark failed, re-queue their parameters once."""
+    from optuna.trial import TrialState
+
+    orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for t in orphans:
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "orchestrator_lost")
+        study.tell(t.number, state=TrialState.FAIL)
+        if not t.user_attrs.get("requeued_from") and t.params:
+            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
+    return len(orphans)
+
+
+def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budgets: dict[str, dict[str, float]],
+           objectives: list[str]) -> bool:
+    """Store everything measured on the trial and tell Optuna. Returns whether budgets were met."""
+    from optuna.trial import TrialState
+
+    for key, value in outcome.figures.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("wall_seconds", round(outcome.wall_seconds, 3))
+    trial.set_user_attr("knobs", outcome.knobs)
+    series.put(study.study_name, trial.number, {"series": outcome.series, "answers": outcome.answers})
+    values = [outcome.figures.get(m, math.nan) for m in objectives]
+    if not outcome.ok or any(math.isnan(v) for v in values):
+        trial.set_user_attr("fail_reason", outcome.reason or "no_measurement")
+        trial.set_user_attr("fail_detail", outcome.detail[:2000])
+        trial.set_user_attr("stderr_tail", outcome.stderr_tail[-4000:])
+        study.tell(trial, state=TrialState.FAIL)
+        return False
+    trial.set_user_attr("by_kind", outcome.by_kind)
+    cv = constraint_values(outcome.figures, budgets)
+    for name, c in zip(budgets, cv):
+        trial.set_constraint(name, c)  # the samplers and optuna-dashboard read feasibility from these
+    trial.set_user_attr("constraint_values", cv)
+    trial.set_user_attr("violations", [name for name, c in zip(budgets, cv) if c > 0])
+    study.tell(trial, values)
+    return all(c <= 0 for c in cv)
+
+
+def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: list[Task],
+              timeout_s: float | None = None, on_progress: Callable[[Progress], None] | None = None,
+              worker_cmd: list[str] | None = None) -> Any:
+    """Run trials until the study holds ``n_trials`` finished trials or ``timeout_s`` passes.
+
+    The timeout is checked between trials: the trial in flight always finishes.
+    """
+    study = _open_or_create(space, storage_url, name)
+    _recover_orphans(study)
+    study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)))
+    series = SeriesStore(storage_url)
+    budgets = study.user_attrs["budgets"]
+    subset = stratified_subset(tasks, space.settings.prompts)
+    from optuna.trial import TrialState
+
+    started = time.monotonic()
+    while (done := _finished(study)) < n_trials:
+        if timeout_s is not None and time.monotonic() - started >= timeout_s:
+            break
+        trial = study.ask()
+        config = space.sample(trial)
+        if on_progress:
+            on_progress(Progress(done, n_trials, trial.number, config, None, False, time.monotonic() - started))
+        try:
+            outcome = run_trial(config, space.settings, subset, worker_cmd=worker_cmd)
+        except KeyboardInterrupt:
+            # run_trial's killer has already ended the worker's group; keep the trial as data.
+            trial.set_user_attr("fail_reason", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        feasible = record(study, trial, outcome, series, budgets, space.spec.objectives)
+        if on_progress:
+            on_progress(Progress(done + 1, n_trials, trial.number, config, outcome, feasible, time.monotonic() - started))
+    return study

@@ -1,0 +1,162 @@
+"""Endpoint-security tasks: loading a task file, the prompts, and one scorer per kind.
+
+Scoring runs in the orchestrator on the answers the worker sends back, so the
+worker stays a pure inference process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import TaskFileError
+
+Kind = Literal["verdict", "iocs", "attack"]
+VERDICTS = ("malicious", "suspicious", "benign")
+TASK_SET_VERSION = "tasks-v1"
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    kind: Kind
+    input: str
+    expected: Union[str, list[str]]
+    source: str
+
+
+@dataclass(frozen=True)
+class Score:
+    value: float  # 0..1
+    parsed: bool  # False when no answer of the expected form could be found
+
+
+def load_tasks(path: str | Path | None = None) -> list[Task]:
+    """Load a JSONL task file (default: the bundled starter set).
+
+    Raises:
+        TaskFileError: naming the file, the line and the field that is wrong.
+    """
+    if path is None:
+        text = resources.files("sweep").joinpath(f"data/{TASK_SET_VERSION}.jsonl").read_text()
+        where = f"bundled {TASK_SET_VERSION}.jsonl"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise TaskFileError(f"{path}: cannot read task file ({exc.strerror})") from None
+        where = str(path)
+    tasks: list[Task] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            task = Task.model_validate(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise TaskFileError(f"{where}:{lineno}: invalid JSON ({exc.msg})") from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(line)"
+            raise TaskFileError(f"{where}:{lineno}: field {field!r}: {err['msg']}") from None
+        if task.id in seen:
+            raise TaskFileError(f"{where}:{lineno}: field 'id': duplicate id {task.id!r} (first on line {seen[task.id]})")
+        if task.kind == "verdict" and task.expected not in VERDICTS:
+            raise TaskFileError(f"{where}:{lineno}: field 'expected': a verdict must be one of {', '.join(VERDICTS)}")
+        if task.kind != "verdict" and not isinstance(task.expected, list):
+            raise TaskFileError(f"{where}:{lineno}: field 'expected': a {task.kind} task expects a list")
+        seen[task.id] = lineno
+        tasks.append(task)
+    if not tasks:
+        raise TaskFileError(f"{where}: no tasks")
+    return tasks
+
+
+def stratified_subset(tasks: list[Task], n: int) -> list[Task]:
+    """A fixed subset of ``n`` tasks that takes the kinds in turn.
+
+    Deterministic, so every trial of a study answers the same items and their
+    correctness figures are comparable.
+    """
+    by_kind: dict[str, list[Task]] = defaultdict(list)
+    for task in sorted(tasks, key=lambda t: t.id):
+        by_kind[task.kind].append(task)
+    queues = [by_kind[k] for k in sorted(by_kind)]
+    out: list[Task] = []
+    depth = 0
+    while len(out) < min(n, len(tasks)):
+        for queue in queues:
+            if depth < len(queue) and len(out) < n:
+                out.append(queue[depth])
+        depth += 1
+    return out
+
+
+_SYSTEM = "You are an endpoint security analyst. Answer briefly and exactly in the requested format."
+_ASK = {
+    "verdict": "Classify this command line as malicious, suspicious or benign. Answer with one word.\n\nCommand: {input}",
+    "iocs": ("List every indicator of compromise in this log line (external IP addresses, domains, file hashes, "
+             "file paths). Write one per line and nothing else.\n\nLog: {input}"),
+    "attack": ("Which MITRE ATT&CK technique ID best describes this behaviour? Answer with the ID only, "
+               "in the form Tnnnn or Tnnnn.nnn.\n\nBehaviour: {input}"),
+}
+
+
+def messages_for(task: Task) -> list[dict[str, str]]:
+    """The chat messages of the zero-shot, free-text prompt for ``task``."""
+    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _ASK[task.kind].format(input=task.input)}]
+
+
+_TECHNIQUE = re.compile(r"\bT\d{4}(?:\.\d{3})?\b")
+_IOC = re.compile(
+    r"(?:[A-Za-z]:\\[^\s\"',;]+)"          # Windows path
+    r"|(?:/[\w.\-]+(?:/[\w.\-]+)+)"        # POSIX path
+    r"|\b[0-9a-fA-F]{64}\b|\b[0-9a-fA-F]{40}\b|\b[0-9a-fA-F]{32}\b"  # hashes
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}\b"        # IPv4
+    r"|\b(?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,}\b"  # domains and file names
+)
+
+
+def _norm(s: str) -> str:
+    return s.strip().strip(".,;:'\"`()[]<>").lower()
+
+
+def _f1(predicted: set[str], expected: set[str], credit) -> float:
+    if not predicted or not expected:
+        return 0.0
+    precision = sum(max(credit(p, e) for e in expected) for p in predicted) / len(predicted)
+    recall = sum(max(credit(p, e) for p in predicted) for e in expected) / len(expected)
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def _technique_credit(p: str, e: str) -> float:
+    if p == e:
+        return 1.0
+    return 0.5 if p.split(".")[0] == e.split(".")[0] else 0.0  # right technique, other sub-technique
+
+
+def score(task: Task, answer: str) -> Score:
+    """Score one answer in [0, 1]; ``parsed`` is False when nothing of the expected form appears."""
+    if task.kind == "verdict":
+        found = set(re.findall(r"\b(" + "|".join(VERDICTS) + r")\b", answer.lower()))
+        if len(found) != 1:
+            # None, or several labels: an echo of the question is not a verdict.
+            return Score(0.0, False)
+        return Score(1.0 if found == {task.expected} else 0.0, True)
+    if task.kind == "attack":
+        predicted = {m.upper() for m in _TECHNIQUE.findall(answer)}
+        if not predicted:
+            return Score(0.0, False)
+        return Score(_f1(predicted, {e.upper() for e in task.expected}, _technique_credit), True)
+    predicted = {_norm(m) for m in _IOC.findall(answer)} - {""}
+    if not predicted:
+        return Score(0.0, False)
+    exact = lambda p, e: 1.0 if p == e else 0.0  # noqa: E731
+    return Score(_f1(predicted, {_norm(e) for e in task.expected}, exact), True)

@@ -1,0 +1,70 @@
+"""Every path a test touches is temporary: storage, model cache, working directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache for the session (derived and assembled models), never the user's."""
+    path = tmp_path_factory.mktemp("sweep-cache")
+    os.environ["SWEEP_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWEEP_STORAGE", f"sqlite:///{tmp_path / 'studies.db'}")
+    monkeypatch.delenv("SWEEP_MODELS_DIR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from sweep.models import _bundled_path
+
+    return _bundled_path("smollm2-135m")
+
+
+def sweep_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real ``sweep`` entry point in a child process."""
+    return subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def write_space(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+TINY_SPACE = """\
+version: 1
+name: tiny
+models:
+  smollm2-135m: [Q4_1]
+params:
+  n_threads: {low: 1, high: all}
+  n_batch: [64, 512]
+  nice: [0, 19]
+fixed:
+  n_threads_batch: 1
+  n_ctx: 512
+  max_tokens: 16
+trial:
+  prompts: 3
+  idle_seconds: 0.5
+  baseline_seconds: 0.2
+  timeout_seconds: 120
+sampler:
+  name: random
+  seed: 3
+"""

@@ -1,0 +1,113 @@
+"""Search-space validation: every bad input is one clear line, exit code 2, and no study is touched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_SPACE, sweep_cli, write_space
+from sweep.errors import SpaceError
+from sweep.host import allowed_cpus
+from sweep.space import load_space
+
+BAD_CPU = max(allowed_cpus()) + 64
+
+BAD_CASES = {
+    "yaml_syntax": (TINY_SPACE.replace("n_batch: [64, 512]", "n_batch: [64, 512"), ["YAML syntax error", ":"]),
+    "unknown_key": (TINY_SPACE.replace("name: tiny", "name: tiny\ncolour: blue"), ["colour", "Extra inputs"]),
+    "unknown_param": (TINY_SPACE.replace("nice: [0, 19]", "nicety: [0, 19]"), ["params.nicety:", "unknown parameter"]),
+    "wrong_type": (TINY_SPACE.replace("n_batch: [64, 512]", "n_batch: [64, big]"), ["params.n_batch[1]", "whole number"]),
+    "wrong_type_settings": (TINY_SPACE.replace("prompts: 3", "prompts: many"), ["trial.prompts"]),
+    "empty_range": (TINY_SPACE.replace("{low: 1, high: all}", "{low: 4, high: 2}"), ["params.n_threads", "empty range"]),
+    "empty_choices": (TINY_SPACE.replace("nice: [0, 19]", "nice: []"), ["params.nice", "empty"]),
+    "bad_cpu_id": (TINY_SPACE.replace("n_ctx: 512", f"n_ctx: 512\n  cpus: [0, {BAD_CPU}]"),
+                   ["fixed.cpus", f"CPU {BAD_CPU} not available"]),
+    "too_many_cores": (TINY_SPACE.replace("nice: [0, 19]", f"cores: {{low: 1, high: {len(allowed_cpus()) + 1}}}"),
+                       ["params.cores", "use high: all"]),
+    "unknown_model": (TINY_SPACE.replace("smollm2-135m: [Q4_1]", "no-such-model: [Q4_K_M]"),
+                      ["models.no-such-model", "unknown model"]),
+    "missing_quant": (TINY_SPACE.replace("[Q4_1]", "[Q6_K]"), ["models.smollm2-135m", "sweep models quantize"]),
+    "unknown_objective": (TINY_SPACE + "objectives: [speed]\n", ["objectives[0]", "unknown metric"]),
+    "missing_model_file": (TINY_SPACE.replace("models:", "model_paths:\n  mine: {path: /nonexistent/x.gguf}\nmodels:\n  mine: [Q4_0]"),
+                           ["models.mine", "does not exist"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_space_is_one_line_exit_2_and_no_study(case: str, isolated: Path) -> None:
+    body, needles = BAD_CASES[case]
+    space = write_space(isolated / "bad.yaml", body)
+    db = isolated / "studies.db"
+    proc = sweep_cli("run", str(space), "--trials", "1")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "bad.yaml" in lines[0]
+    for needle in needles:
+        assert needle in lines[0]
+    assert not db.exists()
+
+
+def test_bad_space_leaves_an_existing_database_unchanged(isolated: Path) -> None:
+    db = isolated / "studies.db"
+    db.write_bytes(b"not touched")
+    space = write_space(isolated / "bad.yaml", BAD_CASES["unknown_model"][0])
+    assert sweep_cli("run", str(space)).returncode == 2
+    assert db.read_bytes() == b"not touched"
+
+
+def test_missing_space_file(isolated: Path) -> None:
+    proc = sweep_cli("run", "nope.yaml")
+    assert proc.returncode == 2
+    assert "nope.yaml: no such search-space file" in proc.stderr
+
+
+def test_shipped_demo_space_loads(cache_dir: Path) -> None:
+    from sweep.models import Registry
+
+    Registry().quantize("smollm2-135m", ["Q8_0"])
+    space = load_space(REPO / "search_spaces" / "demo.yaml")
+    assert set(space.spec.models) == {"smollm2-135m", "gemma3-270m"}
+    assert space.spec.constraints["correctness"].min == 0.80
+
+
+def test_endpoint_space_is_valid_but_names_models_this_host_lacks() -> None:
+    with pytest.raises(SpaceError, match=r"models\.qwen2\.5-7b-instruct: unknown model"):
+        load_space(REPO / "search_spaces" / "endpoint-security.yaml")
+
+
+class _FixedTrial:
+    """Stands in for an Optuna trial: returns the highest value of each distribution."""
+
+    def __init__(self) -> None:
+        self.user_attrs: dict = {}
+
+    def suggest_categorical(self, name, choices):
+        return choices[-1]
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return high
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
+def test_sample_clamps_threads_to_cores_and_ubatch_to_batch(isolated: Path) -> None:
+    body = TINY_SPACE.replace("nice: [0, 19]", "cores: {low: 1, high: 1}\n  n_ubatch: [1024]\n  placement: [last]")
+    body = body.replace("{low: 1, high: all}", "{low: 1, high: 64}").replace("n_threads_batch: 1", "n_threads_batch: 8")
+    space = load_space(write_space(isolated / "s.yaml", body))
+    trial = _FixedTrial()
+    config = space.sample(trial)
+    assert config.cpus == (max(allowed_cpus()),)
+    assert config.n_threads == 1 and config.n_threads_batch == 1
+    assert config.n_ubatch == config.n_batch == 512
+    assert trial.user_attrs["config"]["n_threads"] == 1
+
+
+def test_fingerprint_ignores_trial_settings_but_not_the_space(isolated: Path) -> None:
+    a = load_space(write_space(isolated / "a.yaml", TINY_SPACE))
+    b = load_space(write_space(isolated / "b.yaml", TINY_SPACE.replace("prompts: 3", "prompts: 5")))
+    c = load_space(write_space(isolated / "c.yaml", TINY_SPACE.replace("nice: [0, 19]", "nice: [0, 10]")))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
