@@ -151,8 +151,10 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
         return False
     trial.set_user_attr("by_kind", outcome.by_kind)
     cv = constraint_values(outcome.figures, budgets)
-    for name, c in zip(budgets, cv):
-        trial.set_constraint(name, c)  # the samplers and optuna-dashboard read feasibility from these
+    # Optuna 5 reads constraints from the list attribute "constraints" as well as from
+    # Trial.set_constraint's named keys, but optuna-dashboard reads only the list; the
+    # names are the study's "budgets" attribute, in this order.
+    study._storage.set_trial_system_attr(trial._trial_id, "constraints", cv)
     trial.set_user_attr("constraint_values", cv)
     trial.set_user_attr("violations", [name for name, c in zip(budgets, cv) if c > 0])
     study.tell(trial, values)

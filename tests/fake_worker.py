@@ -1,0 +1,37 @@
+"""Fault-injecting workers for the runner's failure paths: ``fake_worker.py MODE FD``."""
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+
+mode, fd = sys.argv[1], int(sys.argv[2])
+job = json.loads(sys.stdin.read())
+
+
+def send(kind, **payload):
+    os.write(fd, (json.dumps({"v": 1, "type": kind, **payload}) + "\n").encode())
+
+
+send("phase", phase="load", t=time.monotonic())
+if mode == "segfault":
+    os.kill(os.getpid(), signal.SIGSEGV)
+elif mode == "abort":
+    ctypes.CDLL(None).abort()
+elif mode == "hang":
+    time.sleep(3600)
+elif mode == "garbage":
+    os.write(fd, b"this is not json\n")
+    sys.exit(0)
+elif mode == "wrong_version":
+    os.write(fd, b'{"v": 99, "type": "result", "ok": true}\n')
+    sys.exit(0)
+elif mode == "memory":
+    hog = []
+    while True:
+        hog.append(bytearray(16 * 1024 * 1024))
+        time.sleep(0.01)
+elif mode == "exit_nonzero":
+    sys.exit(7)

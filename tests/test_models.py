@@ -1,0 +1,76 @@
+"""The model registry and the GGUF reader, on the real bundled models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sweep.errors import ModelError
+from sweep.gguf import FILE_TYPES, quant_of, read_metadata
+from sweep.models import Registry, model_name_of
+
+
+def test_file_type_table_matches_llama_cpp() -> None:
+    import llama_cpp
+
+    theirs = {v: k.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+              for k, v in vars(llama_cpp).items() if k.startswith("LLAMA_FTYPE_") and k != "LLAMA_FTYPE_GUESSED"}
+    assert FILE_TYPES == theirs
+
+
+def test_bundled_models_are_listed_with_quant_from_metadata() -> None:
+    files = Registry().files()
+    assert ("smollm2-135m", "Q4_1") in files
+    assert ("gemma3-270m", "Q4_K_M") in files
+    gemma = files[("gemma3-270m", "Q4_K_M")]
+    assert gemma.chat_format == "gemma"  # its GGUF has no template
+    assert "tokenizer.chat_template" not in read_metadata(gemma.path)
+
+
+def test_quantize_derives_a_real_variant(cache_dir: Path) -> None:
+    reg = Registry()
+    (made,) = reg.quantize("smollm2-135m", ["Q4_0"])
+    assert made.quant == "Q4_0"
+    assert quant_of(read_metadata(made.path)) == "Q4_0"
+    assert reg.resolve("smollm2-135m", "Q4_0").path == made.path
+
+
+def test_quantize_refuses_unknown_names() -> None:
+    with pytest.raises(ModelError, match="unknown quantization Q9_9"):
+        Registry().quantize("smollm2-135m", ["Q9_9"])
+    with pytest.raises(ModelError, match="unknown model"):
+        Registry().quantize("nope", ["Q8_0"])
+
+
+def test_user_directory_names_models_by_stem(tmp_path: Path, smollm2_path: Path) -> None:
+    shutil.copy(smollm2_path, tmp_path / "My-Model.Q4_1.gguf")
+    model = Registry(models_dir=tmp_path).resolve("my-model", "Q4_1")
+    assert model.source == "user-dir"
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "not a GGUF file"),
+    (b"NOPE" + b"\0" * 64, "not a GGUF file"),
+    (b"GGUF\x03\x00\x00\x00" + b"\x01", "truncated"),
+])
+def test_corrupt_files_are_refused(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "bad.Q4_0.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=needle):
+        read_metadata(path)
+
+
+def test_gguf_without_template_needs_a_chat_format(tmp_path: Path) -> None:
+    gemma = Registry().resolve("gemma3-270m", "Q4_K_M").path
+    (tmp_path / "base.gguf").symlink_to(gemma)
+    with pytest.raises(ModelError, match="no chat template"):
+        Registry(models_dir=tmp_path).files()
+    explicit = Registry(explicit={"base": (tmp_path / "base.gguf", "gemma")})
+    assert explicit.resolve("base", "Q4_K_M").chat_format == "gemma"
+
+
+def test_model_name_of_strips_the_quant_suffix() -> None:
+    assert model_name_of(Path("Qwen2.5-7B-Instruct-Q4_K_M.gguf")) == "qwen2.5-7b-instruct"
+    assert model_name_of(Path("llama.Q8_0.gguf")) == "llama"

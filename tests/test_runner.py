@@ -1,0 +1,125 @@
+"""The runner: every worker fault becomes a recorded reason, and no process survives.
+
+Fault paths use fault-injecting workers; the real path uses the real worker and
+the bundled SmolLM2 model.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweep.host import allowed_cpus, machine_cpus
+from sweep.records import TrialConfig, TrialSettings
+from sweep.runner import run_trial
+from sweep.tasks import load_tasks, stratified_subset
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_worker.py"))]
+TASKS = stratified_subset(load_tasks(), 3)
+QUICK = TrialSettings(prompts=3, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=60)
+
+
+def config(path: Path, **kw) -> TrialConfig:
+    base = dict(model="smollm2-135m", quant="Q4_1", model_path=str(path), chat_format=None, n_threads=1,
+                n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=512, max_tokens=16)
+    return TrialConfig(**{**base, **kw})
+
+
+def no_survivors(pids_before: set[int]) -> bool:
+    time.sleep(0.1)
+    mine = {int(p) for p in os.listdir("/proc") if p.isdigit()} - pids_before
+    alive = []
+    for pid in mine:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"fake_worker" in cmdline or b"sweep.worker" in cmdline:
+            alive.append(pid)
+    return not alive
+
+
+@pytest.mark.parametrize("mode, reason, detail", [
+    ("segfault", "crashed", "SIGSEGV"),
+    ("abort", "crashed", "SIGABRT"),
+    ("exit_nonzero", "crashed", "status 7"),
+    ("garbage", "protocol", "not json"),
+    ("wrong_version", "protocol", "protocol version 99"),
+])
+def test_worker_faults_become_reasons(mode: str, reason: str, detail: str, smollm2_path: Path) -> None:
+    before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    outcome = run_trial(config(smollm2_path), QUICK, TASKS, worker_cmd=FAKE + [mode])
+    assert not outcome.ok
+    assert outcome.reason == reason
+    assert detail in outcome.detail
+    assert no_survivors(before)
+
+
+def test_hanging_worker_times_out_and_its_group_is_killed(smollm2_path: Path) -> None:
+    settings = TrialSettings(prompts=3, idle_seconds=0, baseline_seconds=0.1, timeout_seconds=1.5)
+    before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    outcome = run_trial(config(smollm2_path), settings, TASKS, worker_cmd=FAKE + ["hang"])
+    assert outcome.reason == "timeout"
+    assert outcome.wall_seconds < 1.5 + 0.1 + 5  # timeout + baseline + kill grace and slack
+    assert no_survivors(before)
+
+
+def test_memory_limit_is_enforced_by_the_runner(smollm2_path: Path) -> None:
+    settings = TrialSettings(prompts=3, idle_seconds=0, baseline_seconds=0.1, timeout_seconds=60, memory_limit_gb=0.25)
+    outcome = run_trial(config(smollm2_path), settings, TASKS, worker_cmd=FAKE + ["memory"])
+    assert outcome.reason == "memory_budget"
+    assert outcome.figures["rss_peak_gb"] > 0.25  # the kernel's high-water mark confirms it
+
+
+def test_corrupt_model_fails_to_load(tmp_path: Path, smollm2_path: Path) -> None:
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(smollm2_path.read_bytes()[: 5_000_000])
+    outcome = run_trial(config(truncated), QUICK, TASKS)
+    assert outcome.reason == "model_load_failed"
+
+
+def test_real_trial_measures_and_answers(smollm2_path: Path) -> None:
+    outcome = run_trial(config(smollm2_path, cpus=(allowed_cpus()[0],)), QUICK, TASKS)
+    assert outcome.ok, (outcome.reason, outcome.detail, outcome.stderr_tail)
+    f = outcome.figures
+    assert 0 <= f["correctness"] <= 1
+    assert len(outcome.answers) == 3 and all(a["answer"].strip() for a in outcome.answers)
+    assert f["latency_p50_s"] > 0 and f["n_windows_active"] >= 1
+    assert "load" in outcome.series["phase"] and "active" in outcome.series["phase"]
+    assert f["rss_peak_gb"] > 0.05  # the model is ~100 MB and mapped in
+    assert all(t["cpus"] == str(allowed_cpus()[0]) for t in outcome.knobs["threads"])
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
+def test_one_thread_on_one_core_stays_within_one_core(smollm2_path: Path) -> None:
+    settings = TrialSettings(prompts=6, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=120)
+    tasks = stratified_subset(load_tasks(), 6)
+    one = run_trial(config(smollm2_path, cpus=(allowed_cpus()[0],), max_tokens=32), settings, tasks)
+    assert one.ok, one.detail
+    one_core_share = 100 / machine_cpus()
+    assert one.figures["cpu_active_p99_share_pct"] <= one_core_share * 1.05
+    two = run_trial(config(smollm2_path, n_threads=2, n_threads_batch=2, cpus=tuple(allowed_cpus()[:2]), max_tokens=32),
+                    settings, tasks)
+    assert two.ok, two.detail
+    assert two.figures["cpu_active_peak_share_pct"] > one_core_share * 1.2
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
+def test_knob_that_did_not_apply_fails_the_trial(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_TEST_SKIP_KNOBS", "affinity")
+    outcome = run_trial(config(smollm2_path, cpus=(allowed_cpus()[0],)), QUICK, TASKS)
+    assert outcome.reason == "knob_not_applied"
+    assert "may run on CPUs" in outcome.detail
+
+
+def test_nice_and_policy_hold_on_every_thread(smollm2_path: Path) -> None:
+    outcome = run_trial(config(smollm2_path, nice=19, sched_policy="idle", n_threads=2), QUICK, TASKS)
+    assert outcome.ok, outcome.detail
+    threads = outcome.knobs["threads"]
+    assert len(threads) >= 2
+    assert all(t["nice"] == 19 and t["policy"] == "idle" for t in threads)

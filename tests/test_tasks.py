@@ -1,0 +1,84 @@
+"""Scorers on hand-worked cases, and the task file's schema."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sweep.errors import TaskFileError
+from sweep.tasks import Task, load_tasks, score, stratified_subset
+
+
+def task(kind: str, expected) -> Task:
+    return Task(id="x", kind=kind, input="...", expected=expected, source="test")
+
+
+@pytest.mark.parametrize("answer, value, parsed", [
+    ("Malicious.", 1.0, True),
+    ("benign", 0.0, True),
+    ("This is malicious, suspicious or benign", 0.0, False),  # an echo of the question
+    ("I cannot tell", 0.0, False),
+    ("not maliciously", 0.0, False),  # a word boundary, not a substring
+])
+def test_verdict(answer: str, value: float, parsed: bool) -> None:
+    result = score(task("verdict", "malicious"), answer)
+    assert (result.value, result.parsed) == (value, parsed)
+
+
+def test_attack_exact_partial_and_parse_failure() -> None:
+    t = task("attack", ["T1003.001"])
+    assert score(t, "T1003.001").value == 1.0
+    assert score(t, "T1003.002").value == pytest.approx(0.5)  # right technique, wrong sub-technique
+    assert score(t, "T1003.001 and T1059").value == pytest.approx(2 * 0.5 * 1 / 1.5)  # precision 0.5, recall 1
+    assert score(t, "credential dumping").parsed is False
+
+
+def test_iocs_set_f1() -> None:
+    t = task("iocs", ["45.83.64.1", "C:\\Users\\Public\\a.exe"])
+    assert score(t, "45.83.64.1\nC:\\Users\\Public\\a.exe").value == 1.0
+    assert score(t, "45.83.64.1").value == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert score(t, "45.83.64.1, 10.0.0.1").value == pytest.approx(0.5)  # precision 0.5, recall 0.5
+    assert score(t, "none found").parsed is False
+
+
+def test_starter_set_is_valid_and_balanced() -> None:
+    tasks = load_tasks()
+    assert len(tasks) >= 30
+    assert len({t.id for t in tasks}) == len(tasks)
+    kinds = Counter(t.kind for t in tasks)
+    assert set(kinds) == {"verdict", "iocs", "attack"}
+    verdicts = Counter(t.expected for t in tasks if t.kind == "verdict")
+    assert max(verdicts.values()) - min(verdicts.values()) <= 1  # a constant verdict scores ~1/3
+
+
+def test_subset_is_stratified_and_fixed() -> None:
+    tasks = load_tasks()
+    sub = stratified_subset(tasks, 9)
+    assert Counter(t.kind for t in sub) == {"verdict": 3, "iocs": 3, "attack": 3}
+    assert sub == stratified_subset(list(reversed(tasks)), 9)
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("{not json", ":2: invalid JSON"),
+    ('{"id": "a", "kind": "poem", "input": "x", "expected": "y", "source": "s"}', ":2: field 'kind'"),
+    ('{"id": "a", "kind": "verdict", "input": "x", "source": "s"}', ":2: field 'expected'"),
+    ('{"id": "ok", "kind": "verdict", "input": "x", "expected": "benign", "source": "s"}', ":2: field 'id': duplicate"),
+    ('{"id": "b", "kind": "verdict", "input": "x", "expected": "fine", "source": "s"}', ":2: field 'expected'"),
+])
+def test_bad_task_file_names_line_and_field(tmp_path: Path, line: str, needle: str) -> None:
+    good = '{"id": "ok", "kind": "verdict", "input": "x", "expected": "benign", "source": "s"}'
+    path = tmp_path / "t.jsonl"
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(TaskFileError, match=needle):
+        load_tasks(path)
+
+
+def test_tasks_check_cli(tmp_path: Path) -> None:
+    from conftest import sweep_cli
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"id": 1}\n')
+    proc = sweep_cli("tasks", "check", str(path))
+    assert proc.returncode == 2 and "t.jsonl:1: field" in proc.stderr
