@@ -155,6 +155,42 @@ def export(study_name: str, output: Path, trial_number: int | None, allow_infeas
 
 
 @main.command()
+@click.argument("trial_number", type=int)
+@click.option("--study", "study_name", required=True)
+@click.option("--png", type=click.Path(path_type=Path), default=None, help="Also draw the timeline into this PNG.")
+@storage_option
+def show(trial_number: int, study_name: str, png: Path | None, storage: str | None) -> None:
+    """Print one trial's figures and draw its CPU timeline."""
+    from .display import config_summary, figures_table
+    from .metrics import METRICS
+    from .storage import SeriesStore, require_existing, storage_url
+    from .study import load_study
+    from .timeline import ascii_timeline, png_timeline
+
+    url = storage_url(storage)
+    require_existing(url)
+    study = load_study(url, study_name)
+    match = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+    if not match:
+        raise SweepError(f"study {study_name!r} has no trial {trial_number}")
+    t = match[0]
+    click.echo(f"trial {t.number} ({t.state.name}): {config_summary(t.user_attrs.get('config'))}")
+    if t.user_attrs.get("fail_reason"):
+        click.echo(f"failed: {t.user_attrs['fail_reason']}: {t.user_attrs.get('fail_detail', '')}")
+    click.echo(figures_table({k: v for k, v in t.user_attrs.items() if k in METRICS}))
+    stored = SeriesStore(url).get(study_name, t.number)
+    if not stored or not stored["series"].get("t"):
+        click.echo("(no time series stored for this trial)")
+        return
+    budgets = study.user_attrs.get("budgets", {})
+    click.echo("")
+    click.echo(ascii_timeline(stored["series"], budgets))
+    if png:
+        png_timeline(stored["series"], budgets, png, f"study {study_name}, trial {t.number}")
+        click.echo(f"timeline written to {png}")
+
+
+@main.command()
 @click.argument("config_file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None)

@@ -26,18 +26,35 @@ class Metric:
 
 METRICS: dict[str, Metric] = {
     "correctness": Metric("fraction", "maximize", "mean task score, 0..1"),
+    "parse_failures": Metric("count", "minimize", "answers with nothing of the expected form"),
     "cpu_idle_share_pct": Metric("% of machine", "minimize", "LLM CPU while loaded and idle"),
     "cpu_active_mean_share_pct": Metric("% of machine", "minimize", "LLM CPU mean while answering"),
+    "cpu_active_p50_share_pct": Metric("% of machine", "minimize", "LLM CPU p50 over windows while answering"),
+    "cpu_active_p95_share_pct": Metric("% of machine", "minimize", "LLM CPU p95 over windows while answering"),
     "cpu_active_p99_share_pct": Metric("% of machine", "minimize", "LLM CPU p99 over windows while answering"),
     "cpu_active_peak_share_pct": Metric("% of machine", "minimize", "LLM CPU peak window while answering"),
     "cpu_active_mean_core_pct": Metric("% of one core", "minimize", "LLM CPU mean while answering"),
+    "cpu_active_p50_core_pct": Metric("% of one core", "minimize", "LLM CPU p50 while answering"),
+    "cpu_active_p95_core_pct": Metric("% of one core", "minimize", "LLM CPU p95 while answering"),
     "cpu_active_p99_core_pct": Metric("% of one core", "minimize", "LLM CPU p99 while answering"),
     "cpu_active_peak_core_pct": Metric("% of one core", "minimize", "LLM CPU peak while answering"),
+    "cpu_prefill_mean_core_pct": Metric("% of one core", "minimize", "LLM CPU mean in windows wholly inside a prefill"),
+    "cpu_decode_mean_core_pct": Metric("% of one core", "minimize", "LLM CPU mean in windows wholly inside a decode"),
+    "n_windows_prefill": Metric("count", "maximize", "windows wholly inside a prefill"),
+    "n_windows_decode": Metric("count", "maximize", "windows wholly inside a decode"),
     "system_cpu_baseline_pct": Metric("% of machine", "minimize", "whole machine before the trial"),
     "system_cpu_active_mean_pct": Metric("% of machine", "minimize", "whole machine while answering"),
     "system_cpu_active_p99_pct": Metric("% of machine", "minimize", "whole machine p99 while answering"),
     "system_cpu_active_peak_pct": Metric("% of machine", "minimize", "whole machine peak while answering"),
     "busiest_core_active_p99_pct": Metric("% of one core", "minimize", "busiest core p99 while answering"),
+    "psi_cpu_some_active_mean_pct": Metric("% of time", "minimize", "PSI cpu 'some' stall while answering, mean"),
+    "psi_cpu_some_active_peak_pct": Metric("% of time", "minimize", "PSI cpu 'some' stall while answering, peak window"),
+    "fg_p95_ratio": Metric("ratio", "minimize", "foreground probe p95 latency, answering / baseline"),
+    "fg_p99_ratio": Metric("ratio", "minimize", "foreground probe p99 latency, answering / baseline"),
+    "fg_baseline_p95_ms": Metric("ms", "minimize", "foreground probe p95 latency before the trial"),
+    "fg_active_p95_ms": Metric("ms", "minimize", "foreground probe p95 latency while answering"),
+    "n_fg_baseline": Metric("count", "maximize", "probe samples N behind the baseline"),
+    "n_fg_active": Metric("count", "maximize", "probe samples N behind the answering figures"),
     "latency_p50_s": Metric("s", "minimize", "request latency p50"),
     "latency_p95_s": Metric("s", "minimize", "request latency p95"),
     "latency_p99_s": Metric("s", "minimize", "request latency p99"),
@@ -52,11 +69,14 @@ METRICS: dict[str, Metric] = {
     "window_ms": Metric("ms", "minimize", "monitor window W"),
     "n_windows_active": Metric("count", "maximize", "windows N behind the active figures"),
     "n_windows_idle": Metric("count", "maximize", "windows N behind the idle figure"),
-    "parse_failures": Metric("count", "minimize", "answers with nothing of the expected form"),
+    "noise_check_pct": Metric("% of machine", "minimize", "whole machine in the noise guard's check before the trial"),
+    "machine_busy": Metric("flag", "minimize", "1 if the machine stayed busier than the noise guard allows"),
     "monitor_cpu_pct": Metric("% of one core", "minimize", "the sampler's own CPU cost"),
 }
 
 MAJOR_PHASES = ("baseline", "load", "idle", "active", "done")
+SUB_PHASES = ("prefill", "decode", "between")
+ACTIVE_TAGS = ("active",) + SUB_PHASES  # every window of the answering phase
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,9 +89,10 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def phase_intervals(events: list[dict[str, Any]], start: float, end: float) -> list[tuple[str, float, float]]:
-    """Major phases as (name, t0, t1): baseline until the first mark, then each mark to the next."""
-    marks = [(e["phase"], e["t"]) for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES]
+def phase_intervals(events: list[dict[str, Any]], start: float, end: float,
+                    phases: tuple[str, ...] = MAJOR_PHASES) -> list[tuple[str, float, float]]:
+    """Phases as (name, t0, t1), each mark to the next; before the first mark is ``baseline``."""
+    marks = [(e["phase"], e["t"]) for e in events if e.get("type") == "phase" and e["phase"] in phases]
     out, name, t0 = [], "baseline", start
     for phase, t in marks:
         out.append((name, t0, t))
@@ -80,16 +101,28 @@ def phase_intervals(events: list[dict[str, Any]], start: float, end: float) -> l
     return out
 
 
-def tag_windows(series: Series, intervals: list[tuple[str, float, float]]) -> list[str]:
-    """The phase of each window; a window that straddles a phase change is a ``transition``."""
+def _inside(t0: float, t1: float, intervals: list[tuple[str, float, float]]) -> str | None:
+    return next((name for name, a, b in intervals if a <= t0 and t1 <= b), None)
+
+
+def tag_windows(series: Series, events: list[dict[str, Any]]) -> list[str]:
+    """The phase of each window, at the finest level that wholly contains it.
+
+    Inside the active phase a window within one prompt's prefill, decode or the
+    gap between prompts takes that name; one that spans several is ``active``.
+    A window that straddles a change of major phase is a ``transition``.
+    """
+    if not series.windows:
+        return []
+    start, end = series.windows[0].t0, series.windows[-1].t1
+    majors = phase_intervals(events, start, end)
+    subs = [iv for iv in phase_intervals(events, start, end, SUB_PHASES + ("done",)) if iv[0] in SUB_PHASES]
     tags = []
     for w in series.windows:
-        tag = "transition"
-        for name, t0, t1 in intervals:
-            if t0 <= w.t0 and w.t1 <= t1:
-                tag = name
-                break
-        tags.append(tag)
+        major = _inside(w.t0, w.t1, majors)
+        if major == "active":
+            major = _inside(w.t0, w.t1, subs) or "active"
+        tags.append(major or "transition")
     return tags
 
 
@@ -103,23 +136,32 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
     ws = series.windows
     end = ws[-1].t1 if ws else 0.0
     start = ws[0].t0 if ws else 0.0
-    tags = tag_windows(series, phase_intervals(events, start, end))
+    tags = tag_windows(series, events)
     ncpu = series.ncpu
 
-    def core_pct(phase: str) -> list[float]:
-        return [100 * w.tree_cpu_s / (w.t1 - w.t0) for w, t in zip(ws, tags) if t == phase]
+    def core_pct(*phases: str) -> list[float]:
+        return [100 * w.tree_cpu_s / (w.t1 - w.t0) for w, t in zip(ws, tags) if t in phases]
 
-    def machine_pct(phase: str) -> list[float]:
-        return [100 * _mean(w.core_busy) for w, t in zip(ws, tags) if t == phase]
+    def machine_pct(*phases: str) -> list[float]:
+        return [100 * _mean(w.core_busy) for w, t in zip(ws, tags) if t in phases]
 
-    active, idle = core_pct("active"), core_pct("idle")
-    sys_active = machine_pct("active")
-    busiest = [100 * max(w.core_busy) for w, t in zip(ws, tags) if t == "active" and w.core_busy]
+    active, idle = core_pct(*ACTIVE_TAGS), core_pct("idle")
+    sys_active = machine_pct(*ACTIVE_TAGS)
+    busiest = [100 * max(w.core_busy) for w, t in zip(ws, tags) if t in ACTIVE_TAGS and w.core_busy]
+    psi = [100 * w.psi_some_s / (w.t1 - w.t0) for w, t in zip(ws, tags) if t in ACTIVE_TAGS and w.psi_some_s is not None]
     f: dict[str, float] = {
         "cpu_idle_share_pct": _mean(idle) / ncpu,
         "cpu_active_mean_core_pct": _mean(active),
+        "cpu_active_p50_core_pct": percentile(active, 50),
+        "cpu_active_p95_core_pct": percentile(active, 95),
         "cpu_active_p99_core_pct": percentile(active, 99),
         "cpu_active_peak_core_pct": max(active, default=math.nan),
+        "cpu_prefill_mean_core_pct": _mean(core_pct("prefill")),
+        "cpu_decode_mean_core_pct": _mean(core_pct("decode")),
+        "n_windows_prefill": len(core_pct("prefill")),
+        "n_windows_decode": len(core_pct("decode")),
+        "psi_cpu_some_active_mean_pct": _mean(psi),
+        "psi_cpu_some_active_peak_pct": max(psi, default=math.nan),
         "system_cpu_baseline_pct": _mean(machine_pct("baseline")),
         "system_cpu_active_mean_pct": _mean(sys_active),
         "system_cpu_active_p99_pct": percentile(sys_active, 99),
@@ -133,7 +175,7 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
         "n_windows_idle": len(idle),
         "monitor_cpu_pct": 100 * series.monitor_cpu_s / series.monitor_wall_s if series.monitor_wall_s else math.nan,
     }
-    for stat in ("mean", "p99", "peak"):
+    for stat in ("mean", "p50", "p95", "p99", "peak"):
         f[f"cpu_active_{stat}_share_pct"] = f[f"cpu_active_{stat}_core_pct"] / ncpu
     marks = {e["phase"]: e["t"] for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES}
     if "load" in marks and "idle" in marks:
@@ -152,3 +194,19 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
     if decode_s > 0:
         f["decode_tps"] = sum(max(p["completion_chunks"] - 1, 0) for p in prompts) / decode_s
     return {k: v for k, v in f.items() if not (isinstance(v, float) and math.isnan(v))}, tags
+
+
+def probe_figures(samples: list[tuple[float, float]], events: list[dict[str, Any]]) -> dict[str, float]:
+    """Foreground probe latencies while answering, against those before the worker started."""
+    marks = {e["phase"]: e["t"] for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES}
+    if "load" not in marks or "active" not in marks:
+        return {}
+    end = marks.get("done", math.inf)
+    base = [lat for t, lat in samples if t + lat < marks["load"]]
+    active = [lat for t, lat in samples if marks["active"] <= t and t + lat <= end]
+    if not base or not active:
+        return {}
+    b95, b99 = percentile(base, 95), percentile(base, 99)
+    a95, a99 = percentile(active, 95), percentile(active, 99)
+    return {"fg_baseline_p95_ms": 1000 * b95, "fg_active_p95_ms": 1000 * a95, "fg_p95_ratio": a95 / b95,
+            "fg_p99_ratio": a99 / b99, "n_fg_baseline": len(base), "n_fg_active": len(active)}

@@ -27,6 +27,7 @@ class Window:
     core_busy: list[float]     # per-core busy fraction of the machine, 0..1
     rss_anon_kb: int = 0
     rss_file_kb: int = 0
+    psi_some_s: float | None = None  # seconds some task stalled waiting for CPU (PSI), if the kernel has it
 
 
 @dataclass
@@ -48,6 +49,25 @@ def _read_proc_stat() -> list[tuple[int, int]]:
                 total = sum(v)
                 out.append((total - v[3] - v[4], total))  # idle and iowait are not busy
     return out
+
+
+def machine_busy_pct(seconds: float) -> float:
+    """Whole-machine busy percent over the next ``seconds`` (blocks)."""
+    before = _read_proc_stat()
+    time.sleep(seconds)
+    after = _read_proc_stat()
+    busy = sum(b1 - b0 for (b0, _), (b1, _) in zip(before, after))
+    total = sum(n1 - n0 for (_, n0), (_, n1) in zip(before, after))
+    return 100 * busy / total if total else 0.0
+
+
+def _read_psi_some_us() -> int | None:
+    """Cumulative microseconds in which some task waited for a CPU (``/proc/pressure/cpu``)."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _children(pid: int) -> list[int]:
@@ -143,7 +163,7 @@ class Monitor:
 
     def _loop(self) -> None:
         cpu0, wall0 = time.thread_time(), time.monotonic()
-        prev_stat = _read_proc_stat()
+        prev_stat, prev_psi = _read_proc_stat(), _read_psi_some_us()
         self._tree_delta_s()  # the first reading only sets the base
         prev_t = time.monotonic()
         deadline = prev_t
@@ -159,12 +179,13 @@ class Monitor:
             t_a = time.monotonic()
             tree_s, anon, file_ = self._tree_delta_s()
             t = (t_a + time.monotonic()) / 2
-            stat = _read_proc_stat()
+            stat, psi = _read_proc_stat(), _read_psi_some_us()
             busy = [(b1 - b0) / (n1 - n0) if n1 > n0 else 0.0 for (b0, n0), (b1, n1) in zip(prev_stat, stat)]
-            window = Window(prev_t, t, tree_s, busy, anon, file_)
+            psi_s = (psi - prev_psi) / 1e6 if psi is not None and prev_psi is not None else None
+            window = Window(prev_t, t, tree_s, busy, anon, file_, psi_s)
             self.series.windows.append(window)
             if self._on_sample:
                 self._on_sample(window)
-            prev_t, prev_stat = t, stat
+            prev_t, prev_stat, prev_psi = t, stat, psi
         self.series.monitor_cpu_s = time.thread_time() - cpu0
         self.series.monitor_wall_s = time.monotonic() - wall0

@@ -50,6 +50,8 @@ class TrialConfig:
     max_tokens: int = 48
     temperature: float = 0.0
     seed: int = 1234
+    pace_tps: float | None = None  # decode pacing: at most this many tokens per second
+    pace_duty: float | None = None  # decode pacing: compute at most this fraction of decode time
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,6 +103,13 @@ class TrialSettings:
     timeout_seconds: float = 300.0
     window_ms: int = 100
     memory_limit_gb: float | None = None  # the runner kills the worker above this RSS
+    probe: bool = True  # run the foreground-slowdown probe
+    probe_period_ms: float = 50.0
+    probe_work_ms: float = 2.0
+    noise_max_pct: float = 30.0  # the noise guard waits while the machine is busier than this
+    noise_check_seconds: float = 1.0
+    noise_wait_seconds: float = 10.0
+    noise_retries: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}

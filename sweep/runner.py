@@ -19,7 +19,8 @@ import time
 from typing import Any, Iterator
 
 from .metrics import figures as compute_figures
-from .monitor import Monitor, Series
+from .metrics import probe_figures
+from .monitor import Monitor, Series, machine_busy_pct
 from .protocol import PROTOCOL_VERSION
 from .records import Outcome, TrialConfig, TrialSettings
 from .tasks import Task, messages_for, score
@@ -37,6 +38,24 @@ def killer(proc: subprocess.Popen[bytes]) -> Iterator[None]:
         kill_group(proc.pid)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether the process group has a member that is not a zombie.
+
+    ``killpg(pgid, 0)`` cannot tell: it succeeds while an unreaped zombie remains.
+    """
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 def kill_group(pgid: int) -> None:
     """SIGTERM the whole process group, then SIGKILL whatever is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -46,9 +65,7 @@ def kill_group(pgid: int) -> None:
             return
         deadline = time.monotonic() + _TERM_GRACE_S
         while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
+            if not group_alive(pgid):
                 return
             time.sleep(0.02)
 
@@ -73,6 +90,42 @@ class _Reader(threading.Thread):
                     continue
                 self.messages.append(msg)
                 self.last_message_t = time.monotonic()
+
+
+class _Probe:
+    """The foreground-slowdown probe process and the latencies it reports."""
+
+    def __init__(self, settings: TrialSettings) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep.probe", str(settings.probe_period_ms), str(settings.probe_work_ms)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        self._thread = threading.Thread(target=self._read, name="sweep-probe", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            t, lat = line.split()
+            self.samples.append((float(t), float(lat)))
+
+    def stop(self) -> list[tuple[float, float]]:
+        kill_group(self.proc.pid)
+        self.proc.wait()
+        self._thread.join(timeout=5)
+        return self.samples
+
+
+def noise_guard(settings: TrialSettings) -> tuple[float, bool]:
+    """Wait (bounded) for the machine to be quiet. Returns its busy % and whether it stayed busy."""
+    for attempt in range(settings.noise_retries + 1):
+        pct = machine_busy_pct(settings.noise_check_seconds)
+        if pct <= settings.noise_max_pct:
+            return pct, False
+        if attempt < settings.noise_retries:
+            time.sleep(settings.noise_wait_seconds)
+    return pct, True
 
 
 def _expected_cpus(config: TrialConfig) -> set[int] | None:
@@ -140,6 +193,8 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
         if limit_kb and w.rss_anon_kb + w.rss_file_kb > limit_kb:
             over_memory.set()
 
+    noise_pct, busy = noise_guard(settings)
+    probe = _Probe(settings) if settings.probe else None
     monitor = Monitor(settings.window_ms / 1000, on_sample).start()
     time.sleep(settings.baseline_seconds)
     env = {**os.environ, **config.environment()}
@@ -158,14 +213,16 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
         killed_for = None
         rusage = None
         status = 0
-        with killer(proc):
+        with killer(proc), contextlib.ExitStack() as stack:
+            if probe:
+                stack.callback(probe.stop)
             try:
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps(job).encode())
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # the worker died at once; its status says why
-            deadline = started + settings.baseline_seconds + settings.timeout_seconds
+            deadline = time.monotonic() + settings.timeout_seconds  # from spawn, not from the noise guard
             while True:
                 pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
@@ -189,6 +246,9 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
     errors = [m for m in messages if m["type"] == "error"]
     knobs = next((m["threads"] for m in messages if m["type"] == "knobs"), [])
     figs, tags = compute_figures(series, messages, prompts, rusage.ru_maxrss if rusage else 0)
+    if probe:
+        figs.update(probe_figures(probe.samples, messages))
+    figs["noise_check_pct"], figs["machine_busy"] = noise_pct, float(busy)
     common = dict(stderr_tail=stderr_tail, series=_series_dict(series, tags), knobs={"threads": knobs},
                   wall_seconds=time.monotonic() - started)
     rc = proc.returncode

@@ -39,8 +39,9 @@ _ENUM_PARAMS: dict[str, tuple[str, ...]] = {
     "sched_policy": ("normal", "batch", "idle"),
     "omp_wait_policy": ("passive", "active"),
 }
+_FLOAT_PARAMS = {"pace_tps", "pace_duty"}
 _FIXED_ONLY = {"cpus", "temperature"}
-KNOWN_PARAMS = _INT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY
+KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY
 _DEFAULTS: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512, "n_ctx": 1024, "nice": 0, "sched_policy": "normal",
                              "placement": "first", "max_tokens": 48, "temperature": 0.0}
 
@@ -81,6 +82,13 @@ class TrialBlock(BaseModel):
     timeout_seconds: float = Field(300.0, gt=0)
     window_ms: int = Field(100, ge=10, le=10000)
     memory_limit_gb: Optional[float] = Field(None, gt=0)
+    probe: bool = True
+    probe_period_ms: float = Field(50.0, gt=0)
+    probe_work_ms: float = Field(2.0, gt=0)
+    noise_max_pct: float = Field(30.0, gt=0, le=100)
+    noise_check_seconds: float = Field(1.0, gt=0)
+    noise_wait_seconds: float = Field(10.0, ge=0)
+    noise_retries: int = Field(3, ge=0)
 
 
 class SamplerBlock(BaseModel):
@@ -164,6 +172,7 @@ class Space:
             n_batch=v["n_batch"], n_ubatch=min(v["n_ubatch"], v["n_batch"]), n_ctx=v["n_ctx"],
             cpus=cpus, nice=v["nice"], sched_policy=v["sched_policy"], omp_wait_policy=v.get("omp_wait_policy"),
             gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
+            pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"),
         )
 
 
@@ -181,6 +190,11 @@ def _check_param(where: str, name: str, value: Any) -> None:
         raise SpaceError(f"{where}: expected a whole number, got {value!r}")
     if name in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cores", "max_tokens") and value < 1:
         raise SpaceError(f"{where}: must be at least 1, got {value}")
+    if name in _FLOAT_PARAMS and value is not None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise SpaceError(f"{where}: expected a number above 0 (or null for no pacing), got {value!r}")
+        if name == "pace_duty" and value > 1:
+            raise SpaceError(f"{where}: a duty cycle is a fraction in (0, 1], got {value}")
     if name == "nice" and not 0 <= value <= 19:
         raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
 
@@ -216,6 +230,8 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name in _FIXED_ONLY:
             raise SpaceError(f"{where}: {name} can only be set under fixed")
         if isinstance(dist, IntRange):
+            if name in _FLOAT_PARAMS:
+                raise SpaceError(f"{where}: {name} takes a list of choices, not a range")
             _check_param(where + ".low", name, dist.low)
             high = len(host_cpus) if dist.high == "all" else dist.high
             _check_param(where + ".high", name, high)

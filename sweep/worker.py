@@ -65,6 +65,7 @@ def _run_prompt(llm: Any, messages: list[dict[str, str]], cfg: dict[str, Any], c
     stream = llm.create_chat_completion(
         messages=messages, max_tokens=cfg["max_tokens"], temperature=cfg["temperature"], seed=cfg["seed"], stream=True
     )
+    resumed = t0
     for chunk in stream:
         text = chunk["choices"][0]["delta"].get("content")
         if not text:
@@ -76,6 +77,16 @@ def _run_prompt(llm: Any, messages: list[dict[str, str]], cfg: dict[str, Any], c
             chan.send("phase", phase="decode", t=now, prompt=index)
         t_last = now
         pieces.append(text)
+        # Decode pacing: the generator computes the next token only when asked, so
+        # sleeping here idles the compute threads between tokens.
+        pause = 0.0
+        if cfg.get("pace_duty"):
+            pause = (now - resumed) * (1 - cfg["pace_duty"]) / cfg["pace_duty"]
+        if cfg.get("pace_tps"):
+            pause = max(pause, t_first + len(pieces) / cfg["pace_tps"] - now)
+        if pause > 0:
+            time.sleep(pause)
+        resumed = time.monotonic()
     t_end = time.monotonic()
     chan.send("phase", phase="between", t=t_end, prompt=index)
     return {

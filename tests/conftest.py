@@ -64,6 +64,7 @@ trial:
   idle_seconds: 0.5
   baseline_seconds: 0.2
   timeout_seconds: 120
+  noise_retries: 0
 sampler:
   name: random
   seed: 3

@@ -97,6 +97,16 @@ def test_unknown_study_and_missing_database(swept: dict, tmp_path: Path) -> None
     assert not (tmp_path / "none.db").exists()
 
 
+def test_show_prints_figures_and_draws_the_timeline(swept: dict) -> None:
+    png = swept["work"] / "t0.png"
+    proc = sweep_cli("show", "0", "--study", "e2e", "--png", str(png), env=swept["env"])
+    assert proc.returncode == 0, proc.stderr
+    assert "cpu_active_p99_share_pct" in proc.stdout
+    phase_row = next(line for line in proc.stdout.splitlines() if line.startswith("phase "))
+    assert "L" in phase_row and "I" in phase_row  # load and idle are drawn
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

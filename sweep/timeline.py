@@ -1,0 +1,82 @@
+"""A trial's CPU timeline, with its phases and budget lines: on the terminal or as a PNG.
+
+The terminal chart keeps each column's *maximum*, so a one-window spike is
+never averaged away by downsampling.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+_PHASE_CHAR = {"baseline": "B", "load": "L", "idle": "I", "active": "A", "prefill": "P", "decode": "D",
+               "between": "b", "done": "E", "transition": "|"}
+_PHASE_COLOUR = {"baseline": "#dddddd", "load": "#f4d03f", "idle": "#aed6f1", "active": "#f5b7b1",
+                 "prefill": "#ec7063", "decode": "#f1948a", "between": "#fadbd8", "done": "#dddddd"}
+
+
+def share_of_machine(series: dict[str, Any]) -> list[float]:
+    return [v / series["ncpu"] for v in series["tree_core_pct"]]
+
+
+def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], width: int = 96,
+                   height: int = 10) -> str:
+    """The LLM's share of the machine per column (max over the windows in it), phases below."""
+    values = share_of_machine(series)
+    phases = series["phase"]
+    if not values:
+        return "(no windows)"
+    per = max(1, -(-len(values) // width))
+    cols = [max(values[i:i + per]) for i in range(0, len(values), per)]
+    col_phase = [Counter(phases[i:i + per]).most_common(1)[0][0] for i in range(0, len(values), per)]
+    top = max(100.0, max(cols))
+    lines = {round(b["max"] / top * height): f"{name} {b['max']:g}%" for name, b in budgets.items()
+             if name.startswith("cpu_") and "max" in b}
+    rows = []
+    for level in range(height, 0, -1):
+        cut = level / height * top
+        fill = "-" if level in lines else " "
+        row = "".join("#" if v >= cut - top / height / 2 else fill for v in cols)
+        label = f"{cut:5.0f}% |"
+        rows.append(label + row + (f"  <- {lines[level]}" if level in lines else ""))
+    rows.append("       +" + "-" * len(cols))
+    rows.append("phase   " + "".join(_PHASE_CHAR.get(p, "?") for p in col_phase))
+    w_ms = series["window_s"] * 1000
+    rows.append(f"LLM CPU as % of the machine ({series['ncpu']} CPUs); W={w_ms:.0f} ms, {per} window(s) per column "
+                "(max); B baseline L load I idle A active P prefill D decode b between E done | transition")
+    return "\n".join(rows)
+
+
+def png_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = series["t"][0] - series["dt"][0] if series["t"] else 0.0
+    ts = [t - t0 for t in series["t"]]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    start = 0.0
+    for i, (t, phase) in enumerate(zip(ts, series["phase"])):
+        if i + 1 == len(ts) or series["phase"][i + 1] != phase:
+            ax.axvspan(start, t, color=_PHASE_COLOUR.get(phase, "white"), alpha=0.5, lw=0)
+            if t - start > (ts[-1] / 40):
+                ax.text((start + t) / 2, 1.0, phase, ha="center", va="bottom", fontsize=7,
+                        transform=ax.get_xaxis_transform())
+            start = t
+    ax.step(ts, share_of_machine(series), where="post", label="LLM (worker tree)", color="#922b21", lw=1.4)
+    ax.step(ts, series["system_pct"], where="post", label="whole machine", color="#566573", lw=0.9, alpha=0.8)
+    for name, b in budgets.items():
+        if name.startswith("cpu_") and "max" in b:
+            ax.axhline(b["max"], ls="--", lw=0.9, color="#1f618d")
+            ax.text(ts[-1], b["max"], f" {name} ≤ {b['max']:g}%", va="center", fontsize=7, color="#1f618d")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel(f"% of machine ({series['ncpu']} CPUs)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"{title}  (W = {series['window_s'] * 1000:.0f} ms)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
