@@ -62,7 +62,7 @@ def png_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], p
         if i + 1 == len(ts) or series["phase"][i + 1] != phase:
             ax.axvspan(start, t, color=_PHASE_COLOUR.get(phase, "white"), alpha=0.5, lw=0)
             if t - start > (ts[-1] / 40):
-                ax.text((start + t) / 2, 1.0, phase, ha="center", va="bottom", fontsize=7,
+                ax.text((start + t) / 2, 0.98, phase, ha="center", va="top", fontsize=7,
                         transform=ax.get_xaxis_transform())
             start = t
     ax.step(ts, share_of_machine(series), where="post", label="LLM (worker tree)", color="#922b21", lw=1.4)
@@ -70,7 +70,8 @@ def png_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], p
     for name, b in budgets.items():
         if name.startswith("cpu_") and "max" in b:
             ax.axhline(b["max"], ls="--", lw=0.9, color="#1f618d")
-            ax.text(ts[-1], b["max"], f" {name} ≤ {b['max']:g}%", va="center", fontsize=7, color="#1f618d")
+            ax.text(0.995, b["max"], f"{name} ≤ {b['max']:g}%", ha="right", va="bottom", fontsize=7,
+                    color="#1f618d", transform=ax.get_yaxis_transform())
     ax.set_xlabel("seconds")
     ax.set_ylabel(f"% of machine ({series['ncpu']} CPUs)")
     ax.set_ylim(0, 105)
