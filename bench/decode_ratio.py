@@ -1,0 +1,60 @@
+"""Does monitoring slow what it measures? ``python bench/decode_ratio.py [ROUNDS]``.
+
+In one run, alternating: a bare llama-cpp-python loop in a fresh process (no
+monitor, no probe, same model, threads, batch, prompts and streaming as the
+worker), and a full sweep trial (worker + monitor + probe). Prints decode
+tokens per second of each round and the ratio of medians. Target: >= 0.97.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+from sweep.models import Registry
+from sweep.records import TrialConfig, TrialSettings
+from sweep.runner import run_trial
+from sweep.tasks import load_tasks, messages_for
+
+BARE = r"""
+import json, sys, time, llama_cpp
+cfg, prompts = json.loads(sys.stdin.read())
+llm = llama_cpp.Llama(model_path=cfg["model_path"], n_threads=cfg["n_threads"], n_threads_batch=cfg["n_threads_batch"],
+                      n_batch=cfg["n_batch"], n_ubatch=cfg["n_ubatch"], n_ctx=cfg["n_ctx"], verbose=False)
+tokens = 0; decode_s = 0.0
+for messages in prompts:
+    llm.reset()
+    first = last = None; n = 0
+    for chunk in llm.create_chat_completion(messages=messages, max_tokens=cfg["max_tokens"], temperature=0.0, stream=True):
+        if chunk["choices"][0]["delta"].get("content"):
+            now = time.monotonic(); first = first or now; last = now; n += 1
+    if first:
+        tokens += n - 1; decode_s += last - first
+print(json.dumps(tokens / decode_s))
+"""
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    model = Registry().resolve("smollm2-135m", "Q4_1")
+    config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(model.path), chat_format=None,
+                         n_threads=1, n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=1024, max_tokens=64)
+    tasks = [t for t in load_tasks() if t.kind == "iocs"][:6]  # long answers: mostly decode
+    settings = TrialSettings(prompts=len(tasks), idle_seconds=0.5, baseline_seconds=0.5, noise_retries=0)
+    job = json.dumps([config.to_dict(), [messages_for(t) for t in tasks]])
+    bare, trial = [], []
+    for i in range(rounds):
+        out = subprocess.run([sys.executable, "-c", BARE], input=job, capture_output=True, text=True, check=True)
+        bare.append(float(out.stdout.strip().splitlines()[-1]))
+        outcome = run_trial(config, settings, tasks)
+        trial.append(outcome.figures["decode_tps"])
+        print(f"round {i + 1}: bare {bare[-1]:.1f} tok/s, trial {trial[-1]:.1f} tok/s")
+    ratio = statistics.median(trial) / statistics.median(bare)
+    print(f"median decode: bare {statistics.median(bare):.1f} tok/s, trial {statistics.median(trial):.1f} tok/s, "
+          f"trial/bare = {ratio:.3f} (n_threads=1, 6 prompts x 64 tokens, SmolLM2-135M Q4_1)")
+
+
+if __name__ == "__main__":
+    main()
