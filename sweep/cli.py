@@ -91,7 +91,8 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     url = storage_url(storage)
     name = study_name or sp.name
     on_progress = None if quiet else (lambda p: click.echo(progress_line(p)))
-    study = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=on_progress)
+    result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=on_progress)
+    study = result.study
     all_rows = rows(study)
     failed = [r for r in all_rows if r["state"] == "FAIL"]
     click.echo(f"\nstudy {name!r} in {url}: {len(all_rows)} finished trials, {len(failed)} failed, "
@@ -100,6 +101,9 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     if front:
         click.echo("Pareto front" + ("" if feasible else " (no trial meets every budget; front ignoring budgets)") + ":")
         click.echo(front_table(front, study.user_attrs["objectives"]))
+    if result.stopped_by_user:
+        click.echo("stopped at your request; run the same command again to carry on", err=True)
+        sys.exit(130)
 
 
 @main.command()

@@ -17,7 +17,9 @@ def config_summary(c: dict[str, Any] | None) -> str:
     cpus = ",".join(map(str, c["cpus"])) if c.get("cpus") else "any"
     out = (f"{c['model']}:{c['quant']} t={c['n_threads']}/{c['n_threads_batch']} b={c['n_batch']}/{c['n_ubatch']} "
            f"ctx={c['n_ctx']} cpus={cpus} nice={c['nice']} {c['sched_policy']}")
-    return out + (f" omp={c['omp_wait_policy']}" if c.get("omp_wait_policy") else "")
+    out += f" omp={c['omp_wait_policy']}" if c.get("omp_wait_policy") else ""
+    out += f" duty={c['pace_duty']:g}" if c.get("pace_duty") else ""
+    return out + (f" cap={c['pace_tps']:g}tok/s" if c.get("pace_tps") else "")
 
 
 def figures_summary(f: dict[str, float]) -> str:

@@ -34,6 +34,9 @@ def _timed(n: int) -> float:
 
 
 def main(argv: list[str]) -> int:
+    from .protocol import die_with_parent
+
+    die_with_parent()
     period, work = float(argv[0]) / 1000, float(argv[1]) / 1000
     n = calibrate(work)
     next_t = time.monotonic()

@@ -100,7 +100,8 @@ class TrialSettings:
     prompts: int = 12
     idle_seconds: float = 5.0
     baseline_seconds: float = 1.0
-    timeout_seconds: float = 300.0
+    timeout_seconds: float = 300.0  # overall cap on the worker's life
+    progress_timeout_seconds: float = 120.0  # the longest silence allowed between two worker messages
     window_ms: int = 100
     memory_limit_gb: float | None = None  # the runner kills the worker above this RSS
     probe: bool = True  # run the foreground-slowdown probe

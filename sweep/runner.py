@@ -222,15 +222,19 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # the worker died at once; its status says why
-            deadline = time.monotonic() + settings.timeout_seconds  # from spawn, not from the noise guard
+            spawned = time.monotonic()
+            deadline = spawned + settings.timeout_seconds  # from spawn, not from the noise guard
             while True:
                 pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
                 if pid:
                     break
+                now = time.monotonic()
                 if over_memory.is_set():
                     killed_for = "memory_budget"
-                elif time.monotonic() > deadline:
+                elif now > deadline:
                     killed_for = "timeout"
+                elif now - max(reader.last_message_t, spawned) > settings.progress_timeout_seconds:
+                    killed_for = "no_progress"
                 if killed_for:
                     kill_group(proc.pid)
                     _, status, rusage = os.wait4(proc.pid, 0)
@@ -258,6 +262,8 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
 
     if killed_for == "timeout":
         return failed("timeout", f"no result within {settings.timeout_seconds:g} s")
+    if killed_for == "no_progress":
+        return failed("timeout", f"no progress for {settings.progress_timeout_seconds:g} s")
     if killed_for == "memory_budget":
         return failed("memory_budget", f"RSS went over {settings.memory_limit_gb:g} GB")
     if errors:

@@ -80,6 +80,7 @@ class TrialBlock(BaseModel):
     idle_seconds: float = Field(5.0, ge=0)
     baseline_seconds: float = Field(1.0, ge=0)
     timeout_seconds: float = Field(300.0, gt=0)
+    progress_timeout_seconds: float = Field(120.0, gt=0)
     window_ms: int = Field(100, ge=10, le=10000)
     memory_limit_gb: Optional[float] = Field(None, gt=0)
     probe: bool = True

@@ -9,6 +9,9 @@ it runs nothing more.
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -65,6 +68,35 @@ class Progress:
     outcome: Outcome | None
     feasible: bool
     elapsed_s: float
+
+
+class _StopOnInterrupt:
+    """First Ctrl-C: finish the trial in flight, record it, stop. Second: abort the trial."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after the trial in flight (Ctrl-C again to abort it)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class SweepResult:
+    study: Any
+    stopped_by_user: bool
 
 
 def load_study(storage_url: str, name: str) -> Any:
@@ -163,10 +195,12 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
 
 def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: list[Task],
               timeout_s: float | None = None, on_progress: Callable[[Progress], None] | None = None,
-              worker_cmd: list[str] | None = None) -> Any:
+              worker_cmd: list[str] | None = None) -> SweepResult:
     """Run trials until the study holds ``n_trials`` finished trials or ``timeout_s`` passes.
 
     The timeout is checked between trials: the trial in flight always finishes.
+    A first Ctrl-C (SIGINT) stops after the trial in flight; a second aborts it,
+    records it as failed with reason ``interrupted`` and raises KeyboardInterrupt.
     """
     study = _open_or_create(space, storage_url, name)
     _recover_orphans(study)
@@ -174,24 +208,31 @@ def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: l
     series = SeriesStore(storage_url)
     budgets = study.user_attrs["budgets"]
     subset = stratified_subset(tasks, space.settings.prompts)
+    started = time.monotonic()
+    with _StopOnInterrupt() as stop:
+        while (done := _finished(study)) < n_trials and not stop.requested:
+            if timeout_s is not None and time.monotonic() - started >= timeout_s:
+                break
+            _run_one(study, space, series, budgets, subset, worker_cmd, n_trials, done, started, on_progress)
+    return SweepResult(study, stop.requested)
+
+
+def _run_one(study: Any, space: Space, series: SeriesStore, budgets: dict[str, dict[str, float]], subset: list[Task],
+             worker_cmd: list[str] | None, n_trials: int, done: int, started: float,
+             on_progress: Callable[[Progress], None] | None) -> None:
     from optuna.trial import TrialState
 
-    started = time.monotonic()
-    while (done := _finished(study)) < n_trials:
-        if timeout_s is not None and time.monotonic() - started >= timeout_s:
-            break
-        trial = study.ask()
-        config = space.sample(trial)
-        if on_progress:
-            on_progress(Progress(done, n_trials, trial.number, config, None, False, time.monotonic() - started))
-        try:
-            outcome = run_trial(config, space.settings, subset, worker_cmd=worker_cmd)
-        except KeyboardInterrupt:
-            # run_trial's killer has already ended the worker's group; keep the trial as data.
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        feasible = record(study, trial, outcome, series, budgets, space.spec.objectives)
-        if on_progress:
-            on_progress(Progress(done + 1, n_trials, trial.number, config, outcome, feasible, time.monotonic() - started))
-    return study
+    trial = study.ask()
+    config = space.sample(trial)
+    if on_progress:
+        on_progress(Progress(done, n_trials, trial.number, config, None, False, time.monotonic() - started))
+    try:
+        outcome = run_trial(config, space.settings, subset, worker_cmd=worker_cmd)
+    except KeyboardInterrupt:
+        # run_trial's killer has already ended the worker's group; keep the trial as data.
+        trial.set_user_attr("fail_reason", "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    feasible = record(study, trial, outcome, series, budgets, space.spec.objectives)
+    if on_progress:
+        on_progress(Progress(done + 1, n_trials, trial.number, config, outcome, feasible, time.monotonic() - started))

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from .protocol import Channel
+from .protocol import Channel, die_with_parent
 
 _POLICIES = {"normal": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
 POLICY_NAMES = {v: k for k, v in _POLICIES.items()}
@@ -130,9 +130,44 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     return 0
 
 
+def _injected_fault(chan: Channel) -> None:
+    """Test hook: ``SWEEP_TEST_FAULT=MODE:FLAGFILE`` faults the first worker that finds no FLAGFILE.
+
+    Lets the fault-injection suite run whole sweeps in which one trial faults and
+    the next runs for real. MODE is segfault, abort, hang, garbage or memory.
+    """
+    spec = os.environ.get("SWEEP_TEST_FAULT")
+    if not spec:
+        return
+    mode, flag = spec.split(":", 1)
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return
+    import ctypes
+    import signal
+
+    if mode == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif mode == "abort":
+        ctypes.CDLL(None).abort()
+    elif mode == "hang":
+        time.sleep(3600)
+    elif mode == "garbage":
+        os.write(chan.fd, b"garbage instead of a result\n")
+        os._exit(0)
+    elif mode == "memory":
+        hog = []
+        while True:
+            hog.append(bytearray(32 * 1024 * 1024))
+            time.sleep(0.01)
+
+
 def main(argv: list[str]) -> int:
+    die_with_parent()
     chan = Channel(int(argv[0]))
     job = json.loads(sys.stdin.read())
+    _injected_fault(chan)
     try:
         return run(job, chan)
     except Exception as exc:
