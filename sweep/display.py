@@ -36,10 +36,15 @@ def progress_line(p: Progress) -> str:
     config = p.config.to_dict() if p.config else None
     if p.outcome is None:
         return f"[{p.done + 1}/{p.target}] trial {p.trial_number}: {config_summary(config)} ..."
+    if p.reused_from is not None:
+        return (f"[{p.done}/{p.target}] trial {p.trial_number}: same configuration as trial {p.reused_from}; "
+                "its measurement is reused (not measured again)")
     if not p.outcome.ok:
         verdict = f"FAILED ({p.outcome.reason}: {p.outcome.detail[:160]})"
     else:
         verdict = figures_summary(p.outcome.figures) + (" | meets budgets" if p.feasible else " | over budget")
+        if p.outcome.figures.get("early_abort"):
+            verdict += f" | stopped early after {p.outcome.figures['n_answered']:.0f} prompts: latency p95 provably over budget"
     return f"[{p.done}/{p.target}] trial {p.trial_number} in {p.outcome.wall_seconds:.1f}s: {verdict}"
 
 

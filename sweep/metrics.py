@@ -66,6 +66,8 @@ METRICS: dict[str, Metric] = {
     "rss_peak_gb": Metric("GB", "minimize", "peak RSS, kernel high-water mark (ru_maxrss)"),
     "rss_anon_peak_gb": Metric("GB", "minimize", "peak anonymous RSS, sampled per window"),
     "rss_file_peak_gb": Metric("GB", "minimize", "peak file-backed RSS (mmapped model), sampled"),
+    "early_abort": Metric("flag", "minimize", "1 if stopped early: latency p95 provably over budget"),
+    "n_answered": Metric("count", "maximize", "prompts answered before an early abort"),
     "window_ms": Metric("ms", "minimize", "monitor window W"),
     "n_windows_active": Metric("count", "maximize", "windows N behind the active figures"),
     "n_windows_idle": Metric("count", "maximize", "windows N behind the idle figure"),

@@ -111,6 +111,8 @@ class TrialSettings:
     noise_check_seconds: float = 1.0
     noise_wait_seconds: float = 10.0
     noise_retries: int = 3
+    early_abort: bool = True  # stop a trial once its latency p95 is provably over budget
+    duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}

@@ -33,6 +33,7 @@ def rows(study: Any) -> list[dict[str, Any]]:
             "constraint_values": a.get("constraint_values"), "violations": a.get("violations", []),
             "feasible": t.state.name == "COMPLETE" and not a.get("violations"),
             "fail_reason": a.get("fail_reason"), "fail_detail": a.get("fail_detail"),
+            "reused_from": a.get("reused_from"),
         })
     return out
 
@@ -54,7 +55,7 @@ def pareto_front(study: Any) -> tuple[list[dict[str, Any]], bool]:
     """
     objectives = study.user_attrs["objectives"]
     signs = [1 if METRICS[m].direction == "maximize" else -1 for m in objectives]
-    complete = [r for r in rows(study) if r["state"] == "COMPLETE"]
+    complete = [r for r in rows(study) if r["state"] == "COMPLETE" and r["reused_from"] is None]
     feasible = [r for r in complete if r["feasible"]]
     pool = feasible or complete
     front = [r for r in pool if not any(_dominates(o["values"], r["values"], signs) for o in pool if o is not r)]

@@ -128,6 +128,17 @@ def noise_guard(settings: TrialSettings) -> tuple[float, bool]:
     return pct, True
 
 
+def provably_over(latencies: list[float], n_total: int, budget: float) -> bool:
+    """Whether the p95 of all ``n_total`` latencies must exceed ``budget``, whatever the rest are.
+
+    The p95 interpolates between the sorted values at ``floor(0.95 (n - 1))`` and
+    the next one; once ``n - floor(0.95 (n - 1))`` values are over the budget,
+    both of those are, so the p95 is too.
+    """
+    need = n_total - int(0.95 * (n_total - 1))
+    return sum(lat > budget for lat in latencies) >= need
+
+
 def _expected_cpus(config: TrialConfig) -> set[int] | None:
     return set(config.cpus) if config.cpus is not None else None
 
@@ -178,8 +189,13 @@ def _series_dict(series: Series, tags: list[str]) -> dict[str, Any]:
 
 
 def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
-              worker_cmd: list[str] | None = None) -> Outcome:
-    """Run one configuration in a fresh worker and measure it. Never raises for a worker fault."""
+              worker_cmd: list[str] | None = None, latency_budget_s: float | None = None) -> Outcome:
+    """Run one configuration in a fresh worker and measure it. Never raises for a worker fault.
+
+    With ``latency_budget_s`` and ``settings.early_abort``, the trial stops as soon as
+    its latency p95 is provably over that budget; the outcome is then complete, with
+    the figures of the prompts answered so far (``early_abort`` = 1).
+    """
     started = time.monotonic()
     job = {
         "config": config.to_dict(),
@@ -235,6 +251,10 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
                     killed_for = "timeout"
                 elif now - max(reader.last_message_t, spawned) > settings.progress_timeout_seconds:
                     killed_for = "no_progress"
+                elif latency_budget_s and settings.early_abort and provably_over(
+                        [m["latency_s"] for m in list(reader.messages) if m["type"] == "prompt"], len(tasks),
+                        latency_budget_s):
+                    killed_for = "early_abort"
                 if killed_for:
                     kill_group(proc.pid)
                     _, status, rusage = os.wait4(proc.pid, 0)
@@ -268,16 +288,21 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
         return failed("memory_budget", f"RSS went over {settings.memory_limit_gb:g} GB")
     if errors:
         return failed(errors[0]["reason"], errors[0].get("detail", ""))
-    if rc < 0:
+    aborted = killed_for == "early_abort"
+    if rc < 0 and not aborted:
         return failed("crashed", f"worker killed by {signal.Signals(-rc).name}")
-    if rc != 0:
+    if rc > 0 and not aborted:
         return failed("crashed", f"worker exited with status {rc}")
-    if not any(m["type"] == "result" for m in messages) or len(prompts) != len(tasks):
+    if not aborted and (not any(m["type"] == "result" for m in messages) or len(prompts) != len(tasks)):
         detail = "; ".join(reader.protocol_errors[:3]) or f"result missing ({len(prompts)}/{len(tasks)} answers)"
         return failed("protocol", detail)
-    problems = verify_knobs(config, knobs)
+    problems = verify_knobs(config, knobs)  # an aborted worker read none back: nothing to check
     if problems:
         return failed("knob_not_applied", "; ".join(problems[:4]))
+    if aborted:
+        figs["early_abort"] = 1.0
+        figs["n_answered"] = len(prompts)
+        tasks = tasks[: len(prompts)]
 
     scores = [score(t, p["answer"]) for t, p in zip(tasks, prompts)]
     by_kind: dict[str, list[float]] = {}

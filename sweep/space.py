@@ -90,6 +90,8 @@ class TrialBlock(BaseModel):
     noise_check_seconds: float = Field(1.0, gt=0)
     noise_wait_seconds: float = Field(10.0, ge=0)
     noise_retries: int = Field(3, ge=0)
+    early_abort: bool = True
+    duplicates: Literal["reuse", "repeat"] = "reuse"
 
 
 class SamplerBlock(BaseModel):

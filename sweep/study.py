@@ -68,6 +68,7 @@ class Progress:
     outcome: Outcome | None
     feasible: bool
     elapsed_s: float
+    reused_from: int | None = None
 
 
 class _StopOnInterrupt:
@@ -164,6 +165,28 @@ def _recover_orphans(study: Any) -> int:
     return len(orphans)
 
 
+def _measured_before(study: Any, config: dict[str, Any]) -> Any:
+    """The first complete trial that measured exactly this effective configuration."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("config") == config and "reused_from" not in t.user_attrs:
+            return t
+    return None
+
+
+def _reuse(study: Any, trial: Any, original: Any) -> bool:
+    """Tell the trial the original's measurement, marked as reused (never as a new measurement)."""
+    for key, value in original.user_attrs.items():
+        if key in METRICS or key in ("by_kind", "constraint_values", "violations"):
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("reused_from", original.number)
+    cv = original.user_attrs.get("constraint_values", [])
+    study._storage.set_trial_system_attr(trial._trial_id, "constraints", cv)
+    study.tell(trial, list(original.values))
+    return all(c <= 0 for c in cv)
+
+
 def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budgets: dict[str, dict[str, float]],
            objectives: list[str]) -> bool:
     """Store everything measured on the trial and tell Optuna. Returns whether budgets were met."""
@@ -226,8 +249,19 @@ def _run_one(study: Any, space: Space, series: SeriesStore, budgets: dict[str, d
     config = space.sample(trial)
     if on_progress:
         on_progress(Progress(done, n_trials, trial.number, config, None, False, time.monotonic() - started))
+    original = _measured_before(study, trial.user_attrs["config"])
+    if original is not None:
+        if space.settings.duplicates == "reuse":
+            feasible = _reuse(study, trial, original)
+            if on_progress:
+                reused = Outcome(ok=True, figures={k: v for k, v in original.user_attrs.items() if k in METRICS})
+                on_progress(Progress(done + 1, n_trials, trial.number, config, reused, feasible,
+                                     time.monotonic() - started, reused_from=original.number))
+            return
+        trial.set_user_attr("repeat_of", original.number)  # a deliberate repeat, to estimate noise
+    latency_budget = budgets.get("latency_p95_s", {}).get("max")
     try:
-        outcome = run_trial(config, space.settings, subset, worker_cmd=worker_cmd)
+        outcome = run_trial(config, space.settings, subset, worker_cmd=worker_cmd, latency_budget_s=latency_budget)
     except KeyboardInterrupt:
         # run_trial's killer has already ended the worker's group; keep the trial as data.
         trial.set_user_attr("fail_reason", "interrupted")
