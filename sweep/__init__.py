@@ -21,7 +21,12 @@ _LAZY = {
     "Task": "tasks", "load_tasks": "tasks", "score": "tasks", "stratified_subset": "tasks",
 }
 
-__all__ = sorted(["ExportError", "ModelError", "SpaceError", "StudyError", "SweepError", "TaskFileError", *_LAZY])
+__all__ = [
+    "ExportError", "ModelError", "ModelFile", "Outcome", "Registry", "Space", "SpaceError", "StudyError",
+    "SweepError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record",
+    "load_space", "load_study", "load_tasks", "pareto_front", "rows", "run_study", "run_trial", "score",
+    "stratified_subset",
+]
 
 
 def __getattr__(name: str) -> Any:

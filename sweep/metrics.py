@@ -136,8 +136,6 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
             rss_peak_kb: int) -> tuple[dict[str, float], list[str]]:
     """All figures of one trial, and the phase tag of each window."""
     ws = series.windows
-    end = ws[-1].t1 if ws else 0.0
-    start = ws[0].t0 if ws else 0.0
     tags = tag_windows(series, events)
     ncpu = series.ncpu
 

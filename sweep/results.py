@@ -70,7 +70,7 @@ def _policy_key(r: dict[str, Any]) -> tuple[float, ...]:
 
 def _overshoot(r: dict[str, Any], budgets: dict[str, dict[str, float]]) -> float:
     total = 0.0
-    for (name, bound), c in zip(budgets.items(), r["constraint_values"] or []):
+    for bound, c in zip(budgets.values(), r["constraint_values"] or []):
         limit = bound.get("max", bound.get("min")) or 1.0
         total += max(c, 0.0) / abs(limit)
     return total

@@ -35,6 +35,23 @@ def smollm2_path() -> Path:
     return _bundled_path("smollm2-135m")
 
 
+def stray_processes() -> list[str]:
+    """Command lines of any worker or probe still alive (after a short grace for exit)."""
+    import time
+
+    time.sleep(0.2)
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if any(name in cmd for name in (b"fake_worker", b"sweep.worker", b"sweep.probe")):
+            found.append(cmd.decode(errors="replace"))
+    return found
+
+
 def sweep_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the real ``sweep`` entry point in a child process."""
     return subprocess.run([sys.executable, "-m", "sweep", *args], capture_output=True, text=True, timeout=timeout,

@@ -1,9 +1,10 @@
-"""Fault-injecting workers for the runner's failure paths: ``fake_worker.py MODE FD``."""
+"""Fault-injecting workers for failures the real worker's SWEEP_TEST_FAULT hook does not make.
 
-import ctypes
+``fake_worker.py MODE FD``: hang (ignoring the job), wrong_version, memory, exit_nonzero.
+"""
+
 import json
 import os
-import signal
 import sys
 import time
 
@@ -16,15 +17,8 @@ def send(kind, **payload):
 
 
 send("phase", phase="load", t=time.monotonic())
-if mode == "segfault":
-    os.kill(os.getpid(), signal.SIGSEGV)
-elif mode == "abort":
-    ctypes.CDLL(None).abort()
-elif mode == "hang":
+if mode == "hang":
     time.sleep(3600)
-elif mode == "garbage":
-    os.write(fd, b"this is not json\n")
-    sys.exit(0)
 elif mode == "wrong_version":
     os.write(fd, b'{"v": 99, "type": "result", "ok": true}\n')
     sys.exit(0)

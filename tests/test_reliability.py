@@ -8,7 +8,6 @@ were asked for, no worker or probe survives, and SQLite's integrity check passes
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPACE, sweep_cli, write_space
+from conftest import TINY_SPACE, stray_processes, sweep_cli, write_space
 
 FAULT_SPACE = TINY_SPACE.replace("  timeout_seconds: 120\n", "  timeout_seconds: 120\n  progress_timeout_seconds: 5\n"
                                  "  memory_limit_gb: 1.0\n")
@@ -44,20 +43,6 @@ def attr(db: Path, number: int, key: str):
 def integrity_ok(db: Path) -> bool:
     with sqlite3.connect(db) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
-
-def stray_processes() -> list[str]:
-    time.sleep(0.2)
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"sweep.worker" in cmd or b"sweep.probe" in cmd:
-            found.append(cmd.decode(errors="replace"))
-    return found
 
 
 @pytest.fixture
@@ -150,27 +135,27 @@ def test_sigkill_of_the_orchestrator_then_resume(isolated: Path, db: Path) -> No
     assert integrity_ok(db) and not stray_processes()
 
 
-def test_one_ctrl_c_finishes_the_trial_in_flight(isolated: Path, db: Path) -> None:
+def _interrupt(isolated: Path, db: Path, times: int) -> str:
+    """Start a sweep, press Ctrl-C ``times`` during its first trial; return its stderr."""
     orchestrator = _start(write_space(isolated / "s.yaml", FAULT_SPACE))
     _wait_for(lambda: _running_trial(db))
-    time.sleep(0.5)
-    orchestrator.send_signal(signal.SIGINT)
+    for _ in range(times):
+        time.sleep(0.4)
+        orchestrator.send_signal(signal.SIGINT)
     _, err = orchestrator.communicate(timeout=120)
     assert orchestrator.returncode == 130
+    return err
+
+
+def test_one_ctrl_c_finishes_the_trial_in_flight(isolated: Path, db: Path) -> None:
+    err = _interrupt(isolated, db, 1)
     assert "stopping after the trial in flight" in err
     assert trials(db) == [(0, "COMPLETE", None)]
     assert integrity_ok(db) and not stray_processes()
 
 
 def test_two_ctrl_c_abort_the_trial_and_record_it(isolated: Path, db: Path) -> None:
-    orchestrator = _start(write_space(isolated / "s.yaml", FAULT_SPACE))
-    _wait_for(lambda: _running_trial(db))
-    time.sleep(0.5)
-    orchestrator.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    orchestrator.send_signal(signal.SIGINT)
-    orchestrator.communicate(timeout=60)
-    assert orchestrator.returncode == 130
+    _interrupt(isolated, db, 2)
     assert trials(db) == [(0, "FAIL", "interrupted")]
     assert integrity_ok(db) and not stray_processes()
 

@@ -6,7 +6,6 @@ the bundled SmolLM2 model.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import stray_processes
 from sweep.host import allowed_cpus, machine_cpus
 from sweep.records import TrialConfig, TrialSettings
 from sweep.runner import run_trial
@@ -30,45 +30,35 @@ def config(path: Path, **kw) -> TrialConfig:
     return TrialConfig(**{**base, **kw})
 
 
-def no_survivors(pids_before: set[int]) -> bool:
-    time.sleep(0.1)
-    mine = {int(p) for p in os.listdir("/proc") if p.isdigit()} - pids_before
-    alive = []
-    for pid in mine:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if any(name in cmdline for name in (b"fake_worker", b"sweep.worker", b"sweep.probe")):
-            alive.append(pid)
-    return not alive
-
-
 @pytest.mark.parametrize("mode, reason, detail", [
     ("segfault", "crashed", "SIGSEGV"),
     ("abort", "crashed", "SIGABRT"),
-    ("exit_nonzero", "crashed", "status 7"),
-    ("garbage", "protocol", "not json"),
-    ("wrong_version", "protocol", "protocol version 99"),
+    ("garbage", "protocol", "garbage instead of a result"),
 ])
-def test_worker_faults_become_reasons(mode: str, reason: str, detail: str, smollm2_path: Path) -> None:
-    before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
-    outcome = run_trial(config(smollm2_path), QUICK, TASKS, worker_cmd=FAKE + [mode])
-    assert not outcome.ok
-    assert outcome.reason == reason
+def test_worker_faults_become_reasons(mode: str, reason: str, detail: str, smollm2_path: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_TEST_FAULT", f"{mode}:{tmp_path / 'flag'}")
+    outcome = run_trial(config(smollm2_path), QUICK, TASKS)
+    assert (outcome.ok, outcome.reason) == (False, reason)
     assert detail in outcome.detail
-    assert no_survivors(before)
+    assert not stray_processes()
+
+
+@pytest.mark.parametrize("mode, detail", [("exit_nonzero", "status 7"), ("wrong_version", "protocol version 99")])
+def test_protocol_and_exit_faults(mode: str, detail: str, smollm2_path: Path) -> None:
+    outcome = run_trial(config(smollm2_path), QUICK, TASKS, worker_cmd=FAKE + [mode])
+    assert not outcome.ok and detail in outcome.detail
+    assert outcome.reason == ("crashed" if mode == "exit_nonzero" else "protocol")
+    assert not stray_processes()
 
 
 def test_hanging_worker_times_out_and_its_group_is_killed(smollm2_path: Path) -> None:
     settings = TrialSettings(prompts=3, idle_seconds=0, baseline_seconds=0.1, timeout_seconds=1.5, noise_retries=0)
-    before = {int(p) for p in os.listdir("/proc") if p.isdigit()}
     outcome = run_trial(config(smollm2_path), settings, TASKS, worker_cmd=FAKE + ["hang"])
     assert outcome.reason == "timeout"
     # noise check 1 s + baseline + timeout + SIGTERM grace 2 s, with slack for a loaded machine
     assert outcome.wall_seconds < 1 + 0.1 + 1.5 + 2 + 3
-    assert no_survivors(before)
+    assert not stray_processes()
 
 
 def test_memory_limit_is_enforced_by_the_runner(smollm2_path: Path) -> None:
