@@ -14,7 +14,7 @@ from .errors import ExportError, ModelError, SpaceError, StudyError, SweepError,
 _LAZY = {
     "ModelFile": "models", "Registry": "models",
     "Outcome": "records", "TrialConfig": "records", "TrialSettings": "records",
-    "choose": "results", "export_record": "results", "pareto_front": "results", "rows": "results",
+    "choose": "results", "export_record": "export", "render": "export", "pareto_front": "results", "rows": "results",
     "run_trial": "runner",
     "Space": "space", "load_space": "space",
     "load_study": "study", "run_study": "study",
@@ -24,7 +24,7 @@ _LAZY = {
 __all__ = [
     "ExportError", "ModelError", "ModelFile", "Outcome", "Registry", "Space", "SpaceError", "StudyError",
     "SweepError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record",
-    "load_space", "load_study", "load_tasks", "pareto_front", "rows", "run_study", "run_trial", "score",
+    "load_space", "load_study", "load_tasks", "pareto_front", "render", "rows", "run_study", "run_trial", "score",
     "stratified_subset",
 ]
 

@@ -108,6 +108,27 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
 
 @main.command()
 @click.option("--study", "study_name", required=True)
+@storage_option
+def status(study_name: str, storage: str | None) -> None:
+    """Summarise a running or finished study (safe to run beside a sweep)."""
+    from .display import status_text
+    from .errors import ExportError
+    from .results import choose
+    from .storage import require_existing, storage_url
+    from .study import load_study
+
+    url = storage_url(storage)
+    require_existing(url)
+    study = load_study(url, study_name)
+    try:
+        pick = choose(study, allow_infeasible=True)
+    except ExportError:
+        pick = None
+    click.echo(status_text(study, pick))
+
+
+@main.command()
+@click.option("--study", "study_name", required=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @storage_option
 def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
@@ -134,13 +155,19 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
 
 @main.command()
 @click.option("--study", "study_name", required=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="File to write (JSON).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="File to write.")
+@click.option("--format", "fmt", type=click.Choice(["json", "yaml", "python", "llama-server", "systemd"]),
+              default="json", show_default=True)
 @click.option("--trial", "trial_number", type=int, default=None, help="Export this trial instead of the policy's pick.")
 @click.option("--allow-infeasible", is_flag=True, help="Export the closest trial when none meets every budget.")
+@click.option("--server-binary", default="/usr/local/bin/llama-server", show_default=True,
+              help="llama-server's path, for the systemd unit's ExecStart.")
 @storage_option
-def export(study_name: str, output: Path, trial_number: int | None, allow_infeasible: bool, storage: str | None) -> None:
+def export(study_name: str, output: Path, fmt: str, trial_number: int | None, allow_infeasible: bool,
+           server_binary: str, storage: str | None) -> None:
     """Write the chosen configuration, with provenance, to a file."""
-    from .results import choose, export_record
+    from .export import export_record, render
+    from .results import choose
     from .storage import require_existing, storage_url
     from .study import load_study
 
@@ -149,8 +176,8 @@ def export(study_name: str, output: Path, trial_number: int | None, allow_infeas
     study = load_study(url, study_name)
     row = choose(study, allow_infeasible=allow_infeasible, trial=trial_number)
     record = export_record(study, row, url)
-    output.write_text(json.dumps(record, indent=2) + "\n")
-    click.echo(f"exported trial {row['number']} of study {study_name!r} to {output}")
+    output.write_text(render(record, fmt, server_binary))
+    click.echo(f"exported trial {row['number']} of study {study_name!r} to {output} ({fmt})")
     for name, b in record["budgets"].items():
         bound = f"<= {b['max']}" if "max" in b else f">= {b['min']}"
         value = "missing" if b["value"] is None else f"{b['value']:.4g}"

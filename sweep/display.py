@@ -67,3 +67,30 @@ def front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
 def figures_table(figures: dict[str, float]) -> str:
     body = [[name, f"{figures[name]:.4g}", METRICS[name].unit, METRICS[name].help] for name in METRICS if name in figures]
     return table(body, ["figure", "value", "unit", "meaning"])
+
+
+def status_text(study: Any, policy_pick: dict[str, Any] | None) -> str:
+    """A study at a glance: counts, failure reasons, feasibility, the policy's current pick."""
+    from collections import Counter
+
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    reasons = Counter(t.user_attrs.get("fail_reason", "?") for t in trials if t.state.name == "FAIL")
+    feasible = sum(1 for t in trials if t.state.name == "COMPLETE" and not t.user_attrs.get("violations"))
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    lines = [f"study {study.study_name!r}: {len(trials)} trials: "
+             + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))]
+    if reasons:
+        lines.append("failed: " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()))
+    lines.append(f"meet every budget: {feasible}")
+    if starts and ends:
+        lines.append(f"first trial started {min(starts):%Y-%m-%d %H:%M:%S}, last finished {max(ends):%Y-%m-%d %H:%M:%S}")
+    running = [t for t in trials if t.state.name == "RUNNING"]
+    for t in running:
+        lines.append(f"running: trial {t.number}: {config_summary(t.user_attrs.get('config'))}")
+    if policy_pick:
+        lines.append(f"export policy's pick: trial {policy_pick['number']}"
+                     + ("" if policy_pick["feasible"] else " (closest; breaks " + ", ".join(policy_pick["violations"]) + ")")
+                     + ": " + figures_summary(policy_pick["figures"]))
+    return "\n".join(lines)

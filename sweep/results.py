@@ -10,13 +10,10 @@ each relative to its budget.
 from __future__ import annotations
 
 import math
-import shlex
-from datetime import datetime, timezone
 from typing import Any
 
-from .errors import ExportError, StudyError
+from .errors import ExportError
 from .metrics import METRICS
-from .records import TrialConfig
 
 
 def rows(study: Any) -> list[dict[str, Any]]:
@@ -102,75 +99,3 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
             f"breaks {', '.join(closest['violations'])}. Pass --allow-infeasible to export it anyway."
         )
     return closest
-
-
-def budget_report(row: dict[str, Any], budgets: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Per budget: the bound, the measured value, whether it was met and by what margin."""
-    out = {}
-    for name, bound in budgets.items():
-        value = row["figures"].get(name)
-        kind, limit = ("max", bound["max"]) if "max" in bound else ("min", bound["min"])
-        margin = None if value is None else (limit - value if kind == "max" else value - limit)
-        out[name] = {kind: limit, "value": value, "met": margin is not None and margin >= 0, "margin": margin}
-    return out
-
-
-# llama-cpp-python chat_format -> llama.cpp built-in template, where the two agree.
-_SERVER_TEMPLATES = {"chatml": "chatml", "gemma": "gemma", "llama-2": "llama2", "llama-3": "llama3",
-                     "mistral-instruct": "mistral-v1", "vicuna": "vicuna", "zephyr": "zephyr", "phi3": "phi3"}
-
-
-def llama_server_command(config: TrialConfig) -> str:
-    """The equivalent llama-server command line (llama.cpp's own argument names)."""
-    args = ["llama-server", "-m", config.model_path, "--threads", str(config.n_threads),
-            "--threads-batch", str(config.n_threads_batch), "--batch-size", str(config.n_batch),
-            "--ubatch-size", str(config.n_ubatch), "--ctx-size", str(config.n_ctx), "--n-gpu-layers", "0"]
-    if config.cpus:
-        mask = sum(1 << c for c in config.cpus)
-        args += ["--cpu-mask", f"{mask:x}", "--cpu-strict", "1"]
-    if config.nice > 0 or config.sched_policy in ("batch", "idle"):
-        args += ["--prio", "-1"]  # llama-server's "low" priority; nice/policy are applied by the launcher below
-    if config.chat_format in _SERVER_TEMPLATES:
-        args += ["--chat-template", _SERVER_TEMPLATES[config.chat_format]]
-    return shlex.join(args)
-
-
-def launcher_prefix(config: TrialConfig) -> str:
-    """Shell prefix that applies the OS knobs llama-server itself does not set."""
-    parts = []
-    if config.omp_wait_policy:
-        parts.append(f"OMP_WAIT_POLICY={config.omp_wait_policy.upper()}")
-    if config.gomp_spincount is not None:
-        parts.append(f"GOMP_SPINCOUNT={config.gomp_spincount}")
-    if config.sched_policy != "normal":
-        parts += ["chrt", f"--{config.sched_policy}", "0"]
-    if config.nice:
-        parts += ["nice", "-n", str(config.nice)]
-    return " ".join(parts)
-
-
-def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str, Any]:
-    """The full exported configuration, with where it came from."""
-    if row["config"] is None:
-        raise StudyError(f"trial {row['number']} has no stored configuration")
-    config = TrialConfig.from_dict(row["config"])
-    budgets = study.user_attrs["budgets"]
-    report = budget_report(row, budgets)
-    prefix = launcher_prefix(config)
-    return {
-        "schema": "sweep.export/1",
-        "config": config.to_dict(),
-        "settings": study.user_attrs.get("settings"),
-        "llama_kwargs": config.llama_kwargs(),
-        "environment": config.environment(),
-        "llama_server": (prefix + " " if prefix else "") + llama_server_command(config),
-        "budgets": report,
-        "meets_all_budgets": all(b["met"] for b in report.values()),
-        "metrics": row["figures"],
-        "provenance": {
-            "study": study.study_name, "trial": row["number"], "storage": storage_url,
-            "space_file": study.user_attrs.get("space_file"), "task_set": study.user_attrs.get("task_set"),
-            "host": study.user_attrs.get("host"), "sweep_version": study.user_attrs.get("sweep_version"),
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    }

@@ -143,7 +143,28 @@ def _open_or_create(space: Space, storage_url: str, name: str) -> Any:
         "models": {f"{n}:{q}": str(space.registry.resolve(n, q).path) for n, qs in space.spec.models.items() for q in qs},
     }.items():
         study.set_user_attr(key, value)
+    _save_dashboard_note(study)
     return study
+
+
+def _save_dashboard_note(study: Any) -> None:
+    """A note on the study for optuna-dashboard: where and against what it was measured."""
+    from optuna_dashboard import save_note
+
+    a = study.user_attrs
+    host = a["host"]
+    lines = [f"# {study.study_name}", "",
+             f"Measured on **{host['hostname']}**: {host['cpu_model']}, {host['logical_cpus']} logical CPUs "
+             f"(allowed: {host['allowed_cpus']}), {host['mem_total_gb']} GB, kernel {host['kernel']}.", "",
+             f"Search space `{a['space_file']}`; task set `{a['task_set']}`; sweep {a['sweep_version']}.", "",
+             "## Models", ""]
+    lines += [f"- `{name}`: `{path}`" for name, path in a["models"].items()]
+    lines += ["", "## Budgets (constraints, in this order)", ""]
+    for name, bound in a["budgets"].items():
+        lines.append(f"- `{name}` {'<=' if 'max' in bound else '>='} {bound.get('max', bound.get('min'))}")
+    lines += ["", "CPU figures ending in `_share_pct` are the LLM's share of the whole machine; `_core_pct` is "
+              "percent of one core. Each trial stores the window W (`window_ms`) and counts N beside them."]
+    save_note(study, "\n".join(lines))
 
 
 def _finished(study: Any) -> int:

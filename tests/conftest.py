@@ -36,10 +36,15 @@ def smollm2_path() -> Path:
 
 
 def stray_processes() -> list[str]:
-    """Command lines of any worker or probe still alive (after a short grace for exit)."""
+    """Command lines of any worker or probe of this test session's interpreter still alive.
+
+    Matching the interpreter keeps a second sweep installation on the same machine
+    (another checkout's tests, say) from counting as ours.
+    """
     import time
 
     time.sleep(0.2)
+    mine = sys.executable.encode()
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -47,7 +52,7 @@ def stray_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if any(name in cmd for name in (b"fake_worker", b"sweep.worker", b"sweep.probe")):
+        if cmd.startswith(mine) and any(name in cmd for name in (b"fake_worker", b"sweep.worker", b"sweep.probe")):
             found.append(cmd.decode(errors="replace"))
     return found
 

@@ -131,6 +131,7 @@ def test_optuna_dashboard_reads_the_study(swept: dict) -> None:
         (summary,) = [s for s in studies["study_summaries"] if s["study_name"] == "e2e"]
         detail = json.load(urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=10))
         assert detail["objective_names"] == ["correctness", "cpu_active_p99_share_pct", "latency_p95_s"]
+        assert "Budgets" in detail["note"]["body"] and "smollm2-135m:Q4_1" in detail["note"]["body"]
         complete = [t for t in detail["trials"] if t["state"] == "Complete"]
         assert complete
         for t in complete:

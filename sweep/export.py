@@ -1,0 +1,170 @@
+"""Exports that deploy: the full record with provenance, and renderings of it.
+
+Formats: ``json`` and ``yaml`` (the full record), ``python`` (a script that
+applies the OS knobs and builds ``Llama(**kwargs)``), ``llama-server`` (a shell
+command line) and ``systemd`` (a service unit). Every rendering says which
+budgets the trial met and by what margin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pprint
+import shlex
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import StudyError
+from .records import TrialConfig
+
+FORMATS = ("json", "yaml", "python", "llama-server", "systemd")
+
+
+def budget_report(row: dict[str, Any], budgets: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per budget: the bound, the measured value, whether it was met and by what margin."""
+    out = {}
+    for name, bound in budgets.items():
+        value = row["figures"].get(name)
+        kind, limit = ("max", bound["max"]) if "max" in bound else ("min", bound["min"])
+        margin = None if value is None else (limit - value if kind == "max" else value - limit)
+        out[name] = {kind: limit, "value": value, "met": margin is not None and margin >= 0, "margin": margin}
+    return out
+
+
+# llama-cpp-python chat_format -> llama.cpp built-in template, where the two agree.
+_SERVER_TEMPLATES = {"chatml": "chatml", "gemma": "gemma", "llama-2": "llama2", "llama-3": "llama3",
+                     "mistral-instruct": "mistral-v1", "vicuna": "vicuna", "zephyr": "zephyr", "phi3": "phi3"}
+
+
+def llama_server_command(config: TrialConfig) -> str:
+    """The equivalent llama-server command line (llama.cpp's own argument names)."""
+    args = ["llama-server", "-m", config.model_path, "--threads", str(config.n_threads),
+            "--threads-batch", str(config.n_threads_batch), "--batch-size", str(config.n_batch),
+            "--ubatch-size", str(config.n_ubatch), "--ctx-size", str(config.n_ctx), "--n-gpu-layers", "0"]
+    if config.cpus:
+        mask = sum(1 << c for c in config.cpus)
+        args += ["--cpu-mask", f"{mask:x}", "--cpu-strict", "1"]
+    if config.nice > 0 or config.sched_policy in ("batch", "idle"):
+        args += ["--prio", "-1"]  # llama-server's "low" priority; nice/policy are applied by the launcher below
+    if config.chat_format in _SERVER_TEMPLATES:
+        args += ["--chat-template", _SERVER_TEMPLATES[config.chat_format]]
+    return shlex.join(args)
+
+
+def launcher_prefix(config: TrialConfig) -> str:
+    """Shell prefix that applies the OS knobs llama-server itself does not set."""
+    parts = []
+    if config.omp_wait_policy:
+        parts.append(f"OMP_WAIT_POLICY={config.omp_wait_policy.upper()}")
+    if config.gomp_spincount is not None:
+        parts.append(f"GOMP_SPINCOUNT={config.gomp_spincount}")
+    if config.sched_policy != "normal":
+        parts += ["chrt", f"--{config.sched_policy}", "0"]
+    if config.nice:
+        parts += ["nice", "-n", str(config.nice)]
+    return " ".join(parts)
+
+
+def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str, Any]:
+    """The full exported configuration, with where it came from."""
+    if row["config"] is None:
+        raise StudyError(f"trial {row['number']} has no stored configuration")
+    config = TrialConfig.from_dict(row["config"])
+    budgets = study.user_attrs["budgets"]
+    report = budget_report(row, budgets)
+    prefix = launcher_prefix(config)
+    return {
+        "schema": "sweep.export/1",
+        "config": config.to_dict(),
+        "settings": study.user_attrs.get("settings"),
+        "llama_kwargs": config.llama_kwargs(),
+        "environment": config.environment(),
+        "llama_server": (prefix + " " if prefix else "") + llama_server_command(config),
+        "llama_server_args": llama_server_command(config),
+        "budgets": report,
+        "meets_all_budgets": all(b["met"] for b in report.values()),
+        "metrics": row["figures"],
+        "provenance": {
+            "study": study.study_name, "trial": row["number"], "storage": storage_url,
+            "space_file": study.user_attrs.get("space_file"), "task_set": study.user_attrs.get("task_set"),
+            "host": study.user_attrs.get("host"), "sweep_version": study.user_attrs.get("sweep_version"),
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def _budget_lines(record: dict[str, Any], comment: str) -> list[str]:
+    lines = [f"{comment} sweep study {record['provenance']['study']!r}, trial {record['provenance']['trial']}; "
+             f"{'meets every budget' if record['meets_all_budgets'] else 'DOES NOT meet every budget'}:"]
+    for name, b in record["budgets"].items():
+        bound = f"<= {b['max']:g}" if "max" in b else f">= {b['min']:g}"
+        value = "not measured" if b["value"] is None else f"{b['value']:.4g} (margin {b['margin']:+.4g})"
+        lines.append(f"{comment}   {'met ' if b['met'] else 'OVER'} {name} {bound}: {value}")
+    return lines
+
+
+def _python(record: dict[str, Any]) -> str:
+    c = record["config"]
+    lines = ["#!/usr/bin/env python3", *_budget_lines(record, "#"), "import os", ""]
+    lines.append("# OpenMP reads these when llama_cpp loads; affinity, nice and policy are inherited by its threads.")
+    lines += [f"os.environ[{k!r}] = {v!r}" for k, v in record["environment"].items()]
+    if c.get("cpus"):
+        lines.append(f"os.sched_setaffinity(0, {set(c['cpus'])!r})")
+    if c.get("nice"):
+        lines.append(f"os.setpriority(os.PRIO_PROCESS, 0, {c['nice']})")
+    if c.get("sched_policy", "normal") != "normal":
+        policy = {"batch": "SCHED_BATCH", "idle": "SCHED_IDLE"}[c["sched_policy"]]
+        lines.append(f"os.sched_setscheduler(0, os.{policy}, os.sched_param(0))")
+    lines += ["", "from llama_cpp import Llama  # noqa: E402", "",
+              f"LLAMA_KWARGS = {pprint.pformat(record['llama_kwargs'], sort_dicts=False)}",
+              "llm = Llama(**LLAMA_KWARGS)", ""]
+    if c.get("pace_tps") or c.get("pace_duty"):
+        lines.insert(-1, f"# The sweep also paced decoding (pace_tps={c.get('pace_tps')}, pace_duty={c.get('pace_duty')}):"
+                         " sleep between streamed tokens to keep that.")
+    return "\n".join(lines)
+
+
+def _cpu_quota(record: dict[str, Any]) -> str | None:
+    """A CPUQuota= from the measured active p99, in percent of one CPU, rounded up to 10."""
+    p99 = record["metrics"].get("cpu_active_p99_core_pct")
+    return None if p99 is None else f"{max(10, math.ceil(p99 / 10) * 10)}%"
+
+
+def _systemd(record: dict[str, Any], server_binary: str) -> str:
+    c = record["config"]
+    argv = shlex.split(record["llama_server_args"])
+    argv[0] = server_binary
+    lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *_budget_lines(record, "#"),
+             "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
+    if c.get("cpus"):
+        lines.append("CPUAffinity=" + " ".join(map(str, c["cpus"])))
+    if c.get("nice"):
+        lines.append(f"Nice={c['nice']}")
+    lines.append(f"CPUSchedulingPolicy={'other' if c['sched_policy'] == 'normal' else c['sched_policy']}")
+    quota = _cpu_quota(record)
+    if quota:
+        lines.append(f"CPUQuota={quota}")
+    ram = record["budgets"].get("rss_peak_gb", {}).get("max")
+    if ram:
+        lines.append(f"MemoryMax={ram:g}G")
+    lines += [f"Environment={k}={v}" for k, v in record["environment"].items()]
+    lines += ["Restart=on-failure", "", "[Install]", "WantedBy=default.target", ""]
+    return "\n".join(lines)
+
+
+def render(record: dict[str, Any], fmt: str, server_binary: str = "/usr/local/bin/llama-server") -> str:
+    """The export in ``fmt`` (one of ``FORMATS``)."""
+    if fmt == "json":
+        return json.dumps(record, indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(record, sort_keys=False)
+    if fmt == "python":
+        return _python(record)
+    if fmt == "llama-server":
+        return "\n".join(["#!/bin/sh", *_budget_lines(record, "#"), "exec " + record["llama_server"], ""])
+    if fmt == "systemd":
+        return _systemd(record, server_binary)
+    raise ValueError(f"unknown export format {fmt!r}")

@@ -1,0 +1,80 @@
+"""Every export format parses back, against a study made by a real sweep."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY_SPACE, sweep_cli, write_space
+
+
+@pytest.fixture(scope="module")
+def study_env(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
+    work = tmp_path_factory.mktemp("export")
+    body = TINY_SPACE.replace("fixed:\n", "fixed:\n  cpus: [0]\n").replace("nice: [0, 19]", "nice: [19]\n  sched_policy: [idle]")
+    env = {"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}"}
+    proc = sweep_cli("run", str(write_space(work / "s.yaml", body)), "--study", "x", "--trials", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return {"work": work, "env": env}
+
+
+def export(study_env: dict, fmt: str, *extra: str) -> str:
+    out = study_env["work"] / f"export.{fmt}"
+    proc = sweep_cli("export", "--study", "x", "-o", str(out), "--format", fmt, "--allow-infeasible", *extra,
+                     env=study_env["env"])
+    assert proc.returncode == 0, proc.stderr
+    return out.read_text()
+
+
+def test_json_and_yaml_are_the_same_record(study_env: dict) -> None:
+    as_json = json.loads(export(study_env, "json"))
+    as_yaml = yaml.safe_load(export(study_env, "yaml"))
+    for record in (as_json, as_yaml):
+        record["provenance"].pop("exported_at")
+    assert as_json == as_yaml
+    assert as_json["config"]["cpus"] == [0] and as_json["config"]["nice"] == 19
+    assert set(as_json["budgets"]["correctness"]) == {"min", "value", "met", "margin"}
+
+
+def test_python_export_builds_the_model(study_env: dict) -> None:
+    script = study_env["work"] / "run_llm.py"
+    script.write_text(export(study_env, "python") + "\nprint(llm.n_ctx(), os.sched_getaffinity(0))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "512" and "{0}" in proc.stdout
+
+
+def test_llama_server_line_carries_the_configuration(study_env: dict) -> None:
+    config = json.loads(export(study_env, "json"))["config"]
+    line = next(x for x in export(study_env, "llama-server").splitlines() if x.startswith("exec "))
+    argv = shlex.split(line)
+    args = dict(zip(argv, argv[1:]))
+    assert argv[: argv.index("llama-server")] == ["exec", "chrt", "--idle", "0", "nice", "-n", "19"]
+    assert args["--threads"] == str(config["n_threads"])
+    assert args["--threads-batch"] == str(config["n_threads_batch"])
+    assert args["--batch-size"] == str(config["n_batch"]) and args["--ubatch-size"] == str(config["n_ubatch"])
+    assert args["--ctx-size"] == "512" and args["--cpu-mask"] == "1" and args["--prio"] == "-1"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies(study_env: dict) -> None:
+    unit = study_env["work"] / "sweep-llm.service"
+    unit.write_text(export(study_env, "systemd", "--server-binary", "/bin/true"))
+    text = unit.read_text()
+    assert "CPUAffinity=0" in text and "Nice=19" in text and "CPUSchedulingPolicy=idle" in text
+    assert "MemoryMax=6G" in text and "CPUQuota=" in text
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_status_summarises_the_study(study_env: dict) -> None:
+    proc = sweep_cli("status", "--study", "x", env=study_env["env"])
+    assert proc.returncode == 0, proc.stderr
+    assert "2 trials: 2 complete" in proc.stdout and "export policy's pick: trial" in proc.stdout
