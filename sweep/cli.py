@@ -78,7 +78,8 @@ def main(debug: bool) -> None:
 def run(space: Path, study_name: str | None, trials: int, timeout: str | None, tasks_file: Path | None,
         quiet: bool, storage: str | None, models_dir: str | None) -> None:
     """Run (or continue) a sweep of SPACE into the study."""
-    from .display import front_table, progress_line
+    from .display import front_table
+    from .progress import make_progress
     from .results import pareto_front, rows
     from .space import load_space
     from .storage import storage_url
@@ -90,8 +91,12 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     tasks = load_tasks(tasks_file)
     url = storage_url(storage)
     name = study_name or sp.name
-    on_progress = None if quiet else (lambda p: click.echo(progress_line(p)))
-    result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=on_progress)
+    display = make_progress(quiet)
+    try:
+        result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=display)
+    finally:
+        if display:
+            display.close()
     study = result.study
     all_rows = rows(study)
     failed = [r for r in all_rows if r["state"] == "FAIL"]

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .metrics import figures as compute_figures
 from .metrics import probe_figures
@@ -73,9 +73,10 @@ def kill_group(pgid: int) -> None:
 class _Reader(threading.Thread):
     """Collects the worker's messages; anything that is not a valid message is a protocol error."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(name="sweep-reader", daemon=True)
         self.fd, self.messages, self.protocol_errors = fd, [], []
+        self.on_event = on_event
         self.last_message_t = time.monotonic()
 
     def run(self) -> None:
@@ -90,6 +91,8 @@ class _Reader(threading.Thread):
                     continue
                 self.messages.append(msg)
                 self.last_message_t = time.monotonic()
+                if self.on_event:
+                    self.on_event(msg)
 
 
 class _Probe:
@@ -189,7 +192,8 @@ def _series_dict(series: Series, tags: list[str]) -> dict[str, Any]:
 
 
 def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
-              worker_cmd: list[str] | None = None, latency_budget_s: float | None = None) -> Outcome:
+              worker_cmd: list[str] | None = None, latency_budget_s: float | None = None,
+              on_event: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
     """Run one configuration in a fresh worker and measure it. Never raises for a worker fault.
 
     With ``latency_budget_s`` and ``settings.early_abort``, the trial stops as soon as
@@ -224,7 +228,7 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
             )
         os.close(w)
         monitor.attach(proc.pid)
-        reader = _Reader(r)
+        reader = _Reader(r, on_event)
         reader.start()
         killed_for = None
         rusage = None

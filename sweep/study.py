@@ -69,6 +69,9 @@ class Progress:
     feasible: bool
     elapsed_s: float
     reused_from: int | None = None
+    phase: str | None = None  # the trial in flight's phase, as the worker reports it
+    done_this_run: int = 0  # trials finished by this run (for the ETA)
+    study: Any = None
 
 
 class _StopOnInterrupt:
@@ -253,41 +256,52 @@ def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: l
     budgets = study.user_attrs["budgets"]
     subset = stratified_subset(tasks, space.settings.prompts)
     started = time.monotonic()
+    first = _finished(study)
     with _StopOnInterrupt() as stop:
         while (done := _finished(study)) < n_trials and not stop.requested:
             if timeout_s is not None and time.monotonic() - started >= timeout_s:
                 break
-            _run_one(study, space, series, budgets, subset, worker_cmd, n_trials, done, started, on_progress)
+            _run_one(study, space, series, budgets, subset, worker_cmd, n_trials, done, started, on_progress,
+                     done - first)
     return SweepResult(study, stop.requested)
 
 
 def _run_one(study: Any, space: Space, series: SeriesStore, budgets: dict[str, dict[str, float]], subset: list[Task],
              worker_cmd: list[str] | None, n_trials: int, done: int, started: float,
-             on_progress: Callable[[Progress], None] | None) -> None:
+             on_progress: Callable[[Progress], None] | None, done_this_run: int) -> None:
     from optuna.trial import TrialState
 
     trial = study.ask()
     config = space.sample(trial)
-    if on_progress:
-        on_progress(Progress(done, n_trials, trial.number, config, None, False, time.monotonic() - started))
+
+    def report(outcome: Outcome | None, feasible: bool = False, phase: str | None = None,
+               reused_from: int | None = None) -> None:
+        if on_progress:
+            finished = outcome is not None
+            on_progress(Progress(done + finished, n_trials, trial.number, config, outcome, feasible,
+                                 time.monotonic() - started, reused_from, phase, done_this_run + finished, study))
+
+    def on_event(msg: dict[str, Any]) -> None:
+        if msg.get("type") == "phase":
+            report(None, phase=msg["phase"] + (f" (prompt {msg['prompt'] + 1})" if "prompt" in msg else ""))
+
+    report(None, phase="starting")
     original = _measured_before(study, trial.user_attrs["config"])
     if original is not None:
         if space.settings.duplicates == "reuse":
             feasible = _reuse(study, trial, original)
-            if on_progress:
-                reused = Outcome(ok=True, figures={k: v for k, v in original.user_attrs.items() if k in METRICS})
-                on_progress(Progress(done + 1, n_trials, trial.number, config, reused, feasible,
-                                     time.monotonic() - started, reused_from=original.number))
+            report(Outcome(ok=True, figures={k: v for k, v in original.user_attrs.items() if k in METRICS}),
+                   feasible, reused_from=original.number)
             return
         trial.set_user_attr("repeat_of", original.number)  # a deliberate repeat, to estimate noise
     latency_budget = budgets.get("latency_p95_s", {}).get("max")
     try:
-        outcome = run_trial(config, space.settings, subset, worker_cmd=worker_cmd, latency_budget_s=latency_budget)
+        outcome = run_trial(config, space.settings, subset, worker_cmd=worker_cmd, latency_budget_s=latency_budget,
+                            on_event=on_event if on_progress else None)
     except KeyboardInterrupt:
         # run_trial's killer has already ended the worker's group; keep the trial as data.
         trial.set_user_attr("fail_reason", "interrupted")
         study.tell(trial, state=TrialState.FAIL)
         raise
     feasible = record(study, trial, outcome, series, budgets, space.spec.objectives)
-    if on_progress:
-        on_progress(Progress(done + 1, n_trials, trial.number, config, outcome, feasible, time.monotonic() - started))
+    report(outcome, feasible)
