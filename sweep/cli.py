@@ -191,6 +191,21 @@ def export(study_name: str, output: Path, fmt: str, trial_number: int | None, al
 
 
 @main.command()
+@click.option("--study", "study_name", required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
+@storage_option
+def report(study_name: str, output: Path, storage: str | None) -> None:
+    """Write a self-contained HTML report with the front, importances and timelines."""
+    from .report import write_report
+    from .storage import require_existing, storage_url
+    from .study import load_study
+
+    url = storage_url(storage)
+    require_existing(url)
+    click.echo(f"report written to {write_report(load_study(url, study_name), url, output)}")
+
+
+@main.command()
 @click.argument("trial_number", type=int)
 @click.option("--study", "study_name", required=True)
 @click.option("--png", type=click.Path(path_type=Path), default=None, help="Also draw the timeline into this PNG.")
