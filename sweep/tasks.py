@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import TaskFileError
 
-Kind = Literal["verdict", "iocs", "attack"]
+Kind = Literal["verdict", "iocs", "attack", "severity", "mcq"]
 VERDICTS = ("malicious", "suspicious", "benign")
+SEVERITIES = ("low", "medium", "high", "critical")
+LETTERS = ("A", "B", "C", "D")
+_LABELS = {"verdict": VERDICTS, "severity": SEVERITIES, "mcq": LETTERS}
 TASK_SET_VERSION = "tasks-v1"
 
 
@@ -68,9 +71,10 @@ def load_tasks(path: str | Path | None = None) -> list[Task]:
             raise TaskFileError(f"{where}:{lineno}: field {field!r}: {err['msg']}") from None
         if task.id in seen:
             raise TaskFileError(f"{where}:{lineno}: field 'id': duplicate id {task.id!r} (first on line {seen[task.id]})")
-        if task.kind == "verdict" and task.expected not in VERDICTS:
-            raise TaskFileError(f"{where}:{lineno}: field 'expected': a verdict must be one of {', '.join(VERDICTS)}")
-        if task.kind != "verdict" and not isinstance(task.expected, list):
+        if task.kind in _LABELS and task.expected not in _LABELS[task.kind]:
+            raise TaskFileError(f"{where}:{lineno}: field 'expected': a {task.kind} answer must be one of "
+                                f"{', '.join(_LABELS[task.kind])}")
+        if task.kind not in _LABELS and not isinstance(task.expected, list):
             raise TaskFileError(f"{where}:{lineno}: field 'expected': a {task.kind} task expects a list")
         seen[task.id] = lineno
         tasks.append(task)
@@ -104,6 +108,9 @@ _ASK = {
     "verdict": "Classify this command line as malicious, suspicious or benign. Answer with one word.\n\nCommand: {input}",
     "iocs": ("List every indicator of compromise in this log line (external IP addresses, domains, file hashes, "
              "file paths). Write one per line and nothing else.\n\nLog: {input}"),
+    "severity": ("Rate the severity of this security event as low, medium, high or critical. Answer with one word."
+                 "\n\nEvent: {input}"),
+    "mcq": "Answer this multiple-choice question with the letter of the correct option only.\n\n{input}",
     "attack": ("Which MITRE ATT&CK technique ID best describes this behaviour? Answer with the ID only, "
                "in the form Tnnnn or Tnnnn.nnn.\n\nBehaviour: {input}"),
 }
@@ -122,6 +129,18 @@ _IOC = re.compile(
     r"|\b(?:\d{1,3}\.){3}\d{1,3}\b"        # IPv4
     r"|\b(?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,}\b"  # domains and file names
 )
+
+
+def _letter(answer: str) -> str | None:
+    """The chosen option: a leading letter ("B", "B)", "B."), or the only one named as "B)" or "answer: B"."""
+    options = set(re.findall(r"\b([A-D])\)", answer))
+    if len(options) > 1:
+        return None  # several "X)" options: an echo of the question
+    lead = re.match(r"\s*\(?([A-D])(?:[).:\s]|$)", answer)
+    if lead:
+        return lead.group(1)
+    named = options | set(re.findall(r"answer(?: is)?:?\s*\(?([A-D])\b", answer, re.I))
+    return named.pop() if len(named) == 1 else None
 
 
 def _norm(s: str) -> str:
@@ -144,12 +163,21 @@ def _technique_credit(p: str, e: str) -> float:
 
 def score(task: Task, answer: str) -> Score:
     """Score one answer in [0, 1]; ``parsed`` is False when nothing of the expected form appears."""
-    if task.kind == "verdict":
-        found = set(re.findall(r"\b(" + "|".join(VERDICTS) + r")\b", answer.lower()))
+    if task.kind in ("verdict", "severity"):
+        labels = _LABELS[task.kind]
+        found = set(re.findall(r"\b(" + "|".join(labels) + r")\b", answer.lower()))
         if len(found) != 1:
-            # None, or several labels: an echo of the question is not a verdict.
+            # None, or several labels: an echo of the question is not an answer.
             return Score(0.0, False)
-        return Score(1.0 if found == {task.expected} else 0.0, True)
+        (label,) = found
+        if label == task.expected:
+            return Score(1.0, True)
+        # A severity one level off earns half: "high" for "critical" is a near miss, "low" is not.
+        near = task.kind == "severity" and abs(labels.index(label) - labels.index(str(task.expected))) == 1
+        return Score(0.5 if near else 0.0, True)
+    if task.kind == "mcq":
+        letter = _letter(answer)
+        return Score(0.0, False) if letter is None else Score(1.0 if letter == task.expected else 0.0, True)
     if task.kind == "attack":
         predicted = {m.upper() for m in _TECHNIQUE.findall(answer)}
         if not predicted:

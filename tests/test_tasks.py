@@ -27,6 +27,30 @@ def test_verdict(answer: str, value: float, parsed: bool) -> None:
     assert (result.value, result.parsed) == (value, parsed)
 
 
+@pytest.mark.parametrize("answer, value, parsed", [
+    ("Critical", 1.0, True),
+    ("high", 0.5, True),  # one level off
+    ("medium severity", 0.0, True),
+    ("low, medium, high or critical", 0.0, False),
+])
+def test_severity_with_partial_credit(answer: str, value: float, parsed: bool) -> None:
+    result = score(task("severity", "critical"), answer)
+    assert (result.value, result.parsed) == (value, parsed)
+
+
+@pytest.mark.parametrize("answer, value, parsed", [
+    ("B", 1.0, True),
+    ("B) certutil", 1.0, True),
+    ("The answer is B.", 1.0, True),
+    ("A", 0.0, True),
+    ("A) vim B) certutil C) htop D) nmap", 0.0, False),  # an echo of the options
+    ("certutil", 0.0, False),
+])
+def test_multiple_choice_letter(answer: str, value: float, parsed: bool) -> None:
+    result = score(task("mcq", "B"), answer)
+    assert (result.value, result.parsed) == (value, parsed)
+
+
 def test_attack_exact_partial_and_parse_failure() -> None:
     t = task("attack", ["T1003.001"])
     assert score(t, "T1003.001").value == 1.0
@@ -45,19 +69,20 @@ def test_iocs_set_f1() -> None:
 
 def test_starter_set_is_valid_and_balanced() -> None:
     tasks = load_tasks()
-    assert len(tasks) >= 30
+    assert len(tasks) >= 80
     assert len({t.id for t in tasks}) == len(tasks)
     kinds = Counter(t.kind for t in tasks)
-    assert set(kinds) == {"verdict", "iocs", "attack"}
-    verdicts = Counter(t.expected for t in tasks if t.kind == "verdict")
-    assert max(verdicts.values()) - min(verdicts.values()) <= 1  # a constant verdict scores ~1/3
+    assert set(kinds) == {"verdict", "iocs", "attack", "severity", "mcq"}
+    for kind in ("verdict", "severity", "mcq"):  # a constant answer scores no better than chance
+        labels = Counter(t.expected for t in tasks if t.kind == kind)
+        assert max(labels.values()) == min(labels.values()), (kind, labels)
 
 
 def test_subset_is_stratified_and_fixed() -> None:
     tasks = load_tasks()
-    sub = stratified_subset(tasks, 9)
-    assert Counter(t.kind for t in sub) == {"verdict": 3, "iocs": 3, "attack": 3}
-    assert sub == stratified_subset(list(reversed(tasks)), 9)
+    sub = stratified_subset(tasks, 10)
+    assert Counter(t.kind for t in sub) == {"verdict": 2, "iocs": 2, "attack": 2, "severity": 2, "mcq": 2}
+    assert sub == stratified_subset(list(reversed(tasks)), 10)
 
 
 @pytest.mark.parametrize("line, needle", [
