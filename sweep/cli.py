@@ -79,8 +79,9 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
         quiet: bool, storage: str | None, models_dir: str | None) -> None:
     """Run (or continue) a sweep of SPACE into the study."""
     from .display import front_table
+    from .errors import ExportError
     from .progress import make_progress
-    from .results import pareto_front, rows
+    from .results import choose, pareto_front, rows
     from .space import load_space
     from .storage import storage_url
     from .study import run_study
@@ -106,6 +107,16 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     if front:
         click.echo("Pareto front" + ("" if feasible else " (no trial meets every budget; front ignoring budgets)") + ":")
         click.echo(front_table(front, study.user_attrs["objectives"]))
+        try:
+            pick = choose(study, allow_infeasible=True)
+        except ExportError:
+            pick = None
+        if pick and pick["feasible"]:
+            click.echo(f"Export policy's pick: trial {pick['number']} (meets every budget; highest correctness).")
+        elif pick:
+            click.echo(f"Export policy's pick: trial {pick['number']}, the closest to meeting every budget (smallest "
+                       f"total overshoot; it breaks {', '.join(pick['violations'])}). It can sit off the front above: "
+                       "the front weighs only the objectives, the pick weighs every budget.")
     if result.stopped_by_user:
         click.echo("stopped at your request; run the same command again to carry on", err=True)
         sys.exit(130)

@@ -39,6 +39,7 @@ def test_sweep_runs_three_real_trials(swept: dict) -> None:
     assert "3 finished trials" in proc.stdout
     assert proc.stdout.count("ETA") == 3 and "meet every budget: " in proc.stdout and "best: trial" in proc.stdout
     assert "Pareto front" in proc.stdout
+    assert "Export policy's pick: trial" in proc.stdout
     assert finished_trials(swept["work"] / "studies.db") == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
 
 
