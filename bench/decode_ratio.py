@@ -1,9 +1,11 @@
 """Does monitoring slow what it measures? ``python bench/decode_ratio.py [ROUNDS]``.
 
-In one run, alternating: a bare llama-cpp-python loop in a fresh process (no
-monitor, no probe, same model, threads, batch, prompts and streaming as the
-worker), and a full sweep trial (worker + monitor + probe). Prints decode
-tokens per second of each round and the ratio of medians. Target: >= 0.97.
+In one run, interleaved round by round, all pinned to the same CPU: a bare
+llama-cpp-python loop in a fresh process (no monitor, no probe, same model,
+threads, batch, prompts and streaming as the worker); a sweep trial with the
+monitor only; and a sweep trial with the monitor and the foreground probe (a
+deliberate ~4%-of-a-core competing load). Prints decode tokens per second and
+the ratio of medians to the bare loop. Target for the monitor: >= 0.97.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 
+from sweep.host import allowed_cpus
 from sweep.models import Registry
 from sweep.records import TrialConfig, TrialSettings
 from sweep.runner import run_trial
@@ -37,23 +41,26 @@ print(json.dumps(tokens / decode_s))
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     model = Registry().resolve("smollm2-135m", "Q4_1")
+    cpu = allowed_cpus()[-1]
     config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(model.path), chat_format=None,
-                         n_threads=1, n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=1024, max_tokens=64)
+                         n_threads=1, n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=1024, max_tokens=64,
+                         cpus=(cpu,))
     tasks = [t for t in load_tasks() if t.kind == "iocs"][:6]  # long answers: mostly decode
     settings = TrialSettings(prompts=len(tasks), idle_seconds=0.5, baseline_seconds=0.5, noise_retries=0)
     job = json.dumps([config.to_dict(), [messages_for(t) for t in tasks]])
-    bare, trial = [], []
+    arms: dict[str, list[float]] = {"bare": [], "monitor": [], "monitor+probe": []}
     for i in range(rounds):
-        out = subprocess.run([sys.executable, "-c", BARE], input=job, capture_output=True, text=True, check=True)
-        bare.append(float(out.stdout.strip().splitlines()[-1]))
-        outcome = run_trial(config, settings, tasks)
-        trial.append(outcome.figures["decode_tps"])
-        print(f"round {i + 1}: bare {bare[-1]:.1f} tok/s, trial {trial[-1]:.1f} tok/s")
-    ratio = statistics.median(trial) / statistics.median(bare)
-    print(f"median decode: bare {statistics.median(bare):.1f} tok/s, trial {statistics.median(trial):.1f} tok/s, "
-          f"trial/bare = {ratio:.3f} (n_threads=1, 6 prompts x 64 tokens, SmolLM2-135M Q4_1)")
+        out = subprocess.run(["taskset", "-c", str(cpu), sys.executable, "-c", BARE], input=job, capture_output=True,
+                             text=True, check=True)
+        arms["bare"].append(float(out.stdout.strip().splitlines()[-1]))
+        arms["monitor"].append(run_trial(config, replace(settings, probe=False), tasks).figures["decode_tps"])
+        arms["monitor+probe"].append(run_trial(config, settings, tasks).figures["decode_tps"])
+        print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in arms.items()) + " tok/s")
+    bare = statistics.median(arms["bare"])
+    print(f"medians (tok/s, pinned to CPU {cpu}, n_threads=1, 6 prompts x 64 tokens, SmolLM2-135M Q4_1): "
+          + ", ".join(f"{k} {statistics.median(v):.1f} (ratio {statistics.median(v) / bare:.3f})" for k, v in arms.items()))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,30 @@ class _Probe:
         return self.samples
 
 
+@contextlib.contextmanager
+def stay_off(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Keep this process's threads (and those they start) off the trial's CPUs, where others exist.
+
+    The monitor, the pipe reader and the wait loop must not steal time from the
+    worker they measure. Affinity is per thread on Linux, so every thread is moved.
+    """
+    allowed = os.sched_getaffinity(0)
+    others = allowed - set(cpus) if cpus else set()
+    if not others:
+        yield
+        return
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, others)
+    try:
+        yield
+    finally:
+        for tid in (int(t) for t in os.listdir("/proc/self/task")):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, allowed)
+
+
 def noise_guard(settings: TrialSettings) -> tuple[float, bool]:
     """Wait (bounded) for the machine to be quiet. Returns its busy % and whether it stayed busy."""
     for attempt in range(settings.noise_retries + 1):
@@ -201,11 +225,6 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
     the figures of the prompts answered so far (``early_abort`` = 1).
     """
     started = time.monotonic()
-    job = {
-        "config": config.to_dict(),
-        "idle_seconds": settings.idle_seconds,
-        "prompts": [messages_for(t) for t in tasks],
-    }
     limit_kb = settings.memory_limit_gb * 1024**2 if settings.memory_limit_gb else None
     over_memory = threading.Event()
 
@@ -214,7 +233,22 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
             over_memory.set()
 
     noise_pct, busy = noise_guard(settings)
-    probe = _Probe(settings) if settings.probe else None
+    probe = _Probe(settings) if settings.probe else None  # started first: it keeps the user's CPUs
+    try:
+        with stay_off(config.cpus):
+            return _measure(config, settings, tasks, worker_cmd, latency_budget_s, on_event, started, noise_pct,
+                            busy, probe, on_sample, over_memory)
+    finally:
+        if probe:
+            probe.stop()  # already stopped on the normal path; this covers an interrupt in the baseline
+
+
+def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], worker_cmd: list[str] | None,
+             latency_budget_s: float | None, on_event: Callable[[dict[str, Any]], None] | None, started: float,
+             noise_pct: float, busy: bool, probe: _Probe | None, on_sample: Callable[[Any], None],
+             over_memory: threading.Event) -> Outcome:
+    job = {"config": config.to_dict(), "idle_seconds": settings.idle_seconds,
+           "prompts": [messages_for(t) for t in tasks]}
     monitor = Monitor(settings.window_ms / 1000, on_sample).start()
     time.sleep(settings.baseline_seconds)
     env = {**os.environ, **config.environment()}

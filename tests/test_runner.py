@@ -6,8 +6,10 @@ the bundled SmolLM2 model.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,3 +145,19 @@ def test_noise_guard_flags_a_busy_machine() -> None:
             h.kill()
             h.wait()
     assert busy and pct > 40
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
+def test_orchestrator_keeps_off_the_trial_cpus_and_restores_itself() -> None:
+    from sweep.runner import stay_off
+
+    cpus = allowed_cpus()
+    before = os.sched_getaffinity(0)
+    with stay_off((cpus[0],)):
+        assert cpus[0] not in os.sched_getaffinity(0)
+        seen: list[set[int]] = []
+        t = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        t.start()
+        t.join()
+        assert cpus[0] not in seen[0]  # threads started inside inherit it
+    assert os.sched_getaffinity(0) == before
