@@ -104,6 +104,15 @@ def _budget_lines(record: dict[str, Any], comment: str) -> list[str]:
     return lines
 
 
+def _pacing_warning(record: dict[str, Any], comment: str) -> list[str]:
+    c = record["config"]
+    if not (c.get("pace_tps") or c.get("pace_duty")):
+        return []
+    return [f"{comment} WARNING: the sweep paced decoding (pace_tps={c.get('pace_tps')}, pace_duty={c.get('pace_duty')}),",
+            f"{comment} which llama-server cannot do: expect more CPU while decoding than was measured.",
+            f"{comment} To keep the measured figures, pace in the client (see the python export)."]
+
+
 def _python(record: dict[str, Any]) -> str:
     c = record["config"]
     lines = ["#!/usr/bin/env python3", *_budget_lines(record, "#"), "import os", ""]
@@ -136,7 +145,7 @@ def _systemd(record: dict[str, Any], server_binary: str) -> str:
     argv = shlex.split(record["llama_server_args"])
     argv[0] = server_binary
     lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *_budget_lines(record, "#"),
-             "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
+             *_pacing_warning(record, "#"), "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
     if c.get("cpus"):
         lines.append("CPUAffinity=" + " ".join(map(str, c["cpus"])))
     if c.get("nice"):
@@ -164,7 +173,8 @@ def render(record: dict[str, Any], fmt: str, server_binary: str = "/usr/local/bi
     if fmt == "python":
         return _python(record)
     if fmt == "llama-server":
-        return "\n".join(["#!/bin/sh", *_budget_lines(record, "#"), "exec " + record["llama_server"], ""])
+        return "\n".join(["#!/bin/sh", *_budget_lines(record, "#"), *_pacing_warning(record, "#"),
+                          "exec " + record["llama_server"], ""])
     if fmt == "systemd":
         return _systemd(record, server_binary)
     raise ValueError(f"unknown export format {fmt!r}")

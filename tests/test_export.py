@@ -78,3 +78,16 @@ def test_status_summarises_the_study(study_env: dict) -> None:
     proc = sweep_cli("status", "--study", "x", env=study_env["env"])
     assert proc.returncode == 0, proc.stderr
     assert "2 trials: 2 complete" in proc.stdout and "export policy's pick: trial" in proc.stdout
+
+
+def test_server_exports_warn_when_the_sweep_paced_decoding() -> None:
+    from sweep.export import render
+
+    record = {"config": {"model": "m", "quant": "Q4_0", "cpus": None, "nice": 0, "sched_policy": "normal",
+                         "pace_duty": 0.5, "pace_tps": None},
+              "provenance": {"study": "s", "trial": 1}, "meets_all_budgets": True, "budgets": {}, "metrics": {},
+              "environment": {}, "llama_server": "llama-server -m m.gguf", "llama_server_args": "llama-server -m m.gguf"}
+    for fmt in ("llama-server", "systemd"):
+        assert "llama-server cannot do" in render(record, fmt)
+    record["config"]["pace_duty"] = None
+    assert "cannot do" not in render(record, "systemd")
