@@ -143,3 +143,24 @@ def test_optuna_dashboard_reads_the_study(swept: dict) -> None:
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=10)
+
+
+def test_timeout_finishes_the_trial_in_flight_then_stops(tmp_path: Path) -> None:
+    env = {"SWEEP_STORAGE": f"sqlite:///{tmp_path / 'studies.db'}"}
+    space = write_space(tmp_path / "s.yaml", TINY_SPACE)
+    proc = sweep_cli("run", str(space), "--trials", "3", "--timeout", "1s", "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert finished_trials(tmp_path / "studies.db") == [(0, "COMPLETE")]  # a trial takes longer than 1 s
+
+
+@pytest.mark.parametrize("text, seconds", [("8h", 28800), ("30m", 1800), ("1h30m", 5400), ("90s", 90), ("45", 45)])
+def test_durations(text: str, seconds: float) -> None:
+    from sweep.cli import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration_is_exit_2(tmp_path: Path) -> None:
+    proc = sweep_cli("run", str(write_space(tmp_path / "s.yaml", TINY_SPACE)), "--timeout", "soon")
+    assert proc.returncode == 2 and "not a duration" in proc.stderr
+    assert not (tmp_path / "studies.db").exists()
