@@ -49,13 +49,16 @@ def test_pinned_child_never_reads_above_one_core() -> None:
     assert max(windows) <= 105
 
 
-def test_first_reading_is_discarded_and_windows_use_actual_time() -> None:
+def test_windows_from_the_very_start_stay_within_one_core() -> None:
+    """Every window counts, including those right after spawn (the test above drops them).
+
+    A thread first seen in a window has all its CPU time charged to that window;
+    for a child pinned to one core that must still never exceed one core.
+    """
     monitor = Monitor(0.05).start()
     child = subprocess.Popen([sys.executable, str(CHILD), "1.0", "0.02", str(CPU), "1"])
     monitor.attach(child.pid)
     child.wait()
     series = monitor.stop()
-    # Python start-up alone costs CPU before attach; had the base not been set by
-    # a first reading, no window could show it as a burst above one core.
-    assert all(w.t1 > w.t0 for w in series.windows)
+    assert len(series.windows) >= 10
     assert max(100 * w.tree_cpu_s / (w.t1 - w.t0) for w in series.windows) <= 105
