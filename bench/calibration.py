@@ -30,7 +30,7 @@ def main() -> None:
         monitor.attach(child.pid)
         child.wait()
         s = monitor.stop()
-        xs = [100 * w.tree_cpu_s / (w.t1 - w.t0) for w in s.windows][5:-2]
+        xs = [w.core_pct for w in s.windows][5:-2]
         print(f"{100 * duty:5.0f}  {statistics.mean(xs):5.1f}  {percentile(xs, 99):5.1f}  {max(xs):5.1f}  "
               f"{len(xs):2d}  {100 * s.monitor_cpu_s / s.monitor_wall_s:.2f}")
 

@@ -53,6 +53,16 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+def _open_study(storage: str | None, name: str) -> tuple[Any, str]:
+    """The named study in an existing database, and the storage URL it came from."""
+    from .storage import require_existing, storage_url
+    from .study import load_study
+
+    url = storage_url(storage)
+    require_existing(url)
+    return load_study(url, name), url
+
+
 storage_option = click.option("--storage", envvar="SWEEP_STORAGE", default=None,
                               help="Study storage URL [default: sqlite:///studies.db; env SWEEP_STORAGE].")
 models_dir_option = click.option("--models-dir", envvar="SWEEP_MODELS_DIR", type=click.Path(file_okay=False),
@@ -130,12 +140,7 @@ def status(study_name: str, storage: str | None) -> None:
     from .display import status_text
     from .errors import ExportError
     from .results import choose
-    from .storage import require_existing, storage_url
-    from .study import load_study
-
-    url = storage_url(storage)
-    require_existing(url)
-    study = load_study(url, study_name)
+    study, url = _open_study(storage, study_name)
     try:
         pick = choose(study, allow_infeasible=True)
     except ExportError:
@@ -151,12 +156,7 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
     """Print the study's Pareto front."""
     from .display import front_table
     from .results import pareto_front
-    from .storage import require_existing, storage_url
-    from .study import load_study
-
-    url = storage_url(storage)
-    require_existing(url)
-    study = load_study(url, study_name)
+    study, url = _open_study(storage, study_name)
     front, feasible = pareto_front(study)
     if as_json:
         click.echo(json.dumps({"study": study_name, "feasible_front": feasible, "objectives": study.user_attrs["objectives"],
@@ -182,22 +182,14 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
 def export(study_name: str, output: Path, fmt: str, trial_number: int | None, allow_infeasible: bool,
            server_binary: str, storage: str | None) -> None:
     """Write the chosen configuration, with provenance, to a file."""
-    from .export import export_record, render
+    from .export import budget_lines, export_record, render
     from .results import choose
-    from .storage import require_existing, storage_url
-    from .study import load_study
-
-    url = storage_url(storage)
-    require_existing(url)
-    study = load_study(url, study_name)
+    study, url = _open_study(storage, study_name)
     row = choose(study, allow_infeasible=allow_infeasible, trial=trial_number)
     record = export_record(study, row, url)
     output.write_text(render(record, fmt, server_binary))
     click.echo(f"exported trial {row['number']} of study {study_name!r} to {output} ({fmt})")
-    for name, b in record["budgets"].items():
-        bound = f"<= {b['max']}" if "max" in b else f">= {b['min']}"
-        value = "missing" if b["value"] is None else f"{b['value']:.4g}"
-        click.echo(f"  {'met ' if b['met'] else 'OVER'} {name} {bound}: {value}")
+    click.echo("\n".join(budget_lines(record, "")))
     click.echo(record["llama_server"])
 
 
@@ -208,12 +200,8 @@ def export(study_name: str, output: Path, fmt: str, trial_number: int | None, al
 def report(study_name: str, output: Path, storage: str | None) -> None:
     """Write a self-contained HTML report with the front, importances and timelines."""
     from .report import write_report
-    from .storage import require_existing, storage_url
-    from .study import load_study
-
-    url = storage_url(storage)
-    require_existing(url)
-    click.echo(f"report written to {write_report(load_study(url, study_name), url, output)}")
+    study, url = _open_study(storage, study_name)
+    click.echo(f"report written to {write_report(study, url, output)}")
 
 
 @main.command()
@@ -225,13 +213,10 @@ def show(trial_number: int, study_name: str, png: Path | None, storage: str | No
     """Print one trial's figures and draw its CPU timeline."""
     from .display import config_summary, figures_table
     from .metrics import METRICS
-    from .storage import SeriesStore, require_existing, storage_url
-    from .study import load_study
+    from .storage import SeriesStore
     from .timeline import ascii_timeline, png_timeline
 
-    url = storage_url(storage)
-    require_existing(url)
-    study = load_study(url, study_name)
+    study, url = _open_study(storage, study_name)
     match = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
     if not match:
         raise SweepError(f"study {study_name!r} has no trial {trial_number}")

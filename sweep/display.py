@@ -73,10 +73,13 @@ def status_text(study: Any, policy_pick: dict[str, Any] | None) -> str:
     """A study at a glance: counts, failure reasons, feasibility, the policy's current pick."""
     from collections import Counter
 
+    from .results import rows
+
     trials = study.get_trials(deepcopy=False)
+    finished = rows(study)
     states = Counter(t.state.name for t in trials)
-    reasons = Counter(t.user_attrs.get("fail_reason", "?") for t in trials if t.state.name == "FAIL")
-    feasible = sum(1 for t in trials if t.state.name == "COMPLETE" and not t.user_attrs.get("violations"))
+    reasons = Counter(r["fail_reason"] or "?" for r in finished if r["state"] == "FAIL")
+    feasible = sum(r["feasible"] for r in finished)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     lines = [f"study {study.study_name!r}: {len(trials)} trials: "

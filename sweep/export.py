@@ -94,7 +94,7 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
     }
 
 
-def _budget_lines(record: dict[str, Any], comment: str) -> list[str]:
+def budget_lines(record: dict[str, Any], comment: str) -> list[str]:
     lines = [f"{comment} sweep study {record['provenance']['study']!r}, trial {record['provenance']['trial']}; "
              f"{'meets every budget' if record['meets_all_budgets'] else 'DOES NOT meet every budget'}:"]
     for name, b in record["budgets"].items():
@@ -115,7 +115,7 @@ def _pacing_warning(record: dict[str, Any], comment: str) -> list[str]:
 
 def _python(record: dict[str, Any]) -> str:
     c = record["config"]
-    lines = ["#!/usr/bin/env python3", *_budget_lines(record, "#"), "import os", ""]
+    lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "import os", ""]
     lines.append("# OpenMP reads these when llama_cpp loads; affinity, nice and policy are inherited by its threads.")
     lines += [f"os.environ[{k!r}] = {v!r}" for k, v in record["environment"].items()]
     if c.get("cpus"):
@@ -144,7 +144,7 @@ def _systemd(record: dict[str, Any], server_binary: str) -> str:
     c = record["config"]
     argv = shlex.split(record["llama_server_args"])
     argv[0] = server_binary
-    lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *_budget_lines(record, "#"),
+    lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *budget_lines(record, "#"),
              *_pacing_warning(record, "#"), "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
     if c.get("cpus"):
         lines.append("CPUAffinity=" + " ".join(map(str, c["cpus"])))
@@ -173,7 +173,7 @@ def render(record: dict[str, Any], fmt: str, server_binary: str = "/usr/local/bi
     if fmt == "python":
         return _python(record)
     if fmt == "llama-server":
-        return "\n".join(["#!/bin/sh", *_budget_lines(record, "#"), *_pacing_warning(record, "#"),
+        return "\n".join(["#!/bin/sh", *budget_lines(record, "#"), *_pacing_warning(record, "#"),
                           "exec " + record["llama_server"], ""])
     if fmt == "systemd":
         return _systemd(record, server_binary)

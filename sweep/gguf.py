@@ -60,6 +60,14 @@ class _Reader:
             if itype in _SCALARS and not keep:
                 self.pos += count * struct.calcsize("<" + _SCALARS[itype])
                 return None
+            if itype == _STRING and not keep:
+                # A tokenizer's vocabulary: hundreds of thousands of strings, read only to skip.
+                for _ in range(count):
+                    length = self.take("Q")  # take() moves pos past the length; read it before adding
+                    self.pos += length
+                if self.pos > len(self.buf):
+                    raise ModelError(f"{self.path}: GGUF header is truncated at byte {self.pos}")
+                return None
             items = [self.value(itype, keep) for _ in range(count)]
             return items if keep else None
         raise ModelError(f"{self.path}: unknown GGUF value type {vtype} at byte {self.pos}")

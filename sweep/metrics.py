@@ -128,6 +128,11 @@ def tag_windows(series: Series, events: list[dict[str, Any]]) -> list[str]:
     return tags
 
 
+def _major_marks(events: list[dict[str, Any]]) -> dict[str, float]:
+    """When each major phase began, from the worker's phase messages."""
+    return {e["phase"]: e["t"] for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES}
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
@@ -140,12 +145,13 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
     ncpu = series.ncpu
 
     def core_pct(*phases: str) -> list[float]:
-        return [100 * w.tree_cpu_s / (w.t1 - w.t0) for w, t in zip(ws, tags) if t in phases]
+        return [w.core_pct for w, t in zip(ws, tags) if t in phases]
 
     def machine_pct(*phases: str) -> list[float]:
-        return [100 * _mean(w.core_busy) for w, t in zip(ws, tags) if t in phases]
+        return [w.machine_pct for w, t in zip(ws, tags) if t in phases]
 
     active, idle = core_pct(*ACTIVE_TAGS), core_pct("idle")
+    prefill, decode = core_pct("prefill"), core_pct("decode")
     sys_active = machine_pct(*ACTIVE_TAGS)
     busiest = [100 * max(w.core_busy) for w, t in zip(ws, tags) if t in ACTIVE_TAGS and w.core_busy]
     psi = [100 * w.psi_some_s / (w.t1 - w.t0) for w, t in zip(ws, tags) if t in ACTIVE_TAGS and w.psi_some_s is not None]
@@ -156,10 +162,10 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
         "cpu_active_p95_core_pct": percentile(active, 95),
         "cpu_active_p99_core_pct": percentile(active, 99),
         "cpu_active_peak_core_pct": max(active, default=math.nan),
-        "cpu_prefill_mean_core_pct": _mean(core_pct("prefill")),
-        "cpu_decode_mean_core_pct": _mean(core_pct("decode")),
-        "n_windows_prefill": len(core_pct("prefill")),
-        "n_windows_decode": len(core_pct("decode")),
+        "cpu_prefill_mean_core_pct": _mean(prefill),
+        "cpu_decode_mean_core_pct": _mean(decode),
+        "n_windows_prefill": len(prefill),
+        "n_windows_decode": len(decode),
         "psi_cpu_some_active_mean_pct": _mean(psi),
         "psi_cpu_some_active_peak_pct": max(psi, default=math.nan),
         "system_cpu_baseline_pct": _mean(machine_pct("baseline")),
@@ -177,7 +183,7 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
     }
     for stat in ("mean", "p50", "p95", "p99", "peak"):
         f[f"cpu_active_{stat}_share_pct"] = f[f"cpu_active_{stat}_core_pct"] / ncpu
-    marks = {e["phase"]: e["t"] for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES}
+    marks = _major_marks(events)
     if "load" in marks and "idle" in marks:
         f["load_s"] = marks["idle"] - marks["load"]
     lat = [p["latency_s"] for p in prompts]
@@ -198,7 +204,7 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
 
 def probe_figures(samples: list[tuple[float, float]], events: list[dict[str, Any]]) -> dict[str, float]:
     """Foreground probe latencies while answering, against those before the worker started."""
-    marks = {e["phase"]: e["t"] for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES}
+    marks = _major_marks(events)
     if "load" not in marks or "active" not in marks:
         return {}
     end = marks.get("done", math.inf)

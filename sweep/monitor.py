@@ -29,6 +29,16 @@ class Window:
     rss_file_kb: int = 0
     psi_some_s: float | None = None  # seconds some task stalled waiting for CPU (PSI), if the kernel has it
 
+    @property
+    def core_pct(self) -> float:
+        """The worker tree's CPU in this window, as percent of one core."""
+        return 100 * self.tree_cpu_s / (self.t1 - self.t0)
+
+    @property
+    def machine_pct(self) -> float:
+        """The whole machine's busy percent in this window (all cores averaged)."""
+        return 100 * sum(self.core_busy) / len(self.core_busy) if self.core_busy else 0.0
+
 
 @dataclass
 class Series:

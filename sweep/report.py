@@ -16,7 +16,7 @@ from .display import config_summary
 from .metrics import METRICS
 from .results import pareto_front, rows
 from .storage import SeriesStore
-from .timeline import _PHASE_COLOUR, share_of_machine
+from .timeline import _PHASE_COLOUR, cpu_budgets, phase_spans, seconds, share_of_machine
 
 
 def _front_chart(study: Any) -> Any:
@@ -75,19 +75,14 @@ def _importance_charts(study: Any) -> list[Any] | str:
 def _timeline_chart(series: dict[str, Any], budgets: dict[str, Any], title: str) -> Any:
     import plotly.graph_objects as go
 
-    t0 = series["t"][0] - series["dt"][0]
-    ts = [t - t0 for t in series["t"]]
+    ts = seconds(series)
     fig = go.Figure()
-    start = 0.0
-    for i, phase in enumerate(series["phase"]):
-        if i + 1 == len(ts) or series["phase"][i + 1] != phase:
-            fig.add_vrect(x0=start, x1=ts[i], fillcolor=_PHASE_COLOUR.get(phase, "white"), opacity=0.35, line_width=0)
-            start = ts[i]
+    for phase, start, end in phase_spans(series):
+        fig.add_vrect(x0=start, x1=end, fillcolor=_PHASE_COLOUR.get(phase, "white"), opacity=0.35, line_width=0)
     fig.add_trace(go.Scatter(x=ts, y=share_of_machine(series), line_shape="hv", name="LLM (worker tree)"))
     fig.add_trace(go.Scatter(x=ts, y=series["system_pct"], line_shape="hv", name="whole machine", opacity=0.6))
-    for name, b in budgets.items():
-        if name.startswith("cpu_") and "max" in b:
-            fig.add_hline(y=b["max"], line_dash="dash", annotation_text=f"{name} ≤ {b['max']:g}%")
+    for name, limit in cpu_budgets(budgets).items():
+        fig.add_hline(y=limit, line_dash="dash", annotation_text=f"{name} ≤ {limit:g}%")
     fig.update_layout(title=f"{title}: CPU timeline (W = {series['window_s'] * 1000:.0f} ms; shaded by phase)",
                       xaxis_title="seconds", yaxis_title="% of machine", yaxis_range=[0, 105], height=360)
     return fig

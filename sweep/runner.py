@@ -166,10 +166,6 @@ def provably_over(latencies: list[float], n_total: int, budget: float) -> bool:
     return sum(lat > budget for lat in latencies) >= need
 
 
-def _expected_cpus(config: TrialConfig) -> set[int] | None:
-    return set(config.cpus) if config.cpus is not None else None
-
-
 def _parse_cpu_list(text: str) -> set[int]:
     out: set[int] = set()
     for part in text.split(","):
@@ -181,7 +177,7 @@ def _parse_cpu_list(text: str) -> set[int]:
 def verify_knobs(config: TrialConfig, threads: list[dict[str, Any]]) -> list[str]:
     """What did not hold, thread by thread, as read back from /proc by the worker."""
     problems = []
-    want_cpus = _expected_cpus(config)
+    want_cpus = set(config.cpus) if config.cpus is not None else None
     for t in threads:
         if want_cpus is not None and _parse_cpu_list(t["cpus"]) != want_cpus:
             problems.append(f"thread {t['tid']} may run on CPUs {t['cpus']}, not {sorted(want_cpus)}")
@@ -208,8 +204,8 @@ def _series_dict(series: Series, tags: list[str]) -> dict[str, Any]:
         "ncpu": series.ncpu,
         "t": [round(w.t1, 4) for w in series.windows],
         "dt": [round(w.t1 - w.t0, 4) for w in series.windows],
-        "tree_core_pct": [round(100 * w.tree_cpu_s / (w.t1 - w.t0), 2) for w in series.windows],
-        "system_pct": [round(100 * sum(w.core_busy) / len(w.core_busy), 2) if w.core_busy else 0 for w in series.windows],
+        "tree_core_pct": [round(w.core_pct, 2) for w in series.windows],
+        "system_pct": [round(w.machine_pct, 2) for w in series.windows],
         "rss_anon_mb": [round(w.rss_anon_kb / 1024, 1) for w in series.windows],
         "phase": tags,
     }

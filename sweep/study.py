@@ -202,12 +202,22 @@ def _measured_before(study: Any, config: dict[str, Any]) -> Any:
 def _reuse(study: Any, trial: Any, original: Any) -> bool:
     """Tell the trial the original's measurement, marked as reused (never as a new measurement)."""
     for key, value in original.user_attrs.items():
-        if key in METRICS or key in ("by_kind", "constraint_values", "violations"):
+        if key in METRICS or key == "by_kind":
             trial.set_user_attr(key, value)
     trial.set_user_attr("reused_from", original.number)
-    cv = original.user_attrs.get("constraint_values", [])
+    return _tell_complete(study, trial, list(original.values), original.user_attrs.get("constraint_values", []),
+                          list(study.user_attrs["budgets"]))
+
+
+def _tell_complete(study: Any, trial: Any, values: list[float], cv: list[float], budget_names: list[str]) -> bool:
+    """Record the constraint values, tell Optuna the objectives, return whether every budget was met."""
+    # Optuna 5 reads constraints from the list attribute "constraints" as well as from
+    # Trial.set_constraint's named keys, but optuna-dashboard reads only the list; the
+    # names are the study's "budgets" attribute, in this order.
     study._storage.set_trial_system_attr(trial._trial_id, "constraints", cv)
-    study.tell(trial, list(original.values))
+    trial.set_user_attr("constraint_values", cv)
+    trial.set_user_attr("violations", [name for name, c in zip(budget_names, cv) if c > 0])
+    study.tell(trial, values)
     return all(c <= 0 for c in cv)
 
 
@@ -229,15 +239,7 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
         study.tell(trial, state=TrialState.FAIL)
         return False
     trial.set_user_attr("by_kind", outcome.by_kind)
-    cv = constraint_values(outcome.figures, budgets)
-    # Optuna 5 reads constraints from the list attribute "constraints" as well as from
-    # Trial.set_constraint's named keys, but optuna-dashboard reads only the list; the
-    # names are the study's "budgets" attribute, in this order.
-    study._storage.set_trial_system_attr(trial._trial_id, "constraints", cv)
-    trial.set_user_attr("constraint_values", cv)
-    trial.set_user_attr("violations", [name for name, c in zip(budgets, cv) if c > 0])
-    study.tell(trial, values)
-    return all(c <= 0 for c in cv)
+    return _tell_complete(study, trial, values, constraint_values(outcome.figures, budgets), list(budgets))
 
 
 def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: list[Task],

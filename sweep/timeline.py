@@ -20,6 +20,30 @@ def share_of_machine(series: dict[str, Any]) -> list[float]:
     return [v / series["ncpu"] for v in series["tree_core_pct"]]
 
 
+def seconds(series: dict[str, Any]) -> list[float]:
+    """Each window's end, in seconds from the start of the first window."""
+    if not series["t"]:
+        return []
+    t0 = series["t"][0] - series["dt"][0]
+    return [t - t0 for t in series["t"]]
+
+
+def phase_spans(series: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """Runs of windows with one phase, as (phase, start s, end s)."""
+    ts, phases = seconds(series), series["phase"]
+    spans, start = [], 0.0
+    for i, phase in enumerate(phases):
+        if i + 1 == len(ts) or phases[i + 1] != phase:
+            spans.append((phase, start, ts[i]))
+            start = ts[i]
+    return spans
+
+
+def cpu_budgets(budgets: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The CPU budgets that are upper bounds, by name: the lines a timeline draws."""
+    return {name: b["max"] for name, b in budgets.items() if name.startswith("cpu_") and "max" in b}
+
+
 def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], width: int = 96,
                    height: int = 10) -> str:
     """The LLM's share of the machine per column (max over the windows in it), phases below."""
@@ -31,8 +55,7 @@ def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]],
     cols = [max(values[i:i + per]) for i in range(0, len(values), per)]
     col_phase = [Counter(phases[i:i + per]).most_common(1)[0][0] for i in range(0, len(values), per)]
     top = max(100.0, max(cols))
-    lines = {round(b["max"] / top * height): f"{name} {b['max']:g}%" for name, b in budgets.items()
-             if name.startswith("cpu_") and "max" in b}
+    lines = {round(limit / top * height): f"{name} {limit:g}%" for name, limit in cpu_budgets(budgets).items()}
     rows = []
     for level in range(height, 0, -1):
         cut = level / height * top
@@ -54,24 +77,19 @@ def png_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t0 = series["t"][0] - series["dt"][0] if series["t"] else 0.0
-    ts = [t - t0 for t in series["t"]]
+    ts = seconds(series)
     fig, ax = plt.subplots(figsize=(11, 4.2))
-    start = 0.0
-    for i, (t, phase) in enumerate(zip(ts, series["phase"])):
-        if i + 1 == len(ts) or series["phase"][i + 1] != phase:
-            ax.axvspan(start, t, color=_PHASE_COLOUR.get(phase, "white"), alpha=0.5, lw=0)
-            if t - start > (ts[-1] / 40):
-                ax.text((start + t) / 2, 0.98, phase, ha="center", va="top", fontsize=7,
-                        transform=ax.get_xaxis_transform())
-            start = t
+    for phase, start, end in phase_spans(series):
+        ax.axvspan(start, end, color=_PHASE_COLOUR.get(phase, "white"), alpha=0.5, lw=0)
+        if end - start > ts[-1] / 40:
+            ax.text((start + end) / 2, 0.98, phase, ha="center", va="top", fontsize=7,
+                    transform=ax.get_xaxis_transform())
     ax.step(ts, share_of_machine(series), where="post", label="LLM (worker tree)", color="#922b21", lw=1.4)
     ax.step(ts, series["system_pct"], where="post", label="whole machine", color="#566573", lw=0.9, alpha=0.8)
-    for name, b in budgets.items():
-        if name.startswith("cpu_") and "max" in b:
-            ax.axhline(b["max"], ls="--", lw=0.9, color="#1f618d")
-            ax.text(0.995, b["max"], f"{name} ≤ {b['max']:g}%", ha="right", va="bottom", fontsize=7,
-                    color="#1f618d", transform=ax.get_yaxis_transform())
+    for name, limit in cpu_budgets(budgets).items():
+        ax.axhline(limit, ls="--", lw=0.9, color="#1f618d")
+        ax.text(0.995, limit, f"{name} ≤ {limit:g}%", ha="right", va="bottom", fontsize=7,
+                color="#1f618d", transform=ax.get_yaxis_transform())
     ax.set_xlabel("seconds")
     ax.set_ylabel(f"% of machine ({series['ncpu']} CPUs)")
     ax.set_ylim(0, 105)

@@ -1,6 +1,6 @@
 """Fault-injecting workers for failures the real worker's SWEEP_TEST_FAULT hook does not make.
 
-``fake_worker.py MODE FD``: hang (ignoring the job), wrong_version, memory, exit_nonzero.
+``fake_worker.py MODE FD``: hang (ignoring the job), wrong_version, exit_nonzero.
 """
 
 import json
@@ -22,10 +22,5 @@ if mode == "hang":
 elif mode == "wrong_version":
     os.write(fd, b'{"v": 99, "type": "result", "ok": true}\n')
     sys.exit(0)
-elif mode == "memory":
-    hog = []
-    while True:
-        hog.append(bytearray(16 * 1024 * 1024))
-        time.sleep(0.01)
 elif mode == "exit_nonzero":
     sys.exit(7)

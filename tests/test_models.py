@@ -74,3 +74,16 @@ def test_gguf_without_template_needs_a_chat_format(tmp_path: Path) -> None:
 def test_model_name_of_strips_the_quant_suffix() -> None:
     assert model_name_of(Path("Qwen2.5-7B-Instruct-Q4_K_M.gguf")) == "qwen2.5-7b-instruct"
     assert model_name_of(Path("llama.Q8_0.gguf")) == "llama"
+
+
+def test_file_cut_inside_the_vocabulary_is_refused(tmp_path: Path, smollm2_path: Path) -> None:
+    skipped, decoded = read_metadata(smollm2_path), read_metadata(smollm2_path, keep_arrays=True)
+    # Skipping the vocabulary and merges must land on the same keys and values after them.
+    assert list(skipped) == list(decoded)
+    assert {k: v for k, v in skipped.items() if v is not None} == {
+        k: v for k, v in decoded.items() if not isinstance(v, list)}
+    assert isinstance(skipped["tokenizer.ggml.eos_token_id"], int) and skipped["tokenizer.chat_template"]
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2_path.read_bytes()[:300_000])  # inside tokenizer.ggml.tokens
+    with pytest.raises(ModelError, match="truncated"):
+        read_metadata(cut)

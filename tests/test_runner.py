@@ -63,10 +63,12 @@ def test_hanging_worker_times_out_and_its_group_is_killed(smollm2_path: Path) ->
     assert not stray_processes()
 
 
-def test_memory_limit_is_enforced_by_the_runner(smollm2_path: Path) -> None:
+def test_memory_limit_is_enforced_by_the_runner(smollm2_path: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_TEST_FAULT", f"memory:{tmp_path / 'flag'}")
     settings = TrialSettings(prompts=3, idle_seconds=0, baseline_seconds=0.1, timeout_seconds=60, memory_limit_gb=0.25,
                              noise_retries=0)
-    outcome = run_trial(config(smollm2_path), settings, TASKS, worker_cmd=FAKE + ["memory"])
+    outcome = run_trial(config(smollm2_path), settings, TASKS)
     assert outcome.reason == "memory_budget"
     assert outcome.figures["rss_peak_gb"] > 0.25  # the kernel's high-water mark confirms it
 
