@@ -3,7 +3,8 @@
 SmolLM2 with n_threads=1, once with n_threads_batch at llama-cpp-python's default
 (every logical CPU) and once with n_threads_batch=1, no affinity, 9 prompts.
 Prints active CPU p99 and peak (% of the machine), CPU in windows wholly inside
-a prefill or a decode (% of one core), and p95 latency.
+a prefill or a decode (% of one core), p95 latency, and the foreground probe's
+p95 ratio (answering / baseline) with its baseline sample count.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def main() -> None:
     model = Registry().resolve("smollm2-135m", "Q4_1")
     settings = TrialSettings(prompts=9, idle_seconds=2, noise_retries=0)
     tasks = stratified_subset(load_tasks(), 9)
-    print("n_threads_batch        active p99  peak   (% of machine)  prefill  decode  (% of one core)  p95 latency  N")
+    print("n_threads_batch        active p99  peak   (% of machine)  prefill  decode  (% of one core)  p95 latency  N"
+          "   probe p95 ratio (baseline N)")
     for _ in range(repeats):
         for batch, label in ((machine_cpus(), f"{machine_cpus()} (the default)"), (1, "1")):
             config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(model.path), chat_format=None,
@@ -32,7 +34,8 @@ def main() -> None:
             print(f"{label:22s} {f['cpu_active_p99_share_pct']:10.1f}  {f['cpu_active_peak_share_pct']:5.1f}"
                   f"                   {f.get('cpu_prefill_mean_core_pct', float('nan')):7.1f}  "
                   f"{f.get('cpu_decode_mean_core_pct', float('nan')):6.1f}                   "
-                  f"{f['latency_p95_s']:9.2f} s  {f['n_windows_active']:.0f}")
+                  f"{f['latency_p95_s']:9.2f} s  {f['n_windows_active']:.0f}   "
+                  f"{f.get('fg_p95_ratio', float('nan')):.2f} ({f.get('n_fg_baseline', 0):.0f})")
 
 
 if __name__ == "__main__":
