@@ -20,7 +20,8 @@ from sweep.host import allowed_cpus
 from sweep.models import Registry
 from sweep.records import TrialConfig, TrialSettings
 from sweep.runner import run_trial
-from sweep.tasks import load_tasks, messages_for
+from sweep.prompts import request_for
+from sweep.tasks import load_tasks
 
 BARE = r"""
 import json, sys, time, llama_cpp
@@ -49,7 +50,7 @@ def main() -> None:
                          cpus=(cpu,))
     tasks = [t for t in load_tasks() if t.kind == "iocs"][:6]  # long answers: mostly decode
     settings = TrialSettings(prompts=len(tasks), idle_seconds=0.5, baseline_seconds=0.5, noise_retries=0)
-    job = json.dumps([config.to_dict(), [messages_for(t) for t in tasks]])
+    job = json.dumps([config.to_dict(), [request_for(t)["messages"] for t in tasks]])
     arms: dict[str, list[float]] = {"bare": [], "monitor": [], "monitor+probe": []}
     for i in range(rounds):
         out = subprocess.run(["taskset", "-c", str(cpu), sys.executable, "-c", BARE], input=job, capture_output=True,

@@ -12,13 +12,14 @@ import time
 import llama_cpp
 
 from sweep.models import Registry
-from sweep.tasks import load_tasks, messages_for
+from sweep.prompts import request_for
+from sweep.tasks import load_tasks
 
 
 def main() -> None:
     model = Registry().resolve("smollm2-135m", "Q4_1")
     llm = llama_cpp.Llama(model_path=str(model.path), n_threads=2, n_threads_batch=2, n_ctx=1024, verbose=False)
-    messages = messages_for(load_tasks()[0])
+    messages = request_for(load_tasks()[0])["messages"]
 
     def ask() -> float:
         t0 = time.perf_counter()

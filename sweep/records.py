@@ -48,6 +48,8 @@ class TrialConfig:
     omp_wait_policy: Literal["passive", "active"] | None = None
     gomp_spincount: int | None = None
     max_tokens: int = 48
+    shots: int = 0  # prompt strategy: worked examples before each question
+    output: Literal["free", "grammar", "json"] = "free"  # prompt strategy: how the answer is constrained
     temperature: float = 0.0
     seed: int = 1234
     pace_tps: float | None = None  # decode pacing: at most this many tokens per second

@@ -23,7 +23,8 @@ from .metrics import probe_figures
 from .monitor import Monitor, Series, machine_busy_pct
 from .protocol import PROTOCOL_VERSION
 from .records import Outcome, TrialConfig, TrialSettings
-from .tasks import Task, messages_for, score
+from .prompts import answer_text, request_for
+from .tasks import Task, score
 
 WORKER_CMD = [sys.executable, "-m", "sweep.worker"]
 _TERM_GRACE_S = 2.0
@@ -244,7 +245,7 @@ def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], wo
              noise_pct: float, busy: bool, probe: _Probe | None, on_sample: Callable[[Any], None],
              over_memory: threading.Event) -> Outcome:
     job = {"config": config.to_dict(), "idle_seconds": settings.idle_seconds,
-           "prompts": [messages_for(t) for t in tasks]}
+           "prompts": [request_for(t, config.shots, config.output) for t in tasks]}
     monitor = Monitor(settings.window_ms / 1000, on_sample).start()
     time.sleep(settings.baseline_seconds)
     env = {**os.environ, **config.environment()}
@@ -338,7 +339,7 @@ def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], wo
         figs["n_answered"] = len(prompts)
         tasks = tasks[: len(prompts)]
 
-    scores = [score(t, p["answer"]) for t, p in zip(tasks, prompts)]
+    scores = [score(t, answer_text(p["answer"], config.output)) for t, p in zip(tasks, prompts)]
     by_kind: dict[str, list[float]] = {}
     for t, s in zip(tasks, scores):
         by_kind.setdefault(t.kind, []).append(s.value)

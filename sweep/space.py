@@ -19,6 +19,7 @@ from .errors import ModelError, SpaceError
 from .host import allowed_cpus, place_cores
 from .metrics import METRICS
 from .models import Registry
+from .prompts import OUTPUTS, max_shots
 from .records import TrialConfig, TrialSettings
 
 # The seed study's budgets (experiment-learnings.md), as metric -> bound.
@@ -33,17 +34,19 @@ SEED_BUDGETS: dict[str, dict[str, float]] = {
 }
 DEFAULT_OBJECTIVES = ["correctness", "cpu_active_p99_share_pct", "latency_p95_s"]
 
-_INT_PARAMS = {"n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cores", "nice", "gomp_spincount", "max_tokens"}
+_INT_PARAMS = {"n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cores", "nice", "gomp_spincount",
+               "max_tokens", "shots"}
 _ENUM_PARAMS: dict[str, tuple[str, ...]] = {
     "placement": ("first", "last", "spread"),
     "sched_policy": ("normal", "batch", "idle"),
     "omp_wait_policy": ("passive", "active"),
+    "output": OUTPUTS,
 }
 _FLOAT_PARAMS = {"pace_tps", "pace_duty"}
 _FIXED_ONLY = {"cpus", "temperature"}
 KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY
 _DEFAULTS: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512, "n_ctx": 1024, "nice": 0, "sched_policy": "normal",
-                             "placement": "first", "max_tokens": 48, "temperature": 0.0}
+                             "placement": "first", "max_tokens": 48, "temperature": 0.0, "shots": 0, "output": "free"}
 
 _Strict = ConfigDict(extra="forbid")
 
@@ -175,7 +178,7 @@ class Space:
             n_batch=v["n_batch"], n_ubatch=min(v["n_ubatch"], v["n_batch"]), n_ctx=v["n_ctx"],
             cpus=cpus, nice=v["nice"], sched_policy=v["sched_policy"], omp_wait_policy=v.get("omp_wait_policy"),
             gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
-            pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"),
+            pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"), shots=v["shots"], output=v["output"],
         )
 
 
@@ -198,6 +201,9 @@ def _check_param(where: str, name: str, value: Any) -> None:
             raise SpaceError(f"{where}: expected a number above 0 (or null for no pacing), got {value!r}")
         if name == "pace_duty" and value > 1:
             raise SpaceError(f"{where}: a duty cycle is a fraction in (0, 1], got {value}")
+    if name == "shots" and not 0 <= value <= max_shots():
+        raise SpaceError(f"{where}: the worked-example pool has {max_shots()} examples of each kind; "
+                         f"shots must be 0..{max_shots()}, got {value}")
     if name == "nice" and not 0 <= value <= 19:
         raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
 

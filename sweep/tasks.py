@@ -103,24 +103,6 @@ def stratified_subset(tasks: list[Task], n: int) -> list[Task]:
     return out
 
 
-_SYSTEM = "You are an endpoint security analyst. Answer briefly and exactly in the requested format."
-_ASK = {
-    "verdict": "Classify this command line as malicious, suspicious or benign. Answer with one word.\n\nCommand: {input}",
-    "iocs": ("List every indicator of compromise in this log line (external IP addresses, domains, file hashes, "
-             "file paths). Write one per line and nothing else.\n\nLog: {input}"),
-    "severity": ("Rate the severity of this security event as low, medium, high or critical. Answer with one word."
-                 "\n\nEvent: {input}"),
-    "mcq": "Answer this multiple-choice question with the letter of the correct option only.\n\n{input}",
-    "attack": ("Which MITRE ATT&CK technique ID best describes this behaviour? Answer with the ID only, "
-               "in the form Tnnnn or Tnnnn.nnn.\n\nBehaviour: {input}"),
-}
-
-
-def messages_for(task: Task) -> list[dict[str, str]]:
-    """The chat messages of the zero-shot, free-text prompt for ``task``."""
-    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _ASK[task.kind].format(input=task.input)}]
-
-
 _TECHNIQUE = re.compile(r"\bT\d{4}(?:\.\d{3})?\b")
 _IOC = re.compile(
     r"(?:[A-Za-z]:\\[^\s\"',;]+)"          # Windows path
@@ -161,8 +143,13 @@ def _technique_credit(p: str, e: str) -> float:
     return 0.5 if p.split(".")[0] == e.split(".")[0] else 0.0  # right technique, other sub-technique
 
 
-def score(task: Task, answer: str) -> Score:
-    """Score one answer in [0, 1]; ``parsed`` is False when nothing of the expected form appears."""
+def score(task: Task, answer: str | None) -> Score:
+    """Score one answer in [0, 1]; ``parsed`` is False when nothing of the expected form appears.
+
+    ``None`` stands for a reply that could not be read at all (invalid JSON, say).
+    """
+    if answer is None:
+        return Score(0.0, False)
     if task.kind in ("verdict", "severity"):
         labels = _LABELS[task.kind]
         found = set(re.findall(r"\b(" + "|".join(labels) + r")\b", answer.lower()))
@@ -188,3 +175,19 @@ def score(task: Task, answer: str) -> Score:
         return Score(0.0, False)
     exact = lambda p, e: 1.0 if p == e else 0.0  # noqa: E731
     return Score(_f1(predicted, {_norm(e) for e in task.expected}, exact), True)
+
+
+def best_constants(tasks: list[Task]) -> dict[str, tuple[str, list[float]]]:
+    """For each kind, the one answer that scores best if given to every item, with its scores.
+
+    The candidates are the labels, or every answer the set expects (an optimistic
+    constant: it is chosen knowing the answers). A model that cannot beat this
+    has learnt nothing a constant could not fake.
+    """
+    out: dict[str, tuple[str, list[float]]] = {}
+    for kind in sorted({t.kind for t in tasks}):
+        items = [t for t in tasks if t.kind == kind]
+        candidates = _LABELS.get(kind) or sorted({e for t in items for e in t.expected})
+        scored = [(c, [score(t, c).value for t in items]) for c in candidates]
+        out[kind] = max(scored, key=lambda cs: sum(cs[1]))  # ties: the first candidate
+    return out

@@ -54,7 +54,8 @@ def read_thread_knobs(pid: int | str = "self") -> list[dict[str, Any]]:
     return threads
 
 
-def _run_prompt(llm: Any, messages: list[dict[str, str]], cfg: dict[str, Any], chan: Channel, index: int) -> dict[str, Any]:
+def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], chan: Channel,
+                index: int) -> dict[str, Any]:
     # Reset so each latency is a full request, not a KV-cache prefix hit.
     llm.reset()
     chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
@@ -63,7 +64,8 @@ def _run_prompt(llm: Any, messages: list[dict[str, str]], cfg: dict[str, Any], c
     prompt_tokens = 0
     pieces: list[str] = []
     stream = llm.create_chat_completion(
-        messages=messages, max_tokens=cfg["max_tokens"], temperature=cfg["temperature"], seed=cfg["seed"], stream=True
+        messages=request["messages"], max_tokens=cfg["max_tokens"], temperature=cfg["temperature"], seed=cfg["seed"],
+        stream=True, grammar=grammar, response_format=request.get("response_format"),
     )
     resumed = t0
     for chunk in stream:
@@ -121,8 +123,10 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     chan.send("phase", phase="idle", t=time.monotonic())
     time.sleep(job["idle_seconds"])
     chan.send("phase", phase="active", t=time.monotonic())
-    for i, messages in enumerate(job["prompts"]):
-        chan.send("prompt", index=i, **_run_prompt(llm, messages, cfg, chan, i))
+    for i, request in enumerate(job["prompts"]):
+        # llama.cpp parses the grammar for each request, as a deployment would: that cost is in the latency.
+        grammar = llama_cpp.LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
+        chan.send("prompt", index=i, **_run_prompt(llm, request, grammar, cfg, chan, i))
     chan.send("phase", phase="done", t=time.monotonic())
     # Read back after inference: compute threads are created lazily, on first use.
     chan.send("knobs", threads=read_thread_knobs())

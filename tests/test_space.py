@@ -29,6 +29,8 @@ BAD_CASES = {
                       ["models.no-such-model", "unknown model"]),
     "missing_quant": (TINY_SPACE.replace("[Q4_1]", "[Q6_K]"), ["models.smollm2-135m", "sweep models quantize"]),
     "unknown_objective": (TINY_SPACE + "objectives: [speed]\n", ["objectives[0]", "unknown metric"]),
+    "too_many_shots": (TINY_SPACE.replace("nice: [0, 19]", "shots: [0, 9]"), ["params.shots[1]", "shots must be 0..3"]),
+    "unknown_output": (TINY_SPACE.replace("nice: [0, 19]", "output: [free, xml]"), ["params.output[1]", "'xml' is not one of"]),
     "missing_model_file": (TINY_SPACE.replace("models:", "model_paths:\n  mine: {path: /nonexistent/x.gguf}\nmodels:\n  mine: [Q4_0]"),
                            ["models.mine", "does not exist"]),
 }
@@ -110,3 +112,13 @@ def test_fingerprint_ignores_trial_settings_but_not_the_space(isolated: Path) ->
     b = load_space(write_space(isolated / "b.yaml", TINY_SPACE.replace("prompts: 3", "prompts: 5")))
     c = load_space(write_space(isolated / "c.yaml", TINY_SPACE.replace("nice: [0, 19]", "nice: [0, 10]")))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_prompt_strategy_is_a_search_dimension(isolated: Path) -> None:
+    body = TINY_SPACE.replace("nice: [0, 19]", "shots: {low: 0, high: 3}\n  output: [free, json, grammar]\n"
+                                               "  max_tokens: [16, 96]").replace("  max_tokens: 16\n", "")
+    space = load_space(write_space(isolated / "s.yaml", body))
+    config = space.sample(_FixedTrial())
+    assert (config.shots, config.output, config.max_tokens) == (3, "grammar", 96)
+    plain = load_space(write_space(isolated / "p.yaml", TINY_SPACE)).sample(_FixedTrial())
+    assert (plain.shots, plain.output) == (0, "free")

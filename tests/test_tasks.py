@@ -107,3 +107,29 @@ def test_tasks_check_cli(tmp_path: Path) -> None:
     path.write_text('{"id": 1}\n')
     proc = sweep_cli("tasks", "check", str(path))
     assert proc.returncode == 2 and "t.jsonl:1: field" in proc.stderr
+
+
+def test_best_constant_answer_is_the_most_rewarded_single_answer() -> None:
+    from sweep.tasks import best_constants
+
+    def make(i: int, kind: str, expected) -> Task:
+        return Task(id=f"{kind}{i}", kind=kind, input="...", expected=expected, source="test")
+
+    tasks = [make(0, "verdict", "benign"), make(1, "verdict", "benign"), make(2, "verdict", "malicious"),
+             make(0, "severity", "high"), make(1, "severity", "low"), make(2, "severity", "medium"),
+             make(0, "attack", ["T1003.001"]), make(1, "attack", ["T1003.002"]), make(2, "attack", ["T1490"])]
+    best = best_constants(tasks)
+    assert best["verdict"] == ("benign", [1.0, 1.0, 0.0])
+    # "medium" is right once and one level off "high" and "low" (2.0); "low" or "high" earns 1.5.
+    assert best["severity"] == ("medium", [0.5, 0.5, 1.0])
+    # T1003.001 is exact on one item and the parent technique of another.
+    assert best["attack"] == ("T1003.001", [1.0, 0.5, 0.0])
+
+
+def test_tasks_baseline_cli_on_the_bundled_set() -> None:
+    from conftest import sweep_cli
+
+    proc = sweep_cli("tasks", "baseline")
+    assert proc.returncode == 0, proc.stderr
+    mcq = next(line for line in proc.stdout.splitlines() if line.startswith("mcq"))
+    assert "0.250" in mcq  # four letters, exactly balanced: any one letter is right a quarter of the time

@@ -1,0 +1,141 @@
+"""Prompt strategies: how a task is asked, and how the answer comes back.
+
+A strategy has three parts, each a search dimension:
+
+- ``shots``: 0 (zero-shot) or k worked examples of the task's kind, shown as
+  earlier turns of the chat. They come from a separate pool
+  (``data/shots-v1.jsonl``) that is never scored, so no trial sees the answer
+  to an item it is scored on.
+- ``output``: ``free`` text; ``grammar``, where a GBNF grammar lets the model
+  emit only an answer of the scorer's form; or ``json``, where a JSON schema
+  (llama.cpp's ``response_format``) does the same inside ``{"answer": ...}``.
+- ``max_tokens``, in the trial configuration.
+
+The orchestrator builds every request; the worker only passes the grammar or
+schema on to llama.cpp.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any, Literal
+
+from .tasks import LETTERS, SEVERITIES, VERDICTS, Task, load_tasks
+
+Output = Literal["free", "grammar", "json"]
+OUTPUTS: tuple[str, ...] = ("free", "grammar", "json")
+SHOTS_FILE = "data/shots-v1.jsonl"
+
+_SYSTEM = "You are an endpoint security analyst. Answer briefly and exactly in the requested format."
+_ASK = {
+    "verdict": "Classify this command line as malicious, suspicious or benign. Answer with one word.\n\nCommand: {input}",
+    "iocs": ("List every indicator of compromise in this log line (external IP addresses, domains, file hashes, "
+             "file paths). Write one per line and nothing else.\n\nLog: {input}"),
+    "severity": ("Rate the severity of this security event as low, medium, high or critical. Answer with one word."
+                 "\n\nEvent: {input}"),
+    "mcq": "Answer this multiple-choice question with the letter of the correct option only.\n\n{input}",
+    "attack": ("Which MITRE ATT&CK technique ID best describes this behaviour? Answer with the ID only, "
+               "in the form Tnnnn or Tnnnn.nnn.\n\nBehaviour: {input}"),
+}
+_JSON_ASK = {
+    "verdict": 'Reply as JSON: {"answer": "malicious" | "suspicious" | "benign"}.',
+    "severity": 'Reply as JSON: {"answer": "low" | "medium" | "high" | "critical"}.',
+    "mcq": 'Reply as JSON: {"answer": "A" | "B" | "C" | "D"}.',
+    "attack": 'Reply as JSON: {"answer": ["Tnnnn.nnn", ...]}.',
+    "iocs": 'Reply as JSON: {"answer": ["indicator", ...]}.',
+}
+_LABELS = {"verdict": VERDICTS, "severity": SEVERITIES, "mcq": LETTERS}
+OUTPUT_KINDS = tuple(_ASK)
+# "[.]", not "\.": llama-cpp-python turns "\." into a GBNF escape llama.cpp rejects, and the worker segfaults.
+_TECHNIQUE_PATTERN = r"^T[0-9]{4}([.][0-9]{3})?$"
+MAX_LIST = {"attack": 3, "iocs": 8}  # the most items a constrained answer may list
+
+# The grammars accept exactly what the scorers in tasks.py parse, so a constrained
+# answer can be wrong but never unparseable (unless max_tokens cuts it short).
+_TECHNIQUE_GBNF = 'id ::= "T" [0-9]{4} ("." [0-9]{3})?'
+_IOC_GBNF = r"""ioc ::= ipv4 | domain | hash | winpath | posixpath
+ipv4 ::= [0-9]{1,3} "." [0-9]{1,3} "." [0-9]{1,3} "." [0-9]{1,3}
+domain ::= label ("." label)* "." [a-zA-Z]{2,24}
+label ::= [a-zA-Z0-9] [a-zA-Z0-9-]{0,62}
+hash ::= [0-9a-f]{32} | [0-9a-f]{40} | [0-9a-f]{64}
+winpath ::= [A-Za-z] ":\\" [^ \t\n"',;]{1,200}
+posixpath ::= ("/" [a-zA-Z0-9._-]{1,64}){2,16}"""
+
+
+def grammar_for(kind: str) -> str:
+    """The GBNF grammar of a constrained answer of ``kind``."""
+    if kind in _LABELS:
+        return "root ::= " + " | ".join(f'"{label}"' for label in _LABELS[kind])
+    if kind == "attack":
+        return f'root ::= id ("\\n" id){{0,{MAX_LIST["attack"] - 1}}}\n{_TECHNIQUE_GBNF}'
+    return f'root ::= ioc ("\\n" ioc){{0,{MAX_LIST["iocs"] - 1}}}\n{_IOC_GBNF}'
+
+
+def schema_for(kind: str) -> dict[str, Any]:
+    """The JSON schema of an answer of ``kind``: one object with an ``answer`` key."""
+    if kind in _LABELS:
+        answer: dict[str, Any] = {"type": "string", "enum": list(_LABELS[kind])}
+    else:
+        item = {"type": "string", "pattern": _TECHNIQUE_PATTERN} if kind == "attack" else {"type": "string"}
+        answer = {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_LIST[kind]}
+    return {"type": "object", "properties": {"answer": answer}, "required": ["answer"]}
+
+
+@cache
+def shot_pool() -> dict[str, tuple[Task, ...]]:
+    """The worked examples, by kind, in file order. Never scored."""
+    from importlib import resources
+
+    path = resources.files("sweep").joinpath(SHOTS_FILE)
+    with resources.as_file(path) as p:
+        pool = load_tasks(p)
+    out: dict[str, list[Task]] = {}
+    for task in pool:
+        out.setdefault(task.kind, []).append(task)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def max_shots() -> int:
+    """The most worked examples every kind can supply."""
+    return min(len(v) for v in shot_pool().values())
+
+
+def _question(task: Task, output: str) -> str:
+    text = _ASK[task.kind].format(input=task.input)
+    return f"{text}\n\n{_JSON_ASK[task.kind]}" if output == "json" else text
+
+
+def _reply(task: Task, output: str) -> str:
+    """A worked example's answer, in the form the strategy asks for."""
+    if output == "json":
+        return json.dumps({"answer": task.expected})
+    return task.expected if isinstance(task.expected, str) else "\n".join(task.expected)
+
+
+def request_for(task: Task, shots: int = 0, output: str = "free") -> dict[str, Any]:
+    """The chat request for ``task``: messages, and the grammar or schema that constrains the answer."""
+    messages = [{"role": "system", "content": _SYSTEM}]
+    for example in shot_pool()[task.kind][:shots]:
+        messages += [{"role": "user", "content": _question(example, output)},
+                     {"role": "assistant", "content": _reply(example, output)}]
+    messages.append({"role": "user", "content": _question(task, output)})
+    request: dict[str, Any] = {"messages": messages}
+    if output == "grammar":
+        request["grammar"] = grammar_for(task.kind)
+    elif output == "json":
+        request["response_format"] = {"type": "json_object", "schema": schema_for(task.kind)}
+    return request
+
+
+def answer_text(raw: str, output: str) -> str | None:
+    """The answer as the scorers read it; None when a JSON reply is not valid JSON of the schema's shape."""
+    if output != "json":
+        return raw
+    try:
+        answer = json.loads(raw)["answer"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(answer, list):
+        return "\n".join(str(a) for a in answer)
+    return answer if isinstance(answer, str) else None
