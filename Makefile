@@ -6,7 +6,7 @@ STUDY ?= demo
 TRIALS ?= 8
 EXPORT ?= demo-config.json
 
-.PHONY: sweep test install clean-study
+.PHONY: sweep verify test install clean-study
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(VENV)/.installed
 sweep: $(VENV)/.installed
 	$(BIN)/sweep models quantize smollm2-135m --to Q8_0
 	$(BIN)/sweep run search_spaces/demo.yaml --study $(STUDY) --trials $(TRIALS)
+	$(BIN)/sweep export --study $(STUDY) -o $(EXPORT) --allow-infeasible
+
+# Re-run the demo's front on the whole task set, 2 runs each; export then prefers the verified figures.
+verify: $(VENV)/.installed
+	$(BIN)/sweep verify --study $(STUDY)
 	$(BIN)/sweep export --study $(STUDY) -o $(EXPORT) --allow-infeasible
 
 test: $(VENV)/.installed

@@ -95,7 +95,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     from .space import load_space
     from .storage import storage_url
     from .study import run_study
-    from .tasks import load_tasks
+    from .tasks import TASK_SET_VERSION, load_tasks
 
     timeout_s = parse_duration(timeout) if timeout else None
     sp = load_space(space, models_dir)  # everything is validated before the study is touched
@@ -104,7 +104,8 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     name = study_name or sp.name
     display = make_progress(quiet)
     try:
-        result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=display)
+        result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=display,
+                           task_set=str(tasks_file.resolve()) if tasks_file else TASK_SET_VERSION)
     finally:
         if display:
             display.close()
@@ -127,6 +128,10 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
             click.echo(f"Export policy's pick: trial {pick['number']}, the closest to meeting every budget (smallest "
                        f"total overshoot; it breaks {', '.join(pick['violations'])}). It can sit off the front above: "
                        "the front weighs only the objectives, the pick weighs every budget.")
+        unverified = [r for r in front if not r["verified"]]
+        if unverified:
+            click.echo(f"{len(unverified)} front trial(s) rest on a subset of {sp.settings.prompts} tasks and one run; "
+                       f"`sweep verify --study {name}` re-runs them on all {len(tasks)}.")
     if result.stopped_by_user:
         click.echo("stopped at your request; run the same command again to carry on", err=True)
         sys.exit(130)
@@ -167,6 +172,36 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
     if not feasible:
         click.echo("No trial meets every budget; this is the front ignoring budgets.")
     click.echo(front_table(front, study.user_attrs["objectives"]))
+
+
+@main.command()
+@click.option("--study", "study_name", required=True)
+@click.option("--repeats", default=2, show_default=True, type=click.IntRange(min=1), help="Runs of each trial.")
+@click.option("--trial", "trial_numbers", type=int, multiple=True, help="Verify this trial (repeatable) instead of the front.")
+@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None,
+              help="Task file to verify on [default: the study's own, whole].")
+@click.option("--again", is_flag=True, help="Verify trials that already have a verification this large.")
+@storage_option
+def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_file: Path | None, again: bool,
+           storage: str | None) -> None:
+    """Re-run the Pareto front on the whole task set, with repeats, and show what moves."""
+    from .display import verification_table
+    from .results import front_moves
+    from .tasks import TASK_SET_VERSION, load_tasks
+    from .verify import verify_study
+
+    study, url = _open_study(storage, study_name)
+    own = study.user_attrs.get("task_set", TASK_SET_VERSION)
+    source = str(tasks_file.resolve()) if tasks_file else own
+    tasks = load_tasks(None if source == TASK_SET_VERSION else source)
+    verified, skipped = verify_study(study, url, tasks, repeats, list(trial_numbers) or None, again,
+                                     on_event=lambda line: click.echo(line, err=True), task_set=source)
+    for n in skipped:
+        click.echo(f"trial {n}: already verified on at least {len(tasks)} tasks x {repeats} runs (--again redoes it)",
+                   err=True)
+    click.echo(verification_table(study))
+    moves = front_moves(study)
+    click.echo("\n".join(moves) if moves else "The front holds: no trial moves on the verified figures.")
 
 
 @main.command()
@@ -322,3 +357,24 @@ def tasks_check(file: Path) -> None:
     loaded = load_tasks(file)
     kinds = Counter(t.kind for t in loaded)
     click.echo(f"{file}: {len(loaded)} tasks ok ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
+
+
+@tasks.command("baseline")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+def tasks_baseline(file: Path | None) -> None:
+    """What a constant answer scores on FILE (default: the bundled set): the bar a model must clear."""
+    from .display import table
+    from .tasks import best_constants, load_tasks
+    from .verify import wilson
+
+    loaded = load_tasks(file)
+    body, total = [], []
+    for kind, (answer, scores) in best_constants(loaded).items():
+        mean = sum(scores) / len(scores)
+        lo, hi = wilson(mean, len(scores))
+        body.append([kind, str(len(scores)), repr(answer), f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"])
+        total += scores
+    mean = sum(total) / len(total)
+    lo, hi = wilson(mean, len(total))
+    body.append(["all", str(len(total)), "(each kind's best)", f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"])
+    click.echo(table(body, ["kind", "items", "best constant answer", "correctness (95% CI)"]))

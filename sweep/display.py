@@ -19,7 +19,8 @@ def config_summary(c: dict[str, Any] | None) -> str:
            f"ctx={c['n_ctx']} cpus={cpus} nice={c['nice']} {c['sched_policy']}")
     out += f" omp={c['omp_wait_policy']}" if c.get("omp_wait_policy") else ""
     out += f" duty={c['pace_duty']:g}" if c.get("pace_duty") else ""
-    return out + (f" cap={c['pace_tps']:g}tok/s" if c.get("pace_tps") else "")
+    out += f" cap={c['pace_tps']:g}tok/s" if c.get("pace_tps") else ""
+    return out + f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
 
 
 def figures_summary(f: dict[str, float]) -> str:
@@ -55,13 +56,43 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
-    header = ["trial"] + [f"{m} ({METRICS[m].unit})" for m in objectives] + ["budgets", "config"]
+    header = ["trial"] + [f"{m} ({METRICS[m].unit})" for m in objectives] + ["budgets", "figures from", "config"]
     body = []
     for r in front:
         vals = [f"{r['figures'].get(m, float('nan')):.3g}" for m in objectives]
         ok = "all met" if r["feasible"] else "over: " + ",".join(r["violations"])
-        body.append([str(r["number"])] + vals + [ok, config_summary(r["config"])])
+        v = r.get("verified")
+        source = f"verified {v['n_items']}x{v['repeats']}" if v and not v["failed"] else "sweep subset"
+        body.append([str(r["number"])] + vals + [ok, source, config_summary(r["config"])])
     return table(body, header)
+
+
+def verification_table(study: Any) -> str:
+    """Each verified trial: the sweep's figures beside the verified ones, its budgets and its place on the front."""
+    from .results import pareto_front, rows
+
+    sweep_rows = {r["number"]: r for r in rows(study, prefer_verified=False)}
+    front = {r["number"] for r in pareto_front(study)[0]}
+    body = []
+    for r in rows(study):
+        v = r["verified"]
+        if not v:
+            continue
+        before = sweep_rows[r["number"]]["figures"]
+
+        def pair(name: str, fmt: str) -> str:
+            old, new = before.get(name, float("nan")), r["figures"].get(name, float("nan"))
+            return f"{old:{fmt}} -> {new:{fmt}}" if not v["failed"] else f"{old:{fmt}} -> ?"
+
+        ci = v["correctness_ci"]
+        body.append([str(r["number"]), f"{v['n_items']} x {v['repeats']}",
+                     pair("correctness", ".3f") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
+                     pair("cpu_active_p99_share_pct", ".1f"), pair("latency_p95_s", ".2f"),
+                     f"FAILED: {v['failed']}" if v["failed"]
+                     else ("all met" if r["feasible"] else "over: " + ",".join(r["violations"])),
+                     "yes" if r["number"] in front else "no"])
+    return table(body, ["trial", "items x runs", "correctness (95% CI)", "CPU p99 % of machine", "latency p95 s",
+                        "budgets (verified)", "on front"])
 
 
 def figures_table(figures: dict[str, float]) -> str:

@@ -85,6 +85,8 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
         "budgets": report,
         "meets_all_budgets": all(b["met"] for b in report.values()),
         "metrics": row["figures"],
+        "figures_from": _figures_from(row, study),
+        "prompt_strategy": prompt_strategy(config),
         "provenance": {
             "study": study.study_name, "trial": row["number"], "storage": storage_url,
             "space_file": study.user_attrs.get("space_file"), "task_set": study.user_attrs.get("task_set"),
@@ -94,9 +96,36 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
     }
 
 
+def _figures_from(row: dict[str, Any], study: Any) -> str:
+    v = row.get("verified")
+    if v and not v["failed"]:
+        lo, hi = v["correctness_ci"]
+        return (f"verification: {v['n_items']} tasks x {v['repeats']} runs on {v['at']}; "
+                f"correctness 95% CI [{lo:.3f}, {hi:.3f}]")
+    prompts = (study.user_attrs.get("settings") or {}).get("prompts", "?")
+    failed = f" (its verification failed: {v['failed']})" if v else " (not verified: run sweep verify)"
+    return f"the sweep: a subset of {prompts} tasks, one run{failed}"
+
+
+def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
+    """How the trial asked its questions, so a deployment can ask the same way."""
+    from .prompts import OUTPUT_KINDS, SHOTS_FILE, grammar_for, schema_for
+
+    out: dict[str, Any] = {"shots": config.shots, "output": config.output, "max_tokens": config.max_tokens,
+                           "temperature": config.temperature}
+    if config.shots:
+        out["worked_examples"] = f"the first {config.shots} of each kind in sweep/{SHOTS_FILE}"
+    if config.output == "grammar":
+        out["grammars"] = {kind: grammar_for(kind) for kind in OUTPUT_KINDS}
+    elif config.output == "json":
+        out["response_formats"] = {kind: {"type": "json_object", "schema": schema_for(kind)} for kind in OUTPUT_KINDS}
+    return out
+
+
 def budget_lines(record: dict[str, Any], comment: str) -> list[str]:
     lines = [f"{comment} sweep study {record['provenance']['study']!r}, trial {record['provenance']['trial']}; "
-             f"{'meets every budget' if record['meets_all_budgets'] else 'DOES NOT meet every budget'}:"]
+             f"{'meets every budget' if record['meets_all_budgets'] else 'DOES NOT meet every budget'}",
+             f"{comment} figures from {record.get('figures_from', 'the sweep')}:"]
     for name, b in record["budgets"].items():
         bound = f"<= {b['max']:g}" if "max" in b else f">= {b['min']:g}"
         value = "not measured" if b["value"] is None else f"{b['value']:.4g} (margin {b['margin']:+.4g})"

@@ -1,5 +1,9 @@
 """From a finished study to a decision: rows, the Pareto front, the export policy, exports.
 
+Verified figures: where ``sweep verify`` has re-run a trial on the whole task set,
+its verified figures replace the sweep's in every row, so the front, the
+feasibility and the export policy all rest on the larger sample.
+
 Export policy: trials that meet every budget first; among them the highest
 correctness, then the lowest active p99 CPU, then the lowest p95 latency. If no
 trial meets every budget, nothing is exported unless asked (``allow_infeasible``),
@@ -16,23 +20,72 @@ from .errors import ExportError
 from .metrics import METRICS
 
 
-def rows(study: Any) -> list[dict[str, Any]]:
-    """One dict per finished trial: number, state, config, figures, feasibility."""
+MISSING_FIGURE = 1e9  # constraint value of a budget whose figure was not measured: never met
+VERIFIED_PREFIX = "verified:"  # study user attribute "verified:<trial number>" holds a verification
+
+
+def constraint_values(figures: dict[str, float], constraints: dict[str, dict[str, float]]) -> list[float]:
+    """One value per budget, <= 0 when met (Optuna's convention); a missing figure breaks its budget."""
+    out = []
+    for name, bound in constraints.items():
+        value = figures.get(name, math.nan)
+        if math.isnan(value):
+            out.append(MISSING_FIGURE)
+        elif bound.get("max") is not None:
+            out.append(value - bound["max"])
+        else:
+            out.append(bound["min"] - value)
+    return out
+
+
+def verifications(study: Any) -> dict[int, dict[str, Any]]:
+    """Every stored verification of the study, by trial number."""
+    return {int(k[len(VERIFIED_PREFIX):]): v for k, v in study.user_attrs.items() if k.startswith(VERIFIED_PREFIX)}
+
+
+def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
+    """One dict per finished trial: number, state, config, figures, feasibility.
+
+    With ``prefer_verified``, a verified trial's figures, objective values and
+    feasibility come from its verification (``row["verified"]`` says so); the
+    sweep's own figures stay under ``sweep_figures``.
+    """
+    attrs = study.user_attrs
+    checked = verifications(study) if prefer_verified else {}
     out = []
     for t in study.get_trials(deepcopy=False):
         if t.state.name not in ("COMPLETE", "FAIL"):
             continue
         a = t.user_attrs
-        out.append({
+        row = {
             "number": t.number, "state": t.state.name, "config": a.get("config"),
             "figures": {k: v for k, v in a.items() if k in METRICS},
             "values": list(t.values) if t.values else None,
             "constraint_values": a.get("constraint_values"), "violations": a.get("violations", []),
             "feasible": t.state.name == "COMPLETE" and not a.get("violations"),
             "fail_reason": a.get("fail_reason"), "fail_detail": a.get("fail_detail"),
-            "reused_from": a.get("reused_from"),
-        })
+            "reused_from": a.get("reused_from"), "verified": None,
+        }
+        if t.number in checked and t.state.name == "COMPLETE":
+            _apply_verification(row, checked[t.number], attrs["objectives"], attrs["budgets"])
+        out.append(row)
     return out
+
+
+def _apply_verification(row: dict[str, Any], v: dict[str, Any], objectives: list[str],
+                        budgets: dict[str, dict[str, float]]) -> None:
+    row["verified"] = {k: v[k] for k in ("n_items", "repeats", "correctness_ci", "failed", "detail", "at")}
+    row["sweep_figures"] = row["figures"]
+    if v["failed"]:
+        # The configuration did not survive the larger run: keep its sweep figures, never call it feasible.
+        row["feasible"] = False
+        row["violations"] = [*row["violations"], f"verification ({v['failed']})"]
+        return
+    row["figures"] = {**row["figures"], **v["figures"]}
+    row["values"] = [row["figures"].get(m, math.nan) for m in objectives]
+    row["constraint_values"] = constraint_values(row["figures"], budgets)
+    row["violations"] = [name for name, c in zip(budgets, row["constraint_values"]) if c > 0]
+    row["feasible"] = not row["violations"]
 
 
 def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
@@ -44,19 +97,53 @@ def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
     return better
 
 
-def pareto_front(study: Any) -> tuple[list[dict[str, Any]], bool]:
+def _signs(study: Any) -> list[int]:
+    return [1 if METRICS[m].direction == "maximize" else -1 for m in study.user_attrs["objectives"]]
+
+
+def _pool(all_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The trials a front is drawn from: feasible ones if any, else every complete one."""
+    complete = [r for r in all_rows if r["state"] == "COMPLETE" and r["reused_from"] is None
+                and not (r["verified"] and r["verified"]["failed"])]
+    feasible = [r for r in complete if r["feasible"]]
+    return feasible or complete, bool(feasible)
+
+
+def pareto_front(study: Any, prefer_verified: bool = True) -> tuple[list[dict[str, Any]], bool]:
     """The non-dominated complete trials, among feasible ones if any exist.
 
     Returns the front and whether it is the feasible front (False: no trial met
     every budget, and the front shown ignores the budgets).
     """
-    objectives = study.user_attrs["objectives"]
-    signs = [1 if METRICS[m].direction == "maximize" else -1 for m in objectives]
-    complete = [r for r in rows(study) if r["state"] == "COMPLETE" and r["reused_from"] is None]
-    feasible = [r for r in complete if r["feasible"]]
-    pool = feasible or complete
+    signs = _signs(study)
+    pool, feasible = _pool(rows(study, prefer_verified))
     front = [r for r in pool if not any(_dominates(o["values"], r["values"], signs) for o in pool if o is not r)]
-    return sorted(front, key=_policy_key), bool(feasible)
+    return sorted(front, key=_policy_key), feasible
+
+
+def front_moves(study: Any) -> list[str]:
+    """How the verified figures change the front, one sentence per trial that moves."""
+    before = {r["number"] for r in pareto_front(study, prefer_verified=False)[0]}
+    after_rows = rows(study)
+    after = {r["number"] for r in pareto_front(study)[0]}
+    pool, feasible = _pool(after_rows)
+    by_number = {r["number"]: r for r in after_rows}
+    signs = _signs(study)
+    moves = []
+    for n in sorted(before - after):
+        r = by_number[n]
+        if r["verified"] and r["verified"]["failed"]:
+            why = f"its verification failed ({r['verified']['failed']})"
+        elif r not in pool:
+            why = "on verified figures it breaks " + ", ".join(r["violations"])
+        else:
+            dominators = [o["number"] for o in pool if _dominates(o["values"], r["values"], signs)]
+            why = "on verified figures it is dominated by trial " + ", ".join(map(str, dominators))
+        moves.append(f"trial {n} leaves the front: {why}")
+    for n in sorted(after - before):
+        label = "verified" if by_number[n]["verified"] else "not verified"
+        moves.append(f"trial {n} joins the front ({label}): a trial that dominated it moved")
+    return moves
 
 
 def _policy_key(r: dict[str, Any]) -> tuple[float, ...]:
@@ -88,6 +175,7 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
         return match[0]
     if not complete:
         raise ExportError(f"study {study.study_name!r} has no complete trial to export")
+    complete = [r for r in complete if not (r["verified"] and r["verified"]["failed"])] or complete
     feasible = [r for r in complete if r["feasible"]]
     if feasible:
         return min(feasible, key=_policy_key)

@@ -28,7 +28,16 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (study_name, trial_number)
         )""",
     ],
+    [
+        """CREATE TABLE sweep_verification (
+            study_name TEXT NOT NULL,
+            trial_number INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            PRIMARY KEY (study_name, trial_number)
+        )""",
+    ],
 ]
+TABLES = ("sweep_trial_series", "sweep_verification")
 
 
 def storage_url(url: str | None = None) -> str:
@@ -59,7 +68,8 @@ def open_optuna_storage(url: str) -> Any:
 
 
 class SeriesStore:
-    """sweep's own table of per-trial time series (JSON payloads)."""
+    """sweep's own tables of per-trial JSON payloads: the sweep's time series and answers
+    (``sweep_trial_series``) and the runs of a verification (``sweep_verification``)."""
 
     def __init__(self, url: str) -> None:
         self.engine = sa.create_engine(url, **_engine_kwargs(url))
@@ -77,13 +87,15 @@ class SeriesStore:
                     conn.execute(sa.text(sql))
             conn.execute(sa.text("UPDATE sweep_schema SET version = :v"), {"v": len(MIGRATIONS)})
 
-    def put(self, study: str, trial: int, payload: dict[str, Any]) -> None:
+    def put(self, study: str, trial: int, payload: dict[str, Any], table: str = "sweep_trial_series") -> None:
+        assert table in TABLES  # a table name cannot be a bound parameter
         with self.engine.begin() as conn:
-            conn.execute(sa.text("INSERT OR REPLACE INTO sweep_trial_series VALUES (:s, :t, :p)"),
+            conn.execute(sa.text(f"INSERT OR REPLACE INTO {table} VALUES (:s, :t, :p)"),
                          {"s": study, "t": trial, "p": json.dumps(payload)})
 
-    def get(self, study: str, trial: int) -> dict[str, Any] | None:
+    def get(self, study: str, trial: int, table: str = "sweep_trial_series") -> dict[str, Any] | None:
+        assert table in TABLES
         with self.engine.begin() as conn:
-            row = conn.execute(sa.text("SELECT payload FROM sweep_trial_series WHERE study_name=:s AND trial_number=:t"),
+            row = conn.execute(sa.text(f"SELECT payload FROM {table} WHERE study_name=:s AND trial_number=:t"),
                                {"s": study, "t": trial}).first()
         return json.loads(row[0]) if row else None

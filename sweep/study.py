@@ -20,29 +20,13 @@ from .errors import StudyError
 from .host import host_info
 from .metrics import METRICS
 from .records import Outcome, TrialConfig
+from .results import constraint_values, verifications
 from .runner import run_trial
 from .space import Space
 from .storage import SeriesStore, open_optuna_storage
 from .tasks import TASK_SET_VERSION, Task, stratified_subset
 
 SWEEP_VERSION = "0.1.0"
-MISSING_FIGURE = 1e9  # constraint value of a budget whose figure was not measured: never met
-
-
-def constraint_values(figures: dict[str, float], constraints: dict[str, dict[str, float]]) -> list[float]:
-    """One value per budget, <= 0 when met (Optuna's convention); a missing figure breaks its budget."""
-    out = []
-    for name, bound in constraints.items():
-        value = figures.get(name, math.nan)
-        if math.isnan(value):
-            out.append(MISSING_FIGURE)
-        elif bound.get("max") is not None:
-            out.append(value - bound["max"])
-        else:
-            out.append(bound["min"] - value)
-    return out
-
-
 def make_sampler(space: Space, offset: int) -> Any:
     """The space's sampler. The seed is offset by the trials already in the study, so a
     continued study does not replay the proposals of its first session."""
@@ -122,7 +106,7 @@ def _quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _open_or_create(space: Space, storage_url: str, name: str) -> Any:
+def _open_or_create(space: Space, storage_url: str, name: str, task_set: str) -> Any:
     import optuna
 
     _quiet_optuna()
@@ -142,15 +126,15 @@ def _open_or_create(space: Space, storage_url: str, name: str) -> Any:
     for key, value in {
         "space_file": str(space.path), "space_fingerprint": space.fingerprint(), "objectives": space.spec.objectives,
         "budgets": budgets, "settings": space.settings.to_dict(), "host": host_info(),
-        "task_set": TASK_SET_VERSION, "sweep_version": SWEEP_VERSION,
+        "task_set": task_set, "sweep_version": SWEEP_VERSION,
         "models": {f"{n}:{q}": str(space.registry.resolve(n, q).path) for n, qs in space.spec.models.items() for q in qs},
     }.items():
         study.set_user_attr(key, value)
-    _save_dashboard_note(study)
+    save_dashboard_note(study)
     return study
 
 
-def _save_dashboard_note(study: Any) -> None:
+def save_dashboard_note(study: Any) -> None:
     """A note on the study for optuna-dashboard: where and against what it was measured."""
     from optuna_dashboard import save_note
 
@@ -167,6 +151,17 @@ def _save_dashboard_note(study: Any) -> None:
         lines.append(f"- `{name}` {'<=' if 'max' in bound else '>='} {bound.get('max', bound.get('min'))}")
     lines += ["", "CPU figures ending in `_share_pct` are the LLM's share of the whole machine; `_core_pct` is "
               "percent of one core. Each trial stores the window W (`window_ms`) and counts N beside them."]
+    checked = verifications(study)
+    if checked:
+        lines += ["", "## Verified on the whole task set (`sweep verify`)", ""]
+        for n, v in sorted(checked.items()):
+            if v["failed"]:
+                lines.append(f"- trial {n}: verification FAILED ({v['failed']}): {v['detail']}")
+                continue
+            f, (lo, hi) = v["figures"], v["correctness_ci"]
+            lines.append(f"- trial {n}: {v['n_items']} tasks x {v['repeats']} runs: correctness {f['correctness']:.3f} "
+                         f"(95% CI {lo:.2f}-{hi:.2f}), active p99 CPU {f.get('cpu_active_p99_share_pct', math.nan):.1f}% "
+                         f"of the machine, latency p95 {f.get('latency_p95_s', math.nan):.2f} s")
     save_note(study, "\n".join(lines))
 
 
@@ -244,14 +239,14 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
 
 def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: list[Task],
               timeout_s: float | None = None, on_progress: Callable[[Progress], None] | None = None,
-              worker_cmd: list[str] | None = None) -> SweepResult:
+              worker_cmd: list[str] | None = None, task_set: str = TASK_SET_VERSION) -> SweepResult:
     """Run trials until the study holds ``n_trials`` finished trials or ``timeout_s`` passes.
 
     The timeout is checked between trials: the trial in flight always finishes.
     A first Ctrl-C (SIGINT) stops after the trial in flight; a second aborts it,
     records it as failed with reason ``interrupted`` and raises KeyboardInterrupt.
     """
-    study = _open_or_create(space, storage_url, name)
+    study = _open_or_create(space, storage_url, name, task_set)
     _recover_orphans(study)
     study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)))
     series = SeriesStore(storage_url)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY_SPACE, sweep_cli, write_space
 from sweep.runner import provably_over
-from sweep.study import MISSING_FIGURE, constraint_values
+from sweep.results import MISSING_FIGURE, constraint_values
 
 ONE_CONFIG = TINY_SPACE.replace('''params:
   n_threads: {low: 1, high: all}

@@ -1,0 +1,192 @@
+"""Verification: re-run the front on the whole task set, with repeats, and see what holds.
+
+A sweep scores each trial on a small subset so it stays fast; the front it
+finds rests on few items and one run. ``verify_study`` re-runs the front's
+trials on every task, ``repeats`` times, without early abort, and stores:
+
+- correctness with a 95% Wilson interval over the items (each item's score is
+  first averaged over the repeats; at temperature 0 the repeats answer alike,
+  so the items, not the repeats, are the sample);
+- latency percentiles over every answer of every repeat, and CPU percentiles
+  over every active window of every repeat;
+- for every other figure, the worst value any repeat measured.
+
+Scores with partial credit lie in [0, 1], so their variance is at most
+p(1 - p), the binomial one: the Wilson interval stays a fair (slightly wide)
+interval for them too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .metrics import ACTIVE_TAGS, METRICS, percentile
+from .records import Outcome, TrialConfig, TrialSettings
+from .results import VERIFIED_PREFIX, pareto_front, verifications
+from .runner import run_trial
+from .storage import SeriesStore
+from .tasks import Task
+
+Z95 = 1.959964
+
+
+def wilson(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``mean`` observed on ``n`` items."""
+    if n == 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (mean + z * z / (2 * n)) / denom
+    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def item_scores(runs: list[Outcome]) -> dict[str, tuple[str, float]]:
+    """Each item's kind and its score averaged over the runs."""
+    totals: dict[str, list[Any]] = {}
+    for run in runs:
+        for a in run.answers:
+            entry = totals.setdefault(a["id"], [a["kind"], 0.0])
+            entry[1] += a["score"] / len(runs)
+    return {k: (kind, s) for k, (kind, s) in totals.items()}
+
+
+def correctness_summary(scores: dict[str, tuple[str, float]]) -> dict[str, Any]:
+    """Mean correctness with its interval, overall and by kind."""
+    def summary(values: list[float]) -> dict[str, Any]:
+        mean = sum(values) / len(values)
+        return {"mean": mean, "ci": list(wilson(mean, len(values))), "n": len(values)}
+
+    kinds: dict[str, list[float]] = {}
+    for kind, s in scores.values():
+        kinds.setdefault(kind, []).append(s)
+    return {"all": summary([s for _, s in scores.values()]), "by_kind": {k: summary(v) for k, v in sorted(kinds.items())}}
+
+
+def pooled_figures(runs: list[Outcome]) -> dict[str, float]:
+    """The figures of several runs of one configuration, pooled as the module docstring says."""
+    figs: dict[str, float] = {}
+    for name in {k for run in runs for k in run.figures}:
+        values = [run.figures[name] for run in runs if name in run.figures]
+        figs[name] = max(values) if METRICS.get(name) is None or METRICS[name].direction == "minimize" else min(values)
+    latencies = [a["latency_s"] for run in runs for a in run.answers]
+    for q in (50, 95, 99):
+        figs[f"latency_p{q}_s"] = percentile(latencies, q)
+    figs["latency_p99_p50_ratio"] = figs["latency_p99_s"] / figs["latency_p50_s"]
+    active = [c for run in runs for c, tag in zip(run.series["tree_core_pct"], run.series["phase"]) if tag in ACTIVE_TAGS]
+    idle = [c for run in runs for c, tag in zip(run.series["tree_core_pct"], run.series["phase"]) if tag == "idle"]
+    ncpu = runs[0].series["ncpu"]
+    if active:
+        stats = {"mean": sum(active) / len(active), "p50": percentile(active, 50), "p95": percentile(active, 95),
+                 "p99": percentile(active, 99), "peak": max(active)}
+        for stat, value in stats.items():
+            figs[f"cpu_active_{stat}_core_pct"] = value
+            figs[f"cpu_active_{stat}_share_pct"] = value / ncpu
+        figs["n_windows_active"] = len(active)
+    if idle:
+        figs["cpu_idle_share_pct"] = sum(idle) / len(idle) / ncpu
+        figs["n_windows_idle"] = len(idle)
+    figs["parse_failures"] = sum(run.figures.get("parse_failures", 0) for run in runs) / len(runs)
+    return figs
+
+
+def verify_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task], repeats: int,
+                 on_run: Callable[[int, Outcome], None] | None = None) -> tuple[dict[str, Any], list[Outcome]]:
+    """Run one configuration ``repeats`` times on ``tasks``; the verification record and the runs.
+
+    A run that fails ends the verification: the record says why (``failed``).
+    """
+    # The sweep's timeout was sized for its subset; scale it to the whole set.
+    scale = max(1, math.ceil(len(tasks) / max(settings.prompts, 1)))
+    settings = replace(settings, prompts=len(tasks), early_abort=False, timeout_seconds=settings.timeout_seconds * scale)
+    runs: list[Outcome] = []
+    record: dict[str, Any] = {"n_items": len(tasks), "repeats": repeats, "failed": None, "detail": "",
+                              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for i in range(repeats):
+        outcome = run_trial(config, settings, tasks)
+        runs.append(outcome)
+        if on_run:
+            on_run(i, outcome)
+        if not outcome.ok:
+            record.update(failed=outcome.reason, detail=outcome.detail[:500], figures={}, by_kind={},
+                          correctness_ci=None)
+            return record, runs
+    summary = correctness_summary(item_scores(runs))
+    figures = pooled_figures(runs)
+    figures["correctness"] = summary["all"]["mean"]
+    record.update(figures=figures, correctness_ci=summary["all"]["ci"], by_kind=summary["by_kind"])
+    return record, runs
+
+
+def front_to_verify(study: Any, trials: list[int] | None = None, again: bool = False,
+                    n_items: int = 0, repeats: int = 0) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows to verify (the front, or the named trials) and those skipped as already verified.
+
+    A trial counts as already verified when a verification on at least as many
+    items and repeats exists; ``again`` verifies it anyway.
+    """
+    from .results import rows
+
+    if trials:
+        by_number = {r["number"]: r for r in rows(study, prefer_verified=False)}
+        missing = [n for n in trials if n not in by_number or by_number[n]["state"] != "COMPLETE"]
+        if missing:
+            from .errors import StudyError
+
+            raise StudyError(f"study {study.study_name!r} has no complete trial {', '.join(map(str, missing))}")
+        targets = [by_number[n] for n in trials]
+    else:
+        targets = pareto_front(study, prefer_verified=False)[0]
+    done = verifications(study)
+    skipped = [r["number"] for r in targets if not again and r["number"] in done
+               and done[r["number"]]["n_items"] >= n_items and done[r["number"]]["repeats"] >= repeats]
+    return [r for r in targets if r["number"] not in skipped], skipped
+
+
+def save_verification(study: Any, url: str, number: int, record: dict[str, Any], runs: list[Outcome]) -> None:
+    """Store the record on the study and every run's answers and figures in sweep's own table."""
+    study.set_user_attr(f"{VERIFIED_PREFIX}{number}", record)
+    SeriesStore(url).put(study.study_name, number, {"runs": [
+        {"ok": r.ok, "reason": r.reason, "figures": r.figures, "answers": r.answers} for r in runs]},
+        table="sweep_verification")
+
+
+def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, trials: list[int] | None = None,
+                 again: bool = False, on_event: Callable[[str], None] | None = None,
+                 task_set: str = "") -> tuple[list[int], list[int]]:
+    """Verify the study's front (or ``trials``) on ``tasks``; returns the trials verified and those skipped.
+
+    Raises:
+        StudyError: a named trial is not a complete trial of the study.
+        ModelError: a trial's model file is gone (nothing is run or stored then).
+    """
+    from pathlib import Path
+
+    from .display import config_summary
+    from .errors import ModelError
+    from .study import save_dashboard_note
+
+    say = on_event or (lambda _: None)
+    targets, skipped = front_to_verify(study, trials, again, len(tasks), repeats)
+    for row in targets:
+        path = row["config"]["model_path"]
+        if not Path(path).is_file():
+            raise ModelError(f"trial {row['number']}: model file {path} no longer exists; nothing was verified")
+    settings = TrialSettings.from_dict(study.user_attrs["settings"])
+    for row in targets:
+        n = row["number"]
+        config = TrialConfig.from_dict(row["config"])
+        say(f"trial {n}: {config_summary(row['config'])}: {len(tasks)} tasks x {repeats} runs")
+
+        def on_run(i: int, o: Outcome, n: int = n) -> None:
+            what = (f"correctness {o.figures['correctness']:.3f}, latency p95 {o.figures.get('latency_p95_s', math.nan):.2f} s"
+                    if o.ok else f"FAILED ({o.reason}: {o.detail[:160]})")
+            say(f"  trial {n}, run {i + 1}/{repeats} in {o.wall_seconds:.1f} s: {what}")
+
+        record, runs = verify_trial(config, settings, tasks, repeats, on_run)
+        record["task_set"] = task_set
+        save_verification(study, url, n, record, runs)
+        save_dashboard_note(study)
+    return [r["number"] for r in targets], skipped

@@ -1,0 +1,160 @@
+"""Verification: the interval, the pooling, the front moving on verified figures, and ``sweep verify``
+end to end on a real SmolLM2 study."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import TINY_SPACE, sweep_cli, write_space
+from sweep.metrics import percentile
+from sweep.results import choose, front_moves, pareto_front
+from sweep.verify import correctness_summary, wilson
+
+BUDGETS = {"cpu_active_p99_share_pct": {"max": 50.0}, "correctness": {"min": 0.5}}
+OBJECTIVES = ["correctness", "cpu_active_p99_share_pct"]
+
+
+def test_wilson_interval_hand_worked() -> None:
+    assert wilson(0.5, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    # No item right out of 12 still leaves room for up to ~24%: never a [0, 0] interval.
+    assert wilson(0.0, 12) == pytest.approx((0.0, 0.2425), abs=1e-4)
+    assert wilson(1.0, 12) == pytest.approx((0.7575, 1.0), abs=1e-4)
+
+
+def test_correctness_summary_by_kind() -> None:
+    scores = {"a": ("verdict", 1.0), "b": ("verdict", 0.0), "c": ("mcq", 0.5), "d": ("mcq", 0.5)}
+    s = correctness_summary(scores)
+    assert s["all"]["mean"] == 0.5 and s["all"]["n"] == 4
+    assert s["by_kind"]["verdict"]["mean"] == s["by_kind"]["mcq"]["mean"] == 0.5
+    assert s["all"]["ci"] == pytest.approx(list(wilson(0.5, 4)))
+
+
+def _synthetic_study() -> optuna.Study:
+    """Three trials on two objectives; trial 1 dominates trial 2; trial 0 trades CPU for correctness."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", OBJECTIVES)
+    study.set_user_attr("budgets", BUDGETS)
+    study.set_user_attr("settings", {"prompts": 10})
+    for correctness, cpu in [(0.9, 45.0), (0.7, 30.0), (0.6, 40.0)]:
+        figures = {"correctness": correctness, "cpu_active_p99_share_pct": cpu}
+        study.add_trial(optuna.trial.create_trial(
+            values=[correctness, cpu], user_attrs={**figures, "config": {}, "violations": [],
+                                                   "constraint_values": [cpu - 50, 0.5 - correctness]}))
+    return study
+
+
+def test_verified_figures_move_a_trial_off_the_front_and_change_the_pick() -> None:
+    study = _synthetic_study()
+    assert [r["number"] for r in pareto_front(study)[0]] == [0, 1]
+    assert choose(study)["number"] == 0
+    # On the whole set trial 0 is far less correct than the subset said.
+    study.set_user_attr("verified:0", {"n_items": 82, "repeats": 2, "correctness_ci": [0.45, 0.66], "failed": None,
+                                       "detail": "", "at": "now", "by_kind": {},
+                                       "figures": {"correctness": 0.55, "cpu_active_p99_share_pct": 46.0}})
+    assert [r["number"] for r in pareto_front(study)[0]] == [1]
+    assert [r["number"] for r in pareto_front(study, prefer_verified=False)[0]] == [0, 1]
+    assert front_moves(study) == ["trial 0 leaves the front: on verified figures it is dominated by trial 1, 2"]
+    assert choose(study)["number"] == 1
+
+
+def test_a_failed_verification_is_never_feasible() -> None:
+    study = _synthetic_study()
+    study.set_user_attr("verified:1", {"n_items": 82, "repeats": 2, "correctness_ci": None, "failed": "crashed",
+                                       "detail": "SIGSEGV", "at": "now", "by_kind": {}, "figures": {}})
+    assert [r["number"] for r in pareto_front(study)[0]] == [0, 2]
+    assert front_moves(study) == ["trial 1 leaves the front: its verification failed (crashed)",
+                                  "trial 2 joins the front (not verified): a trial that dominated it moved"]
+    assert choose(study)["number"] == 0
+
+
+SMALL_TASKS = 10
+
+
+@pytest.fixture(scope="module")
+def verified(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, smollm2_path: Path) -> dict:
+    """A real 2-trial SmolLM2 study on a copy of the model, then ``sweep verify`` on 10 tasks x 2 runs."""
+    work = tmp_path_factory.mktemp("verify")
+    model = work / "copy.gguf"
+    shutil.copy(smollm2_path, model)
+    body = TINY_SPACE.replace("models:\n  smollm2-135m: [Q4_1]",
+                              f"model_paths:\n  copy: {{path: {model}}}\nmodels:\n  copy: [Q4_1]")
+    body = body.replace("nice: [0, 19]", "nice: [0, 19]\n  output: [grammar]")
+    space = write_space(work / "s.yaml", body)
+    tasks = work / "tasks.jsonl"
+    bundled = (Path(__file__).parent.parent / "sweep" / "data" / "tasks-v1.jsonl").read_text().splitlines()
+    from sweep.tasks import load_tasks, stratified_subset
+
+    keep = {t.id for t in stratified_subset(load_tasks(), SMALL_TASKS)}
+    tasks.write_text("\n".join(line for line in bundled if json.loads(line)["id"] in keep) + "\n")
+    env = {"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}"}
+    run = sweep_cli("run", str(space), "--study", "v", "--trials", "2", "--quiet", env=env)
+    assert run.returncode == 0, run.stderr
+    proc = sweep_cli("verify", "--study", "v", "--tasks", str(tasks), "--repeats", "2", env=env)
+    return {"work": work, "env": env, "proc": proc, "tasks": tasks, "model": model, "db": work / "studies.db"}
+
+
+def _study(db: Path) -> optuna.Study:
+    return optuna.load_study(study_name="v", storage=f"sqlite:///{db}")
+
+
+def test_verify_stores_pooled_figures_with_an_interval(verified: dict) -> None:
+    proc = verified["proc"]
+    assert proc.returncode == 0, proc.stderr
+    assert f"{SMALL_TASKS} x 2" in proc.stdout and "run 2/2" in proc.stderr
+    study = _study(verified["db"])
+    records = {k: v for k, v in study.user_attrs.items() if k.startswith("verified:")}
+    assert records, proc.stdout
+    note = "".join(str(v) for v in study._storage.get_study_system_attrs(study._study_id).values())
+    assert "Verified on the whole task set" in note  # optuna-dashboard's note on the study
+    with sqlite3.connect(verified["db"]) as conn:
+        stored = dict(conn.execute("SELECT trial_number, payload FROM sweep_verification WHERE study_name='v'"))
+    for key, record in records.items():
+        assert record["failed"] is None and (record["n_items"], record["repeats"]) == (SMALL_TASKS, 2)
+        runs = json.loads(stored[int(key.split(":")[1])])["runs"]
+        assert len(runs) == 2 and all(len(r["answers"]) == SMALL_TASKS for r in runs)
+        # Correctness: each item's score averaged over the runs, then over the items.
+        per_item = {a["id"]: 0.0 for a in runs[0]["answers"]}
+        for r in runs:
+            for a in r["answers"]:
+                per_item[a["id"]] += a["score"] / 2
+        mean = sum(per_item.values()) / SMALL_TASKS
+        assert record["figures"]["correctness"] == pytest.approx(mean)
+        assert record["correctness_ci"] == pytest.approx(list(wilson(mean, SMALL_TASKS)))
+        # Latency: the percentile over every answer of both runs, not a mean of the runs' own.
+        latencies = [a["latency_s"] for r in runs for a in r["answers"]]
+        assert record["figures"]["latency_p95_s"] == pytest.approx(percentile(latencies, 95))
+        assert record["figures"]["n_windows_active"] == sum(r["figures"]["n_windows_active"] for r in runs)
+        assert set(record["by_kind"]) == {"attack", "iocs", "mcq", "severity", "verdict"}
+
+
+def test_export_prefers_verified_figures(verified: dict) -> None:
+    out = verified["work"] / "pick.json"
+    proc = sweep_cli("export", "--study", "v", "-o", str(out), "--allow-infeasible", env=verified["env"])
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    verification = _study(verified["db"]).user_attrs.get(f"verified:{record['provenance']['trial']}")
+    assert verification is not None  # the pick comes from the front, and the front was verified
+    assert record["figures_from"].startswith(f"verification: {SMALL_TASKS} tasks x 2 runs")
+    assert record["metrics"]["correctness"] == verification["figures"]["correctness"]
+    assert record["budgets"]["correctness"]["value"] == verification["figures"]["correctness"]
+    assert record["prompt_strategy"]["output"] == "grammar" and "iocs" in record["prompt_strategy"]["grammars"]
+
+
+def test_verify_again_skips_what_is_verified_and_refuses_bad_input(verified: dict) -> None:
+    env = verified["env"]
+    again = sweep_cli("verify", "--study", "v", "--tasks", str(verified["tasks"]), "--repeats", "2", env=env)
+    assert again.returncode == 0 and "already verified" in again.stderr and "run 1/2" not in again.stderr
+    before = verified["db"].read_bytes()
+    bad = sweep_cli("verify", "--study", "v", "--trial", "99", env=env)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: study 'v' has no complete trial 99"
+    verified["model"].unlink()
+    gone = sweep_cli("verify", "--study", "v", "--tasks", str(verified["tasks"]), "--again", env=env)
+    assert gone.returncode == 2 and "no longer exists; nothing was verified" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
+    assert verified["db"].read_bytes() == before
