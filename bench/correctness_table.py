@@ -1,0 +1,70 @@
+"""Correctness by kind for both bundled models under each prompt strategy, and a constant-answer baseline.
+
+Usage: .venv/bin/python bench/correctness_table.py [MAX_TOKENS]
+
+Every model answers every item of the bundled task set once per strategy
+(temperature 0, so a second run would answer alike), through the real worker.
+Each cell is the mean score with its 95% Wilson interval over the items.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from sweep.models import Registry
+from sweep.records import TrialConfig, TrialSettings
+from sweep.runner import run_trial
+from sweep.tasks import best_constants, load_tasks
+from sweep.verify import correctness_summary, item_scores, wilson
+
+MODELS = [("smollm2-135m", "Q4_1"), ("gemma3-270m", "Q4_K_M")]
+STRATEGIES = [(0, "free"), (3, "free"), (0, "grammar"), (3, "grammar"), (0, "json"), (3, "json")]
+
+
+def cell(mean: float, ci: list[float] | tuple[float, float]) -> str:
+    return f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def main() -> None:
+    max_tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    tasks = load_tasks()
+    kinds = sorted({t.kind for t in tasks})
+    counts = {k: sum(t.kind == k for t in tasks) for k in kinds}
+    settings = TrialSettings(prompts=len(tasks), idle_seconds=0, baseline_seconds=0.2, probe=False, early_abort=False,
+                             noise_retries=0, timeout_seconds=3600, progress_timeout_seconds=300)
+    print(f"{len(tasks)} items (" + ", ".join(f"{k} {n}" for k, n in counts.items()) + f"), max_tokens={max_tokens}, "
+          "n_threads=2, temperature 0, one run each; cells: mean [95% Wilson CI]")
+    header = ["model", "strategy", *kinds, "all", "parse failures", "latency p95 s"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, quant in MODELS:
+        m = Registry().resolve(name, quant)
+        for shots, output in STRATEGIES:
+            config = TrialConfig(model=name, quant=quant, model_path=str(m.path), chat_format=m.chat_format,
+                                 n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048,
+                                 max_tokens=max_tokens, shots=shots, output=output)
+            t0 = time.monotonic()
+            outcome = run_trial(config, settings, tasks)
+            strategy = f"{shots}-shot {output}"
+            if not outcome.ok:
+                print(f"| {name}:{quant} | {strategy} | FAILED: {outcome.reason}: {outcome.detail[:80]} |")
+                continue
+            s = correctness_summary(item_scores([outcome]))
+            row = [cell(s["by_kind"][k]["mean"], s["by_kind"][k]["ci"]) for k in kinds]
+            print(f"| {name}:{quant} | {strategy} | " + " | ".join(row) + f" | {cell(s['all']['mean'], s['all']['ci'])} | "
+                  f"{outcome.figures['parse_failures']:.0f} | {outcome.figures['latency_p95_s']:.2f} |", flush=True)
+            print(f"  ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    constants = best_constants(tasks)
+    row, every = [], []
+    for k in kinds:
+        scores = constants[k][1]
+        mean = sum(scores) / len(scores)
+        row.append(cell(mean, wilson(mean, len(scores))) + f" ({constants[k][0]!r})")
+        every += scores
+    mean = sum(every) / len(every)
+    print("| best constant answer | - | " + " | ".join(row) + f" | {cell(mean, wilson(mean, len(every)))} | - | - |")
+
+
+if __name__ == "__main__":
+    main()
