@@ -4,7 +4,9 @@ Usage: .venv/bin/python bench/correctness_table.py [MAX_TOKENS]
 
 Every model answers every item of the bundled task set once per strategy
 (temperature 0, so a second run would answer alike), through the real worker.
-Each cell is the mean score with its 95% Wilson interval over the items.
+Each cell is the mean score with its 95% Wilson interval over the items. Two rows need no
+model: the best constant answer per kind (chosen knowing the answers), and for IOCs a plain
+regex over the log line, which is what a model must beat to be worth running there.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from sweep.models import Registry
 from sweep.records import TrialConfig, TrialSettings
 from sweep.runner import run_trial
-from sweep.tasks import best_constants, load_tasks
+from sweep.tasks import best_constants, ioc_candidates, load_tasks, score
 from sweep.verify import correctness_summary, item_scores, wilson
 
 MODELS = [("smollm2-135m", "Q4_1"), ("gemma3-270m", "Q4_K_M")]
@@ -64,6 +66,11 @@ def main() -> None:
         every += scores
     mean = sum(every) / len(every)
     print("| best constant answer | - | " + " | ".join(row) + f" | {cell(mean, wilson(mean, len(every)))} | - | - |")
+    # No model at all for IOCs: every IP, domain, hash and path the regex finds in the log line.
+    iocs = [score(t, "\n".join(ioc_candidates(t.input))).value for t in tasks if t.kind == "iocs"]
+    mean = sum(iocs) / len(iocs)
+    print("| regex over the log line (no model) | - | " + " | ".join(
+        cell(mean, wilson(mean, len(iocs))) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
 
 
 if __name__ == "__main__":

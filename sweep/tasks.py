@@ -113,6 +113,14 @@ _IOC = re.compile(
 )
 
 
+_ECHO_CHARS = 24  # an IOC answer holding the log line's first characters is an echo of it
+
+
+def ioc_candidates(text: str) -> list[str]:
+    """Everything in ``text`` that has the form of an IP, domain, file name, hash or path."""
+    return _IOC.findall(text)
+
+
 def _letter(answer: str) -> str | None:
     """The chosen option: a leading letter ("B", "B)", "B."), or the only one named as "B)" or "answer: B"."""
     options = set(re.findall(r"\b([A-D])\)", answer))
@@ -170,7 +178,10 @@ def score(task: Task, answer: str | None) -> Score:
         if not predicted:
             return Score(0.0, False)
         return Score(_f1(predicted, {e.upper() for e in task.expected}, _technique_credit), True)
-    predicted = {_norm(m) for m in _IOC.findall(answer)} - {""}
+    if task.input[:_ECHO_CHARS] in answer:
+        # The log line copied back: the regex would find its indicators, but the model extracted nothing.
+        return Score(0.0, False)
+    predicted = {_norm(m) for m in ioc_candidates(answer)} - {""}
     if not predicted:
         return Score(0.0, False)
     exact = lambda p, e: 1.0 if p == e else 0.0  # noqa: E731

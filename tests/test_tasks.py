@@ -67,6 +67,16 @@ def test_iocs_set_f1() -> None:
     assert score(t, "none found").parsed is False
 
 
+def test_iocs_echo_of_the_log_line_is_a_parse_failure() -> None:
+    line = "2026-03-02T10:14:07Z fw DENY src=10.0.4.17 dst=45.83.64.1 dport=4444 proto=tcp"
+    t = Task(id="x", kind="iocs", input=line, expected=["45.83.64.1"], source="test")
+    # Copied back, even cut short by max_tokens, the line would earn F1 0.67 from the regex alone.
+    for echo in (line, f"Log: {line}", line[:40]):
+        assert (score(t, echo).value, score(t, echo).parsed) == (0.0, False), echo
+    assert score(t, "45.83.64.1").value == 1.0
+    assert score(t, "dst=45.83.64.1").value == 1.0  # a fragment around the indicator is not an echo
+
+
 def test_starter_set_is_valid_and_balanced() -> None:
     tasks = load_tasks()
     assert len(tasks) >= 80
