@@ -93,7 +93,8 @@ def pooled_figures(runs: list[Outcome]) -> dict[str, float]:
 
 
 def verify_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task], repeats: int,
-                 on_run: Callable[[int, Outcome], None] | None = None) -> tuple[dict[str, Any], list[Outcome]]:
+                 on_run: Callable[[int, Outcome], None] | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], list[Outcome]]:
     """Run one configuration ``repeats`` times on ``tasks``; the verification record and the runs.
 
     A run that fails ends the verification: the record says why (``failed``).
@@ -105,7 +106,7 @@ def verify_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task]
     record: dict[str, Any] = {"n_items": len(tasks), "repeats": repeats, "failed": None, "detail": "",
                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for i in range(repeats):
-        outcome = run_trial(config, settings, tasks)
+        outcome = run_trial(config, settings, tasks, on_event=on_event)
         runs.append(outcome)
         if on_run:
             on_run(i, outcome)
@@ -185,7 +186,11 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
                     if o.ok else f"FAILED ({o.reason}: {o.detail[:160]})")
             say(f"  trial {n}, run {i + 1}/{repeats} in {o.wall_seconds:.1f} s: {what}")
 
-        record, runs = verify_trial(config, settings, tasks, repeats, on_run)
+        def on_event(msg: dict[str, Any], n: int = n) -> None:
+            if msg.get("type") == "prompt" and (msg["index"] + 1) % 20 == 0:
+                say(f"  trial {n}: {msg['index'] + 1}/{len(tasks)} answered")
+
+        record, runs = verify_trial(config, settings, tasks, repeats, on_run, on_event)
         record["task_set"] = task_set
         save_verification(study, url, n, record, runs)
         save_dashboard_note(study)
