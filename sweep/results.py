@@ -126,7 +126,7 @@ def front_moves(study: Any) -> list[str]:
     before = {r["number"] for r in pareto_front(study, prefer_verified=False)[0]}
     after_rows = rows(study)
     after = {r["number"] for r in pareto_front(study)[0]}
-    pool, feasible = _pool(after_rows)
+    pool, _ = _pool(after_rows)
     by_number = {r["number"]: r for r in after_rows}
     signs = _signs(study)
     moves = []
@@ -142,7 +142,7 @@ def front_moves(study: Any) -> list[str]:
         moves.append(f"trial {n} leaves the front: {why}")
     for n in sorted(after - before):
         label = "verified" if by_number[n]["verified"] else "not verified"
-        moves.append(f"trial {n} joins the front ({label}): a trial that dominated it moved")
+        moves.append(f"trial {n} joins the front ({label}): on the verified figures no trial dominates it any more")
     return moves
 
 
