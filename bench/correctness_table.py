@@ -18,14 +18,15 @@ from sweep.models import Registry
 from sweep.records import TrialConfig, TrialSettings
 from sweep.runner import run_trial
 from sweep.tasks import best_constants, ioc_candidates, load_tasks, score
-from sweep.verify import correctness_summary, item_scores, wilson
+from sweep.verify import correctness_summary, item_scores, mean_interval
 
 MODELS = [("smollm2-135m", "Q4_1"), ("gemma3-270m", "Q4_K_M")]
 STRATEGIES = [(0, "free"), (3, "free"), (0, "grammar"), (3, "grammar"), (0, "json"), (3, "json")]
 
 
-def cell(mean: float, ci: list[float] | tuple[float, float]) -> str:
-    return f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+def cell(m: dict) -> str:
+    """A mean_interval / correctness_summary entry as "mean [low, high]"."""
+    return f"{m['mean']:.2f} [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]"
 
 
 def main() -> None:
@@ -53,24 +54,18 @@ def main() -> None:
                 print(f"| {name}:{quant} | {strategy} | FAILED: {outcome.reason}: {outcome.detail[:80]} |")
                 continue
             s = correctness_summary(item_scores([outcome]))
-            row = [cell(s["by_kind"][k]["mean"], s["by_kind"][k]["ci"]) for k in kinds]
-            print(f"| {name}:{quant} | {strategy} | " + " | ".join(row) + f" | {cell(s['all']['mean'], s['all']['ci'])} | "
+            row = [cell(s["by_kind"][k]) for k in kinds]
+            print(f"| {name}:{quant} | {strategy} | " + " | ".join(row) + f" | {cell(s['all'])} | "
                   f"{outcome.figures['parse_failures']:.0f} | {outcome.figures['latency_p95_s']:.2f} |", flush=True)
             print(f"  ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     constants = best_constants(tasks)
-    row, every = [], []
-    for k in kinds:
-        scores = constants[k][1]
-        mean = sum(scores) / len(scores)
-        row.append(cell(mean, wilson(mean, len(scores))) + f" ({constants[k][0]!r})")
-        every += scores
-    mean = sum(every) / len(every)
-    print("| best constant answer | - | " + " | ".join(row) + f" | {cell(mean, wilson(mean, len(every)))} | - | - |")
+    row = [cell(mean_interval(constants[k][1])) + f" ({constants[k][0]!r})" for k in kinds]
+    every = [s for k in kinds for s in constants[k][1]]
+    print("| best constant answer | - | " + " | ".join(row) + f" | {cell(mean_interval(every))} | - | - |")
     # No model at all for IOCs: every IP, domain, hash and path the regex finds in the log line.
-    iocs = [score(t, "\n".join(ioc_candidates(t.input))).value for t in tasks if t.kind == "iocs"]
-    mean = sum(iocs) / len(iocs)
+    iocs = mean_interval([score(t, "\n".join(ioc_candidates(t.input))).value for t in tasks if t.kind == "iocs"])
     print("| regex over the log line (no model) | - | " + " | ".join(
-        cell(mean, wilson(mean, len(iocs))) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
+        cell(iocs) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
 
 
 if __name__ == "__main__":

@@ -365,16 +365,14 @@ def tasks_baseline(file: Path | None) -> None:
     """What a constant answer scores on FILE (default: the bundled set): the bar a model must clear."""
     from .display import table
     from .tasks import best_constants, load_tasks
-    from .verify import wilson
+    from .verify import mean_interval
 
-    loaded = load_tasks(file)
-    body, total = [], []
-    for kind, (answer, scores) in best_constants(loaded).items():
-        mean = sum(scores) / len(scores)
-        lo, hi = wilson(mean, len(scores))
-        body.append([kind, str(len(scores)), repr(answer), f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"])
-        total += scores
-    mean = sum(total) / len(total)
-    lo, hi = wilson(mean, len(total))
-    body.append(["all", str(len(total)), "(each kind's best)", f"{mean:.3f} [{lo:.2f}, {hi:.2f}]"])
+    def cell(scores: list[float]) -> str:
+        m = mean_interval(scores)
+        return f"{m['mean']:.3f} [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]"
+
+    best = best_constants(load_tasks(file))
+    body = [[kind, str(len(scores)), repr(answer), cell(scores)] for kind, (answer, scores) in best.items()]
+    every = [s for _, scores in best.values() for s in scores]
+    body.append(["all", str(len(every)), "(each kind's best)", cell(every)])
     click.echo(table(body, ["kind", "items", "best constant answer", "correctness (95% CI)"]))

@@ -137,6 +137,32 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def cpu_window_figures(active: list[float], idle: list[float], ncpu: int) -> dict[str, float]:
+    """The active and idle CPU figures from per-window % of one core, in both units, with their N."""
+    f = {
+        "cpu_idle_share_pct": _mean(idle) / ncpu,
+        "cpu_active_mean_core_pct": _mean(active),
+        "cpu_active_p50_core_pct": percentile(active, 50),
+        "cpu_active_p95_core_pct": percentile(active, 95),
+        "cpu_active_p99_core_pct": percentile(active, 99),
+        "cpu_active_peak_core_pct": max(active, default=math.nan),
+        "n_windows_active": len(active),
+        "n_windows_idle": len(idle),
+    }
+    for stat in ("mean", "p50", "p95", "p99", "peak"):
+        f[f"cpu_active_{stat}_share_pct"] = f[f"cpu_active_{stat}_core_pct"] / ncpu
+    return f
+
+
+def latency_figures(latencies: list[float]) -> dict[str, float]:
+    """Request latency percentiles and the p99/p50 predictability ratio (empty for no requests)."""
+    if not latencies:
+        return {}
+    p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
+    return {"latency_p50_s": p50, "latency_p95_s": p95, "latency_p99_s": p99,
+            "latency_p99_p50_ratio": p99 / p50 if p50 > 0 else math.nan}
+
+
 def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str, Any]],
             rss_peak_kb: int) -> tuple[dict[str, float], list[str]]:
     """All figures of one trial, and the phase tag of each window."""
@@ -156,12 +182,7 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
     busiest = [100 * max(w.core_busy) for w, t in zip(ws, tags) if t in ACTIVE_TAGS and w.core_busy]
     psi = [100 * w.psi_some_s / (w.t1 - w.t0) for w, t in zip(ws, tags) if t in ACTIVE_TAGS and w.psi_some_s is not None]
     f: dict[str, float] = {
-        "cpu_idle_share_pct": _mean(idle) / ncpu,
-        "cpu_active_mean_core_pct": _mean(active),
-        "cpu_active_p50_core_pct": percentile(active, 50),
-        "cpu_active_p95_core_pct": percentile(active, 95),
-        "cpu_active_p99_core_pct": percentile(active, 99),
-        "cpu_active_peak_core_pct": max(active, default=math.nan),
+        **cpu_window_figures(active, idle, ncpu),
         "cpu_prefill_mean_core_pct": _mean(prefill),
         "cpu_decode_mean_core_pct": _mean(decode),
         "n_windows_prefill": len(prefill),
@@ -177,21 +198,12 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
         "rss_anon_peak_gb": max((w.rss_anon_kb for w in ws), default=0) / 1024**2,
         "rss_file_peak_gb": max((w.rss_file_kb for w in ws), default=0) / 1024**2,
         "window_ms": series.window_s * 1000,
-        "n_windows_active": len(active),
-        "n_windows_idle": len(idle),
         "monitor_cpu_pct": 100 * series.monitor_cpu_s / series.monitor_wall_s if series.monitor_wall_s else math.nan,
     }
-    for stat in ("mean", "p50", "p95", "p99", "peak"):
-        f[f"cpu_active_{stat}_share_pct"] = f[f"cpu_active_{stat}_core_pct"] / ncpu
     marks = _major_marks(events)
     if "load" in marks and "idle" in marks:
         f["load_s"] = marks["idle"] - marks["load"]
-    lat = [p["latency_s"] for p in prompts]
-    if lat:
-        f["latency_p50_s"] = percentile(lat, 50)
-        f["latency_p95_s"] = percentile(lat, 95)
-        f["latency_p99_s"] = percentile(lat, 99)
-        f["latency_p99_p50_ratio"] = f["latency_p99_s"] / f["latency_p50_s"] if f["latency_p50_s"] > 0 else math.nan
+    f.update(latency_figures([p["latency_s"] for p in prompts]))
     ttft = [p["ttft_s"] for p in prompts if p.get("ttft_s")]
     if ttft:
         f["ttft_p50_s"] = percentile(ttft, 50)

@@ -97,6 +97,10 @@ def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
     return better
 
 
+def _failed_verification(r: dict[str, Any]) -> bool:
+    return bool(r["verified"] and r["verified"]["failed"])
+
+
 def _signs(study: Any) -> list[int]:
     return [1 if METRICS[m].direction == "maximize" else -1 for m in study.user_attrs["objectives"]]
 
@@ -104,7 +108,7 @@ def _signs(study: Any) -> list[int]:
 def _pool(all_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
     """The trials a front is drawn from: feasible ones if any, else every complete one."""
     complete = [r for r in all_rows if r["state"] == "COMPLETE" and r["reused_from"] is None
-                and not (r["verified"] and r["verified"]["failed"])]
+                and not _failed_verification(r)]
     feasible = [r for r in complete if r["feasible"]]
     return feasible or complete, bool(feasible)
 
@@ -132,7 +136,7 @@ def front_moves(study: Any) -> list[str]:
     moves = []
     for n in sorted(before - after):
         r = by_number[n]
-        if r["verified"] and r["verified"]["failed"]:
+        if _failed_verification(r):
             why = f"its verification failed ({r['verified']['failed']})"
         elif r not in pool:
             why = "on verified figures it breaks " + ", ".join(r["violations"])
@@ -175,7 +179,7 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
         return match[0]
     if not complete:
         raise ExportError(f"study {study.study_name!r} has no complete trial to export")
-    complete = [r for r in complete if not (r["verified"] and r["verified"]["failed"])] or complete
+    complete = [r for r in complete if not _failed_verification(r)] or complete
     feasible = [r for r in complete if r["feasible"]]
     if feasible:
         return min(feasible, key=_policy_key)

@@ -23,9 +23,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .metrics import ACTIVE_TAGS, METRICS, percentile
+from .errors import ModelError, StudyError
+from .metrics import ACTIVE_TAGS, METRICS, cpu_window_figures, latency_figures
 from .records import Outcome, TrialConfig, TrialSettings
-from .results import VERIFIED_PREFIX, pareto_front, verifications
+from .results import VERIFIED_PREFIX, pareto_front, rows, verifications
 from .runner import run_trial
 from .storage import SeriesStore
 from .tasks import Task
@@ -43,6 +44,12 @@ def wilson(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mean_interval(scores: list[float]) -> dict[str, Any]:
+    """The mean of item scores, its 95% Wilson interval and the number of items."""
+    mean = sum(scores) / len(scores)
+    return {"mean": mean, "ci": list(wilson(mean, len(scores))), "n": len(scores)}
+
+
 def item_scores(runs: list[Outcome]) -> dict[str, tuple[str, float]]:
     """Each item's kind and its score averaged over the runs."""
     totals: dict[str, list[Any]] = {}
@@ -55,14 +62,11 @@ def item_scores(runs: list[Outcome]) -> dict[str, tuple[str, float]]:
 
 def correctness_summary(scores: dict[str, tuple[str, float]]) -> dict[str, Any]:
     """Mean correctness with its interval, overall and by kind."""
-    def summary(values: list[float]) -> dict[str, Any]:
-        mean = sum(values) / len(values)
-        return {"mean": mean, "ci": list(wilson(mean, len(values))), "n": len(values)}
-
     kinds: dict[str, list[float]] = {}
     for kind, s in scores.values():
         kinds.setdefault(kind, []).append(s)
-    return {"all": summary([s for _, s in scores.values()]), "by_kind": {k: summary(v) for k, v in sorted(kinds.items())}}
+    return {"all": mean_interval([s for _, s in scores.values()]),
+            "by_kind": {k: mean_interval(v) for k, v in sorted(kinds.items())}}
 
 
 def pooled_figures(runs: list[Outcome]) -> dict[str, float]:
@@ -71,25 +75,12 @@ def pooled_figures(runs: list[Outcome]) -> dict[str, float]:
     for name in {k for run in runs for k in run.figures}:
         values = [run.figures[name] for run in runs if name in run.figures]
         figs[name] = max(values) if METRICS.get(name) is None or METRICS[name].direction == "minimize" else min(values)
-    latencies = [a["latency_s"] for run in runs for a in run.answers]
-    for q in (50, 95, 99):
-        figs[f"latency_p{q}_s"] = percentile(latencies, q)
-    figs["latency_p99_p50_ratio"] = figs["latency_p99_s"] / figs["latency_p50_s"]
-    active = [c for run in runs for c, tag in zip(run.series["tree_core_pct"], run.series["phase"]) if tag in ACTIVE_TAGS]
-    idle = [c for run in runs for c, tag in zip(run.series["tree_core_pct"], run.series["phase"]) if tag == "idle"]
-    ncpu = runs[0].series["ncpu"]
-    if active:
-        stats = {"mean": sum(active) / len(active), "p50": percentile(active, 50), "p95": percentile(active, 95),
-                 "p99": percentile(active, 99), "peak": max(active)}
-        for stat, value in stats.items():
-            figs[f"cpu_active_{stat}_core_pct"] = value
-            figs[f"cpu_active_{stat}_share_pct"] = value / ncpu
-        figs["n_windows_active"] = len(active)
-    if idle:
-        figs["cpu_idle_share_pct"] = sum(idle) / len(idle) / ncpu
-        figs["n_windows_idle"] = len(idle)
+    figs.update(latency_figures([a["latency_s"] for run in runs for a in run.answers]))
+    windows = [(c, tag) for run in runs for c, tag in zip(run.series["tree_core_pct"], run.series["phase"])]
+    figs.update(cpu_window_figures([c for c, tag in windows if tag in ACTIVE_TAGS],
+                                   [c for c, tag in windows if tag == "idle"], runs[0].series["ncpu"]))
     figs["parse_failures"] = sum(run.figures.get("parse_failures", 0) for run in runs) / len(runs)
-    return figs
+    return {k: v for k, v in figs.items() if not math.isnan(v)}
 
 
 def verify_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task], repeats: int,
@@ -128,14 +119,10 @@ def front_to_verify(study: Any, trials: list[int] | None = None, again: bool = F
     A trial counts as already verified when a verification on at least as many
     items and repeats exists; ``again`` verifies it anyway.
     """
-    from .results import rows
-
     if trials:
         by_number = {r["number"]: r for r in rows(study, prefer_verified=False)}
         missing = [n for n in trials if n not in by_number or by_number[n]["state"] != "COMPLETE"]
         if missing:
-            from .errors import StudyError
-
             raise StudyError(f"study {study.study_name!r} has no complete trial {', '.join(map(str, missing))}")
         targets = [by_number[n] for n in trials]
     else:
@@ -166,7 +153,6 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
     from pathlib import Path
 
     from .display import config_summary
-    from .errors import ModelError
     from .study import save_dashboard_note
 
     say = on_event or (lambda _: None)
