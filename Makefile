@@ -28,6 +28,7 @@ verify: $(VENV)/.installed
 	$(BIN)/sweep export --study $(STUDY) -o $(EXPORT) --allow-infeasible
 
 test: $(VENV)/.installed
+	@command -v chromium >/dev/null 2>&1 || echo "*** chromium is not installed: the report test will be SKIPPED (apt-get install chromium; .ci/run installs it) ***"
 	$(BIN)/python -m pytest -q
 
 clean-study:

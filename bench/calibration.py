@@ -22,7 +22,8 @@ CHILD = Path(__file__).resolve().parent.parent / "tests" / "calibration_child.py
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 4.0
     cpu = allowed_cpus()[-1]
-    print(f"W = 100 ms, child pinned to CPU {cpu}, {seconds:g} s per row (first 5 and last 2 windows dropped)")
+    print(f"W = 100 ms, child pinned to CPU {cpu}, {seconds:g} s per row "
+          "(first 5 and last 5 windows dropped: start-up and the sleep before exit)")
     print("d (%)  mean   p99    peak   N   monitor CPU (% of one core)")
     for duty in (0.0, 0.25, 0.5, 0.75, 1.0):
         monitor = Monitor(0.1).start()
@@ -30,7 +31,7 @@ def main() -> None:
         monitor.attach(child.pid)
         child.wait()
         s = monitor.stop()
-        xs = [w.core_pct for w in s.windows][5:-2]
+        xs = [w.core_pct for w in s.windows][5:-5]
         print(f"{100 * duty:5.0f}  {statistics.mean(xs):5.1f}  {percentile(xs, 99):5.1f}  {max(xs):5.1f}  "
               f"{len(xs):2d}  {100 * s.monitor_cpu_s / s.monitor_wall_s:.2f}")
 

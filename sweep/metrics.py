@@ -128,7 +128,7 @@ def tag_windows(series: Series, events: list[dict[str, Any]]) -> list[str]:
     return tags
 
 
-def _major_marks(events: list[dict[str, Any]]) -> dict[str, float]:
+def major_marks(events: list[dict[str, Any]]) -> dict[str, float]:
     """When each major phase began, from the worker's phase messages."""
     return {e["phase"]: e["t"] for e in events if e.get("type") == "phase" and e["phase"] in MAJOR_PHASES}
 
@@ -200,7 +200,7 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
         "window_ms": series.window_s * 1000,
         "monitor_cpu_pct": 100 * series.monitor_cpu_s / series.monitor_wall_s if series.monitor_wall_s else math.nan,
     }
-    marks = _major_marks(events)
+    marks = major_marks(events)
     if "load" in marks and "idle" in marks:
         f["load_s"] = marks["idle"] - marks["load"]
     f.update(latency_figures([p["latency_s"] for p in prompts]))
@@ -216,7 +216,7 @@ def figures(series: Series, events: list[dict[str, Any]], prompts: list[dict[str
 
 def probe_figures(samples: list[tuple[float, float]], events: list[dict[str, Any]]) -> dict[str, float]:
     """Foreground probe latencies while answering, against those before the worker started."""
-    marks = _major_marks(events)
+    marks = major_marks(events)
     if "load" not in marks or "active" not in marks:
         return {}
     end = marks.get("done", math.inf)

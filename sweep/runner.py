@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from .metrics import figures as compute_figures
-from .metrics import probe_figures
+from .metrics import major_marks, probe_figures
 from .monitor import Monitor, Series, machine_busy_pct
 from .protocol import PROTOCOL_VERSION
 from .records import Outcome, TrialConfig, TrialSettings
@@ -199,8 +199,11 @@ def _tail(path: str, lines: int = 20) -> str:
         return ""
 
 
-def _series_dict(series: Series, tags: list[str]) -> dict[str, Any]:
+def _series_dict(series: Series, tags: list[str], events: list[dict[str, Any]]) -> dict[str, Any]:
+    # The marks say when each major phase began, on the windows' clock. A phase shorter than a
+    # window (SmolLM2 loads in ~0.1 s) has no window of its own, but always has its mark.
     return {
+        "marks": {name: round(t, 4) for name, t in major_marks(events).items()},
         "window_s": series.window_s,
         "ncpu": series.ncpu,
         "t": [round(w.t1, 4) for w in series.windows],
@@ -308,7 +311,7 @@ def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], wo
     if probe:
         figs.update(probe_figures(probe.samples, messages))
     figs["noise_check_pct"], figs["machine_busy"] = noise_pct, float(busy)
-    common = dict(stderr_tail=stderr_tail, series=_series_dict(series, tags), knobs={"threads": knobs},
+    common = dict(stderr_tail=stderr_tail, series=_series_dict(series, tags, messages), knobs={"threads": knobs},
                   wall_seconds=time.monotonic() - started)
     rc = proc.returncode
 

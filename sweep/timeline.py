@@ -39,6 +39,20 @@ def phase_spans(series: dict[str, Any]) -> list[tuple[str, float, float]]:
     return spans
 
 
+def mark_spans(series: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """The major phases from the worker's marks, as (phase, start s, end s) on ``seconds``' clock.
+
+    Unlike ``phase_spans`` this holds every phase, even one shorter than a window.
+    """
+    if not series["t"]:
+        return []
+    t0 = series["t"][0] - series["dt"][0]
+    marks = sorted(series.get("marks", {}).items(), key=lambda kv: kv[1])
+    starts = [("baseline", t0)] + marks
+    ends = [t for _, t in marks] + [series["t"][-1]]
+    return [(name, a - t0, b - t0) for (name, a), b in zip(starts, ends)]
+
+
 def cpu_budgets(budgets: dict[str, dict[str, float]]) -> dict[str, float]:
     """The CPU budgets that are upper bounds, by name: the lines a timeline draws."""
     return {name: b["max"] for name, b in budgets.items() if name.startswith("cpu_") and "max" in b}

@@ -3,6 +3,7 @@
 ``python calibration_child.py DUTY PERIOD_S CPU SECONDS``. The busy part spins
 until the process has used DUTY*PERIOD of *CPU time* (not wall time), so
 preemption by other load on a shared machine does not change what it consumes.
+It sleeps a moment before exiting, so a monitor's last reading sees all of its work.
 """
 
 import os
@@ -23,3 +24,4 @@ while time.monotonic() - start < seconds:
         time.sleep(delay)
     else:
         next_t = time.monotonic()
+time.sleep(0.3)
