@@ -37,4 +37,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sweep.hostlock import measurement_lock
+
+    with measurement_lock("bench/calibration.py", on_wait=print):  # never beside another measurement
+        main()

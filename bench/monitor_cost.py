@@ -43,4 +43,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sweep.hostlock import measurement_lock
+
+    with measurement_lock("bench/monitor_cost.py", on_wait=print):  # never beside another measurement
+        main()

@@ -34,4 +34,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sweep.hostlock import measurement_lock
+
+    with measurement_lock("bench/prefix_cache.py", on_wait=print):  # never beside another measurement
+        main()

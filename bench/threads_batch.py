@@ -39,4 +39,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sweep.hostlock import measurement_lock
+
+    with measurement_lock("bench/threads_batch.py", on_wait=print):  # never beside another measurement
+        main()

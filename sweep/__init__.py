@@ -15,9 +15,10 @@ _LAZY = {
     "ModelFile": "models", "Registry": "models",
     "Outcome": "records", "TrialConfig": "records", "TrialSettings": "records",
     "choose": "results", "export_record": "export", "render": "export", "pareto_front": "results", "rows": "results",
+    "trial_series": "results",
     "run_trial": "runner",
     "Space": "space", "load_space": "space",
-    "load_study": "study", "run_study": "study",
+    "load_study": "study", "run_study": "orchestrator",
     "Task": "tasks", "load_tasks": "tasks", "score": "tasks", "stratified_subset": "tasks",
 }
 
@@ -25,7 +26,7 @@ __all__ = [
     "ExportError", "ModelError", "ModelFile", "Outcome", "Registry", "Space", "SpaceError", "StudyError",
     "SweepError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record",
     "load_space", "load_study", "load_tasks", "pareto_front", "render", "rows", "run_study", "run_trial", "score",
-    "stratified_subset",
+    "stratified_subset", "trial_series",
 ]
 
 

@@ -65,6 +65,9 @@ def _open_study(storage: str | None, name: str) -> tuple[Any, str]:
 
 storage_option = click.option("--storage", envvar="SWEEP_STORAGE", default=None,
                               help="Study storage URL [default: sqlite:///studies.db; env SWEEP_STORAGE].")
+lock_option = click.option("--no-lock", "no_lock", is_flag=True,
+                           help="Measure without the host's measurement lock (figures may be spoiled by another "
+                                "measurement; each trial is marked).")
 models_dir_option = click.option("--models-dir", envvar="SWEEP_MODELS_DIR", type=click.Path(file_okay=False),
                                  default=None, help="A directory of your own GGUF files [env SWEEP_MODELS_DIR].")
 
@@ -83,10 +86,13 @@ def main(debug: bool) -> None:
 @click.option("--timeout", "timeout", default=None, help="Wall-clock bound such as 8h; the trial in flight finishes.")
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None, help="Your own JSONL task file.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@click.option("--hardware-class", "hardware_class", default=None,
+              help="Join a study of another hardware class anyway, by naming its class (or name a new study's).")
+@lock_option
 @storage_option
 @models_dir_option
 def run(space: Path, study_name: str | None, trials: int, timeout: str | None, tasks_file: Path | None,
-        quiet: bool, storage: str | None, models_dir: str | None) -> None:
+        quiet: bool, hardware_class: str | None, no_lock: bool, storage: str | None, models_dir: str | None) -> None:
     """Run (or continue) a sweep of SPACE into the study."""
     from .display import front_table
     from .errors import ExportError
@@ -94,7 +100,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     from .results import choose, pareto_front, rows
     from .space import load_space
     from .storage import storage_url
-    from .study import run_study
+    from .orchestrator import run_study
     from .tasks import TASK_SET_VERSION, load_tasks
 
     timeout_s = parse_duration(timeout) if timeout else None
@@ -105,7 +111,8 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     display = make_progress(quiet)
     try:
         result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=display,
-                           task_set=str(tasks_file.resolve()) if tasks_file else TASK_SET_VERSION)
+                           task_set=str(tasks_file.resolve()) if tasks_file else TASK_SET_VERSION, lock=not no_lock,
+                           hardware_class=hardware_class)
     finally:
         if display:
             display.close()
@@ -181,9 +188,10 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None,
               help="Task file to verify on [default: the study's own, whole].")
 @click.option("--again", is_flag=True, help="Verify trials that already have a verification this large.")
+@lock_option
 @storage_option
 def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_file: Path | None, again: bool,
-           storage: str | None) -> None:
+           no_lock: bool, storage: str | None) -> None:
     """Re-run the Pareto front on the whole task set, with repeats, and show what moves."""
     from .display import verification_table
     from .results import front_moves
@@ -195,7 +203,8 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
     source = str(tasks_file.resolve()) if tasks_file else own
     tasks = load_tasks(None if source == TASK_SET_VERSION else source)
     verified, skipped = verify_study(study, url, tasks, repeats, list(trial_numbers) or None, again,
-                                     on_event=lambda line: click.echo(line, err=True), task_set=source)
+                                     on_event=lambda line: click.echo(line, err=True), task_set=source,
+                                     lock=not no_lock)
     for n in skipped:
         click.echo(f"trial {n}: already verified on at least {len(tasks)} tasks x {repeats} runs (--again redoes it)",
                    err=True)
@@ -248,19 +257,20 @@ def show(trial_number: int, study_name: str, png: Path | None, storage: str | No
     """Print one trial's figures and draw its CPU timeline."""
     from .display import config_summary, figures_table
     from .metrics import METRICS
-    from .storage import SeriesStore
+    from .results import trial_by_number, trial_series
     from .timeline import ascii_timeline, png_timeline
 
     study, url = _open_study(storage, study_name)
-    match = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
-    if not match:
-        raise SweepError(f"study {study_name!r} has no trial {trial_number}")
-    t = match[0]
+    t = trial_by_number(study, trial_number)
     click.echo(f"trial {t.number} ({t.state.name}): {config_summary(t.user_attrs.get('config'))}")
+    owner = t.user_attrs.get("owner")
+    if owner:
+        click.echo(f"measured on {owner['host']} by pid {owner['pid']}"
+                   + (" WITHOUT the measurement lock" if t.user_attrs.get("measured_without_lock") else ""))
     if t.user_attrs.get("fail_reason"):
         click.echo(f"failed: {t.user_attrs['fail_reason']}: {t.user_attrs.get('fail_detail', '')}")
     click.echo(figures_table({k: v for k, v in t.user_attrs.items() if k in METRICS}))
-    stored = SeriesStore(url).get(study_name, t.number)
+    stored = trial_series(study, t.number, url)
     if not stored or not stored["series"].get("t"):
         click.echo("(no time series stored for this trial)")
         return
@@ -278,7 +288,9 @@ def show(trial_number: int, study_name: str, png: Path | None, storage: str | No
 @click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None)
 @click.option("--prompts", type=click.IntRange(min=1), default=None, help="Override the number of prompts.")
 @click.option("--idle", "idle_seconds", type=click.FloatRange(min=0), default=None, help="Override the idle window (s).")
-def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: int | None, idle_seconds: float | None) -> None:
+@lock_option
+def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: int | None, idle_seconds: float | None,
+          no_lock: bool) -> None:
     """Run one configuration (a trial config or an exported file) outside any study."""
     from dataclasses import replace
 
@@ -299,7 +311,8 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
     settings = TrialSettings.from_dict(data["settings"]) if data.get("settings") else TrialSettings()
     settings = replace(settings, prompts=prompts or settings.prompts,
                        idle_seconds=settings.idle_seconds if idle_seconds is None else idle_seconds)
-    outcome = run_trial(config, settings, stratified_subset(load_tasks(tasks_file), settings.prompts))
+    outcome = run_trial(config, settings, stratified_subset(load_tasks(tasks_file), settings.prompts),
+                        lock=not no_lock, on_wait=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps({"ok": outcome.ok, "reason": outcome.reason, "detail": outcome.detail,
                                "figures": outcome.figures, "by_kind": outcome.by_kind}, indent=2))
@@ -309,6 +322,39 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
             click.echo(f"trial failed: {outcome.reason}: {outcome.detail}")
     if not outcome.ok:
         sys.exit(1)
+
+
+@main.command()
+@storage_option
+def fleet(storage: str | None) -> None:
+    """Every study in the database, by hardware class: trials done, meeting budgets, the pick."""
+    from .display import fleet_table
+    from .fleet import fleet_summary
+    from .storage import require_existing, storage_url
+
+    url = storage_url(storage)
+    require_existing(url)
+    classes = fleet_summary(url)
+    if not classes:
+        raise SweepError(f"no sweep study in {url}")
+    click.echo(fleet_table(classes))
+
+
+@main.group()
+def db() -> None:
+    """The study database itself."""
+
+
+@db.command("upgrade")
+@storage_option
+def db_upgrade(storage: str | None) -> None:
+    """Bring sweep's tables in the database up to this version's schema (writes)."""
+    from .storage import SCHEMA_VERSION, SeriesStore, open_optuna_storage, storage_url
+
+    url = storage_url(storage)
+    open_optuna_storage(url)
+    store = SeriesStore(url)
+    click.echo(f"{url}: sweep schema version {store.version} (this sweep: {SCHEMA_VERSION})")
 
 
 @main.group()

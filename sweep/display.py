@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .metrics import METRICS
-from .study import Progress
+from .records import Progress
 
 
 def config_summary(c: dict[str, Any] | None) -> str:
@@ -128,3 +128,21 @@ def status_text(study: Any, policy_pick: dict[str, Any] | None) -> str:
                      + ("" if policy_pick["feasible"] else " (closest; breaks " + ", ".join(policy_pick["violations"]) + ")")
                      + ": " + figures_summary(policy_pick["figures"]))
     return "\n".join(lines)
+
+
+def fleet_table(classes: list[dict[str, Any]]) -> str:
+    """The fleet at a glance: one row per hardware class."""
+    body = []
+    for c in classes:
+        fp, pick = c["fingerprint"], c["pick"]
+        what = f"{fp.get('cpu_model', '?')}, {fp.get('logical_cpus', '?')} CPUs, {fp.get('mem_gb', '?')} GB"
+        if pick is None:
+            best = "none yet"
+        else:
+            f = pick["figures"]
+            best = (f"{pick['study']} #{pick['number']}{'' if pick['feasible'] else ' (closest; over budget)'}: "
+                    f"correct {f.get('correctness', float('nan')):.2f}, CPU p99 "
+                    f"{f.get('cpu_active_p99_share_pct', float('nan')):.1f}%, p95 {f.get('latency_p95_s', float('nan')):.2f}s")
+        body.append([c["class"], what, ", ".join(c["hosts"]), ", ".join(c["studies"]), str(c["done"]),
+                     str(c["feasible"]), best])
+    return table(body, ["hardware class", "hardware", "hosts", "studies", "trials", "meet budgets", "policy's pick"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import StudyError
 from .records import TrialConfig
+from .results import trial_by_number
 
 FORMATS = ("json", "yaml", "python", "llama-server", "systemd")
 
@@ -90,10 +91,20 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
         "provenance": {
             "study": study.study_name, "trial": row["number"], "storage": storage_url,
             "space_file": study.user_attrs.get("space_file"), "task_set": study.user_attrs.get("task_set"),
-            "host": study.user_attrs.get("host"), "sweep_version": study.user_attrs.get("sweep_version"),
+            "host": _measured_by(study, row["number"]), "hardware_class": study.user_attrs.get("hardware_class"),
+            "sweep_version": study.user_attrs.get("sweep_version"),
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+def _measured_by(study: Any, number: int) -> dict[str, Any]:
+    """The host that measured the trial (for a study from before per-trial owners: the creating host)."""
+    owner = trial_by_number(study, number).user_attrs.get("owner")
+    info = dict(study.user_attrs.get("host") or {})
+    if owner:
+        info = {"hostname": owner["host"], "boot_id": owner["boot_id"], "pid": owner["pid"]}
+    return info
 
 
 def _figures_from(row: dict[str, Any], study: Any) -> str:

@@ -49,23 +49,25 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def host_info() -> dict[str, Any]:
-    """Metadata stored beside every measurement, so figures keep their context."""
-    mem_kb = 0
+def mem_total_gb() -> float:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemTotal:"):
-                    mem_kb = int(line.split()[1])
-                    break
+                    return int(line.split()[1]) / 1024 / 1024
     except OSError:
         pass
+    return 0.0
+
+
+def host_info() -> dict[str, Any]:
+    """Metadata stored beside every measurement, so figures keep their context."""
     return {
-        "hostname": socket.gethostname(),
+        "hostname": os.environ.get("SWEEP_HOST_ID") or socket.gethostname(),
         "cpu_model": cpu_model(),
         "logical_cpus": machine_cpus(),
         "allowed_cpus": allowed_cpus(),
-        "mem_total_gb": round(mem_kb / 1024 / 1024, 1),
+        "mem_total_gb": round(mem_total_gb(), 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
     }

@@ -76,7 +76,7 @@ METRICS: dict[str, Metric] = {
     "monitor_cpu_pct": Metric("% of one core", "minimize", "the sampler's own CPU cost"),
 }
 
-MAJOR_PHASES = ("baseline", "load", "idle", "active", "done")
+MAJOR_PHASES = ("baseline", "start", "load", "idle", "active", "done")  # "start": spawn until the worker loads
 SUB_PHASES = ("prefill", "decode", "between")
 ACTIVE_TAGS = ("active",) + SUB_PHASES  # every window of the answering phase
 
@@ -220,7 +220,7 @@ def probe_figures(samples: list[tuple[float, float]], events: list[dict[str, Any
     if "load" not in marks or "active" not in marks:
         return {}
     end = marks.get("done", math.inf)
-    base = [lat for t, lat in samples if t + lat < marks["load"]]
+    base = [lat for t, lat in samples if t + lat < marks.get("start", marks["load"])]  # before the worker exists
     active = [lat for t, lat in samples if marks["active"] <= t and t + lat <= end]
     if not base or not active:
         return {}

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from .display import config_summary, figures_summary, progress_line
 from .errors import ExportError
-from .study import Progress
+from .records import Progress
 
 
 def _clock(seconds: float) -> str:
@@ -47,6 +47,9 @@ class PlainProgress:
         self.out = out
 
     def __call__(self, p: Progress) -> None:
+        if p.waiting:
+            print(f"[{p.done}/{p.target}] {p.waiting}", file=self.out, flush=True)
+            return
         if p.outcome is None and p.phase != "starting":
             return  # phase changes would flood a log
         line = progress_line(p)
@@ -85,7 +88,9 @@ class LiveProgress:
         grid.add_column(style="bold")
         grid.add_column()
         grid.add_row("trials", f"{p.done}/{p.target}   elapsed {_clock(p.elapsed_s)}   ETA {_eta(p)}")
-        if p.outcome is None:
+        if p.waiting:
+            grid.add_row("now", p.waiting)
+        elif p.outcome is None:
             grid.add_row("now", f"trial {p.trial_number}: {config_summary(p.config.to_dict() if p.config else None)}")
             grid.add_row("phase", p.phase or "")
         grid.add_row("feasible", str(self.standing[0]))

@@ -14,6 +14,33 @@ from typing import Any
 PROTOCOL_VERSION = 1
 
 
+_NUMBER = (int, float)
+# The fields each message type must carry, with their types; anything else is a protocol error.
+REQUIRED: dict[str, dict[str, Any]] = {
+    "phase": {"phase": str, "t": _NUMBER},
+    "prompt": {"index": int, "answer": str, "latency_s": _NUMBER, "decode_s": _NUMBER, "completion_chunks": int},
+    "error": {"reason": str},
+    "knobs": {"threads": list},
+    "result": {},
+}
+
+
+def problem(msg: Any) -> str | None:
+    """What is wrong with a decoded message, or None for a valid one."""
+    if not isinstance(msg, dict):
+        return f"a message must be a JSON object, got {type(msg).__name__}"
+    if msg.get("v") != PROTOCOL_VERSION:
+        return f"protocol version {msg.get('v')!r}, expected {PROTOCOL_VERSION}"
+    fields = REQUIRED.get(msg.get("type"))  # type: ignore[arg-type]
+    if fields is None:
+        return f"unknown message type {msg.get('type')!r}"
+    for name, kind in fields.items():
+        value = msg.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{msg['type']} message without a valid {name!r}"
+    return None
+
+
 def encode(kind: str, **payload: Any) -> bytes:
     return (json.dumps({"v": PROTOCOL_VERSION, "type": kind, **payload}) + "\n").encode()
 

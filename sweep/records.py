@@ -152,3 +152,21 @@ class Outcome:
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
         _check_version("Outcome", data)
         return cls(**_known(cls, data))
+
+
+@dataclass
+class Progress:
+    """What a display needs while a sweep runs: after each trial, at each phase, while waiting."""
+
+    done: int
+    target: int
+    trial_number: int | None
+    config: TrialConfig | None
+    outcome: Outcome | None
+    feasible: bool
+    elapsed_s: float
+    reused_from: int | None = None
+    phase: str | None = None  # the trial in flight's phase, as the worker reports it
+    done_this_run: int = 0  # trials finished by this run (for the ETA)
+    study: Any = None
+    waiting: str | None = None  # why no trial runs now (the measurement lock, another host's trials)

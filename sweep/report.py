@@ -14,8 +14,8 @@ from typing import Any
 
 from .display import config_summary
 from .metrics import METRICS
-from .results import pareto_front, rows
-from .storage import SeriesStore
+from .fleet import describe_class
+from .results import pareto_front, rows, trial_series
 from .timeline import _PHASE_COLOUR, cpu_budgets, phase_spans, seconds, share_of_machine
 
 
@@ -114,13 +114,12 @@ def write_report(study: Any, storage_url: str, path: Path) -> Path:
 
     front, feasible = pareto_front(study)
     budgets = study.user_attrs.get("budgets", {})
-    store = SeriesStore(storage_url)
     parts: list[str] = [_front_chart(study)]
     importance = _importance_charts(study)
     parts += importance if isinstance(importance, list) else [f"<p>{html.escape(importance)}</p>"]
     answers: dict[int, list[dict[str, Any]]] = {}
     for r in front:
-        stored = store.get(study.study_name, r["number"])
+        stored = trial_series(study, r["number"], storage_url)
         if stored and stored["series"].get("t"):
             parts.append(_timeline_chart(stored["series"], budgets, f"trial {r['number']}"))
             answers[r["number"]] = stored["answers"]
@@ -134,14 +133,13 @@ def write_report(study: Any, storage_url: str, path: Path) -> Path:
             continue
         chunks.append(pio.to_html(part, full_html=False, include_plotlyjs=first))
         first = False
-    host = study.user_attrs.get("host", {})
+    measured_on = html.escape(describe_class(study))
     note = "" if feasible else "<p><b>No trial meets every budget</b>; the front shown ignores the budgets.</p>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sweep report: {html.escape(study.study_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head><body>
 <h1>sweep report: study {html.escape(study.study_name)}</h1>
-<p>{len(rows(study))} finished trials, measured on {html.escape(str(host.get('hostname', '?')))}
-({html.escape(str(host.get('cpu_model', '?')))}, {host.get('logical_cpus', '?')} CPUs).</p>
+<p>{len(rows(study))} finished trials, measured on {measured_on}.</p>
 {note}<h2>The front</h2>{_front_table(front, study.user_attrs['objectives'])}
 {''.join(chunks)}
 </body></html>"""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import ExportError
+from . import _optuna
+from .errors import ExportError, StudyError
 from .metrics import METRICS
 
 
@@ -191,3 +192,23 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
             f"breaks {', '.join(closest['violations'])}. Pass --allow-infeasible to export it anyway."
         )
     return closest
+
+
+def trial_by_number(study: Any, number: int) -> Any:
+    """The study's trial numbered ``number``.
+
+    Raises:
+        StudyError: the study has no such trial.
+    """
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return t
+    raise StudyError(f"study {study.study_name!r} has no trial {number}")
+
+
+def trial_series(study: Any, number: int, storage_url: str) -> dict[str, Any] | None:
+    """A sweep trial's monitor series (``series``: windows, phase tags, phase marks) and its
+    answers (``answers``), as stored by the sweep; None when nothing was stored. Reads only."""
+    from .storage import SeriesStore
+
+    return SeriesStore(storage_url, write=False).get(_optuna.trial_id(trial_by_number(study, number)))

@@ -20,8 +20,9 @@ from typing import Any, Callable, Iterator
 
 from .metrics import figures as compute_figures
 from .metrics import major_marks, probe_figures
+from .hostlock import measurement_lock
 from .monitor import Monitor, Series, machine_busy_pct
-from .protocol import PROTOCOL_VERSION
+from .protocol import problem
 from .records import Outcome, TrialConfig, TrialSettings
 from .prompts import answer_text, request_for
 from .tasks import Task, score
@@ -37,6 +38,8 @@ def killer(proc: subprocess.Popen[bytes]) -> Iterator[None]:
         yield
     finally:
         kill_group(proc.pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, os.WNOHANG)  # reap it (a normal end has already: then this is a no-op)
 
 
 def group_alive(pgid: int) -> bool:
@@ -85,10 +88,12 @@ class _Reader(threading.Thread):
             for raw in f:
                 try:
                     msg = json.loads(raw)
-                    if msg.get("v") != PROTOCOL_VERSION:
-                        raise ValueError(f"protocol version {msg.get('v')!r}, expected {PROTOCOL_VERSION}")
                 except ValueError as exc:
                     self.protocol_errors.append(f"{exc}: {raw[:120]!r}")
+                    continue
+                wrong = problem(msg)
+                if wrong:
+                    self.protocol_errors.append(f"{wrong}: {raw[:120]!r}")
                     continue
                 self.messages.append(msg)
                 self.last_message_t = time.monotonic()
@@ -217,13 +222,23 @@ def _series_dict(series: Series, tags: list[str], events: list[dict[str, Any]]) 
 
 def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
               worker_cmd: list[str] | None = None, latency_budget_s: float | None = None,
-              on_event: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
+              on_event: Callable[[dict[str, Any]], None] | None = None, lock: bool = True,
+              on_wait: Callable[[str], None] | None = None) -> Outcome:
     """Run one configuration in a fresh worker and measure it. Never raises for a worker fault.
 
     With ``latency_budget_s`` and ``settings.early_abort``, the trial stops as soon as
     its latency p95 is provably over that budget; the outcome is then complete, with
     the figures of the prompts answered so far (``early_abort`` = 1).
+
+    The host's measurement lock is held from the noise guard until the worker is reaped
+    (``lock=False`` measures without it); ``on_wait`` is told whom it waits for.
     """
+    with measurement_lock(f"a trial of {config.model}:{config.quant}", on_wait=on_wait, enabled=lock):
+        return _run_locked(config, settings, tasks, worker_cmd, latency_budget_s, on_event)
+
+
+def _run_locked(config: TrialConfig, settings: TrialSettings, tasks: list[Task], worker_cmd: list[str] | None,
+                latency_budget_s: float | None, on_event: Callable[[dict[str, Any]], None] | None) -> Outcome:
     started = time.monotonic()
     limit_kb = settings.memory_limit_gb * 1024**2 if settings.memory_limit_gb else None
     over_memory = threading.Event()
@@ -250,60 +265,65 @@ def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], wo
     job = {"config": config.to_dict(), "idle_seconds": settings.idle_seconds,
            "prompts": [request_for(t, config.shots, config.output) for t in tasks]}
     monitor = Monitor(settings.window_ms / 1000, on_sample).start()
-    time.sleep(settings.baseline_seconds)
-    env = {**os.environ, **config.environment()}
-    with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
-        log_path = os.path.join(tmp, "worker.log")
-        r, w = os.pipe()
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                (worker_cmd or WORKER_CMD) + [str(w)], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                pass_fds=(w,), start_new_session=True, env=env, cwd=tmp,
-            )
-        os.close(w)
-        monitor.attach(proc.pid)
-        reader = _Reader(r, on_event)
-        reader.start()
-        killed_for = None
-        rusage = None
-        status = 0
-        with killer(proc), contextlib.ExitStack() as stack:
-            if probe:
-                stack.callback(probe.stop)
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(json.dumps(job).encode())
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the worker died at once; its status says why
-            spawned = time.monotonic()
-            deadline = spawned + settings.timeout_seconds  # from spawn, not from the noise guard
-            while True:
-                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                now = time.monotonic()
-                if over_memory.is_set():
-                    killed_for = "memory_budget"
-                elif now > deadline:
-                    killed_for = "timeout"
-                elif now - max(reader.last_message_t, spawned) > settings.progress_timeout_seconds:
-                    killed_for = "no_progress"
-                elif latency_budget_s and settings.early_abort and provably_over(
-                        [m["latency_s"] for m in list(reader.messages) if m["type"] == "prompt"], len(tasks),
-                        latency_budget_s):
-                    killed_for = "early_abort"
-                if killed_for:
-                    kill_group(proc.pid)
-                    _, status, rusage = os.wait4(proc.pid, 0)
-                    break
-                time.sleep(0.02)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        reader.join(timeout=5)
-        series = monitor.stop()
-        stderr_tail = _tail(log_path)
+    try:  # an interrupt anywhere below must not leave the sampler running
+        time.sleep(settings.baseline_seconds)
+        env = {**os.environ, **config.environment()}
+        with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
+            log_path = os.path.join(tmp, "worker.log")
+            r, w = os.pipe()
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    (worker_cmd or WORKER_CMD) + [str(w)], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                    pass_fds=(w,), start_new_session=True, env=env, cwd=tmp,
+                )
+            # The baseline ends here: interpreter start-up and imports are the trial's own work.
+            spawn_mark = {"type": "phase", "phase": "start", "t": time.monotonic()}
+            os.close(w)
+            monitor.attach(proc.pid)
+            reader = _Reader(r, on_event)
+            reader.start()
+            killed_for = None
+            rusage = None
+            status = 0
+            with killer(proc), contextlib.ExitStack() as stack:
+                if probe:
+                    stack.callback(probe.stop)
+                try:
+                    assert proc.stdin is not None
+                    proc.stdin.write(json.dumps(job).encode())
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass  # the worker died at once; its status says why
+                spawned = time.monotonic()
+                deadline = spawned + settings.timeout_seconds  # from spawn, not from the noise guard
+                while True:
+                    pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    now = time.monotonic()
+                    if over_memory.is_set():
+                        killed_for = "memory_budget"
+                    elif now > deadline:
+                        killed_for = "timeout"
+                    elif now - max(reader.last_message_t, spawned) > settings.progress_timeout_seconds:
+                        killed_for = "no_progress"
+                    elif latency_budget_s and settings.early_abort and provably_over(
+                            [m["latency_s"] for m in list(reader.messages) if m["type"] == "prompt"], len(tasks),
+                            latency_budget_s):
+                        killed_for = "early_abort"
+                    if killed_for:
+                        kill_group(proc.pid)
+                        _, status, rusage = os.wait4(proc.pid, 0)
+                        break
+                    time.sleep(0.02)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+            reader.join(timeout=5)
+            series = monitor.stop()
+            stderr_tail = _tail(log_path)
+    finally:
+        monitor.stop()
 
-    messages = reader.messages
+    messages = [spawn_mark, *reader.messages]
     prompts = [m for m in messages if m["type"] == "prompt"]
     errors = [m for m in messages if m["type"] == "error"]
     knobs = next((m["threads"] for m in messages if m["type"] == "knobs"), [])

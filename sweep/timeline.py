@@ -10,9 +10,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-_PHASE_CHAR = {"baseline": "B", "load": "L", "idle": "I", "active": "A", "prefill": "P", "decode": "D",
+_PHASE_CHAR = {"baseline": "B", "start": "S", "load": "L", "idle": "I", "active": "A", "prefill": "P", "decode": "D",
                "between": "b", "done": "E", "transition": "|"}
-_PHASE_COLOUR = {"baseline": "#dddddd", "load": "#f4d03f", "idle": "#aed6f1", "active": "#f5b7b1",
+_PHASE_COLOUR = {"baseline": "#dddddd", "start": "#fcf3cf", "load": "#f4d03f", "idle": "#aed6f1", "active": "#f5b7b1",
                  "prefill": "#ec7063", "decode": "#f1948a", "between": "#fadbd8", "done": "#dddddd"}
 
 

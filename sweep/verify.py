@@ -23,12 +23,13 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from . import _optuna
 from .errors import ModelError, StudyError
 from .metrics import ACTIVE_TAGS, METRICS, cpu_window_figures, latency_figures
 from .records import Outcome, TrialConfig, TrialSettings
-from .results import VERIFIED_PREFIX, pareto_front, rows, verifications
+from .results import VERIFIED_PREFIX, pareto_front, rows, trial_by_number, verifications
 from .runner import run_trial
-from .storage import SeriesStore
+from .storage import VERIFICATION, SeriesStore
 from .tasks import Task
 
 Z95 = 1.959964
@@ -85,7 +86,8 @@ def pooled_figures(runs: list[Outcome]) -> dict[str, float]:
 
 def verify_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task], repeats: int,
                  on_run: Callable[[int, Outcome], None] | None = None,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], list[Outcome]]:
+                 on_event: Callable[[dict[str, Any]], None] | None = None, lock: bool = True,
+                 on_wait: Callable[[str], None] | None = None) -> tuple[dict[str, Any], list[Outcome]]:
     """Run one configuration ``repeats`` times on ``tasks``; the verification record and the runs.
 
     A run that fails ends the verification: the record says why (``failed``).
@@ -96,6 +98,8 @@ def verify_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task]
     runs: list[Outcome] = []
     record: dict[str, Any] = {"n_items": len(tasks), "repeats": repeats, "failed": None, "detail": "",
                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if not lock:
+        record["measured_without_lock"] = True
     for i in range(repeats):
         outcome = run_trial(config, settings, tasks, on_event=on_event)
         runs.append(outcome)
@@ -136,14 +140,15 @@ def front_to_verify(study: Any, trials: list[int] | None = None, again: bool = F
 def save_verification(study: Any, url: str, number: int, record: dict[str, Any], runs: list[Outcome]) -> None:
     """Store the record on the study and every run's answers and figures in sweep's own table."""
     study.set_user_attr(f"{VERIFIED_PREFIX}{number}", record)
-    SeriesStore(url).put(study.study_name, number, {"runs": [
+    trial = trial_by_number(study, number)
+    SeriesStore(url).put(_optuna.study_id(study), _optuna.trial_id(trial), {"runs": [
         {"ok": r.ok, "reason": r.reason, "figures": r.figures, "answers": r.answers} for r in runs]},
-        table="sweep_verification")
+        table=VERIFICATION)
 
 
 def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, trials: list[int] | None = None,
                  again: bool = False, on_event: Callable[[str], None] | None = None,
-                 task_set: str = "") -> tuple[list[int], list[int]]:
+                 task_set: str = "", lock: bool = True) -> tuple[list[int], list[int]]:
     """Verify the study's front (or ``trials``) on ``tasks``; returns the trials verified and those skipped.
 
     Raises:
@@ -176,7 +181,7 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
             if msg.get("type") == "prompt" and (msg["index"] + 1) % 20 == 0:
                 say(f"  trial {n}: {msg['index'] + 1}/{len(tasks)} answered")
 
-        record, runs = verify_trial(config, settings, tasks, repeats, on_run, on_event)
+        record, runs = verify_trial(config, settings, tasks, repeats, on_run, on_event, lock, say)
         record["task_set"] = task_set
         save_verification(study, url, n, record, runs)
         save_dashboard_note(study)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -91,3 +92,28 @@ sampler:
   name: random
   seed: 3
 """
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session (``pgserver.py``); yields a URL template with
+    ``{db}``. Skipped where PostgreSQL is absent, unless ``SWEEP_REQUIRE_POSTGRES`` is set (CI sets
+    it: there the tests must run)."""
+    from pgserver import postgres_bin, throwaway_postgres
+
+    if postgres_bin() is None:
+        if os.environ.get("SWEEP_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required (SWEEP_REQUIRE_POSTGRES) but not installed")
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    with throwaway_postgres() as template:
+        yield template
+
+
+@pytest.fixture
+def pg_url(postgres: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty database on the throwaway server, set as ``SWEEP_STORAGE``."""
+    from pgserver import new_database
+
+    url = new_database(postgres)
+    monkeypatch.setenv("SWEEP_STORAGE", url)
+    return url

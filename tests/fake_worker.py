@@ -1,6 +1,7 @@
 """Fault-injecting workers for failures the real worker's SWEEP_TEST_FAULT hook does not make.
 
-``fake_worker.py MODE FD``: hang (ignoring the job), wrong_version, exit_nonzero.
+``fake_worker.py MODE FD``: hang (ignoring the job), wrong_version, exit_nonzero, not_an_object,
+missing_field (a prompt message without its latency).
 """
 
 import json
@@ -24,3 +25,9 @@ elif mode == "wrong_version":
     sys.exit(0)
 elif mode == "exit_nonzero":
     sys.exit(7)
+elif mode == "not_an_object":
+    os.write(fd, b'[1, 2, 3]\n')
+    sys.exit(0)
+elif mode == "missing_field":
+    send("prompt", index=0, answer="benign", decode_s=0.1, completion_chunks=2)
+    sys.exit(0)

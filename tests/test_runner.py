@@ -46,7 +46,9 @@ def test_worker_faults_become_reasons(mode: str, reason: str, detail: str, smoll
     assert not stray_processes()
 
 
-@pytest.mark.parametrize("mode, detail", [("exit_nonzero", "status 7"), ("wrong_version", "protocol version 99")])
+@pytest.mark.parametrize("mode, detail", [("exit_nonzero", "status 7"), ("wrong_version", "protocol version 99"),
+                                          ("not_an_object", "must be a JSON object, got list"),
+                                          ("missing_field", "prompt message without a valid 'latency_s'")])
 def test_protocol_and_exit_faults(mode: str, detail: str, smollm2_path: Path) -> None:
     outcome = run_trial(config(smollm2_path), QUICK, TASKS, worker_cmd=FAKE + [mode])
     assert not outcome.ok and detail in outcome.detail
@@ -91,7 +93,9 @@ def test_real_trial_measures_and_answers(smollm2_path: Path) -> None:
     # then has no window of its own. No window that touches the load counts as active.
     s = outcome.series
     marks = s["marks"]
-    assert marks["load"] < marks["idle"] < marks["active"] < marks["done"]
+    assert marks["start"] < marks["load"] < marks["idle"] < marks["active"] < marks["done"]
+    # The baseline ends when the worker is spawned: its start-up is the trial's own work.
+    assert all(tag != "baseline" for t1, tag in zip(s["t"], s["phase"]) if t1 > marks["start"])
     assert f["load_s"] == pytest.approx(marks["idle"] - marks["load"], abs=1e-3)
     for t1, dt, tag in zip(s["t"], s["dt"], s["phase"]):
         if t1 - dt < marks["idle"] and t1 > marks["load"]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 import optuna
@@ -112,11 +111,13 @@ def test_verify_stores_pooled_figures_with_an_interval(verified: dict) -> None:
     assert records, proc.stdout
     note = "".join(str(v) for v in study._storage.get_study_system_attrs(study._study_id).values())
     assert "Verified on the whole task set" in note  # optuna-dashboard's note on the study
-    with sqlite3.connect(verified["db"]) as conn:
-        stored = dict(conn.execute("SELECT trial_number, payload FROM sweep_verification WHERE study_name='v'"))
+    from sweep.results import trial_by_number
+    from sweep.storage import VERIFICATION, SeriesStore
+
+    store = SeriesStore(f"sqlite:///{verified['db']}", write=False)
     for key, record in records.items():
         assert record["failed"] is None and (record["n_items"], record["repeats"]) == (SMALL_TASKS, 2)
-        runs = json.loads(stored[int(key.split(":")[1])])["runs"]
+        runs = store.get(trial_by_number(study, int(key.split(":")[1]))._trial_id, VERIFICATION)["runs"]
         assert len(runs) == 2 and all(len(r["answers"]) == SMALL_TASKS for r in runs)
         # Correctness: each item's score averaged over the runs, then over the items.
         per_item = {a["id"]: 0.0 for a in runs[0]["answers"]}

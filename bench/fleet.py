@@ -1,0 +1,128 @@
+"""Trials per hour with 1 and 2 orchestrators on one PostgreSQL study, and what the database and
+the measurement lock add to a trial: ``python bench/fleet.py [TRIALS_PER_ORCHESTRATOR] [--storage URL]``.
+
+On this 2-core machine two "hosts" are two orchestrators with their own host id and lock file,
+each pinned to one CPU (a space with ``cores: 1``), on one study in a throwaway PostgreSQL server
+(or the server at ``--storage``, a URL template with ``{db}``). Every trial is measured
+(``duplicates: repeat``). Two simulated hosts on one machine share its memory bus and caches,
+so their trials are each a little slower than one host's; the noise guard is relaxed for the
+same reason (each sees the other as load).
+
+Overhead per trial: an orchestrator's wall time not spent between the start and end of its
+trials' measurements (``measured_at``): asking, reaping, counting, the sampler, recording, waiting
+for the lock; as a share of the trial's wall time. ``storage_s`` (reap, count, ask) and
+``lock_wait_s`` are also recorded per trial and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+SPACE = """\
+version: 1
+name: fleet
+models:
+  smollm2-135m: [Q4_1]
+params:
+  n_batch: [64, 128, 256, 512]
+  nice: [0, 19]
+  max_tokens: [8, 16]
+fixed:
+  cores: 1
+  n_threads: 1
+  n_threads_batch: 1
+  n_ctx: 512
+trial:
+  prompts: 4
+  idle_seconds: 0.5
+  baseline_seconds: 0.2
+  noise_max_pct: 95
+  noise_retries: 0
+  duplicates: repeat
+sampler:
+  name: random
+  seed: 11
+"""
+
+
+def run(space: Path, url: str, per: int, hosts: int, tmp: Path) -> dict[str, float]:
+    import optuna
+
+    procs = []
+    t0 = time.monotonic()
+    for i in range(hosts):
+        env = {**os.environ, "SWEEP_STORAGE": url, "SWEEP_HOST_ID": f"host{i}",
+               "SWEEP_LOCK_FILE": str(tmp / f"host{i}.lock")}
+        cpu = sorted(os.sched_getaffinity(0))[i]
+        procs.append(subprocess.Popen([sys.executable, "-m", "sweep", "run", str(space), "--trials", str(per * hosts),
+                                       "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu})))
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode:
+            sys.exit(f"an orchestrator failed: {err.decode()[-500:]}")
+    wall = time.monotonic() - t0
+    trials = optuna.load_study(study_name="fleet", storage=url).get_trials()
+    spans: dict[str, list[float]] = {}
+    for t in trials:
+        a, b = t.user_attrs["measured_at"]
+        spans.setdefault(t.user_attrs["owner"]["host"], []).append(b - a)
+    measured = sum(sum(v) for v in spans.values())
+    return {"trials": len(trials), "wall_s": wall, "per_hour": 3600 * len(trials) / wall,
+            "trial_s": statistics.median(s for v in spans.values() for s in v),
+            "overhead_share": 1 - measured / (wall * hosts),
+            "storage_s": statistics.median(t.user_attrs["storage_s"] for t in trials),
+            "lock_wait_s": statistics.median(t.user_attrs["lock_wait_s"] for t in trials),
+            "failed": sum(t.state.name != "COMPLETE" for t in trials)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("per", nargs="?", type=int, default=8, help="trials per orchestrator [8]")
+    ap.add_argument("--storage", default=None, help="a PostgreSQL URL template with {db} [a throwaway server]")
+    args = ap.parse_args()
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("needs two CPUs: one per simulated host")
+    from pgserver import new_database, throwaway_postgres
+
+    with tempfile.TemporaryDirectory() as d, (throwaway_postgres() if args.storage is None
+                                              else _given(args.storage)) as template:
+        tmp = Path(d)
+        space = tmp / "fleet.yaml"
+        space.write_text(SPACE)
+        one = run(space, new_database(template), args.per, 1, tmp)
+        two = run(space, new_database(template), args.per, 2, tmp)
+    print(f"SmolLM2 Q4_1, 1 CPU per host, {args.per} trials per orchestrator, PostgreSQL "
+          f"({'throwaway, Unix socket' if args.storage is None else 'given'})")
+    print("hosts  trials  wall s  trials/hour  median trial s  overhead (share of wall)  storage_s  lock_wait_s  failed")
+    for n, r in ((1, one), (2, two)):
+        print(f"{n:5d}  {r['trials']:6d}  {r['wall_s']:6.1f}  {r['per_hour']:11.0f}  {r['trial_s']:14.2f}  "
+              f"{100 * r['overhead_share']:23.2f}%  {r['storage_s']:9.3f}  {r['lock_wait_s']:11.3f}  {r['failed']:6d}")
+    print(f"2 orchestrators / 1: {two['per_hour'] / one['per_hour']:.2f}x the trials per hour")
+
+
+class _given:
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    def __enter__(self) -> str:
+        return self.template
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    from sweep.hostlock import measurement_lock
+
+    with measurement_lock("bench/fleet.py", on_wait=print):  # never beside another measurement
+        main()

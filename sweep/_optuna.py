@@ -1,0 +1,66 @@
+"""The few places where sweep needs Optuna's private API, in one module.
+
+Optuna's ask/tell API has no public way to name a trial's storage id, to write a
+system attribute, to fail a trial that another process asked, or to list the trials
+whose heartbeat went stale without also failing them. If Optuna changes these, this
+is the one file to mend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def trial_id(trial: Any) -> int:
+    """The storage id of a ``Trial`` or ``FrozenTrial`` (unique in the database, unlike its number)."""
+    return int(trial._trial_id)
+
+
+def study_id(study: Any) -> int:
+    return int(study._study_id)
+
+
+def storage(study: Any) -> Any:
+    return study._storage
+
+
+def set_constraints(study: Any, trial: Any, values: list[float]) -> None:
+    """Optuna 5 reads constraints from the system attribute ``constraints`` as well as from
+    ``Trial.set_constraint``'s named keys, but optuna-dashboard reads only the list."""
+    study._storage.set_trial_system_attr(trial_id(trial), "constraints", values)
+
+
+def stale_trial_ids(study: Any) -> list[int]:
+    """RUNNING trials whose heartbeat is older than the storage's grace period (without failing them)."""
+    st = study._storage
+    if st.get_heartbeat_interval() is None:
+        return []
+    return list(st._get_stale_trial_ids(study._study_id))
+
+
+def grace_seconds(study: Any) -> float:
+    """The storage's grace period (Optuna's default: twice the heartbeat interval)."""
+    st = study._storage
+    backend = getattr(st, "_backend", st)
+    interval = st.get_heartbeat_interval() or 0
+    return float(getattr(backend, "grace_period", None) or 2 * interval)
+
+
+def fail_if_running(study: Any, tid: int, user_attrs: dict[str, Any]) -> bool:
+    """Mark another process's RUNNING trial failed, with ``user_attrs``. Returns False when some
+    other process finished it first (then nothing is changed by this call but harmless attrs)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    st = study._storage
+    try:
+        for key, value in user_attrs.items():
+            st.set_trial_user_attr(tid, key, value)
+        return bool(st.set_trial_state_values(tid, state=TrialState.FAIL))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
+def add_trial(study: Any, frozen: Any) -> int:
+    """``Study.add_trial``, returning the new trial's storage id."""
+    return int(study._storage.create_new_trial(study._study_id, template_trial=frozen))

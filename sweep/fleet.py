@@ -1,0 +1,245 @@
+"""Many orchestrators on one study: who runs each trial, heartbeats, lost trials, hardware classes.
+
+A RUNNING trial is never taken for an orphan on its state alone: it may belong to a
+live orchestrator on another host. It is lost only when
+
+- its heartbeat is older than the storage's grace period (Optuna's RDB heartbeat), or
+- it was run on this host, in this boot, by a pid that is gone (or in an earlier boot
+  of this host): then it is reaped at once, without waiting out the grace period, or
+- it carries no owner at all (a sweep before heartbeats) and began longer ago than the
+  grace period.
+
+Whoever sees a lost trial first fails it as ``orchestrator_lost`` and re-queues its
+parameters once; the storage lets only one of several reapers win.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Any
+
+from . import _optuna
+from .errors import StudyError
+from .host import cpu_model, machine_cpus, mem_total_gb
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: a pid reused later has another."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who runs a trial. ``SWEEP_HOST_ID`` names a simulated host (tests, benches): two of them
+    on one machine are as two hosts to each other."""
+
+    host: str
+    boot_id: str
+    pid: int
+    start_ticks: int | None
+
+    @classmethod
+    def me(cls) -> Owner:
+        pid = os.getpid()
+        return cls(os.environ.get("SWEEP_HOST_ID") or socket.gethostname(), _boot_id(), pid, _start_ticks(pid))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def same_host(self, other: dict[str, Any]) -> bool:
+        return other.get("host") == self.host
+
+    def gone(self, other: dict[str, Any]) -> bool:
+        """Whether ``other`` (an owner recorded on this host) can no longer be running."""
+        if other.get("boot_id") != self.boot_id:
+            return True  # this host rebooted since: nothing of that boot survives
+        pid = other.get("pid")
+        return not isinstance(pid, int) or _start_ticks(pid) != other.get("start_ticks")
+
+
+def hardware_fingerprint() -> dict[str, Any]:
+    """What makes figures comparable between hosts: CPU model, logical CPUs, memory, llama.cpp build.
+
+    ``SWEEP_TEST_HARDWARE`` (a JSON object) overrides fields, to simulate another class.
+    """
+    try:
+        llama = metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
+        llama = "absent"
+    fp = {"cpu_model": cpu_model(), "logical_cpus": machine_cpus(), "mem_gb": round(mem_total_gb()),
+          "llama_cpp_python": llama}
+    override = os.environ.get("SWEEP_TEST_HARDWARE")
+    if override:
+        fp.update(json.loads(override))
+    return fp
+
+
+def class_hash(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def hardware_class(name: str | None = None) -> dict[str, Any]:
+    """This host's class: ``{"name", "hash", "fingerprint"}``; the name defaults to a readable one."""
+    fp = hardware_fingerprint()
+    h = class_hash(fp)
+    return {"name": name or f"{fp['logical_cpus']}cpu-{fp['mem_gb']}gb-{h[:6]}", "hash": h, "fingerprint": fp}
+
+
+def check_hardware(study: Any, mine: dict[str, Any], allow_name: str | None) -> None:
+    """Refuse a host of another class than the study's, unless the user named the study's class.
+
+    Raises:
+        StudyError: one line naming each field that differs.
+    """
+    theirs = study.user_attrs.get("hardware_class")
+    if not theirs or theirs["hash"] == mine["hash"] or allow_name == theirs["name"]:
+        return
+    diffs = [f"{k} {mine['fingerprint'].get(k)!r} here, {v!r} in the study"
+             for k, v in theirs["fingerprint"].items() if mine["fingerprint"].get(k) != v]
+    raise StudyError(f"this host is of another hardware class than study {study.study_name!r} "
+                     f"(class {theirs['name']!r}): {'; '.join(diffs)}. Its figures would not be comparable; "
+                     f"pass --hardware-class {theirs['name']} if you know they are")
+
+
+def hosts(study: Any) -> list[str]:
+    """The hosts that measured the study's trials (the creating host for a study from before
+    per-trial owners)."""
+    named = {t.user_attrs["owner"]["host"] for t in study.get_trials(deepcopy=False) if "owner" in t.user_attrs}
+    return sorted(named) or [str((study.user_attrs.get("host") or {}).get("hostname", "?"))]
+
+
+def describe_class(study: Any) -> str:
+    """One line: the hosts and the hardware class they share."""
+    hc = study.user_attrs.get("hardware_class")
+    if not hc:
+        h = study.user_attrs.get("host") or {}
+        return f"{h.get('hostname', '?')} ({h.get('cpu_model', '?')}, {h.get('logical_cpus', '?')} CPUs)"
+    fp = hc["fingerprint"]
+    return (f"{', '.join(hosts(study))}: hardware class {hc['name']} ({fp['cpu_model']}, {fp['logical_cpus']} "
+            f"logical CPUs, {fp['mem_gb']} GB, llama-cpp-python {fp['llama_cpp_python']})")
+
+
+class Heartbeat:
+    """Marks one trial alive in the storage every interval, until stopped. A failed beat (the
+    database briefly away) is tried again at the next interval rather than ending the sweep."""
+
+    def __init__(self, study: Any, trial: Any) -> None:
+        self._storage = _optuna.storage(study)
+        self._tid = _optuna.trial_id(trial)
+        self._interval = self._storage.get_heartbeat_interval()
+        self._stop = threading.Event()
+        self._storage.record_heartbeat(self._tid)  # at once: a trial with no beat is never judged stale
+        self._thread = threading.Thread(target=self._loop, name="sweep-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._tid)
+            except Exception:  # noqa: BLE001 - the next beat may get through; the grace period allows it
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _lost(study: Any, t: Any, me: Owner, stale: set[int], grace_s: float) -> bool:
+    owner = t.user_attrs.get("owner")
+    if _optuna.trial_id(t) in stale:
+        return True
+    if owner is None:
+        started = t.datetime_start or dt.datetime.now()
+        return (dt.datetime.now() - started).total_seconds() > grace_s
+    return me.same_host(owner) and owner.get("pid") != me.pid and me.gone(owner)
+
+
+def reap_lost(study: Any, me: Owner) -> list[int]:
+    """Fail every lost RUNNING trial as ``orchestrator_lost`` and re-queue its parameters once.
+
+    Returns the numbers of the trials this call failed (another reaper may have won the rest).
+    """
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    stale = set(_optuna.stale_trial_ids(study))
+    grace_s = _optuna.grace_seconds(study)
+    reaped = []
+    for t in running:
+        if not _lost(study, t, me, stale, grace_s):
+            continue
+        if not _optuna.fail_if_running(study, _optuna.trial_id(t), {"fail_reason": "orchestrator_lost"}):
+            continue
+        reaped.append(t.number)
+        if t.params and "requeued_from" not in t.user_attrs:
+            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
+    return reaped
+
+
+def others_running(study: Any, me: Owner) -> list[Any]:
+    """RUNNING trials that are not this orchestrator's."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if (t.user_attrs.get("owner") or {}).get("pid") != me.pid
+            or not me.same_host(t.user_attrs.get("owner") or {})]
+
+
+def fleet_summary(storage_url: str) -> list[dict[str, Any]]:
+    """One row per hardware class in the database: its studies, the trials done and meeting every
+    budget, and the export policy's pick across them (feasible first, then the policy's order).
+    Reads only."""
+    import optuna
+
+    from .errors import ExportError
+    from .results import choose, rows
+    from .storage import open_optuna_storage
+
+    storage = open_optuna_storage(storage_url, write=False)
+    classes: dict[str, dict[str, Any]] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        if "budgets" not in study.user_attrs:
+            continue  # not a sweep study
+        hc = study.user_attrs.get("hardware_class") or {"name": "(unrecorded)", "fingerprint": {}}
+        entry = classes.setdefault(hc["name"], {"class": hc["name"], "fingerprint": hc["fingerprint"],
+                                                "studies": [], "hosts": set(), "done": 0, "feasible": 0, "picks": []})
+        finished = rows(study)
+        entry["studies"].append(study.study_name)
+        entry["hosts"].update(hosts(study))
+        entry["done"] += len(finished)
+        entry["feasible"] += sum(r["feasible"] for r in finished)
+        try:
+            pick = choose(study, allow_infeasible=True)
+        except ExportError:
+            continue
+        entry["picks"].append({**pick, "study": study.study_name})
+    out = []
+    for entry in classes.values():
+        picks = sorted(entry.pop("picks"), key=lambda r: (not r["feasible"], -r["figures"].get("correctness", 0.0),
+                                                         r["figures"].get("cpu_active_p99_share_pct", 1e9)))
+        entry["hosts"] = sorted(entry["hosts"])
+        entry["pick"] = picks[0] if picks else None
+        out.append(entry)
+    return sorted(out, key=lambda e: e["class"])

@@ -1,0 +1,125 @@
+"""One measurement at a time per host: a host-wide ``flock`` held from the noise guard until the
+worker is reaped.
+
+Two trials measured at once on one machine spoil each other's CPU figures, so every
+measuring process (``sweep run``, ``sweep verify``, ``sweep trial``, the bench scripts)
+takes this lock. The lock file holds the holder's pid and what it measures, so a
+waiter can say whom it waits for. The lock is re-entrant within a process: the
+orchestrator holds it across ask-and-measure, and ``run_trial`` inside takes it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+import time
+from typing import Callable, Iterator
+
+DEFAULT_LOCK = os.path.join(tempfile.gettempdir(), "sweep-measurement.lock")
+_POLL_S = 0.25
+
+_held = threading.local()
+
+
+def lock_path() -> str:
+    """``SWEEP_LOCK_FILE``, or one well-known path per machine."""
+    return os.environ.get("SWEEP_LOCK_FILE") or DEFAULT_LOCK
+
+
+def holder(path: str | None = None) -> dict[str, object]:
+    """Who holds (or last held) the lock, as written in the lock file."""
+    try:
+        with open(path or lock_path()) as f:
+            return json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def held_here() -> bool:
+    return getattr(_held, "depth", 0) > 0
+
+
+@contextlib.contextmanager
+def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None, enabled: bool = True) -> Iterator[float]:
+    """Hold the host's measurement lock for the block; yields the seconds spent waiting for it.
+
+    Args:
+        what: what this process measures (a study name, say), for a waiter's message.
+        on_wait: told once, in words, whom this process waits for.
+        should_stop: polled while waiting; when it returns True, waiting ends with ``LockWaitStopped``.
+        enabled: False measures without the lock (``--no-lock``): nothing is taken.
+    """
+    if not enabled or held_here():
+        _held.depth = getattr(_held, "depth", 0) + 1
+        try:
+            yield 0.0
+        finally:
+            _held.depth -= 1
+        return
+    path = lock_path()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    started = time.monotonic()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait:
+            h = holder(path)
+            on_wait(f"waiting for the measurement lock held by pid {h.get('pid', '?')} ({h.get('what', '?')})")
+        _wait_blocking(fd, should_stop)  # on failure it has released and closed the descriptor
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode(), 0)
+        _held.depth = 1
+        try:
+            yield time.monotonic() - started
+        finally:
+            _held.depth = 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _wait_blocking(fd: int, should_stop: Callable[[], bool] | None) -> None:
+    """Block in ``flock`` (the kernel then wakes waiters in turn, so a process that releases and
+    takes the lock again at once cannot starve another) while staying responsive to a stop.
+
+    The blocking call runs in a daemon thread. If the wait is abandoned (a stop, an interrupt),
+    that thread keeps the descriptor and releases and closes it as soon as it gets the lock.
+    """
+    got, guard = threading.Event(), threading.Lock()
+    abandoned = [False]
+
+    def take() -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with guard:
+            if abandoned[0]:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                return
+            got.set()
+
+    threading.Thread(target=take, name="sweep-lock-wait", daemon=True).start()
+    try:
+        while not got.wait(_POLL_S):
+            if should_stop and should_stop():
+                raise LockWaitStopped()
+    except BaseException:
+        with guard:
+            if not got.is_set():
+                abandoned[0] = True
+                raise
+        fcntl.flock(fd, fcntl.LOCK_UN)  # taken just now: give it back
+        os.close(fd)
+        raise
+
+
+class LockWaitStopped(Exception):
+    """Waiting for the measurement lock ended because the user asked to stop."""

@@ -1,0 +1,228 @@
+"""The orchestrator: asks the study for configurations, measures them one at a time, records them.
+
+Several orchestrators may share a study, on one host or on many (PostgreSQL). Each
+step takes the host's measurement lock, fails trials whose orchestrator is lost,
+counts, asks and measures; recording follows once the worker is reaped.
+
+Counting rule: ``n_trials`` is the number of *finished* trials (complete or failed)
+the study should hold when the sweep ends. Trials in flight elsewhere count towards
+it, so several orchestrators together stop at exactly that number. Running the same
+command again after an interruption carries on to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from . import _optuna
+from .fleet import Heartbeat, Owner, others_running, reap_lost
+from .hostlock import LockWaitStopped, measurement_lock
+from .metrics import METRICS
+from .records import Outcome, Progress
+from .runner import run_trial
+from .space import Space
+from .storage import SeriesStore, study_lock
+from .study import finished_count, make_sampler, measured_before, open_or_create, record, reuse
+from .tasks import TASK_SET_VERSION, Task, stratified_subset
+
+_WAIT_S = 1.0  # how often a waiting orchestrator looks again at trials in flight elsewhere
+
+
+class StopOnInterrupt:
+    """First Ctrl-C or SIGTERM: finish the trial in flight, record it, stop. A second signal, or
+    SIGHUP (the terminal is gone): abort the trial, which is recorded as ``interrupted``.
+
+    Inside ``shield()`` (while a trial is being recorded) an abort waits until the block ends,
+    so a trial is never left half-recorded.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        self._shielded = 0
+        self._pending = False
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested or signum == signal.SIGHUP:
+            self.requested = True
+            if self._shielded:
+                self._pending = True
+                return
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after the trial in flight (Ctrl-C again to abort it)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def shield(self) -> Iterator[None]:
+        self._shielded += 1
+        try:
+            yield
+        finally:
+            self._shielded -= 1
+        if self._pending and not self._shielded:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+@dataclass
+class SweepResult:
+    study: Any
+    stopped_by_user: bool
+
+
+def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: list[Task],
+              timeout_s: float | None = None, on_progress: Callable[[Progress], None] | None = None,
+              worker_cmd: list[str] | None = None, task_set: str = TASK_SET_VERSION, lock: bool = True,
+              hardware_class: str | None = None) -> SweepResult:
+    """Run trials until the study holds ``n_trials`` finished trials or ``timeout_s`` passes.
+
+    The timeout is checked between trials: the trial in flight always finishes. A first
+    Ctrl-C or SIGTERM stops after the trial in flight; a second (or SIGHUP) aborts it,
+    records it as failed with reason ``interrupted`` and raises KeyboardInterrupt.
+
+    Args:
+        lock: take the host's measurement lock (False: ``--no-lock``; each trial says so).
+        hardware_class: join a study of another hardware class under this, its name.
+
+    Raises:
+        StudyError: the study cannot be continued by this space or on this host.
+    """
+    study, series, index = open_or_create(space, storage_url, name, task_set, hardware_class)
+    study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)), orchestrator=index)
+    run = _Run(study, space, series, storage_url, stratified_subset(tasks, space.settings.prompts), n_trials,
+               worker_cmd, on_progress, lock)
+    with StopOnInterrupt() as run.stop:
+        while not run.stop.requested:
+            if timeout_s is not None and time.monotonic() - run.started >= timeout_s:
+                break
+            if not run.step():
+                break
+    return SweepResult(study, run.stop.requested)
+
+
+class _Run:
+    """One orchestrator's pass over a study."""
+
+    def __init__(self, study: Any, space: Space, series: SeriesStore, url: str, subset: list[Task],
+                 n_trials: int, worker_cmd: list[str] | None, on_progress: Callable[[Progress], None] | None,
+                 lock: bool) -> None:
+        self.study, self.space, self.series, self.url, self.subset = study, space, series, url, subset
+        self.n_trials, self.worker_cmd, self.on_progress, self.lock = n_trials, worker_cmd, on_progress, lock
+        self.budgets: dict[str, dict[str, float]] = study.user_attrs["budgets"]
+        self.me = Owner.me()
+        self.hardware = study.user_attrs.get("hardware_class", {}).get("hash")
+        self.started = time.monotonic()
+        self.first = finished_count(study)
+        self.stop = StopOnInterrupt()
+        self._said = ""
+
+    def _report(self, trial: Any = None, config: Any = None, outcome: Outcome | None = None, feasible: bool = False,
+                phase: str | None = None, reused_from: int | None = None, waiting: str | None = None) -> None:
+        if not self.on_progress:
+            return
+        if waiting is not None:
+            if waiting == self._said:
+                return
+            self._said = waiting
+        done = finished_count(self.study)
+        self.on_progress(Progress(done, self.n_trials, trial.number if trial else None, config, outcome, feasible,
+                                  time.monotonic() - self.started, reused_from, phase, done - self.first,
+                                  self.study, waiting))
+
+    def step(self) -> bool:
+        """Measure one trial, or wait for trials in flight elsewhere. False: nothing is left to do."""
+        try:
+            with measurement_lock(f"study {self.study.study_name}", on_wait=lambda w: self._report(waiting=w),
+                                  should_stop=lambda: self.stop.requested, enabled=self.lock) as waited:
+                t0 = time.monotonic()
+                reap_lost(self.study, self.me)
+                with study_lock(self.url, _optuna.study_id(self.study)):
+                    done, elsewhere = finished_count(self.study), len(others_running(self.study, self.me))
+                    if done >= self.n_trials:
+                        return False
+                    trial = self.study.ask() if done + elsewhere < self.n_trials else None
+                if trial is not None:
+                    heartbeat = Heartbeat(self.study, trial)
+                    trial.set_user_attr("owner", self.me.to_dict())
+                    asked_s = time.monotonic() - t0
+                    try:
+                        return self._measure(trial, heartbeat, waited, asked_s)
+                    finally:
+                        heartbeat.stop()
+        except LockWaitStopped:
+            return False
+        self._report(waiting=f"waiting for {elsewhere} trial(s) in flight on other orchestrators")
+        time.sleep(_WAIT_S)
+        return True
+
+    def _measure(self, trial: Any, heartbeat: Heartbeat, waited: float, asked_s: float) -> bool:
+        from optuna.trial import TrialState
+
+        config = self.space.sample(trial)
+        self._report(trial, config, phase="starting")
+        original = self._settled_original(trial)
+        if original is not None:
+            if self.space.settings.duplicates == "reuse":
+                with self.stop.shield():
+                    feasible = reuse(self.study, trial, original)
+                self._report(trial, config, Outcome(ok=True, figures={k: v for k, v in original.user_attrs.items()
+                                                                      if k in METRICS}), feasible,
+                             reused_from=original.number)
+                return True
+            trial.set_user_attr("repeat_of", original.number)  # a deliberate repeat, to estimate noise
+
+        def on_event(msg: dict[str, Any]) -> None:
+            if msg.get("type") == "phase":
+                self._report(trial, config, phase=msg["phase"] + (f" (prompt {msg['prompt'] + 1})"
+                                                                  if "prompt" in msg else ""))
+
+        latency_budget = self.budgets.get("latency_p95_s", {}).get("max")
+        start = time.time()
+        try:
+            outcome = run_trial(config, self.space.settings, self.subset, worker_cmd=self.worker_cmd,
+                                latency_budget_s=latency_budget, on_event=on_event if self.on_progress else None)
+        except KeyboardInterrupt:
+            # run_trial's killer has already ended the worker's group; keep the trial as data.
+            with self.stop.shield():
+                trial.set_user_attr("fail_reason", "interrupted")
+                self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        extra = {"measured_at": [round(start, 3), round(time.time(), 3)], "hardware_class": self.hardware,
+                 "lock_wait_s": round(waited, 3)}
+        if not self.lock:
+            extra["measured_without_lock"] = True
+        with self.stop.shield():
+            feasible = record(self.study, trial, outcome, self.series, self.budgets, self.space.spec.objectives,
+                              {**extra, "storage_s": round(asked_s, 3)})
+        self._report(trial, config, outcome, feasible)
+        return True
+
+    def _settled_original(self, trial: Any) -> Any:
+        """The complete trial that measured this configuration, after waiting for any orchestrator
+        that measures it right now: two never measure one configuration at once."""
+        config = trial.user_attrs["config"]
+        while True:
+            busy = [t for t in others_running(self.study, self.me) if t.user_attrs.get("config") == config]
+            if not busy:
+                return measured_before(self.study, config)
+            self._report(trial, waiting=f"trial {busy[0].number} measures this configuration now; waiting for it")
+            time.sleep(_WAIT_S)
+            reap_lost(self.study, self.me)

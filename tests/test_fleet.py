@@ -1,0 +1,329 @@
+"""Many orchestrators, many hosts, one study: PostgreSQL, heartbeats, the host measurement lock,
+hardware classes. Real sweeps on the real model through the real CLI, on a real PostgreSQL server.
+
+Two "hosts" on this one machine are two orchestrators with their own ``SWEEP_HOST_ID`` and
+``SWEEP_LOCK_FILE``, each pinned to its own CPU, as two machines sharing a database would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from conftest import TINY_SPACE, stray_processes, sweep_cli, write_space
+from sweep.host import allowed_cpus
+
+TWO_CPUS = pytest.mark.skipif(len(allowed_cpus()) < 2, reason="two simulated hosts need a CPU each")
+FAST_HEARTBEAT = {"SWEEP_HEARTBEAT_SECONDS": "1", "SWEEP_GRACE_SECONDS": "4"}
+
+
+def trials(url: str, study: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=url).get_trials()
+
+
+def start(space: Path, n: int, env: dict[str, str], cpu: int | None = None, *extra: str) -> subprocess.Popen[str]:
+    """A ``sweep run`` in the background, as a host of its own when ``env`` names one."""
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    return subprocess.Popen([sys.executable, "-m", "sweep", "run", str(space), "--trials", str(n), "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                            preexec_fn=pin)
+
+
+def host(name: str, tmp: Path, **more: str) -> dict[str, str]:
+    return {"SWEEP_HOST_ID": name, "SWEEP_LOCK_FILE": str(tmp / f"{name}.lock"), **more}
+
+
+def overlaps(spans: list[tuple[float, float]]) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    spans = sorted(spans)
+    return [(a, b) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+
+
+def measured(ts: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in ts if "measured_at" in t.user_attrs]
+
+
+def test_postgres_study_completes_and_every_reader_works(isolated: Path, pg_url: str) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    proc = sweep_cli("run", str(space), "--trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    ts = trials(pg_url)
+    assert [t.state.name for t in ts] == ["COMPLETE", "COMPLETE"]
+    from sweep.results import trial_series
+
+    study = optuna.load_study(study_name="tiny", storage=pg_url)
+    for t in ts:
+        stored = trial_series(study, t.number, pg_url)
+        assert stored and stored["series"]["marks"]["load"] and len(stored["answers"]) == 3
+        assert t.user_attrs["owner"]["pid"] > 0 and t.user_attrs["hardware_class"]
+    for args in (["pareto", "--json"], ["status"], ["show", "0"], ["report", "-o", str(isolated / "r.html")],
+                 ["export", "-o", str(isolated / "e.json"), "--allow-infeasible"]):
+        out = sweep_cli(*args, "--study", "tiny")
+        assert out.returncode == 0, (args, out.stderr)
+    assert json.loads((isolated / "e.json").read_text())["provenance"]["host"]["hostname"]
+
+
+@TWO_CPUS
+def test_two_orchestrators_on_one_postgres_study(isolated: Path, pg_url: str) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    a = start(space, 6, host("a", isolated), cpu=allowed_cpus()[0])
+    b = start(space, 6, host("b", isolated), cpu=allowed_cpus()[1])
+    for p in (a, b):
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    ts = trials(pg_url)
+    assert len(ts) == 6 and all(t.state.name in ("COMPLETE", "FAIL") for t in ts)
+    assert not [t.number for t in ts if t.user_attrs.get("fail_reason") == "orchestrator_lost"]
+    by_config: dict[str, list[tuple[float, float]]] = {}
+    for t in measured(ts):
+        by_config.setdefault(json.dumps(t.user_attrs["config"], sort_keys=True), []).append(
+            tuple(t.user_attrs["measured_at"]))
+    for spans in by_config.values():
+        assert not overlaps(spans)  # one configuration is never measured twice at once
+    from sweep.results import trial_series
+
+    study = optuna.load_study(study_name="tiny", storage=pg_url)
+    for t in ts:
+        if t.state.name == "COMPLETE" and "reused_from" not in t.user_attrs:
+            assert trial_series(study, t.number, pg_url), t.number
+    pareto = sweep_cli("pareto", "--study", "tiny", "--json")
+    assert pareto.returncode == 0 and json.loads(pareto.stdout)["front"]
+    assert study.user_attrs["orchestrator_runs"] == 2
+    assert not stray_processes()
+
+
+def _wait(predicate: Any, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail("condition not reached in time")
+
+
+def _running_on(url: str, name: str) -> bool:
+    try:
+        return any(t.state.name == "RUNNING" and (t.user_attrs.get("owner") or {}).get("host") == name
+                   and "config" in t.user_attrs for t in trials(url))
+    except KeyError:
+        return False
+
+
+@TWO_CPUS
+def test_sigkill_of_one_of_two_orchestrators(isolated: Path, pg_url: str) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    a = start(space, 5, host("a", isolated, **FAST_HEARTBEAT), cpu=allowed_cpus()[0])
+    _wait(lambda: _running_on(pg_url, "a"))
+    b = start(space, 5, host("b", isolated, **FAST_HEARTBEAT), cpu=allowed_cpus()[1])
+    time.sleep(0.5)  # into a's trial
+    a.kill()
+    a.wait()
+    _, err = b.communicate(timeout=600)
+    assert b.returncode == 0, err
+    ts = trials(pg_url)
+    lost = [t for t in ts if t.user_attrs.get("fail_reason") == "orchestrator_lost"]
+    assert len(lost) == 1 and lost[0].user_attrs["owner"]["host"] == "a"
+    requeued = [t for t in ts if t.user_attrs.get("requeued_from") == lost[0].number]
+    assert len(requeued) == 1 and requeued[0].params == lost[0].params
+    assert requeued[0].user_attrs["owner"]["host"] == "b"
+    assert sum(t.state.name in ("COMPLETE", "FAIL") for t in ts) == 5
+    assert not [t for t in ts if t.state.name == "RUNNING"]
+    assert not stray_processes()
+
+
+def test_two_runs_on_one_sqlite_study_take_turns(isolated: Path) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    env = {"SWEEP_LOCK_FILE": str(isolated / "host.lock")}
+    runs = [start(space, 4, env), start(space, 4, env)]
+    for p in runs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    url = os.environ["SWEEP_STORAGE"]
+    ts = trials(url)
+    assert len(ts) == 4 and all(t.state.name in ("COMPLETE", "FAIL") for t in ts)
+    assert not [t for t in ts if t.user_attrs.get("fail_reason") == "orchestrator_lost"]
+    assert len({t.user_attrs["owner"]["pid"] for t in ts}) == 2  # both ran trials
+    spans = [tuple(t.user_attrs["measured_at"]) for t in measured(ts)]
+    assert len(spans) >= 2 and not overlaps(spans)
+
+
+def test_a_waiting_orchestrator_names_the_holder(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweep.hostlock import measurement_lock
+
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(isolated / "host.lock"))
+    with measurement_lock("a test that holds it"):
+        p = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(space), "--trials", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert p.poll() is None  # it waits: it never measures alongside
+        assert not trials_or_none(os.environ["SWEEP_STORAGE"])
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert f"waiting for the measurement lock held by pid {os.getpid()} (a test that holds it)" in out
+
+
+def trials_or_none(url: str) -> list[Any]:
+    try:
+        return trials(url)
+    except KeyError:
+        return []
+
+
+def test_no_lock_marks_every_trial(isolated: Path) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    assert sweep_cli("run", str(space), "--trials", "1", "--no-lock").returncode == 0
+    (t,) = trials(os.environ["SWEEP_STORAGE"])
+    assert t.user_attrs["measured_without_lock"] is True
+    assert "WITHOUT the measurement lock" in sweep_cli("show", "0", "--study", "tiny").stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_first_opens_of_a_fresh_database(backend: str, isolated: Path, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else os.environ["SWEEP_STORAGE"]
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    env = {"SWEEP_LOCK_FILE": str(isolated / "host.lock"), "SWEEP_STORAGE": url}
+    procs = [start(space, 1, env) for _ in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert len(study.get_trials()) == 1 and study.user_attrs["orchestrator_runs"] == 4
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["tiny"]
+
+
+def test_optuna_dashboard_reads_a_postgres_study(isolated: Path, pg_url: str) -> None:
+    from test_e2e import _free_port
+
+    assert sweep_cli("run", str(write_space(isolated / "s.yaml", TINY_SPACE)), "--trials", "1").returncode == 0
+    port = _free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")), pg_url,
+                                  "--host", "127.0.0.1", "--port", str(port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                base = f"http://127.0.0.1:{port}/api/studies"
+                with urllib.request.urlopen(base, timeout=5) as r:
+                    (summary,) = json.loads(r.read())["study_summaries"]
+                with urllib.request.urlopen(f"{base}/{summary['study_id']}", timeout=10) as r:
+                    detail = json.loads(r.read())
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+    assert summary["study_name"] == "tiny"
+    assert [t["state"] for t in detail["trials"]] == ["Complete"]
+    assert "hardware class" in detail["note"]["body"]
+
+
+def test_a_host_of_another_hardware_class_is_refused(isolated: Path) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    assert sweep_cli("run", str(space), "--trials", "1").returncode == 0
+    db = isolated / "studies.db"
+    before = db.read_bytes()
+    other = {"SWEEP_TEST_HARDWARE": json.dumps({"cpu_model": "Imaginary CPU 9000", "logical_cpus": 64})}
+    proc = sweep_cli("run", str(space), "--trials", "2", env=other)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another hardware class" in lines[0]
+    assert "Imaginary CPU 9000" in lines[0] and "logical_cpus 64" in lines[0]
+    assert db.read_bytes() == before
+    name = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").user_attrs["hardware_class"]["name"]
+    joined = sweep_cli("run", str(space), "--trials", "2", "--hardware-class", name, env=other)
+    assert joined.returncode == 0, joined.stderr
+    fleet = sweep_cli("fleet")
+    assert fleet.returncode == 0 and name in fleet.stdout and "tiny" in fleet.stdout
+
+
+def test_a_study_made_again_under_its_name_inherits_nothing(isolated: Path) -> None:
+    from sweep.results import trial_series
+
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    url = os.environ["SWEEP_STORAGE"]
+    assert sweep_cli("run", str(space), "--trials", "1").returncode == 0
+    old = trial_series(optuna.load_study(study_name="tiny", storage=url), 0, url)
+    optuna.delete_study(study_name="tiny", storage=url)
+    assert sweep_cli("run", str(space), "--trials", "1", "--no-lock").returncode == 0
+    study = optuna.load_study(study_name="tiny", storage=url)
+    new = trial_series(study, 0, url)
+    assert new and new["series"]["marks"] != old["series"]["marks"]
+    import sqlalchemy as sa
+
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM sweep_series")).scalar_one() == 1
+
+
+def test_readers_never_write(isolated: Path) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    assert sweep_cli("run", str(space), "--trials", "1").returncode == 0
+    db = isolated / "studies.db"
+    before = db.read_bytes()
+    for args in (["pareto"], ["pareto", "--json"], ["status"], ["show", "0", "--png", str(isolated / "t.png")],
+                 ["report", "-o", str(isolated / "r.html")], ["export", "-o", str(isolated / "e.json"),
+                                                               "--allow-infeasible"], ["fleet"]):
+        out = sweep_cli(*args, *([] if args == ["fleet"] else ["--study", "tiny"]))
+        assert out.returncode == 0, (args, out.stderr)
+    assert db.read_bytes() == before
+
+
+def test_an_old_database_is_upgraded_with_its_rows(isolated: Path) -> None:
+    """A database from before trial-id keys (schema 2): readers refuse it with one line, and
+    ``sweep db upgrade`` moves every row to its trial."""
+    import sqlalchemy as sa
+
+    from sweep.results import trial_series
+
+    url = os.environ["SWEEP_STORAGE"]
+    study = optuna.create_study(study_name="old", storage=url, directions=["maximize"])
+    for x in (1.0, 2.0):
+        study.enqueue_trial({})
+        t = study.ask()
+        study.tell(t, x)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE sweep_schema (version INTEGER NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO sweep_schema VALUES (2)"))
+        for table in ("sweep_trial_series", "sweep_verification"):
+            conn.execute(sa.text(f"CREATE TABLE {table} (study_name TEXT NOT NULL, trial_number INTEGER NOT NULL, "
+                                 "payload TEXT NOT NULL, PRIMARY KEY (study_name, trial_number))"))
+        for n in (0, 1):
+            conn.execute(sa.text("INSERT INTO sweep_trial_series VALUES ('old', :n, :p)"),
+                         {"n": n, "p": json.dumps({"series": {"n": n}, "answers": []})})
+    engine.dispose()
+    with pytest.raises(Exception, match="sweep db upgrade"):
+        trial_series(study, 0, url)
+    proc = sweep_cli("db", "upgrade")
+    assert proc.returncode == 0, proc.stderr
+    assert [trial_series(study, n, url)["series"]["n"] for n in (0, 1)] == [0, 1]
+
+
+@pytest.mark.parametrize("sig, state", [(signal.SIGTERM, "COMPLETE"), (signal.SIGHUP, "FAIL")])
+def test_sigterm_finishes_the_trial_and_sighup_records_it(sig: int, state: str, isolated: Path) -> None:
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    url = os.environ["SWEEP_STORAGE"]
+    p = start(space, 3, {})
+    _wait(lambda: any(t.state.name == "RUNNING" and "config" in t.user_attrs for t in trials_or_none(url)))
+    time.sleep(0.4)
+    p.send_signal(sig)
+    p.communicate(timeout=300)
+    assert p.returncode == 130
+    ts = trials(url)
+    assert [t.state.name for t in ts] == [state]
+    if state == "FAIL":
+        assert ts[0].user_attrs["fail_reason"] == "interrupted"
+    assert not stray_processes()
