@@ -64,3 +64,35 @@ def fail_if_running(study: Any, tid: int, user_attrs: dict[str, Any]) -> bool:
 def add_trial(study: Any, frozen: Any) -> int:
     """``Study.add_trial``, returning the new trial's storage id."""
     return int(study._storage.create_new_trial(study._study_id, template_trial=frozen))
+
+
+def set_user_attrs(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
+    """Write many user attributes of a RUNNING trial in one transaction.
+
+    ``Trial.set_user_attr`` commits each attribute on its own: ~2 ms each on PostgreSQL, so a
+    trial's ~60 figures cost more than 0.1 s. Optuna's cached storage never caches an unfinished
+    trial, so writing through the RDB backend here leaves no stale cache behind.
+    """
+    import importlib
+    import json
+
+    st = study._storage
+    backend = getattr(st, "_backend", st)
+    dialect = getattr(getattr(backend, "engine", None), "name", None)
+    if dialect not in ("sqlite", "postgresql"):
+        for key, value in attrs.items():
+            st.set_trial_user_attr(trial_id(trial), key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    tid = trial_id(trial)
+    table = models.TrialUserAttributeModel.__table__
+    insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
+    stmt = insert(table).values([{"trial_id": tid, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
+    stmt = stmt.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
+                                      set_={"value_json": stmt.excluded.value_json})
+    with _create_scoped_session(backend.scoped_session) as session:
+        row = models.TrialModel.find_or_raise_by_id(tid, session, for_update=True)
+        backend.check_trial_is_updatable(tid, row.state)
+        session.execute(stmt)

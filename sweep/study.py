@@ -57,6 +57,8 @@ def _quiet_optuna() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # sweep records its heartbeats itself around each ask/tell trial (sweep.fleet.Heartbeat).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def open_or_create(space: Space, storage_url: str, name: str, task_set: str,
@@ -204,8 +206,7 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
     payload = {"series": outcome.series, "answers": outcome.answers}
     try:
         series.put(_optuna.study_id(study), _optuna.trial_id(trial), payload)
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        _optuna.set_user_attrs(study, trial, attrs)
         if values is None:
             study.tell(trial, state=TrialState.FAIL)
             return False
