@@ -11,6 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 
+def quiet() -> None:
+    """Keep Optuna's log and its warnings about sweep's deliberate choices off the user's terminal:
+    heartbeats are an experimental argument, and sweep records them itself around ask/tell."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
 def trial_id(trial: Any) -> int:
     """The storage id of a ``Trial`` or ``FrozenTrial`` (unique in the database, unlike its number)."""
     return int(trial._trial_id)

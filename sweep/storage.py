@@ -120,6 +120,9 @@ def open_optuna_storage(url: str, write: bool = True) -> Any:
     """Optuna's RDB storage, with heartbeats. A writer creates the tables under ``schema_lock``."""
     import optuna
 
+    from ._optuna import quiet
+
+    quiet()
     interval, grace = heartbeat_settings()
     try:
         make = lambda: optuna.storages.RDBStorage(  # noqa: E731

@@ -43,22 +43,10 @@ def load_study(storage_url: str, name: str) -> Any:
     """The named study, read-only: opening it writes nothing."""
     import optuna
 
-    _quiet_optuna()
     try:
         return optuna.load_study(study_name=name, storage=open_optuna_storage(storage_url, write=False))
     except KeyError:
         raise StudyError(f"no study named {name!r} in {storage_url}") from None
-
-
-def _quiet_optuna() -> None:
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # sweep records its heartbeats itself around each ask/tell trial (sweep.fleet.Heartbeat).
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def open_or_create(space: Space, storage_url: str, name: str, task_set: str,
@@ -73,7 +61,6 @@ def open_or_create(space: Space, storage_url: str, name: str, task_set: str,
     """
     import optuna
 
-    _quiet_optuna()
     storage = open_optuna_storage(storage_url)
     series = SeriesStore(storage_url)
     mine = hardware_class(hardware_name)
