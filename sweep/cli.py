@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .errors import SweepError
+from .errors import SweepError, WorkFailed
 
 
 def parse_duration(text: str) -> float:
@@ -30,22 +30,24 @@ class _Group(click.Group):
         debug = "--debug" in sys.argv
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Abort:
-            click.echo("interrupted", err=True)
+        except click.exceptions.Abort:  # click turns KeyboardInterrupt into Abort
+            click.echo("interrupted; a trial in flight was recorded as failed (interrupted)", err=True)
             sys.exit(130)
         except click.ClickException as exc:
             exc.show()
             sys.exit(2)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
         except SweepError as exc:
             if debug:
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc.filename}: {exc.strerror}", err=True)  # a path the user gave us
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted; the trial in flight was recorded as failed (interrupted)", err=True)
-            sys.exit(130)
         except Exception as exc:  # an internal error: say so, keep the traceback for --debug
             if debug:
                 traceback.print_exc()
@@ -130,7 +132,8 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
         except ExportError:
             pick = None
         if pick and pick["feasible"]:
-            click.echo(f"Export policy's pick: trial {pick['number']} (meets every budget; highest correctness).")
+            click.echo(f"Export policy's pick: trial {pick['number']} (meets every budget; best on the objectives, "
+                       "in the space's order).")
         elif pick:
             click.echo(f"Export policy's pick: trial {pick['number']}, the closest to meeting every budget (smallest "
                        f"total overshoot; it breaks {', '.join(pick['violations'])}). It can sit off the front above: "
@@ -142,6 +145,12 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     if result.stopped_by_user:
         click.echo("stopped at your request; run the same command again to carry on", err=True)
         sys.exit(130)
+    if result.measured and len(result.failed or []) == result.measured:
+        from collections import Counter
+
+        reasons = ", ".join(f"{r} x{n}" for r, n in Counter(result.failed).most_common())
+        raise WorkFailed(f"every trial this run measured failed ({reasons}); `sweep show N --study {name}` "
+                         "says why")
 
 
 @main.command()
@@ -173,9 +182,10 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
     if as_json:
         click.echo(json.dumps({"study": study_name, "feasible_front": feasible, "objectives": study.user_attrs["objectives"],
                                "front": front}, indent=2))
-        return
     if not front:
-        raise SweepError(f"study {study_name!r} has no complete trial yet")
+        raise WorkFailed(f"study {study_name!r} has no complete trial yet")
+    if as_json:
+        return
     if not feasible:
         click.echo("No trial meets every budget; this is the front ignoring budgets.")
     click.echo(front_table(front, study.user_attrs["objectives"]))
@@ -211,6 +221,11 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
     click.echo(verification_table(study))
     moves = front_moves(study)
     click.echo("\n".join(moves) if moves else "The front holds: no trial moves on the verified figures.")
+    from .results import verifications
+
+    broke = [n for n in verified if verifications(study)[n]["failed"]]
+    if broke:
+        raise WorkFailed(f"the verification of trial {', '.join(map(str, broke))} failed (see above)")
 
 
 @main.command()
@@ -299,15 +314,23 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
     from .runner import run_trial
     from .tasks import load_tasks, stratified_subset
 
+    import yaml
+
+    from .host import allowed_cpus
+
     try:
-        data = json.loads(config_file.read_text())
+        data = yaml.safe_load(config_file.read_text())  # a JSON export is YAML too
         config = TrialConfig.from_dict(data.get("config", data))
     except FileNotFoundError:
         raise SweepError(f"{config_file}: no such file") from None
-    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise SweepError(f"{config_file}: not a trial configuration ({exc})") from None
+    except (yaml.YAMLError, TypeError, AttributeError) as exc:
+        raise SweepError(f"{config_file}: not a trial configuration ({str(exc).splitlines()[0]})") from None
     if not Path(config.model_path).is_file():
         raise SweepError(f"{config_file}: model file {config.model_path} does not exist")
+    missing = sorted(set(config.cpus or ()) - set(allowed_cpus()))
+    if missing:
+        raise SweepError(f"{config_file}: config.cpus: CPU {', '.join(map(str, missing))} not available on this host "
+                         f"(allowed CPUs: {', '.join(map(str, allowed_cpus()))})")
     settings = TrialSettings.from_dict(data["settings"]) if data.get("settings") else TrialSettings()
     settings = replace(settings, prompts=prompts or settings.prompts,
                        idle_seconds=settings.idle_seconds if idle_seconds is None else idle_seconds)
@@ -318,10 +341,8 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
                                "figures": outcome.figures, "by_kind": outcome.by_kind}, indent=2))
     else:
         click.echo(figures_table(outcome.figures))
-        if not outcome.ok:
-            click.echo(f"trial failed: {outcome.reason}: {outcome.detail}")
     if not outcome.ok:
-        sys.exit(1)
+        raise WorkFailed(f"trial failed: {outcome.reason}: {outcome.detail[:300]}")
 
 
 @main.command()
@@ -369,9 +390,13 @@ def models_list(models_dir: str | None) -> None:
     from .display import table
     from .models import Registry
 
-    files = Registry(models_dir).files()
+    from .models import model_name_of
+
+    registry = Registry(models_dir)
+    files = registry.files()
     body = [[n, q, m.source, m.chat_format or "(from GGUF)", f"{m.size_bytes / 1e6:.0f} MB", str(m.path)]
             for (n, q), m in sorted(files.items())]
+    body += [[model_name_of(path), "BROKEN", "", reason[:80], "", str(path)] for path, reason in registry.broken.items()]
     click.echo(table(body, ["model", "quant", "source", "chat format", "size", "path"]))
 
 

@@ -2,7 +2,8 @@
 
 Every error a user can cause (a bad file, a missing model, a wrong CPU id) is a
 ``SweepError`` whose message is written for that user. The CLI catches it once,
-prints the message and exits with code 2.
+prints the message and exits with its ``exit_code``: 2 for bad input, 3 for work
+that ran but failed (``WorkFailed``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,14 @@ from __future__ import annotations
 
 class SweepError(Exception):
     """Base class of every error meant for the user."""
+
+    exit_code = 2
+
+
+class WorkFailed(SweepError):
+    """The input was fine and the work ran, but it failed (a trial, every trial, a verification)."""
+
+    exit_code = 3
 
 
 class SpaceError(SweepError):

@@ -73,6 +73,8 @@ METRICS: dict[str, Metric] = {
     "n_windows_idle": Metric("count", "maximize", "windows N behind the idle figure"),
     "noise_check_pct": Metric("% of machine", "minimize", "whole machine in the noise guard's check before the trial"),
     "machine_busy": Metric("flag", "minimize", "1 if the machine stayed busier than the noise guard allows"),
+    "memory_limit_sampled": Metric("flag", "minimize", "1: the memory limit was enforced by sampling each window "
+                                   "(then checked against the kernel's high-water mark), not by a cgroup"),
     "monitor_cpu_pct": Metric("% of one core", "minimize", "the sampler's own CPU cost"),
 }
 

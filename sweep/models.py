@@ -98,6 +98,7 @@ class Registry:
         self.models_dir = Path(models_dir) if models_dir else (Path(env_dir) if env_dir else None)
         self.explicit = explicit or {}
         self._files: dict[tuple[str, str], ModelFile] | None = None
+        self.broken: dict[Path, str] = {}  # unreadable files found by a scan, and why
 
     def chat_format(self, name: str) -> str | None:
         if name in self.explicit:
@@ -112,15 +113,19 @@ class Registry:
 
         for name, (path, fmt) in self.explicit.items():
             add(_describe(name, path, "path", fmt))
-        if self.models_dir and self.models_dir.is_dir():
-            for path in sorted(self.models_dir.glob("*.gguf")):
-                name = model_name_of(path)
-                add(_describe(name, path, "user-dir", self.chat_format(name)))
+        # One unreadable file in a directory must not break every command: it is listed as
+        # broken, and only a space that asks for that model fails.
+        scanned = [(p, "user-dir") for p in sorted(self.models_dir.glob("*.gguf"))] \
+            if self.models_dir and self.models_dir.is_dir() else []
         derived = cache_dir() / "derived"
-        if derived.is_dir():
-            for path in sorted(derived.glob("*.gguf")):
-                name = model_name_of(path)
-                add(_describe(name, path, "derived", self.chat_format(name)))
+        scanned += [(p, "derived") for p in sorted(derived.glob("*.gguf"))] if derived.is_dir() else []
+        self.broken = {}
+        for path, source in scanned:
+            name = model_name_of(path)
+            try:
+                add(_describe(name, path, source, self.chat_format(name)))
+            except ModelError as exc:
+                self.broken[path] = str(exc)
         for name, spec in BUNDLED.items():
             try:
                 add(_describe(name, _bundled_path(name), "bundled", spec.chat_format))
@@ -148,6 +153,9 @@ class Registry:
         files = self.files()
         if (name, quant) in files:
             return files[(name, quant)]
+        broken = [reason for path, reason in self.broken.items() if model_name_of(path) == name]
+        if broken:
+            raise ModelError(f"model {name!r} has no usable {quant} file: {broken[0]}")
         if name not in self.names():
             raise ModelError(f"unknown model {name!r}; available: {', '.join(self.names()) or 'none'}")
         raise ModelError(

@@ -86,6 +86,8 @@ class StopOnInterrupt:
 class SweepResult:
     study: Any
     stopped_by_user: bool
+    measured: int = 0  # trials this run measured (not reused)
+    failed: list[str] | None = None  # the failure reason of each of them that failed
 
 
 def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: list[Task],
@@ -115,7 +117,7 @@ def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: l
                 break
             if not run.step():
                 break
-    return SweepResult(study, run.stop.requested)
+    return SweepResult(study, run.stop.requested, run.measured, run.failed)
 
 
 class _Run:
@@ -133,6 +135,8 @@ class _Run:
         self.first = finished_count(study)
         self.stop = StopOnInterrupt()
         self._said = ""
+        self.measured = 0
+        self.failed: list[str] = []
 
     def _report(self, trial: Any = None, config: Any = None, outcome: Outcome | None = None, feasible: bool = False,
                 phase: str | None = None, reused_from: int | None = None, waiting: str | None = None) -> None:
@@ -212,6 +216,9 @@ class _Run:
         with self.stop.shield():
             feasible = record(self.study, trial, outcome, self.series, self.budgets, self.space.spec.objectives,
                               {**extra, "storage_s": round(asked_s, 3)})
+        self.measured += 1
+        if not outcome.ok:
+            self.failed.append(outcome.reason or "?")
         self._report(trial, config, outcome, feasible)
         return True
 

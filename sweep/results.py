@@ -4,8 +4,9 @@ Verified figures: where ``sweep verify`` has re-run a trial on the whole task se
 its verified figures replace the sweep's in every row, so the front, the
 feasibility and the export policy all rest on the larger sample.
 
-Export policy: trials that meet every budget first; among them the highest
-correctness, then the lowest active p99 CPU, then the lowest p95 latency. If no
+Export policy: trials that meet every budget first; among them the best on the space's
+first objective, then its second, and so on (by default: the highest correctness, then the
+lowest active p99 CPU, then the lowest p95 latency). If no
 trial meets every budget, nothing is exported unless asked (``allow_infeasible``),
 and then the *closest* trial is chosen: the smallest sum of budget overshoots,
 each relative to its budget.
@@ -123,7 +124,7 @@ def pareto_front(study: Any, prefer_verified: bool = True) -> tuple[list[dict[st
     signs = _signs(study)
     pool, feasible = _pool(rows(study, prefer_verified))
     front = [r for r in pool if not any(_dominates(o["values"], r["values"], signs) for o in pool if o is not r)]
-    return sorted(front, key=_policy_key), feasible
+    return sorted(front, key=policy_key(study)), feasible
 
 
 def front_moves(study: Any) -> list[str]:
@@ -151,10 +152,16 @@ def front_moves(study: Any) -> list[str]:
     return moves
 
 
-def _policy_key(r: dict[str, Any]) -> tuple[float, ...]:
-    f = r["figures"]
-    return (not r["feasible"], -f.get("correctness", 0.0), f.get("cpu_active_p99_share_pct", math.inf),
-            f.get("latency_p95_s", math.inf), r["number"])
+def policy_key(study: Any) -> Any:
+    """The export policy's order: feasible first, then the study's objectives in the space's
+    order, each best first; the trial number breaks ties."""
+    objectives = study.user_attrs["objectives"]
+    signs = _signs(study)
+
+    def key(r: dict[str, Any]) -> tuple[float, ...]:
+        f = r["figures"]
+        return (not r["feasible"], *(-s * f.get(m, -s * math.inf) for m, s in zip(objectives, signs)), r["number"])
+    return key
 
 
 def _overshoot(r: dict[str, Any], budgets: dict[str, dict[str, float]]) -> float:
@@ -183,9 +190,10 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
     complete = [r for r in complete if not _failed_verification(r)] or complete
     feasible = [r for r in complete if r["feasible"]]
     if feasible:
-        return min(feasible, key=_policy_key)
+        return min(feasible, key=policy_key(study))
     budgets = study.user_attrs["budgets"]
-    closest = min(complete, key=lambda r: (_overshoot(r, budgets), _policy_key(r)))
+    key = policy_key(study)
+    closest = min(complete, key=lambda r: (_overshoot(r, budgets), key(r)))
     if not allow_infeasible:
         raise ExportError(
             f"no trial of study {study.study_name!r} meets every budget; the closest, trial {closest['number']}, "

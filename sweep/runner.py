@@ -38,8 +38,25 @@ def killer(proc: subprocess.Popen[bytes]) -> Iterator[None]:
         yield
     finally:
         kill_group(proc.pid)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(proc.pid, os.WNOHANG)  # reap it (a normal end has already: then this is a no-op)
+        reap(proc.pid)
+
+
+def reap(pid: int, timeout_s: float = 10.0) -> tuple[int, Any] | None:
+    """Collect a killed child's status and rusage, waiting at most ``timeout_s``; None if it was
+    already collected or would not go (a process stuck in the kernel: then it is left, not waited on
+    forever). A thread-group leader reads as a zombie while its other threads still exit, so the
+    group can look dead a moment before the child can be collected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pid_, status, rusage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid_:
+            return status, rusage
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
 
 
 def group_alive(pgid: int) -> bool:
@@ -313,7 +330,7 @@ def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], wo
                         killed_for = "early_abort"
                     if killed_for:
                         kill_group(proc.pid)
-                        _, status, rusage = os.wait4(proc.pid, 0)
+                        status, rusage = reap(proc.pid) or (int(signal.SIGKILL), None)  # a raw wait status
                         break
                     time.sleep(0.02)
                 proc.returncode = os.waitstatus_to_exitcode(status)
@@ -331,6 +348,8 @@ def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], wo
     if probe:
         figs.update(probe_figures(probe.samples, messages))
     figs["noise_check_pct"], figs["machine_busy"] = noise_pct, float(busy)
+    if settings.memory_limit_gb:
+        figs["memory_limit_sampled"] = 1.0  # no cgroup: the limit is enforced by sampling, then checked
     common = dict(stderr_tail=stderr_tail, series=_series_dict(series, tags, messages), knobs={"threads": knobs},
                   wall_seconds=time.monotonic() - started)
     rc = proc.returncode
@@ -344,6 +363,10 @@ def _measure(config: TrialConfig, settings: TrialSettings, tasks: list[Task], wo
         return failed("timeout", f"no progress for {settings.progress_timeout_seconds:g} s")
     if killed_for == "memory_budget":
         return failed("memory_budget", f"RSS went over {settings.memory_limit_gb:g} GB")
+    if settings.memory_limit_gb and figs.get("rss_peak_gb", 0.0) > settings.memory_limit_gb:
+        # The live limit is sampled once a window; the kernel's high-water mark sees what fell between.
+        return failed("memory_budget", f"peak RSS {figs['rss_peak_gb']:.2f} GB (the kernel's high-water mark) went "
+                                       f"over {settings.memory_limit_gb:g} GB between two samples")
     if errors:
         return failed(errors[0]["reason"], errors[0].get("detail", ""))
     aborted = killed_for == "early_abort"

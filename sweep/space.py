@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -208,6 +209,19 @@ def _check_param(where: str, name: str, value: Any) -> None:
         raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
 
 
+def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
+    """Refuse an objective or budget on a figure these settings (or this host) can never produce:
+    each trial would be scored as hugely infeasible (``MISSING_FIGURE``), which misleads the sampler."""
+    if name.startswith(("fg_", "n_fg_")) and not trial.probe:
+        raise SpaceError(f"{where}: {name} comes from the foreground probe, but trial.probe is false")
+    if name.startswith("psi_") and not os.path.exists("/proc/pressure/cpu"):
+        raise SpaceError(f"{where}: {name} needs the kernel's pressure stall information (/proc/pressure/cpu), "
+                         "which this host does not have")
+    if name == "cpu_idle_share_pct" and trial.idle_seconds * 1000 < 2 * trial.window_ms:
+        raise SpaceError(f"{where}: {name} needs whole windows of idle: trial.idle_seconds "
+                         f"({trial.idle_seconds:g}) must be at least two windows ({2 * trial.window_ms} ms)")
+
+
 def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
     """Read, validate and resolve a search-space file.
 
@@ -276,9 +290,15 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
     for i, name in enumerate(spec.objectives):
         if name not in METRICS:
             raise SpaceError(f"{path}: objectives[{i}]: unknown metric {name!r}")
+        _check_producible(f"{path}: objectives[{i}]", name, spec.trial)
     for name in spec.constraints:
         if name not in METRICS:
             raise SpaceError(f"{path}: constraints.{name}: unknown metric")
+        _check_producible(f"{path}: constraints.{name}", name, spec.trial)
+    if spec.trial.idle_seconds >= spec.trial.progress_timeout_seconds:
+        raise SpaceError(f"{path}: trial.idle_seconds ({spec.trial.idle_seconds:g}) must be below "
+                         f"trial.progress_timeout_seconds ({spec.trial.progress_timeout_seconds:g}): the worker is "
+                         "silent while idle, so every trial would time out")
 
     explicit = {name: (mp.path if mp.path.is_absolute() else (path.parent / mp.path), mp.chat_format)
                 for name, mp in spec.model_paths.items()}

@@ -73,6 +73,7 @@ def open_or_create(space: Space, storage_url: str, name: str, task_set: str,
             if theirs != space.fingerprint():
                 raise StudyError(f"study {name!r} was made from another search space "
                                  f"({study.user_attrs.get('space_file', '?')}); use a new --study name")
+            _check_comparable(study, space, task_set)
             check_hardware(study, mine, hardware_name)
             if "hardware_class" not in study.user_attrs:  # a study from before hardware classes
                 study.set_user_attr("hardware_class", mine)
@@ -94,6 +95,23 @@ def open_or_create(space: Space, storage_url: str, name: str, task_set: str,
             study.set_user_attr(key, value)
         save_dashboard_note(study)
         return study, series, 0
+
+
+def _check_comparable(study: Any, space: Space, task_set: str) -> None:
+    """A study continues only under the settings and on the task set its figures were measured with.
+
+    Raises:
+        StudyError: naming each trial setting that changed, or the task sets.
+    """
+    theirs, mine = study.user_attrs.get("settings") or {}, space.settings.to_dict()
+    changed = [f"{k} {theirs.get(k)!r} in the study, {mine.get(k)!r} here" for k in sorted(set(theirs) | set(mine))
+               if theirs.get(k) != mine.get(k)]
+    if changed:
+        raise StudyError(f"study {study.study_name!r} was measured with other trial settings ({'; '.join(changed)}); "
+                         "its figures would not be comparable: restore them or use a new --study name")
+    if study.user_attrs.get("task_set", task_set) != task_set:
+        raise StudyError(f"study {study.study_name!r} was measured on the task set {study.user_attrs['task_set']}, "
+                         f"not {task_set}; use a new --study name (or verify on other tasks with sweep verify --tasks)")
 
 
 def save_dashboard_note(study: Any) -> None:

@@ -138,7 +138,8 @@ def _injected_fault(chan: Channel) -> None:
     """Test hook: ``SWEEP_TEST_FAULT=MODE:FLAGFILE`` faults the first worker that finds no FLAGFILE.
 
     Lets the fault-injection suite run whole sweeps in which one trial faults and
-    the next runs for real. MODE is segfault, abort, hang, garbage or memory.
+    the next runs for real. MODE is segfault, abort, hang, garbage, memory (a steady climb) or
+    memory_spike (1.5 GB touched and freed at once).
     """
     spec = os.environ.get("SWEEP_TEST_FAULT")
     if not spec:
@@ -165,6 +166,12 @@ def _injected_fault(chan: Channel) -> None:
         while True:
             hog.append(bytearray(32 * 1024 * 1024))
             time.sleep(0.01)
+    elif mode == "memory_spike":
+        # Touch 1.5 GB at once and free it within a few tens of ms, between two of the monitor's
+        # samples, then carry on as a normal trial: only the kernel's high-water mark sees it.
+        spike = bytearray(b"\x01") * (1536 * 1024 * 1024)
+        del spike
+        return
 
 
 def main(argv: list[str]) -> int:

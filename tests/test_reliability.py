@@ -8,6 +8,7 @@ were asked for, no worker or probe survives, and SQLite's integrity check passes
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -56,6 +57,7 @@ def db(isolated: Path) -> Path:
     ("hang", "timeout", "no progress for 5 s"),
     ("garbage", "protocol", "garbage instead of a result"),
     ("memory", "memory_budget", "over 1 GB"),
+    ("memory_spike", "memory_budget", "over 1 GB"),  # faster than a window: the high-water mark catches it
 ])
 def test_fault_is_recorded_and_the_sweep_goes_on(mode: str, reason: str, detail: str, isolated: Path, db: Path) -> None:
     space = write_space(isolated / "s.yaml", FAULT_SPACE)
@@ -107,6 +109,22 @@ def _running_trial(db: Path) -> bool:
         return False
 
 
+def _workers_of(pid: int) -> list[int]:
+    """The sweep workers whose parent is ``pid``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError):
+            continue
+        if ppid == pid and b"sweep.worker" in cmd:
+            found.append(int(entry))
+    return found
+
+
 def _start(space: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "sweep", "run", str(space), "--trials", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -116,7 +134,7 @@ def test_sigkill_of_the_orchestrator_then_resume(isolated: Path, db: Path) -> No
     space = write_space(isolated / "s.yaml", FAULT_SPACE)
     orchestrator = _start(space)
     _wait_for(lambda: _running_trial(db))
-    time.sleep(1.5)  # into the trial: the worker is up
+    _wait_for(lambda: bool(_workers_of(orchestrator.pid)))  # into the trial: the worker is up
     orchestrator.kill()
     orchestrator.wait()
     assert not stray_processes()  # the worker died with its parent

@@ -183,3 +183,29 @@ def test_orchestrator_keeps_off_the_trial_cpus_and_restores_itself() -> None:
         t.join()
         assert cpus[0] not in seen[0]  # threads started inside inherit it
     assert os.sched_getaffinity(0) == before
+
+
+def test_an_interrupt_stops_the_monitor_and_the_probe_and_reaps_the_worker(smollm2_path: Path) -> None:
+    """Ctrl-C in the middle of a trial: every exit path stops the sampler and the probe, and no
+    child of ours is left, not even as a zombie."""
+    import signal
+
+    def children() -> set[str]:
+        out: set[str] = set()
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                out.update(f.read().split())
+        return out
+
+    before = children()
+    settings = TrialSettings(prompts=3, idle_seconds=30, baseline_seconds=0.2, timeout_seconds=120, noise_retries=0)
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT))  # the worker is idle by then
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(config(smollm2_path), settings, TASKS)
+    timer.join()
+    time.sleep(0.3)
+    assert not [t.name for t in threading.enumerate() if t.name in ("sweep-monitor", "sweep-probe")]
+    assert not stray_processes()
+    left = {c: open(f"/proc/{c}/stat").read()[:80] for c in children() - before}
+    assert not left  # the worker and the probe were reaped: not even a zombie is left

@@ -31,6 +31,14 @@ BAD_CASES = {
     "unknown_objective": (TINY_SPACE + "objectives: [speed]\n", ["objectives[0]", "unknown metric"]),
     "too_many_shots": (TINY_SPACE.replace("nice: [0, 19]", "shots: [0, 9]"), ["params.shots[1]", "shots must be 0..3"]),
     "unknown_output": (TINY_SPACE.replace("nice: [0, 19]", "output: [free, xml]"), ["params.output[1]", "'xml' is not one of"]),
+    "idle_not_below_progress_timeout": (TINY_SPACE.replace("  noise_retries: 0\n",
+                                                           "  noise_retries: 0\n  progress_timeout_seconds: 0.5\n"),
+                                        ["trial.idle_seconds", "progress_timeout_seconds", "time out"]),
+    "probe_figure_without_probe": (TINY_SPACE.replace("  noise_retries: 0\n", "  noise_retries: 0\n  probe: false\n")
+                                   + "constraints:\n  fg_p95_ratio: {max: 1.2}\n",
+                                   ["constraints.fg_p95_ratio", "trial.probe is false"]),
+    "idle_figure_without_idle": (TINY_SPACE.replace("idle_seconds: 0.5", "idle_seconds: 0.1"),
+                                 ["constraints.cpu_idle_share_pct", "two windows"]),
     "missing_model_file": (TINY_SPACE.replace("models:", "model_paths:\n  mine: {path: /nonexistent/x.gguf}\nmodels:\n  mine: [Q4_0]"),
                            ["models.mine", "does not exist"]),
 }

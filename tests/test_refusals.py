@@ -1,0 +1,132 @@
+"""Bad input and failed work found in review: one line each, a documented exit code (2: bad input,
+3: the work ran but failed), and the study left as it was (its database's bytes)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import TINY_SPACE, sweep_cli, write_space
+from sweep.host import allowed_cpus
+from sweep.results import choose
+
+
+@pytest.fixture(scope="module")
+def one_trial(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A real one-trial study to continue (copied by each test)."""
+    work = tmp_path_factory.mktemp("refusals")
+    space = write_space(work / "s.yaml", TINY_SPACE)
+    proc = sweep_cli("run", str(space), "--trials", "1", "--quiet", env={"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}"})
+    assert proc.returncode == 0, proc.stderr
+    return work / "studies.db"
+
+
+def _one_line(proc, code: int, *needles: str) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_other_trial_settings_cannot_continue_a_study(one_trial: Path, isolated: Path) -> None:
+    db = isolated / "studies.db"
+    shutil.copy(one_trial, db)
+    space = write_space(isolated / "s.yaml", TINY_SPACE.replace("prompts: 3", "prompts: 4"))
+    _one_line(sweep_cli("run", str(space), "--trials", "2"), 2, "other trial settings", "prompts 3 in the study, 4 here")
+    assert db.read_bytes() == one_trial.read_bytes()
+
+
+def test_other_tasks_cannot_continue_a_study(one_trial: Path, isolated: Path) -> None:
+    db = isolated / "studies.db"
+    shutil.copy(one_trial, db)
+    tasks = isolated / "mine.jsonl"
+    bundled = (Path(__file__).parent.parent / "sweep" / "data" / "tasks-v1.jsonl").read_text().splitlines()
+    tasks.write_text("\n".join(bundled[:20]) + "\n")
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    _one_line(sweep_cli("run", str(space), "--trials", "2", "--tasks", str(tasks)), 2, "task set", "mine.jsonl")
+    assert db.read_bytes() == one_trial.read_bytes()
+
+
+def test_a_broken_gguf_is_listed_and_fails_only_the_space_that_uses_it(isolated: Path) -> None:
+    from sweep.space import load_space
+
+    models = isolated / "models"
+    models.mkdir()
+    (models / "broken.Q4_0.gguf").write_bytes(b"GGUF" + b"\x00" * 10)
+    listing = sweep_cli("models", "list", "--models-dir", str(models))
+    assert listing.returncode == 0, listing.stderr
+    assert "BROKEN" in listing.stdout and "broken.Q4_0.gguf" in listing.stdout
+    assert "smollm2-135m" in listing.stdout
+    load_space(write_space(isolated / "ok.yaml", TINY_SPACE), models)  # another model still loads
+    bad = write_space(isolated / "bad.yaml", TINY_SPACE.replace("smollm2-135m: [Q4_1]", "broken: [Q4_0]"))
+    _one_line(sweep_cli("run", str(bad), "--models-dir", str(models)), 2, "bad.yaml", "broken.Q4_0.gguf")
+    assert not (isolated / "studies.db").exists()
+
+
+def _export(one_trial: Path, isolated: Path, fmt: str = "json") -> Path:
+    shutil.copy(one_trial, isolated / "studies.db")
+    out = isolated / f"e.{fmt}"
+    proc = sweep_cli("export", "--study", "tiny", "-o", str(out), "--format", fmt, "--allow-infeasible")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_sweep_trial_refuses_cpus_this_host_lacks(one_trial: Path, isolated: Path) -> None:
+    out = _export(one_trial, isolated)
+    record = json.loads(out.read_text())
+    bad_cpu = max(allowed_cpus()) + 64
+    record["config"]["cpus"] = [bad_cpu]
+    out.write_text(json.dumps(record))
+    _one_line(sweep_cli("trial", str(out)), 2, "config.cpus", f"CPU {bad_cpu} not available")
+
+
+def test_a_failed_trial_is_exit_3(one_trial: Path, isolated: Path, smollm2_path: Path) -> None:
+    out = _export(one_trial, isolated)
+    record = json.loads(out.read_text())
+    cut = isolated / "cut.gguf"
+    cut.write_bytes(smollm2_path.read_bytes()[:5_000_000])
+    record["config"]["model_path"] = str(cut)
+    out.write_text(json.dumps(record))
+    proc = sweep_cli("trial", str(out), "--json", "--prompts", "1", "--idle", "0")
+    _one_line(proc, 3, "trial failed: model_load_failed")
+    assert json.loads(proc.stdout)["reason"] == "model_load_failed"
+
+
+def test_an_unwritable_output_is_exit_2(one_trial: Path, isolated: Path) -> None:
+    shutil.copy(one_trial, isolated / "studies.db")
+    target = isolated / "no-such-dir" / "e.json"
+    _one_line(sweep_cli("export", "--study", "tiny", "-o", str(target), "--allow-infeasible"), 2, str(target),
+              "No such file or directory")
+    _one_line(sweep_cli("report", "--study", "tiny", "-o", str(target)), 2, str(target))
+
+
+def test_a_run_whose_every_trial_failed_is_exit_3_and_its_empty_front_too(isolated: Path, smollm2_path: Path) -> None:
+    cut = isolated / "cut.gguf"
+    cut.write_bytes(smollm2_path.read_bytes()[:5_000_000])
+    body = TINY_SPACE.replace("models:\n  smollm2-135m: [Q4_1]", f"model_paths:\n  cut: {{path: {cut}}}\nmodels:\n  cut: [Q4_1]")
+    proc = sweep_cli("run", str(write_space(isolated / "s.yaml", body)), "--trials", "2", "--quiet")
+    assert proc.returncode == 3, proc.stderr
+    assert "every trial this run measured failed (model_load_failed x2)" in proc.stderr.splitlines()[-1]
+    _one_line(sweep_cli("pareto", "--study", "tiny"), 3, "no complete trial")
+    as_json = sweep_cli("pareto", "--study", "tiny", "--json")
+    assert as_json.returncode == 3 and json.loads(as_json.stdout)["front"] == []
+
+
+def test_the_export_policy_follows_the_spaces_objectives() -> None:
+    """Objectives latency first, correctness second: the feasible trial with the lowest latency wins,
+    though another is more correct."""
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.set_user_attr("objectives", ["latency_p95_s", "correctness"])
+    study.set_user_attr("budgets", {"latency_p95_s": {"max": 3.0}})
+    for latency, correctness in [(2.0, 0.9), (1.0, 0.5), (4.0, 1.0)]:
+        study.add_trial(optuna.trial.create_trial(
+            values=[latency, correctness],
+            user_attrs={"latency_p95_s": latency, "correctness": correctness, "config": {},
+                        "violations": [] if latency <= 3 else ["latency_p95_s"], "constraint_values": [latency - 3]}))
+    assert choose(study)["number"] == 1
