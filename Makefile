@@ -6,14 +6,22 @@ STUDY ?= demo
 TRIALS ?= 8
 EXPORT ?= demo-config.json
 
-.PHONY: sweep verify test install clean-study
+.PHONY: sweep verify test test-fast install lock clean-study
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from requirements.lock (pip constraints); `make lock` refreshes it.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "installing (the first install builds llama-cpp-python from source: about 5 minutes on 2 cores)"
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
+
+# Resolve the newest versions pyproject.toml allows, into requirements.lock (run make test after).
+lock:
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet pip-tools
+	.lock-venv/bin/pip-compile --quiet --extra dev --strip-extras --no-header --output-file requirements.lock pyproject.toml
+	rm -rf .lock-venv
 
 install: $(VENV)/.installed
 
@@ -29,7 +37,12 @@ verify: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || echo "*** chromium is not installed: the report test will be SKIPPED (apt-get install chromium; .ci/run installs it) ***"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo "*** postgresql is not installed: the fleet tests will be SKIPPED (apt-get install postgresql; .ci/run installs it) ***"
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests that run a real model, server or calibrated load.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean-study:
 	rm -f studies.db

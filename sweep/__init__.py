@@ -13,7 +13,7 @@ from .errors import ExportError, ModelError, SpaceError, StudyError, SweepError,
 
 _LAZY = {
     "ModelFile": "models", "Registry": "models",
-    "Outcome": "records", "TrialConfig": "records", "TrialSettings": "records",
+    "Outcome": "records", "StudyMeta": "records", "TrialConfig": "records", "TrialSettings": "records",
     "choose": "results", "export_record": "export", "render": "export", "pareto_front": "results", "rows": "results",
     "trial_series": "results",
     "run_trial": "runner",
@@ -23,7 +23,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "ExportError", "ModelError", "ModelFile", "Outcome", "Registry", "Space", "SpaceError", "StudyError",
+    "ExportError", "ModelError", "ModelFile", "Outcome", "Registry", "Space", "SpaceError", "StudyError", "StudyMeta",
     "SweepError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record",
     "load_space", "load_study", "load_tasks", "pareto_front", "render", "rows", "run_study", "run_trial", "score",
     "stratified_subset", "trial_series",

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .errors import SweepError, WorkFailed
+from .records import StudyMeta
 
 
 def parse_duration(text: str) -> float:
@@ -126,7 +127,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     front, feasible = pareto_front(study)
     if front:
         click.echo("Pareto front" + ("" if feasible else " (no trial meets every budget; front ignoring budgets)") + ":")
-        click.echo(front_table(front, study.user_attrs["objectives"]))
+        click.echo(front_table(front, StudyMeta.of(study).objectives))
         try:
             pick = choose(study, allow_infeasible=True)
         except ExportError:
@@ -180,7 +181,7 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
     study, url = _open_study(storage, study_name)
     front, feasible = pareto_front(study)
     if as_json:
-        click.echo(json.dumps({"study": study_name, "feasible_front": feasible, "objectives": study.user_attrs["objectives"],
+        click.echo(json.dumps({"study": study_name, "feasible_front": feasible, "objectives": StudyMeta.of(study).objectives,
                                "front": front}, indent=2))
     if not front:
         raise WorkFailed(f"study {study_name!r} has no complete trial yet")
@@ -188,7 +189,7 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
         return
     if not feasible:
         click.echo("No trial meets every budget; this is the front ignoring budgets.")
-    click.echo(front_table(front, study.user_attrs["objectives"]))
+    click.echo(front_table(front, StudyMeta.of(study).objectives))
 
 
 @main.command()
@@ -209,7 +210,7 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
     from .verify import verify_study
 
     study, url = _open_study(storage, study_name)
-    own = study.user_attrs.get("task_set", TASK_SET_VERSION)
+    own = StudyMeta.of(study).task_set
     source = str(tasks_file.resolve()) if tasks_file else own
     tasks = load_tasks(None if source == TASK_SET_VERSION else source)
     verified, skipped = verify_study(study, url, tasks, repeats, list(trial_numbers) or None, again,
@@ -285,11 +286,14 @@ def show(trial_number: int, study_name: str, png: Path | None, storage: str | No
     if t.user_attrs.get("fail_reason"):
         click.echo(f"failed: {t.user_attrs['fail_reason']}: {t.user_attrs.get('fail_detail', '')}")
     click.echo(figures_table({k: v for k, v in t.user_attrs.items() if k in METRICS}))
+    if t.user_attrs.get("machine_busy_active"):
+        click.echo(f"WARNING: measured under others' load: {t.user_attrs.get('other_cpu_active_pct', 0):.0f}% of the "
+                   "machine was someone else's while the model answered")
     stored = trial_series(study, t.number, url)
     if not stored or not stored["series"].get("t"):
         click.echo("(no time series stored for this trial)")
         return
-    budgets = study.user_attrs.get("budgets", {})
+    budgets = StudyMeta.of(study).budgets
     click.echo("")
     click.echo(ascii_timeline(stored["series"], budgets))
     if png:

@@ -55,12 +55,23 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def budget_cell(r: dict[str, Any]) -> str:
+    """The budgets column of a front row, with the flags a reader must see beside it."""
+    text = "all met" if r["feasible"] else "over: " + ", ".join(r["violations"])
+    f = r["figures"]
+    if f.get("machine_busy_active"):
+        text += f" [measured under others' load: {f.get('other_cpu_active_pct', float('nan')):.0f}% of the machine]"
+    if f.get("machine_busy"):
+        text += " [machine busy before the trial]"
+    return text
+
+
 def front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
     header = ["trial"] + [f"{m} ({METRICS[m].unit})" for m in objectives] + ["budgets", "figures from", "config"]
     body = []
     for r in front:
         vals = [f"{r['figures'].get(m, float('nan')):.3g}" for m in objectives]
-        ok = "all met" if r["feasible"] else "over: " + ",".join(r["violations"])
+        ok = budget_cell(r)
         v = r.get("verified")
         source = f"verified {v['n_items']}x{v['repeats']}" if v and not v["failed"] else "sweep subset"
         body.append([str(r["number"])] + vals + [ok, source, config_summary(r["config"])])

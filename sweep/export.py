@@ -15,8 +15,9 @@ import shlex
 from datetime import datetime, timezone
 from typing import Any
 
+from . import knobs
 from .errors import StudyError
-from .records import TrialConfig
+from .records import StudyMeta, TrialConfig
 from .results import trial_by_number
 
 FORMATS = ("json", "yaml", "python", "llama-server", "systemd")
@@ -55,16 +56,7 @@ def llama_server_command(config: TrialConfig) -> str:
 
 def launcher_prefix(config: TrialConfig) -> str:
     """Shell prefix that applies the OS knobs llama-server itself does not set."""
-    parts = []
-    if config.omp_wait_policy:
-        parts.append(f"OMP_WAIT_POLICY={config.omp_wait_policy.upper()}")
-    if config.gomp_spincount is not None:
-        parts.append(f"GOMP_SPINCOUNT={config.gomp_spincount}")
-    if config.sched_policy != "normal":
-        parts += ["chrt", f"--{config.sched_policy}", "0"]
-    if config.nice:
-        parts += ["nice", "-n", str(config.nice)]
-    return " ".join(parts)
+    return knobs.shell_prefix(config.to_dict())
 
 
 def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str, Any]:
@@ -72,13 +64,14 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
     if row["config"] is None:
         raise StudyError(f"trial {row['number']} has no stored configuration")
     config = TrialConfig.from_dict(row["config"])
-    budgets = study.user_attrs["budgets"]
+    meta = StudyMeta.of(study)
+    budgets = meta.budgets
     report = budget_report(row, budgets)
     prefix = launcher_prefix(config)
     return {
         "schema": "sweep.export/1",
         "config": config.to_dict(),
-        "settings": study.user_attrs.get("settings"),
+        "settings": meta.settings.to_dict(),
         "llama_kwargs": config.llama_kwargs(),
         "environment": config.environment(),
         "llama_server": (prefix + " " if prefix else "") + llama_server_command(config),
@@ -90,9 +83,9 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
         "prompt_strategy": prompt_strategy(config),
         "provenance": {
             "study": study.study_name, "trial": row["number"], "storage": storage_url,
-            "space_file": study.user_attrs.get("space_file"), "task_set": study.user_attrs.get("task_set"),
-            "host": _measured_by(study, row["number"]), "hardware_class": study.user_attrs.get("hardware_class"),
-            "sweep_version": study.user_attrs.get("sweep_version"),
+            "space_file": meta.space_file, "task_set": meta.task_set,
+            "host": _measured_by(study, row["number"]), "hardware_class": meta.hardware_class,
+            "sweep_version": meta.sweep_version,
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
@@ -101,7 +94,7 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
 def _measured_by(study: Any, number: int) -> dict[str, Any]:
     """The host that measured the trial (for a study from before per-trial owners: the creating host)."""
     owner = trial_by_number(study, number).user_attrs.get("owner")
-    info = dict(study.user_attrs.get("host") or {})
+    info = dict(StudyMeta.of(study).host)
     if owner:
         info = {"hostname": owner["host"], "boot_id": owner["boot_id"], "pid": owner["pid"]}
     return info
@@ -113,7 +106,7 @@ def _figures_from(row: dict[str, Any], study: Any) -> str:
         lo, hi = v["correctness_ci"]
         return (f"verification: {v['n_items']} tasks x {v['repeats']} runs on {v['at']}; "
                 f"correctness 95% CI [{lo:.3f}, {hi:.3f}]")
-    prompts = (study.user_attrs.get("settings") or {}).get("prompts", "?")
+    prompts = StudyMeta.of(study).settings.prompts
     failed = f" (its verification failed: {v['failed']})" if v else " (not verified: run sweep verify)"
     return f"the sweep: a subset of {prompts} tasks, one run{failed}"
 
@@ -155,16 +148,7 @@ def _pacing_warning(record: dict[str, Any], comment: str) -> list[str]:
 
 def _python(record: dict[str, Any]) -> str:
     c = record["config"]
-    lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "import os", ""]
-    lines.append("# OpenMP reads these when llama_cpp loads; affinity, nice and policy are inherited by its threads.")
-    lines += [f"os.environ[{k!r}] = {v!r}" for k, v in record["environment"].items()]
-    if c.get("cpus"):
-        lines.append(f"os.sched_setaffinity(0, {set(c['cpus'])!r})")
-    if c.get("nice"):
-        lines.append(f"os.setpriority(os.PRIO_PROCESS, 0, {c['nice']})")
-    if c.get("sched_policy", "normal") != "normal":
-        policy = {"batch": "SCHED_BATCH", "idle": "SCHED_IDLE"}[c["sched_policy"]]
-        lines.append(f"os.sched_setscheduler(0, os.{policy}, os.sched_param(0))")
+    lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "import os", "", *knobs.python_lines(c)]
     lines += ["", "from llama_cpp import Llama  # noqa: E402", "",
               f"LLAMA_KWARGS = {pprint.pformat(record['llama_kwargs'], sort_dicts=False)}",
               "llm = Llama(**LLAMA_KWARGS)", ""]
@@ -186,18 +170,13 @@ def _systemd(record: dict[str, Any], server_binary: str) -> str:
     argv[0] = server_binary
     lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *budget_lines(record, "#"),
              *_pacing_warning(record, "#"), "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
-    if c.get("cpus"):
-        lines.append("CPUAffinity=" + " ".join(map(str, c["cpus"])))
-    if c.get("nice"):
-        lines.append(f"Nice={c['nice']}")
-    lines.append(f"CPUSchedulingPolicy={'other' if c['sched_policy'] == 'normal' else c['sched_policy']}")
+    lines += knobs.systemd_lines(c)
     quota = _cpu_quota(record)
     if quota:
         lines.append(f"CPUQuota={quota}")
     ram = record["budgets"].get("rss_peak_gb", {}).get("max")
     if ram:
         lines.append(f"MemoryMax={ram:g}G")
-    lines += [f"Environment={k}={v}" for k, v in record["environment"].items()]
     lines += ["Restart=on-failure", "", "[Install]", "WantedBy=default.target", ""]
     return "\n".join(lines)
 

@@ -73,6 +73,11 @@ METRICS: dict[str, Metric] = {
     "n_windows_idle": Metric("count", "maximize", "windows N behind the idle figure"),
     "noise_check_pct": Metric("% of machine", "minimize", "whole machine in the noise guard's check before the trial"),
     "machine_busy": Metric("flag", "minimize", "1 if the machine stayed busier than the noise guard allows"),
+    "other_cpu_active_pct": Metric("% of machine", "minimize", "others' CPU while answering: the whole machine "
+                                   "less the LLM and the probe's known cost"),
+    "machine_busy_active": Metric("flag", "minimize", "1 if others' CPU while answering was over the noise guard's "
+                                  "threshold: the figures were measured under load"),
+    "busy_repeats": Metric("count", "minimize", "times the trial was measured again because the machine was busy"),
     "memory_limit_sampled": Metric("flag", "minimize", "1: the memory limit was enforced by sampling each window "
                                    "(then checked against the kernel's high-water mark), not by a cgroup"),
     "monitor_cpu_pct": Metric("% of one core", "minimize", "the sampler's own CPU cost"),
@@ -91,6 +96,17 @@ def percentile(values: list[float], q: float) -> float:
     pos = (len(xs) - 1) * q / 100
     lo, hi = math.floor(pos), math.ceil(pos)
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def provably_over(latencies: list[float], n_total: int, budget: float) -> bool:
+    """Whether the p95 of all ``n_total`` latencies must exceed ``budget``, whatever the rest are.
+
+    The p95 interpolates between the sorted values at ``floor(0.95 (n - 1))`` and
+    the next one; once ``n - floor(0.95 (n - 1))`` values are over the budget,
+    both of those are, so the p95 is too.
+    """
+    need = n_total - int(0.95 * (n_total - 1))
+    return sum(lat > budget for lat in latencies) >= need
 
 
 def phase_intervals(events: list[dict[str, Any]], start: float, end: float,

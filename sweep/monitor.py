@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass
@@ -69,6 +69,17 @@ def machine_busy_pct(seconds: float) -> float:
     busy = sum(b1 - b0 for (b0, _), (b1, _) in zip(before, after))
     total = sum(n1 - n0 for (_, n0), (_, n1) in zip(before, after))
     return 100 * busy / total if total else 0.0
+
+
+def noise_guard(settings: Any) -> tuple[float, bool]:
+    """Wait (bounded) for the machine to be quiet. Returns its busy % and whether it stayed busy."""
+    for attempt in range(settings.noise_retries + 1):
+        pct = machine_busy_pct(settings.noise_check_seconds)
+        if pct <= settings.noise_max_pct:
+            return pct, False
+        if attempt < settings.noise_retries:
+            time.sleep(settings.noise_wait_seconds)
+    return pct, True
 
 
 def _read_psi_some_us() -> int | None:

@@ -24,7 +24,7 @@ from . import _optuna
 from .fleet import Heartbeat, Owner, others_running, reap_lost
 from .hostlock import LockWaitStopped, measurement_lock
 from .metrics import METRICS
-from .records import Outcome, Progress
+from .records import Outcome, Progress, StudyMeta
 from .runner import run_trial
 from .space import Space
 from .storage import SeriesStore, study_lock
@@ -128,9 +128,9 @@ class _Run:
                  lock: bool) -> None:
         self.study, self.space, self.series, self.url, self.subset = study, space, series, url, subset
         self.n_trials, self.worker_cmd, self.on_progress, self.lock = n_trials, worker_cmd, on_progress, lock
-        self.budgets: dict[str, dict[str, float]] = study.user_attrs["budgets"]
+        self.budgets = StudyMeta.of(study).budgets
         self.me = Owner.me()
-        self.hardware = study.user_attrs.get("hardware_class", {}).get("hash")
+        self.hardware = (StudyMeta.of(study).hardware_class or {}).get("hash")
         self.started = time.monotonic()
         self.first = finished_count(study)
         self.stop = StopOnInterrupt()

@@ -1,7 +1,8 @@
 """The records that cross process and storage boundaries: frozen, typed, versioned.
 
-Each has ``to_dict``/``from_dict``; ``from_dict`` refuses a record of another
-schema version rather than guessing.
+A record that is stored or sent has ``to_dict``/``from_dict``; ``from_dict`` refuses a
+record of another schema version rather than guessing. (``Outcome`` never leaves the
+orchestrator whole: its parts are stored as figures, series and answers.)
 """
 
 from __future__ import annotations
@@ -70,12 +71,9 @@ class TrialConfig:
 
     def environment(self) -> dict[str, str]:
         """Variables the worker needs before ``llama_cpp`` is imported (OpenMP reads them at load)."""
-        env: dict[str, str] = {}
-        if self.omp_wait_policy:
-            env["OMP_WAIT_POLICY"] = self.omp_wait_policy.upper()
-        if self.gomp_spincount is not None:
-            env["GOMP_SPINCOUNT"] = str(self.gomp_spincount)
-        return env
+        from .knobs import environment
+
+        return environment(self.to_dict())
 
     def llama_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``llama_cpp.Llama``; both thread counts always explicit."""
@@ -113,6 +111,7 @@ class TrialSettings:
     noise_check_seconds: float = 1.0
     noise_wait_seconds: float = 10.0
     noise_retries: int = 3
+    busy_trials: str = "keep"  # a trial measured while others loaded the machine: "keep" it (flagged) or "repeat" it
     early_abort: bool = True  # stop a trial once its latency p95 is provably over budget
     duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it
 
@@ -145,14 +144,6 @@ class Outcome:
     knobs: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        _check_version("Outcome", data)
-        return cls(**_known(cls, data))
-
 
 @dataclass
 class Progress:
@@ -170,3 +161,45 @@ class Progress:
     done_this_run: int = 0  # trials finished by this run (for the ETA)
     study: Any = None
     waiting: str | None = None  # why no trial runs now (the measurement lock, another host's trials)
+
+
+META_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """What a study was made from and is judged against, as stored in its user attributes.
+
+    Every module reads a study's objectives, budgets and settings through this one record.
+    A study from before ``meta_version`` existed is version 1; a setting added to sweep since
+    takes its default.
+    """
+
+    objectives: list[str]
+    budgets: dict[str, dict[str, float]]
+    settings: TrialSettings
+    space_file: str = "?"
+    space_fingerprint: str | None = None
+    task_set: str = "tasks-v1"
+    sweep_version: str = "?"
+    models: dict[str, str] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)  # the host that created the study
+    hardware_class: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, study: Any) -> StudyMeta:
+        a = study.user_attrs
+        version = a.get("meta_version", META_VERSION)
+        if version != META_VERSION:
+            raise SweepError(f"study {study.study_name!r} has metadata version {version!r}; this sweep reads "
+                             f"version {META_VERSION}")
+        if "objectives" not in a or "budgets" not in a:
+            raise SweepError(f"study {study.study_name!r} was not made by sweep (it has no objectives and budgets)")
+        settings = {**TrialSettings().to_dict(), **(a.get("settings") or {}), "schema_version": SCHEMA_VERSION}
+        names = {f.name for f in fields(cls)} - {"settings"}
+        return cls(settings=TrialSettings.from_dict(settings), **{k: a[k] for k in names if k in a})
+
+    def to_attrs(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["settings"] = self.settings.to_dict()
+        return {"meta_version": META_VERSION, **out}

@@ -12,8 +12,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .display import config_summary
+from .display import budget_cell, config_summary
 from .metrics import METRICS
+from .records import StudyMeta
 from .fleet import describe_class
 from .results import pareto_front, rows, trial_series
 from .timeline import _PHASE_COLOUR, cpu_budgets, phase_spans, seconds, share_of_machine
@@ -40,7 +41,7 @@ def _front_chart(study: Any) -> Any:
                         colorbar=dict(title="p95 latency (s)"), line=dict(width=1, color="black")),
             text=[f"trial {r['number']}<br>{config_summary(r['config'])}" for r in pts], hoverinfo="text+x+y",
         ))
-    budgets = study.user_attrs.get("budgets", {})
+    budgets = StudyMeta.of(study).budgets
     if "cpu_active_p99_share_pct" in budgets:
         fig.add_vline(x=budgets["cpu_active_p99_share_pct"]["max"], line_dash="dash", annotation_text="p99 CPU budget")
     if "correctness" in budgets:
@@ -55,7 +56,7 @@ def _importance_charts(study: Any) -> list[Any] | str:
     import plotly.graph_objects as go
 
     charts = []
-    for i, name in enumerate(study.user_attrs["objectives"]):
+    for i, name in enumerate(StudyMeta.of(study).objectives):
         # Optuna's default evaluator (PED-ANOVA) ranks what leads to *low* target values.
         sign = -1.0 if METRICS[name].direction == "maximize" else 1.0
         try:
@@ -102,7 +103,7 @@ def _front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
     body = []
     for r in front:
         cells = "".join(f"<td>{r['figures'].get(m, float('nan')):.3g}</td>" for m in objectives)
-        ok = "all met" if r["feasible"] else "over: " + ", ".join(r["violations"])
+        ok = budget_cell(r)
         body.append(f"<tr><td>{r['number']}</td>{cells}<td>{html.escape(ok)}</td>"
                     f"<td><code>{html.escape(config_summary(r['config']))}</code></td></tr>")
     return (f"<table><tr><th>trial</th>{head}<th>budgets</th><th>configuration</th></tr>{''.join(body)}</table>")
@@ -113,7 +114,7 @@ def write_report(study: Any, storage_url: str, path: Path) -> Path:
     import plotly.io as pio
 
     front, feasible = pareto_front(study)
-    budgets = study.user_attrs.get("budgets", {})
+    budgets = StudyMeta.of(study).budgets
     parts: list[str] = [_front_chart(study)]
     importance = _importance_charts(study)
     parts += importance if isinstance(importance, list) else [f"<p>{html.escape(importance)}</p>"]
@@ -140,7 +141,7 @@ def write_report(study: Any, storage_url: str, path: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head><body>
 <h1>sweep report: study {html.escape(study.study_name)}</h1>
 <p>{len(rows(study))} finished trials, measured on {measured_on}.</p>
-{note}<h2>The front</h2>{_front_table(front, study.user_attrs['objectives'])}
+{note}<h2>The front</h2>{_front_table(front, StudyMeta.of(study).objectives)}
 {''.join(chunks)}
 </body></html>"""
     path.write_text(page)

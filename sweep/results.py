@@ -20,6 +20,7 @@ from typing import Any
 from . import _optuna
 from .errors import ExportError, StudyError
 from .metrics import METRICS
+from .records import StudyMeta
 
 
 MISSING_FIGURE = 1e9  # constraint value of a budget whose figure was not measured: never met
@@ -52,7 +53,7 @@ def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
     feasibility come from its verification (``row["verified"]`` says so); the
     sweep's own figures stay under ``sweep_figures``.
     """
-    attrs = study.user_attrs
+    meta = StudyMeta.of(study)
     checked = verifications(study) if prefer_verified else {}
     out = []
     for t in study.get_trials(deepcopy=False):
@@ -69,7 +70,7 @@ def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
             "reused_from": a.get("reused_from"), "verified": None,
         }
         if t.number in checked and t.state.name == "COMPLETE":
-            _apply_verification(row, checked[t.number], attrs["objectives"], attrs["budgets"])
+            _apply_verification(row, checked[t.number], meta.objectives, meta.budgets)
         out.append(row)
     return out
 
@@ -104,7 +105,7 @@ def _failed_verification(r: dict[str, Any]) -> bool:
 
 
 def _signs(study: Any) -> list[int]:
-    return [1 if METRICS[m].direction == "maximize" else -1 for m in study.user_attrs["objectives"]]
+    return [1 if METRICS[m].direction == "maximize" else -1 for m in StudyMeta.of(study).objectives]
 
 
 def _pool(all_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
@@ -155,7 +156,7 @@ def front_moves(study: Any) -> list[str]:
 def policy_key(study: Any) -> Any:
     """The export policy's order: feasible first, then the study's objectives in the space's
     order, each best first; the trial number breaks ties."""
-    objectives = study.user_attrs["objectives"]
+    objectives = StudyMeta.of(study).objectives
     signs = _signs(study)
 
     def key(r: dict[str, Any]) -> tuple[float, ...]:
@@ -191,7 +192,7 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
     feasible = [r for r in complete if r["feasible"]]
     if feasible:
         return min(feasible, key=policy_key(study))
-    budgets = study.user_attrs["budgets"]
+    budgets = StudyMeta.of(study).budgets
     key = policy_key(study)
     closest = min(complete, key=lambda r: (_overshoot(r, budgets), key(r)))
     if not allow_infeasible:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -46,8 +46,12 @@ _ENUM_PARAMS: dict[str, tuple[str, ...]] = {
 _FLOAT_PARAMS = {"pace_tps", "pace_duty"}
 _FIXED_ONLY = {"cpus", "temperature"}
 KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY
-_DEFAULTS: dict[str, Any] = {"n_batch": 512, "n_ubatch": 512, "n_ctx": 1024, "nice": 0, "sched_policy": "normal",
-                             "placement": "first", "max_tokens": 48, "temperature": 0.0, "shots": 0, "output": "free"}
+# A parameter neither swept nor fixed takes TrialConfig's default, or llama.cpp's for the batches and context.
+_DEFAULTS: dict[str, Any] = {
+    **{f.name: f.default for f in fields(TrialConfig)
+       if f.name in KNOWN_PARAMS and f.name != "cpus" and f.default is not MISSING},
+    "n_batch": 512, "n_ubatch": 512, "n_ctx": 1024, "placement": "first",
+}
 
 _Strict = ConfigDict(extra="forbid")
 
@@ -78,24 +82,28 @@ class Bound(BaseModel):
         return self
 
 
+_D = TrialSettings()  # the one home of the trial defaults; the schema below only adds the bounds
+
+
 class TrialBlock(BaseModel):
     model_config = _Strict
-    prompts: int = Field(12, ge=1)
-    idle_seconds: float = Field(5.0, ge=0)
-    baseline_seconds: float = Field(1.0, ge=0)
-    timeout_seconds: float = Field(300.0, gt=0)
-    progress_timeout_seconds: float = Field(120.0, gt=0)
-    window_ms: int = Field(100, ge=10, le=10000)
-    memory_limit_gb: Optional[float] = Field(None, gt=0)
-    probe: bool = True
-    probe_period_ms: float = Field(50.0, gt=0)
-    probe_work_ms: float = Field(2.0, gt=0)
-    noise_max_pct: float = Field(30.0, gt=0, le=100)
-    noise_check_seconds: float = Field(1.0, gt=0)
-    noise_wait_seconds: float = Field(10.0, ge=0)
-    noise_retries: int = Field(3, ge=0)
-    early_abort: bool = True
-    duplicates: Literal["reuse", "repeat"] = "reuse"
+    prompts: int = Field(_D.prompts, ge=1)
+    idle_seconds: float = Field(_D.idle_seconds, ge=0)
+    baseline_seconds: float = Field(_D.baseline_seconds, ge=0)
+    timeout_seconds: float = Field(_D.timeout_seconds, gt=0)
+    progress_timeout_seconds: float = Field(_D.progress_timeout_seconds, gt=0)
+    window_ms: int = Field(_D.window_ms, ge=10, le=10000)
+    memory_limit_gb: Optional[float] = Field(_D.memory_limit_gb, gt=0)
+    probe: bool = _D.probe
+    probe_period_ms: float = Field(_D.probe_period_ms, gt=0)
+    probe_work_ms: float = Field(_D.probe_work_ms, gt=0)
+    noise_max_pct: float = Field(_D.noise_max_pct, gt=0, le=100)
+    noise_check_seconds: float = Field(_D.noise_check_seconds, gt=0)
+    noise_wait_seconds: float = Field(_D.noise_wait_seconds, ge=0)
+    noise_retries: int = Field(_D.noise_retries, ge=0)
+    busy_trials: Literal["keep", "repeat"] = _D.busy_trials  # type: ignore[assignment]
+    early_abort: bool = _D.early_abort
+    duplicates: Literal["reuse", "repeat"] = _D.duplicates  # type: ignore[assignment]
 
 
 class SamplerBlock(BaseModel):

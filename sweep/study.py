@@ -13,7 +13,7 @@ from .errors import StudyError
 from .fleet import check_hardware, describe_class, hardware_class
 from .host import host_info
 from .metrics import METRICS
-from .records import Outcome
+from .records import Outcome, StudyMeta
 from .results import constraint_values, verifications
 from .space import Space
 from .storage import SeriesStore, open_optuna_storage, schema_lock
@@ -83,15 +83,13 @@ def open_or_create(space: Space, storage_url: str, name: str, task_set: str,
         study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         series.forget_study(_optuna.study_id(study))
         study.set_metric_names(list(space.spec.objectives))
-        budgets = {k: v.model_dump(exclude_none=True) for k, v in space.spec.constraints.items()}
-        for key, value in {
-            "space_file": str(space.path), "space_fingerprint": space.fingerprint(),
-            "objectives": space.spec.objectives, "budgets": budgets, "settings": space.settings.to_dict(),
-            "host": host_info(), "hardware_class": mine, "orchestrator_runs": 1,
-            "task_set": task_set, "sweep_version": SWEEP_VERSION,
-            "models": {f"{n}:{q}": str(space.registry.resolve(n, q).path)
-                       for n, qs in space.spec.models.items() for q in qs},
-        }.items():
+        meta = StudyMeta(
+            objectives=list(space.spec.objectives), settings=space.settings,
+            budgets={k: v.model_dump(exclude_none=True) for k, v in space.spec.constraints.items()},
+            space_file=str(space.path), space_fingerprint=space.fingerprint(), task_set=task_set,
+            sweep_version=SWEEP_VERSION, host=host_info(), hardware_class=mine,
+            models={f"{n}:{q}": str(space.registry.resolve(n, q).path) for n, qs in space.spec.models.items() for q in qs})
+        for key, value in {**meta.to_attrs(), "orchestrator_runs": 1}.items():
             study.set_user_attr(key, value)
         save_dashboard_note(study)
         return study, series, 0
@@ -103,13 +101,16 @@ def _check_comparable(study: Any, space: Space, task_set: str) -> None:
     Raises:
         StudyError: naming each trial setting that changed, or the task sets.
     """
-    theirs, mine = study.user_attrs.get("settings") or {}, space.settings.to_dict()
+    # A setting added to sweep after the study was made counts at its default.
+    meta = StudyMeta.of(study)
+    theirs = meta.settings.to_dict()
+    mine = space.settings.to_dict()
     changed = [f"{k} {theirs.get(k)!r} in the study, {mine.get(k)!r} here" for k in sorted(set(theirs) | set(mine))
                if theirs.get(k) != mine.get(k)]
     if changed:
         raise StudyError(f"study {study.study_name!r} was measured with other trial settings ({'; '.join(changed)}); "
                          "its figures would not be comparable: restore them or use a new --study name")
-    if study.user_attrs.get("task_set", task_set) != task_set:
+    if meta.task_set != task_set:
         raise StudyError(f"study {study.study_name!r} was measured on the task set {study.user_attrs['task_set']}, "
                          f"not {task_set}; use a new --study name (or verify on other tasks with sweep verify --tasks)")
 
@@ -118,13 +119,13 @@ def save_dashboard_note(study: Any) -> None:
     """A note on the study for optuna-dashboard: where and against what it was measured."""
     from optuna_dashboard import save_note
 
-    a = study.user_attrs
+    a = StudyMeta.of(study)
     lines = [f"# {study.study_name}", "", f"Measured on {describe_class(study)}.", "",
-             f"Search space `{a['space_file']}`; task set `{a['task_set']}`; sweep {a['sweep_version']}.", "",
+             f"Search space `{a.space_file}`; task set `{a.task_set}`; sweep {a.sweep_version}.", "",
              "## Models", ""]
-    lines += [f"- `{name}`: `{path}`" for name, path in a["models"].items()]
+    lines += [f"- `{name}`: `{path}`" for name, path in a.models.items()]
     lines += ["", "## Budgets (constraints, in this order)", ""]
-    for name, bound in a["budgets"].items():
+    for name, bound in a.budgets.items():
         lines.append(f"- `{name}` {'<=' if 'max' in bound else '>='} {bound.get('max', bound.get('min'))}")
     lines += ["", "CPU figures ending in `_share_pct` are the LLM's share of the whole machine; `_core_pct` is "
               "percent of one core. Each trial stores the window W (`window_ms`) and counts N beside them."]
@@ -165,7 +166,7 @@ def reuse(study: Any, trial: Any, original: Any) -> bool:
             trial.set_user_attr(key, value)
     trial.set_user_attr("reused_from", original.number)
     return _tell_complete(study, trial, list(original.values), original.user_attrs.get("constraint_values", []),
-                          list(study.user_attrs["budgets"]))
+                          list(StudyMeta.of(study).budgets))
 
 
 def _tell_complete(study: Any, trial: Any, values: list[float], cv: list[float], budget_names: list[str]) -> bool:

@@ -202,3 +202,18 @@ def best_constants(tasks: list[Task]) -> dict[str, tuple[str, list[float]]]:
         scored = [(c, [score(t, c).value for t in items]) for c in candidates]
         out[kind] = max(scored, key=lambda cs: sum(cs[1]))  # ties: the first candidate
     return out
+
+
+def score_answers(tasks: list[Task], raw: list[str], texts: list[str],
+                  latencies: list[float]) -> tuple[list[dict[str, object]], dict[str, float], float]:
+    """Score each answer (``texts``: what the scorer reads of the model's ``raw`` output) against
+    its task: the per-answer records, the mean by kind, and the overall mean (0 for no answers)."""
+    answers: list[dict[str, object]] = []
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for task, answer, text, latency in zip(tasks, raw, texts, latencies):
+        s = score(task, text)
+        by_kind[task.kind].append(s.value)
+        answers.append({"id": task.id, "kind": task.kind, "answer": answer, "score": s.value, "parsed": s.parsed,
+                        "latency_s": round(latency, 4)})
+    mean = sum(float(a["score"]) for a in answers) / len(answers) if answers else 0.0  # type: ignore[arg-type]
+    return answers, {k: sum(v) / len(v) for k, v in by_kind.items()}, mean

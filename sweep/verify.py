@@ -26,7 +26,7 @@ from typing import Any, Callable
 from . import _optuna
 from .errors import ModelError, StudyError
 from .metrics import ACTIVE_TAGS, METRICS, cpu_window_figures, latency_figures
-from .records import Outcome, TrialConfig, TrialSettings
+from .records import Outcome, StudyMeta, TrialConfig, TrialSettings
 from .results import VERIFIED_PREFIX, pareto_front, rows, trial_by_number, verifications
 from .runner import run_trial
 from .storage import VERIFICATION, SeriesStore
@@ -166,7 +166,7 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
         path = row["config"]["model_path"]
         if not Path(path).is_file():
             raise ModelError(f"trial {row['number']}: model file {path} no longer exists; nothing was verified")
-    settings = TrialSettings.from_dict(study.user_attrs["settings"])
+    settings = StudyMeta.of(study).settings
     for row in targets:
         n = row["number"]
         config = TrialConfig.from_dict(row["config"])

@@ -17,42 +17,9 @@ import sys
 import time
 from typing import Any
 
+from . import knobs
 from .protocol import Channel, die_with_parent
-
-_POLICIES = {"normal": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
-POLICY_NAMES = {v: k for k, v in _POLICIES.items()}
-
-
-def apply_knobs(cfg: dict[str, Any], skip: set[str]) -> None:
-    """Set affinity, nice and policy on the calling (only) thread. ``skip`` is a test hook."""
-    if cfg.get("cpus") is not None and "affinity" not in skip:
-        os.sched_setaffinity(0, cfg["cpus"])
-    if cfg.get("nice") and "nice" not in skip:
-        os.setpriority(os.PRIO_PROCESS, 0, cfg["nice"])
-    policy = cfg.get("sched_policy", "normal")
-    if policy != "normal" and "sched_policy" not in skip:
-        os.sched_setscheduler(0, _POLICIES[policy], os.sched_param(0))
-
-
-def read_thread_knobs(pid: int | str = "self") -> list[dict[str, Any]]:
-    """Affinity, policy and nice of every thread of ``pid``, as the kernel reports them."""
-    threads = []
-    base = f"/proc/{pid}/task"
-    for tid in sorted(os.listdir(base), key=int):
-        try:
-            with open(f"{base}/{tid}/stat") as f:
-                stat = f.read()
-            with open(f"{base}/{tid}/status") as f:
-                status = f.read()
-        except FileNotFoundError:
-            continue  # the thread exited between listing and reading
-        rest = stat[stat.rindex(")") + 2 :].split()
-        # Fields after the command name, 0-based: nice is field 19 of stat, policy field 41.
-        nice, policy = int(rest[16]), int(rest[38])
-        cpus = next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
-        threads.append({"tid": int(tid), "nice": nice, "policy": POLICY_NAMES.get(policy, str(policy)), "cpus": cpus})
-    return threads
-
+from .records import TrialConfig
 
 def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], chan: Channel,
                 index: int) -> dict[str, Any]:
@@ -104,19 +71,13 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
 def run(job: dict[str, Any], chan: Channel) -> int:
     cfg = job["config"]
     skip = set(filter(None, os.environ.get("SWEEP_TEST_SKIP_KNOBS", "").split(",")))
-    apply_knobs(cfg, skip)
+    knobs.apply(cfg, skip)
     chan.send("phase", phase="load", t=time.monotonic())
     import llama_cpp  # only the worker imports llama_cpp, and only after the knobs are set
 
-    kwargs = dict(
-        model_path=cfg["model_path"], n_threads=cfg["n_threads"], n_threads_batch=cfg["n_threads_batch"],
-        n_batch=cfg["n_batch"], n_ubatch=cfg["n_ubatch"], n_ctx=cfg["n_ctx"], n_gpu_layers=0,
-        seed=cfg["seed"], verbose=False,
-    )
-    if cfg.get("chat_format"):
-        kwargs["chat_format"] = cfg["chat_format"]
     try:
-        llm = llama_cpp.Llama(**kwargs)
+        # The same keyword arguments an export hands to a deployment: one source for both.
+        llm = llama_cpp.Llama(**TrialConfig.from_dict(cfg).llama_kwargs())
     except Exception as exc:  # llama-cpp-python raises ValueError for any load failure
         chan.send("error", reason="model_load_failed", detail=f"{type(exc).__name__}: {exc}")
         return 3
@@ -129,7 +90,7 @@ def run(job: dict[str, Any], chan: Channel) -> int:
         chan.send("prompt", index=i, **_run_prompt(llm, request, grammar, cfg, chan, i))
     chan.send("phase", phase="done", t=time.monotonic())
     # Read back after inference: compute threads are created lazily, on first use.
-    chan.send("knobs", threads=read_thread_knobs())
+    chan.send("knobs", threads=knobs.read_threads())
     chan.send("result", ok=True)
     return 0
 

@@ -12,6 +12,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A test that uses one of these runs a real model or a real server: it is marked ``slow``
+# (``make test-fast`` leaves those out; ``make test`` runs everything). Tests that start a real
+# sweep without such a fixture carry the mark themselves.
+SLOW_FIXTURES = {"smollm2_path", "swept", "verified", "study_env", "report", "one_trial", "postgres", "pg_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

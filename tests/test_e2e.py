@@ -154,6 +154,7 @@ def test_optuna_dashboard_reads_the_study(swept: dict) -> None:
         dashboard.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_timeout_finishes_the_trial_in_flight_then_stops(tmp_path: Path) -> None:
     env = {"SWEEP_STORAGE": f"sqlite:///{tmp_path / 'studies.db'}"}
     space = write_space(tmp_path / "s.yaml", TINY_SPACE)

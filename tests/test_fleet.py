@@ -26,6 +26,8 @@ from sweep.host import allowed_cpus
 TWO_CPUS = pytest.mark.skipif(len(allowed_cpus()) < 2, reason="two simulated hosts need a CPU each")
 FAST_HEARTBEAT = {"SWEEP_HEARTBEAT_SECONDS": "1", "SWEEP_GRACE_SECONDS": "4"}
 
+pytestmark = pytest.mark.slow  # every test here runs real sweeps, servers or calibrated loads
+
 
 def trials(url: str, study: str = "tiny") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=url).get_trials()

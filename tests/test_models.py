@@ -29,6 +29,7 @@ def test_bundled_models_are_listed_with_quant_from_metadata() -> None:
     assert "tokenizer.chat_template" not in read_metadata(gemma.path)
 
 
+@pytest.mark.slow
 def test_quantize_derives_a_real_variant(cache_dir: Path) -> None:
     reg = Registry()
     (made,) = reg.quantize("smollm2-135m", ["Q4_0"])

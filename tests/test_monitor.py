@@ -23,6 +23,8 @@ from sweep.monitor import Monitor
 CHILD = Path(__file__).with_name("calibration_child.py")
 CPU = allowed_cpus()[-1]
 
+pytestmark = pytest.mark.slow  # every test here runs real sweeps, servers or calibrated loads
+
 
 def run_child(duty: float, seconds: float = 3.0, window_s: float = 0.1) -> tuple[list[float], float, float]:
     """Per-window percent of one core, the monitor's total CPU seconds, and the child's own."""

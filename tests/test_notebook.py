@@ -10,6 +10,8 @@ from nbclient import NotebookClient
 
 from conftest import REPO, TINY_SPACE, sweep_cli, write_space
 
+pytestmark = pytest.mark.slow  # every test here runs real sweeps, servers or calibrated loads
+
 
 def test_notebook_executes_on_a_real_study(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert sweep_cli("run", str(write_space(isolated / "s.yaml", TINY_SPACE)), "--study", "nb", "--trials", "3",

@@ -156,7 +156,7 @@ def test_decode_pacing_caps_rate_and_cpu(smollm2_path: Path) -> None:
 
 
 def test_noise_guard_flags_a_busy_machine() -> None:
-    from sweep.runner import noise_guard
+    from sweep.monitor import noise_guard
 
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in allowed_cpus()]
     try:
@@ -171,7 +171,7 @@ def test_noise_guard_flags_a_busy_machine() -> None:
 
 @pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
 def test_orchestrator_keeps_off_the_trial_cpus_and_restores_itself() -> None:
-    from sweep.runner import stay_off
+    from sweep.procs import stay_off
 
     cpus = allowed_cpus()
     before = os.sched_getaffinity(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 
 from conftest import REPO, TINY_SPACE, sweep_cli, write_space
@@ -87,27 +88,12 @@ def test_endpoint_space_is_valid_but_names_models_this_host_lacks() -> None:
         load_space(REPO / "search_spaces" / "endpoint-security.yaml")
 
 
-class _FixedTrial:
-    """Stands in for an Optuna trial: returns the highest value of each distribution."""
-
-    def __init__(self) -> None:
-        self.user_attrs: dict = {}
-
-    def suggest_categorical(self, name, choices):
-        return choices[-1]
-
-    def suggest_int(self, name, low, high, step=1, log=False):
-        return high
-
-    def set_user_attr(self, key, value):
-        self.user_attrs[key] = value
-
-
 def test_sample_clamps_threads_to_cores_and_ubatch_to_batch(isolated: Path) -> None:
     body = TINY_SPACE.replace("nice: [0, 19]", "cores: {low: 1, high: 1}\n  n_ubatch: [1024]\n  placement: [last]")
     body = body.replace("{low: 1, high: all}", "{low: 1, high: 64}").replace("n_threads_batch: 1", "n_threads_batch: 8")
     space = load_space(write_space(isolated / "s.yaml", body))
-    trial = _FixedTrial()
+    trial = optuna.trial.FixedTrial({"model": "smollm2-135m", "n_threads": 64, "n_batch": 512, "cores": 1,
+                                     "n_ubatch": 1024, "placement": "last"})
     config = space.sample(trial)
     assert config.cpus == (max(allowed_cpus()),)
     assert config.n_threads == 1 and config.n_threads_batch == 1
@@ -126,7 +112,9 @@ def test_prompt_strategy_is_a_search_dimension(isolated: Path) -> None:
     body = TINY_SPACE.replace("nice: [0, 19]", "shots: {low: 0, high: 3}\n  output: [free, json, grammar]\n"
                                                "  max_tokens: [16, 96]").replace("  max_tokens: 16\n", "")
     space = load_space(write_space(isolated / "s.yaml", body))
-    config = space.sample(_FixedTrial())
+    config = space.sample(optuna.trial.FixedTrial({"model": "smollm2-135m", "n_threads": 1, "n_batch": 512,
+                                                   "shots": 3, "output": "grammar", "max_tokens": 96}))
     assert (config.shots, config.output, config.max_tokens) == (3, "grammar", 96)
-    plain = load_space(write_space(isolated / "p.yaml", TINY_SPACE)).sample(_FixedTrial())
+    plain = load_space(write_space(isolated / "p.yaml", TINY_SPACE)).sample(
+        optuna.trial.FixedTrial({"model": "smollm2-135m", "n_threads": 1, "n_batch": 512, "nice": 19}))
     assert (plain.shots, plain.output) == (0, "free")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_SPACE, sweep_cli, write_space
-from sweep.runner import provably_over
+from sweep.metrics import provably_over
 from sweep.results import MISSING_FIGURE, constraint_values
 
 ONE_CONFIG = TINY_SPACE.replace('''params:
@@ -41,6 +41,7 @@ def user_attrs(db: Path, number: int) -> dict:
     return {k: json.loads(v) for k, v in rows}
 
 
+@pytest.mark.slow
 def test_early_abort_records_a_complete_infeasible_trial(isolated: Path) -> None:
     body = ONE_CONFIG.replace("prompts: 3", "prompts: 6") + "constraints:\n  latency_p95_s: {max: 0.05}\n"
     proc = sweep_cli("run", str(write_space(isolated / "s.yaml", body)), "--trials", "1")
@@ -52,6 +53,7 @@ def test_early_abort_records_a_complete_infeasible_trial(isolated: Path) -> None
     assert a["latency_p95_s"] > 0.05 and a["violations"] == ["latency_p95_s"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["reuse", "repeat"])
 def test_duplicate_configuration_is_never_silently_measured_twice(policy: str, isolated: Path) -> None:
     body = ONE_CONFIG.replace("  noise_retries: 0\n", f"  noise_retries: 0\n  duplicates: {policy}\n")

@@ -1,0 +1,111 @@
+"""Child processes of a trial: kill a whole process group, reap with a bounded wait, keep the
+orchestrator's own threads off the trial's CPUs, read the tail of a log.
+
+A worker or probe runs in its own session and process group, so one ``killpg``
+reaches everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from typing import Any, Iterator
+
+_TERM_GRACE_S = 2.0
+
+
+@contextlib.contextmanager
+def killer(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Make sure no process of the worker's group outlives the block, whatever happens."""
+    try:
+        yield
+    finally:
+        kill_group(proc.pid)
+        reap(proc.pid)
+
+
+def reap(pid: int, timeout_s: float = 10.0) -> tuple[int, Any] | None:
+    """Collect a killed child's status and rusage, waiting at most ``timeout_s``; None if it was
+    already collected or would not go (a process stuck in the kernel: then it is left, not waited on
+    forever). A thread-group leader reads as a zombie while its other threads still exit, so the
+    group can look dead a moment before the child can be collected."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pid_, status, rusage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid_:
+            return status, rusage
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether the process group has a member that is not a zombie.
+
+    ``killpg(pgid, 0)`` cannot tell: it succeeds while an unreaped zombie remains.
+    """
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def kill_group(pgid: int) -> None:
+    """SIGTERM the whole process group, then SIGKILL whatever is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + _TERM_GRACE_S
+        while time.monotonic() < deadline:
+            if not group_alive(pgid):
+                return
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def stay_off(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Keep this process's threads (and those they start) off the trial's CPUs, where others exist.
+
+    The monitor, the pipe reader and the wait loop must not steal time from the
+    worker they measure. Affinity is per thread on Linux, so every thread is moved.
+    """
+    allowed = os.sched_getaffinity(0)
+    others = allowed - set(cpus) if cpus else set()
+    if not others:
+        yield
+        return
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, others)
+    try:
+        yield
+    finally:
+        for tid in (int(t) for t in os.listdir("/proc/self/task")):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, allowed)
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
