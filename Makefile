@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 lock:
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet pip-tools
-	.lock-venv/bin/pip-compile --quiet --extra dev --strip-extras --no-header --output-file requirements.lock pyproject.toml
+	.lock-venv/bin/pip-compile --quiet --extra dev --strip-extras --no-header --no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
 	rm -rf .lock-venv
 
 install: $(VENV)/.installed
