@@ -87,7 +87,8 @@ def main(debug: bool) -> None:
 @click.option("--trials", default=8, show_default=True, type=click.IntRange(min=1),
               help="Finished trials the study should hold; re-running continues to this count.")
 @click.option("--timeout", "timeout", default=None, help="Wall-clock bound such as 8h; the trial in flight finishes.")
-@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None, help="Your own JSONL task file.")
+@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None,
+              help="Your own JSONL task file, or a bundled set by name (tasks-v1; default tasks-v2).")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @click.option("--hardware-class", "hardware_class", default=None,
               help="Join a study of another hardware class anyway, by naming its class (or name a new study's).")
@@ -104,7 +105,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     from .space import load_space
     from .storage import storage_url
     from .orchestrator import run_study
-    from .tasks import TASK_SET_VERSION, load_tasks
+    from .tasks import load_tasks, task_set_name
 
     timeout_s = parse_duration(timeout) if timeout else None
     sp = load_space(space, models_dir)  # everything is validated before the study is touched
@@ -114,7 +115,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     display = make_progress(quiet)
     try:
         result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=display,
-                           task_set=str(tasks_file.resolve()) if tasks_file else TASK_SET_VERSION, lock=not no_lock,
+                           task_set=task_set_name(tasks_file), lock=not no_lock,
                            hardware_class=hardware_class)
     finally:
         if display:
@@ -206,13 +207,12 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
     """Re-run the Pareto front on the whole task set, with repeats, and show what moves."""
     from .display import verification_table
     from .results import front_moves
-    from .tasks import TASK_SET_VERSION, load_tasks
+    from .tasks import load_tasks, task_set_name
     from .verify import verify_study
 
     study, url = _open_study(storage, study_name)
-    own = StudyMeta.of(study).task_set
-    source = str(tasks_file.resolve()) if tasks_file else own
-    tasks = load_tasks(None if source == TASK_SET_VERSION else source)
+    source = task_set_name(tasks_file) if tasks_file else StudyMeta.of(study).task_set
+    tasks = load_tasks(source)
     verified, skipped = verify_study(study, url, tasks, repeats, list(trial_numbers) or None, again,
                                      on_event=lambda line: click.echo(line, err=True), task_set=source,
                                      lock=not no_lock)

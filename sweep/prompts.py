@@ -57,7 +57,7 @@ _TECHNIQUE_GBNF = 'id ::= "T" [0-9]{4} ("." [0-9]{3})?'
 _IOC_GBNF = r"""ioc ::= ipv4 | domain | hash | winpath | posixpath
 ipv4 ::= [0-9]{1,3} "." [0-9]{1,3} "." [0-9]{1,3} "." [0-9]{1,3}
 domain ::= label ("." label)* "." [a-zA-Z]{2,24}
-label ::= [a-zA-Z0-9] [a-zA-Z0-9-]{0,62}
+label ::= [a-zA-Z0-9_] [a-zA-Z0-9_-]{0,62}
 hash ::= [0-9a-f]{32} | [0-9a-f]{40} | [0-9a-f]{64}
 winpath ::= [A-Za-z] ":\\" [^ \t\n"',;]{1,200}
 posixpath ::= ("/" [a-zA-Z0-9._-]{1,64}){2,16}"""

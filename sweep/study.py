@@ -111,8 +111,8 @@ def _check_comparable(study: Any, space: Space, task_set: str) -> None:
         raise StudyError(f"study {study.study_name!r} was measured with other trial settings ({'; '.join(changed)}); "
                          "its figures would not be comparable: restore them or use a new --study name")
     if meta.task_set != task_set:
-        raise StudyError(f"study {study.study_name!r} was measured on the task set {study.user_attrs['task_set']}, "
-                         f"not {task_set}; use a new --study name (or verify on other tasks with sweep verify --tasks)")
+        raise StudyError(f"study {study.study_name!r} was measured on the task set {meta.task_set}, not {task_set}; "
+                         f"pass --tasks {meta.task_set} to continue it, or use a new --study name")
 
 
 def save_dashboard_note(study: Any) -> None:

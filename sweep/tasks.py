@@ -23,7 +23,8 @@ VERDICTS = ("malicious", "suspicious", "benign")
 SEVERITIES = ("low", "medium", "high", "critical")
 LETTERS = ("A", "B", "C", "D")
 _LABELS = {"verdict": VERDICTS, "severity": SEVERITIES, "mcq": LETTERS}
-TASK_SET_VERSION = "tasks-v1"
+TASK_SET_VERSION = "tasks-v2"  # the default; every bundled set stays loadable by name
+BUNDLED_SETS = ("tasks-v1", "tasks-v2")
 
 
 class Task(BaseModel):
@@ -41,15 +42,23 @@ class Score:
     parsed: bool  # False when no answer of the expected form could be found
 
 
+def task_set_name(path: str | Path | None) -> str:
+    """What a study records as its task set: a bundled set's name, or a file's absolute path."""
+    if path is None:
+        return TASK_SET_VERSION
+    return str(path) if str(path) in BUNDLED_SETS else str(Path(path).resolve())
+
+
 def load_tasks(path: str | Path | None = None) -> list[Task]:
-    """Load a JSONL task file (default: the bundled starter set).
+    """Load a JSONL task file, or a bundled set by name (default: ``TASK_SET_VERSION``).
 
     Raises:
         TaskFileError: naming the file, the line and the field that is wrong.
     """
-    if path is None:
-        text = resources.files("sweep").joinpath(f"data/{TASK_SET_VERSION}.jsonl").read_text()
-        where = f"bundled {TASK_SET_VERSION}.jsonl"
+    name = TASK_SET_VERSION if path is None else str(path)
+    if name in BUNDLED_SETS:
+        text = resources.files("sweep").joinpath(f"data/{name}.jsonl").read_text()
+        where = f"bundled {name}.jsonl"
     else:
         try:
             text = Path(path).read_text()
@@ -109,7 +118,7 @@ _IOC = re.compile(
     r"|(?:/[\w.\-]+(?:/[\w.\-]+)+)"        # POSIX path
     r"|\b[0-9a-fA-F]{64}\b|\b[0-9a-fA-F]{40}\b|\b[0-9a-fA-F]{32}\b"  # hashes
     r"|\b(?:\d{1,3}\.){3}\d{1,3}\b"        # IPv4
-    r"|\b(?:[a-zA-Z0-9\-]+\.)+[a-zA-Z]{2,}\b"  # domains and file names
+    r"|\b(?:[\w\-]+\.)+[a-zA-Z]{2,}\b"  # domains and file names (file names may hold underscores)
 )
 
 

@@ -209,3 +209,24 @@ def test_an_interrupt_stops_the_monitor_and_the_probe_and_reaps_the_worker(smoll
     assert not stray_processes()
     left = {c: open(f"/proc/{c}/stat").read()[:80] for c in children() - before}
     assert not left  # the worker and the probe were reaped: not even a zombie is left
+
+
+def test_a_trial_measured_under_others_load_is_flagged_and_repeated(smollm2_path: Path) -> None:
+    """Busy loops on every CPU all through the trial: the noise guard lets it run (no retries), and
+    the trial says it was measured under others' load; with busy_trials: repeat it is measured again."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in allowed_cpus()]
+    try:
+        time.sleep(0.3)
+        settings = TrialSettings(prompts=3, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=300,
+                                 noise_retries=1, noise_wait_seconds=0.1, noise_check_seconds=0.3,
+                                 noise_max_pct=30, busy_trials="repeat")
+        outcome = run_trial(config(smollm2_path), settings, TASKS)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert outcome.ok, outcome.detail
+    f = outcome.figures
+    assert f["machine_busy"] == 1  # the guard saw it before
+    assert f["machine_busy_active"] == 1 and f["other_cpu_active_pct"] > 30  # and it stayed while answering
+    assert f["busy_repeats"] == 1  # measured again once (noise_retries), the last one kept

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from sweep.errors import TaskFileError
+from sweep.prompts import shot_pool
 from sweep.tasks import Task, load_tasks, score, stratified_subset
 
 
@@ -77,9 +79,10 @@ def test_iocs_echo_of_the_log_line_is_a_parse_failure() -> None:
     assert score(t, "dst=45.83.64.1").value == 1.0  # a fragment around the indicator is not an echo
 
 
-def test_starter_set_is_valid_and_balanced() -> None:
+def test_default_set_is_big_enough_and_balanced() -> None:
     tasks = load_tasks()
-    assert len(tasks) >= 80
+    # At 0.8, 240 items give a 95% interval about +-0.05 wide: enough to tell 0.80 from 0.70.
+    assert len(tasks) >= 240
     assert len({t.id for t in tasks}) == len(tasks)
     kinds = Counter(t.kind for t in tasks)
     assert set(kinds) == {"verdict", "iocs", "attack", "severity", "mcq"}
@@ -143,3 +146,36 @@ def test_tasks_baseline_cli_on_the_bundled_set() -> None:
     assert proc.returncode == 0, proc.stderr
     mcq = next(line for line in proc.stdout.splitlines() if line.startswith("mcq"))
     assert "0.250" in mcq  # four letters, exactly balanced: any one letter is right a quarter of the time
+
+
+@pytest.mark.parametrize("name", ["tasks-v1", "tasks-v2"])
+def test_every_items_own_answer_scores_full_marks(name: str) -> None:
+    """An item whose own expected answer does not score 1.0 through the scorer (in every answer form)
+    would mark a right model wrong: the scorer and the item must agree."""
+    from sweep.prompts import OUTPUTS, _reply, answer_text
+
+    for task in load_tasks(name) + [t for pool in shot_pool().values() for t in pool]:
+        for output in OUTPUTS:
+            assert score(task, answer_text(_reply(task, output), output)).value == 1.0, (task.id, output)
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def test_no_scored_input_is_a_near_duplicate_of_another() -> None:
+    """Normalised (case, punctuation and spacing ignored), no two scored inputs are the same, and
+    none is mostly the same words as another (Jaccard similarity of word sets under 0.8)."""
+    tasks = load_tasks()
+    normal = {t.id: _normal(t.input) for t in tasks}
+    assert len(set(normal.values())) == len(tasks)
+    words = {k: set(v.split()) for k, v in normal.items()}
+    close = [(a, b) for i, a in enumerate(words) for b in list(words)[i + 1:]
+             if len(words[a] & words[b]) / len(words[a] | words[b]) >= 0.8]
+    assert not close
+
+
+def test_old_task_sets_stay_loadable_by_name() -> None:
+    v1, v2 = load_tasks("tasks-v1"), load_tasks("tasks-v2")
+    assert len(v1) == 82 and len(v2) >= 240
+    assert {t.id for t in v1} <= {t.id for t in v2}
