@@ -103,7 +103,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     from .progress import make_progress
     from .results import choose, pareto_front, rows
     from .space import load_space
-    from .storage import storage_url
+    from .storage import safe_url, storage_url
     from .orchestrator import run_study
     from .tasks import load_tasks, task_set_name
 
@@ -123,7 +123,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     study = result.study
     all_rows = rows(study)
     failed = [r for r in all_rows if r["state"] == "FAIL"]
-    click.echo(f"\nstudy {name!r} in {url}: {len(all_rows)} finished trials, {len(failed)} failed, "
+    click.echo(f"\nstudy {name!r} in {safe_url(url)}: {len(all_rows)} finished trials, {len(failed)} failed, "
                f"{sum(r['feasible'] for r in all_rows)} meet every budget")
     front, feasible = pareto_front(study)
     if front:
@@ -355,13 +355,13 @@ def fleet(storage: str | None) -> None:
     """Every study in the database, by hardware class: trials done, meeting budgets, the pick."""
     from .display import fleet_table
     from .fleet import fleet_summary
-    from .storage import require_existing, storage_url
+    from .storage import require_existing, safe_url, storage_url
 
     url = storage_url(storage)
     require_existing(url)
     classes = fleet_summary(url)
     if not classes:
-        raise SweepError(f"no sweep study in {url}")
+        raise SweepError(f"no sweep study in {safe_url(url)}")
     click.echo(fleet_table(classes))
 
 
@@ -374,12 +374,12 @@ def db() -> None:
 @storage_option
 def db_upgrade(storage: str | None) -> None:
     """Bring sweep's tables in the database up to this version's schema (writes)."""
-    from .storage import SCHEMA_VERSION, SeriesStore, open_optuna_storage, storage_url
+    from .storage import SCHEMA_VERSION, SeriesStore, open_optuna_storage, safe_url, storage_url
 
     url = storage_url(storage)
     open_optuna_storage(url)
     store = SeriesStore(url)
-    click.echo(f"{url}: sweep schema version {store.version} (this sweep: {SCHEMA_VERSION})")
+    click.echo(f"{safe_url(url)}: sweep schema version {store.version} (this sweep: {SCHEMA_VERSION})")
 
 
 @main.group()
@@ -392,9 +392,7 @@ def models() -> None:
 def models_list(models_dir: str | None) -> None:
     """Show every model and quantization available."""
     from .display import table
-    from .models import Registry
-
-    from .models import model_name_of
+    from .models import Registry, model_name_of
 
     registry = Registry(models_dir)
     files = registry.files()

@@ -19,6 +19,7 @@ from . import knobs
 from .errors import StudyError
 from .records import StudyMeta, TrialConfig
 from .results import trial_by_number
+from .storage import safe_url
 
 FORMATS = ("json", "yaml", "python", "llama-server", "systemd")
 
@@ -82,7 +83,7 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
         "figures_from": _figures_from(row, study),
         "prompt_strategy": prompt_strategy(config),
         "provenance": {
-            "study": study.study_name, "trial": row["number"], "storage": storage_url,
+            "study": study.study_name, "trial": row["number"], "storage": safe_url(storage_url),
             "space_file": meta.space_file, "task_set": meta.task_set,
             "host": _measured_by(study, row["number"]), "hardware_class": meta.hardware_class,
             "sweep_version": meta.sweep_version,

@@ -165,10 +165,12 @@ class _Run:
                     trial = self.study.ask() if done + elsewhere < self.n_trials else None
                 if trial is not None:
                     heartbeat = Heartbeat(self.study, trial)
-                    trial.set_user_attr("owner", self.me.to_dict())
-                    asked_s = time.monotonic() - t0
                     try:
-                        return self._measure(trial, heartbeat, waited, asked_s)
+                        trial.set_user_attr("owner", self.me.to_dict())
+                        return self._measure(trial, waited, time.monotonic() - t0)
+                    except KeyboardInterrupt:
+                        self._interrupted(trial)
+                        raise
                     finally:
                         heartbeat.stop()
         except LockWaitStopped:
@@ -177,9 +179,13 @@ class _Run:
         time.sleep(_WAIT_S)
         return True
 
-    def _measure(self, trial: Any, heartbeat: Heartbeat, waited: float, asked_s: float) -> bool:
-        from optuna.trial import TrialState
+    def _interrupted(self, trial: Any) -> None:
+        """Record an aborted trial as failed (``interrupted``), unless it was already recorded; a run
+        trial's worker group has already been ended by ``run_trial``."""
+        with self.stop.shield():
+            _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "interrupted"})
 
+    def _measure(self, trial: Any, waited: float, asked_s: float) -> bool:
         config = self.space.sample(trial)
         self._report(trial, config, phase="starting")
         original = self._settled_original(trial)
@@ -200,15 +206,8 @@ class _Run:
 
         latency_budget = self.budgets.get("latency_p95_s", {}).get("max")
         start = time.time()
-        try:
-            outcome = run_trial(config, self.space.settings, self.subset, worker_cmd=self.worker_cmd,
-                                latency_budget_s=latency_budget, on_event=on_event if self.on_progress else None)
-        except KeyboardInterrupt:
-            # run_trial's killer has already ended the worker's group; keep the trial as data.
-            with self.stop.shield():
-                trial.set_user_attr("fail_reason", "interrupted")
-                self.study.tell(trial, state=TrialState.FAIL)
-            raise
+        outcome = run_trial(config, self.space.settings, self.subset, worker_cmd=self.worker_cmd,
+                            latency_budget_s=latency_budget, on_event=on_event if self.on_progress else None)
         extra = {"measured_at": [round(start, 3), round(time.time(), 3)], "hardware_class": self.hardware,
                  "lock_wait_s": round(waited, 3)}
         if not self.lock:

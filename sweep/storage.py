@@ -105,11 +105,11 @@ def heartbeat_settings() -> tuple[int, int]:
 
 
 def _connect_error(url: str, exc: Exception) -> StudyError:
-    return StudyError(f"cannot open the study storage {_safe(url)}: {str(exc).splitlines()[0]}")
+    return StudyError(f"cannot open the study storage {safe_url(url)}: {str(exc).splitlines()[0]}")
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and exports."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:
@@ -134,6 +134,8 @@ def open_optuna_storage(url: str, write: bool = True) -> Any:
             return make()
     except (sa.exc.OperationalError, sa.exc.ArgumentError, ImportError) as exc:
         raise _connect_error(url, exc) from None
+    except optuna.exceptions.StorageInternalError as exc:  # Optuna wraps a failed connection
+        raise _connect_error(url, exc.__cause__ or exc) from None
 
 
 @contextlib.contextmanager
@@ -237,7 +239,7 @@ class SeriesStore:
             with schema_lock(url):
                 self._migrate()
         elif self.version:
-            raise StudyError(f"the database {_safe(url)} has sweep schema version {self.version}, older than this "
+            raise StudyError(f"the database {safe_url(url)} has sweep schema version {self.version}, older than this "
                              f"sweep's {SCHEMA_VERSION}; `sweep db upgrade` brings it up to date (it writes)")
 
     def _read_version(self) -> int:

@@ -16,7 +16,7 @@ from .metrics import METRICS
 from .records import Outcome, StudyMeta
 from .results import constraint_values, verifications
 from .space import Space
-from .storage import SeriesStore, open_optuna_storage, schema_lock
+from .storage import SeriesStore, open_optuna_storage, safe_url, schema_lock
 
 SWEEP_VERSION = "0.1.0"
 _SEED_STRIDE = 7919  # between the sampler seeds of a study's successive orchestrators
@@ -46,7 +46,7 @@ def load_study(storage_url: str, name: str) -> Any:
     try:
         return optuna.load_study(study_name=name, storage=open_optuna_storage(storage_url, write=False))
     except KeyError:
-        raise StudyError(f"no study named {name!r} in {storage_url}") from None
+        raise StudyError(f"no study named {name!r} in {safe_url(storage_url)}") from None
 
 
 def open_or_create(space: Space, storage_url: str, name: str, task_set: str,

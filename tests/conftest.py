@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -67,6 +67,18 @@ def stray_processes() -> list[str]:
         if cmd.startswith(mine) and any(name in cmd for name in (b"fake_worker", b"sweep.worker", b"sweep.probe")):
             found.append(cmd.decode(errors="replace"))
     return found
+
+
+def wait_for(predicate: Any, timeout: float = 180.0) -> None:
+    """Poll ``predicate`` every 0.1 s until it holds; fail the test after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail("condition not reached in time")
 
 
 def sweep_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import TINY_SPACE, stray_processes, sweep_cli, write_space
+from conftest import TINY_SPACE, stray_processes, sweep_cli, wait_for, write_space
 from sweep.host import allowed_cpus
 
 TWO_CPUS = pytest.mark.skipif(len(allowed_cpus()) < 2, reason="two simulated hosts need a CPU each")
@@ -103,15 +103,6 @@ def test_two_orchestrators_on_one_postgres_study(isolated: Path, pg_url: str) ->
     assert not stray_processes()
 
 
-def _wait(predicate: Any, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail("condition not reached in time")
-
-
 def _running_on(url: str, name: str) -> bool:
     try:
         return any(t.state.name == "RUNNING" and (t.user_attrs.get("owner") or {}).get("host") == name
@@ -124,7 +115,7 @@ def _running_on(url: str, name: str) -> bool:
 def test_sigkill_of_one_of_two_orchestrators(isolated: Path, pg_url: str) -> None:
     space = write_space(isolated / "s.yaml", TINY_SPACE)
     a = start(space, 5, host("a", isolated, **FAST_HEARTBEAT), cpu=allowed_cpus()[0])
-    _wait(lambda: _running_on(pg_url, "a"))
+    wait_for(lambda: _running_on(pg_url, "a"))
     b = start(space, 5, host("b", isolated, **FAST_HEARTBEAT), cpu=allowed_cpus()[1])
     time.sleep(0.5)  # into a's trial
     a.kill()
@@ -319,7 +310,7 @@ def test_sigterm_finishes_the_trial_and_sighup_records_it(sig: int, state: str, 
     space = write_space(isolated / "s.yaml", TINY_SPACE)
     url = os.environ["SWEEP_STORAGE"]
     p = start(space, 3, {})
-    _wait(lambda: any(t.state.name == "RUNNING" and "config" in t.user_attrs for t in trials_or_none(url)))
+    wait_for(lambda: any(t.state.name == "RUNNING" and "config" in t.user_attrs for t in trials_or_none(url)))
     time.sleep(0.4)
     p.send_signal(sig)
     p.communicate(timeout=300)

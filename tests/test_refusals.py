@@ -130,3 +130,13 @@ def test_the_export_policy_follows_the_spaces_objectives() -> None:
             user_attrs={"latency_p95_s": latency, "correctness": correctness, "config": {},
                         "violations": [] if latency <= 3 else ["latency_p95_s"], "constraint_values": [latency - 3]}))
     assert choose(study)["number"] == 1
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("postgresql+psycopg://sweep:hunter2@/sweep?host=/nonexistent", "cannot open the study storage"),
+    ("foo://bar", "cannot open the study storage foo://bar"),
+])
+def test_an_unreachable_storage_is_one_line_without_its_password(url: str, needle: str) -> None:
+    for args in (["pareto", "--study", "x"], ["fleet"], ["db", "upgrade"]):
+        line = _one_line(sweep_cli(*args, "--storage", url), 2, needle)
+        assert "hunter2" not in line

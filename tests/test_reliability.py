@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPACE, stray_processes, sweep_cli, write_space
+from conftest import TINY_SPACE, stray_processes, sweep_cli, wait_for, write_space
 
 FAULT_SPACE = TINY_SPACE.replace("  timeout_seconds: 120\n", "  timeout_seconds: 120\n  progress_timeout_seconds: 5\n"
                                  "  memory_limit_gb: 1.0\n")
@@ -95,15 +95,6 @@ def test_truncated_model_fails_to_load_and_the_real_one_completes(isolated: Path
     assert trials(db) == rows and integrity_ok(db)
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail("condition not reached in time")
-
-
 def _running_trial(db: Path) -> bool:
     try:
         return any(state == "RUNNING" for _, state, _ in trials(db))
@@ -135,8 +126,8 @@ def _start(space: Path) -> subprocess.Popen[str]:
 def test_sigkill_of_the_orchestrator_then_resume(isolated: Path, db: Path) -> None:
     space = write_space(isolated / "s.yaml", FAULT_SPACE)
     orchestrator = _start(space)
-    _wait_for(lambda: _running_trial(db))
-    _wait_for(lambda: bool(_workers_of(orchestrator.pid)))  # into the trial: the worker is up
+    wait_for(lambda: _running_trial(db))
+    wait_for(lambda: bool(_workers_of(orchestrator.pid)))  # into the trial: the worker is up
     orchestrator.kill()
     orchestrator.wait()
     assert not stray_processes()  # the worker died with its parent
@@ -158,7 +149,7 @@ def test_sigkill_of_the_orchestrator_then_resume(isolated: Path, db: Path) -> No
 def _interrupt(isolated: Path, db: Path, times: int) -> str:
     """Start a sweep, press Ctrl-C ``times`` during its first trial; return its stderr."""
     orchestrator = _start(write_space(isolated / "s.yaml", FAULT_SPACE))
-    _wait_for(lambda: _running_trial(db))
+    wait_for(lambda: _running_trial(db))
     for _ in range(times):
         time.sleep(0.4)
         orchestrator.send_signal(signal.SIGINT)
