@@ -392,14 +392,14 @@ def models() -> None:
 def models_list(models_dir: str | None) -> None:
     """Show every model and quantization available."""
     from .display import table
-    from .models import Registry, model_name_of
+    from .models import Registry, hash_status, model_name_of
 
     registry = Registry(models_dir)
     files = registry.files()
-    body = [[n, q, m.source, m.chat_format or "(from GGUF)", f"{m.size_bytes / 1e6:.0f} MB", str(m.path)]
-            for (n, q), m in sorted(files.items())]
-    body += [[model_name_of(path), "BROKEN", "", reason[:80], "", str(path)] for path, reason in registry.broken.items()]
-    click.echo(table(body, ["model", "quant", "source", "chat format", "size", "path"]))
+    body = [[n, q, m.source, m.chat_format or "(from GGUF)", f"{m.size_bytes / 1e6:.0f} MB", hash_status(m.path),
+             str(m.path)] for (n, q), m in sorted(files.items())]
+    body += [[model_name_of(path), "BROKEN", "", reason[:80], "", "", str(path)] for path, reason in registry.broken.items()]
+    click.echo(table(body, ["model", "quant", "source", "chat format", "size", "hash", "path"]))
 
 
 @models.command("quantize")

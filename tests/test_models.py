@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import sweep_cli
 from sweep.errors import ModelError
 from sweep.gguf import FILE_TYPES, quant_of, read_metadata
 from sweep.models import Registry, model_name_of
@@ -91,3 +92,41 @@ def test_file_cut_inside_the_vocabulary_is_refused(tmp_path: Path, smollm2_path:
     cut.write_bytes(smollm2_path.read_bytes()[:300_000])  # inside tokenizer.ggml.tokens
     with pytest.raises(ModelError, match="truncated"):
         read_metadata(cut)
+
+
+@pytest.mark.slow
+def test_the_qwen_model_assembles_to_its_published_hash(cache_dir: Path) -> None:
+    import hashlib
+
+    from sweep.models import QWEN_PARTS, hash_status
+
+    path = Registry().resolve("qwen2.5-coder-1.5b", "Q4_K_M").path
+    assert path.stat().st_size == QWEN_PARTS.size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    assert digest.hexdigest() == QWEN_PARTS.sha256  # read back here, not taken from the assembler
+    assert hash_status(path) == "sha256 ok"
+    assert read_metadata(path)["general.name"] == "Qwen2.5 Coder 1.5B Instruct GGUF"
+    listing = sweep_cli("models", "list")
+    assert listing.returncode == 0
+    assert any("qwen2.5-coder-1.5b" in line and "sha256 ok" in line for line in listing.stdout.splitlines())
+
+
+def test_a_corrupt_part_is_refused_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    from sweep.errors import SweepError
+    from sweep.models import QWEN_PARTS, assemble_parts
+
+    parts = [Path(str(metadata.distribution(d).locate_file(f))) for d, f in QWEN_PARTS.parts]
+    bad = tmp_path / "part22.bin"
+    data = bytearray(parts[-1].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    bad.write_bytes(bytes(data))
+    target = tmp_path / "models" / "qwen2.5-coder-1.5b.Q4_K_M.gguf"
+    with pytest.raises(ModelError, match="22 parts .*part22.bin.*a part is corrupt") as err:
+        assemble_parts(parts[:-1] + [bad], target, QWEN_PARTS.size, QWEN_PARTS.sha256)
+    assert isinstance(err.value, SweepError) and err.value.exit_code == 2
+    assert list((tmp_path / "models").iterdir()) == []  # neither the file nor its partial
