@@ -1,19 +1,27 @@
-"""Why the worker calls reset() before each prompt: ``python bench/prefix_cache.py``.
+"""Prefix caching, honestly: ``python bench/prefix_cache.py [ITEMS] [MODEL]``.
 
-The same prompt to SmolLM2 three ways, 2 threads: the first call, a repeat
-without reset() (a KV-cache prefix hit) and a repeat after reset() (a real
-request). Prints each latency.
+1. Why the worker calls reset() before each prompt: the same prompt to SmolLM2 three ways,
+   2 threads: the first call, a repeat without reset() (a KV-cache prefix hit on the whole prompt)
+   and a repeat after reset() (a real request).
+2. ``prefix_cache: off`` against ``shared`` on MODEL (default the 1.5B model), 3-shot grammar
+   prompts, ITEMS items (default 10, the kinds in turn), 2 threads, through the normal trial path:
+   p95 latency, load time (which includes preparing the shared prefixes), the prompt and
+   prefilled tokens llama.cpp reports, and whether both gave the same answers.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import llama_cpp
 
+from sweep.metrics import percentile
 from sweep.models import Registry
 from sweep.prompts import request_for
-from sweep.tasks import load_tasks
+from sweep.records import TrialConfig, TrialSettings
+from sweep.runner import run_trial
+from sweep.tasks import load_tasks, stratified_subset
 
 
 def main() -> None:
@@ -31,6 +39,31 @@ def main() -> None:
     llm.reset()
     after_reset = ask()
     print(f"first call {first:.3f} s | repeat without reset() {repeat:.3f} s | repeat after reset() {after_reset:.3f} s")
+    del llm
+
+    items = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    name = sys.argv[2] if len(sys.argv) > 2 else "qwen2.5-coder-1.5b"
+    mf = Registry().resolve(name, Registry().quants(name)[0])
+    tasks = stratified_subset(load_tasks(), items)
+    settings = TrialSettings(prompts=items, idle_seconds=0.5, baseline_seconds=0.2, probe=False, early_abort=False,
+                             noise_retries=0, timeout_seconds=1800, progress_timeout_seconds=600)
+    print(f"\n{mf.name}:{mf.quant}, {items} items, 3-shot grammar, max_tokens 32, 2 threads")
+    print("prefix_cache  p95 s   p50 s   load s  prompt tokens (mean)  prefilled tokens (mean)")
+    answers = {}
+    for mode in ("off", "shared"):
+        config = TrialConfig(model=mf.name, quant=mf.quant, model_path=str(mf.path), chat_format=mf.chat_format,
+                             n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048, max_tokens=32,
+                             shots=3, output="grammar", prefix_cache=mode)
+        out = run_trial(config, settings, tasks)
+        if not out.ok:
+            sys.exit(f"{mode}: {out.reason}: {out.detail}")
+        lat = [a["latency_s"] for a in out.answers]
+        answers[mode] = [a["answer"] for a in out.answers]
+        mean = lambda k: sum(a[k] for a in out.answers) / len(out.answers)  # noqa: E731
+        print(f"{mode:12s}  {percentile(lat, 95):5.2f}  {percentile(lat, 50):6.2f}  {out.figures['load_s']:6.2f}  "
+              f"{mean('prompt_tokens'):20.0f}  {mean('prefill_tokens'):23.0f}")
+    same = answers["off"] == answers["shared"]
+    print(f"same answers with both: {'yes' if same else 'NO'} ({sum(a == b for a, b in zip(*answers.values()))}/{items})")
 
 
 if __name__ == "__main__":

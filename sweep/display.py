@@ -19,6 +19,7 @@ def config_summary(c: dict[str, Any] | None) -> str:
            f"ctx={c['n_ctx']} cpus={cpus} nice={c['nice']} {c['sched_policy']}")
     out += f" omp={c['omp_wait_policy']}" if c.get("omp_wait_policy") else ""
     out += f" duty={c['pace_duty']:g}" if c.get("pace_duty") else ""
+    out += " prefix=shared" if c.get("prefix_cache") == "shared" else ""
     out += f" cap={c['pace_tps']:g}tok/s" if c.get("pace_tps") else ""
     return out + f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
 

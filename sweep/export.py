@@ -117,7 +117,12 @@ def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
     from .prompts import OUTPUT_KINDS, SHOTS_FILE, grammar_for, schema_for
 
     out: dict[str, Any] = {"shots": config.shots, "output": config.output, "max_tokens": config.max_tokens,
-                           "temperature": config.temperature}
+                           "temperature": config.temperature, "prefix_cache": config.prefix_cache}
+    if config.prefix_cache == "shared":
+        out["prefix_cache_how"] = ("prefill each kind's fixed prefix (system prompt and worked examples) once and "
+                                   "restore it before each request (Llama.save_state/load_state); llama-server: "
+                                   "send cache_prompt: true, which reuses the prefix a slot's previous request "
+                                   "shares, so keep one kind per slot (or --cache-reuse) to match the measurement")
     if config.shots:
         out["worked_examples"] = f"the first {config.shots} of each kind in sweep/{SHOTS_FILE}"
     if config.output == "grammar":

@@ -113,6 +113,14 @@ def _reply(task: Task, output: str) -> str:
     return task.expected if isinstance(task.expected, str) else "\n".join(task.expected)
 
 
+def prefix_probes(kind: str, shots: int, output: str) -> list[list[dict[str, str]]]:
+    """Two requests of ``kind`` that differ only in the item: the tokens they share are the fixed
+    prefix (system prompt, worked examples, the question's lead-in) that a shared-prefix cache
+    prefills once. Placeholder items, never scored."""
+    return [request_for(Task(id=f"prefix-{x}", kind=kind, input=x, expected=[] if kind in MAX_LIST else "A",
+                             source="placeholder"), shots, output)["messages"] for x in ("0", "1")]
+
+
 def request_for(task: Task, shots: int = 0, output: str = "free") -> dict[str, Any]:
     """The chat request for ``task``: messages, and the grammar or schema that constrains the answer."""
     messages = [{"role": "system", "content": _SYSTEM}]
@@ -120,7 +128,7 @@ def request_for(task: Task, shots: int = 0, output: str = "free") -> dict[str, A
         messages += [{"role": "user", "content": _question(example, output)},
                      {"role": "assistant", "content": _reply(example, output)}]
     messages.append({"role": "user", "content": _question(task, output)})
-    request: dict[str, Any] = {"messages": messages}
+    request: dict[str, Any] = {"messages": messages, "kind": task.kind}
     if output == "grammar":
         request["grammar"] = grammar_for(task.kind)
     elif output == "json":

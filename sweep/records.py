@@ -55,6 +55,7 @@ class TrialConfig:
     seed: int = 1234
     pace_tps: float | None = None  # decode pacing: at most this many tokens per second
     pace_duty: float | None = None  # decode pacing: compute at most this fraction of decode time
+    prefix_cache: Literal["off", "shared"] = "off"  # "shared": each kind's fixed prefix is prefilled once, at load
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -24,7 +24,7 @@ from .metrics import major_marks, probe_figures, provably_over
 from .monitor import Monitor, Series, noise_guard
 from .probe import Probe
 from .procs import kill_group, killer, reap, stay_off, tail
-from .prompts import answer_text, request_for
+from .prompts import answer_text, prefix_probes, request_for
 from .protocol import problem
 from .records import Outcome, TrialConfig, TrialSettings
 from .tasks import Task, score_answers
@@ -137,8 +137,11 @@ class _Measurement:
     def _watch(self) -> None:
         """Spawn the worker and see it through to its end (or kill it), with the monitor running."""
         s = self.settings
-        job = {"config": self.config.to_dict(), "idle_seconds": s.idle_seconds,
-               "prompts": [request_for(t, self.config.shots, self.config.output) for t in self.tasks]}
+        c = self.config
+        job: dict[str, Any] = {"config": c.to_dict(), "idle_seconds": s.idle_seconds,
+                               "prompts": [request_for(t, c.shots, c.output) for t in self.tasks]}
+        if c.prefix_cache == "shared":
+            job["prefixes"] = {k: prefix_probes(k, c.shots, c.output) for k in sorted({t.kind for t in self.tasks})}
         monitor = Monitor(s.window_ms / 1000, self._on_sample).start()
         try:  # an interrupt anywhere below must not leave the sampler running
             time.sleep(s.baseline_seconds)
@@ -259,6 +262,8 @@ class _Measurement:
         raw = [p["answer"] for p in prompts]
         answers, by_kind, correctness = score_answers(tasks, raw, [answer_text(a, self.config.output) for a in raw],
                                                       [p["latency_s"] for p in prompts])
+        for a, p in zip(answers, prompts):  # llama.cpp's own counts: the whole prompt, and what it prefilled of it
+            a["prompt_tokens"], a["prefill_tokens"] = p.get("prompt_tokens"), p.get("prefill_tokens")
         figs["correctness"] = correctness
         figs["parse_failures"] = sum(not a["parsed"] for a in answers)
         return Outcome(ok=True, figures=figs, by_kind=by_kind, answers=answers, **common)

@@ -42,6 +42,7 @@ _ENUM_PARAMS: dict[str, tuple[str, ...]] = {
     "sched_policy": ("normal", "batch", "idle"),
     "omp_wait_policy": ("passive", "active"),
     "output": OUTPUTS,
+    "prefix_cache": ("off", "shared"),
 }
 _FLOAT_PARAMS = {"pace_tps", "pace_duty"}
 _FIXED_ONLY = {"cpus", "temperature"}
@@ -188,6 +189,7 @@ class Space:
             cpus=cpus, nice=v["nice"], sched_policy=v["sched_policy"], omp_wait_policy=v.get("omp_wait_policy"),
             gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
             pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"), shots=v["shots"], output=v["output"],
+            prefix_cache=v["prefix_cache"],
         )
 
 

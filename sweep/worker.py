@@ -21,10 +21,45 @@ from . import knobs
 from .protocol import Channel, die_with_parent
 from .records import TrialConfig
 
-def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], chan: Channel,
-                index: int) -> dict[str, Any]:
-    # Reset so each latency is a full request, not a KV-cache prefix hit.
+def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The tokens llama-cpp-python's chat handler evaluates for ``messages`` (one token generated)."""
     llm.reset()
+    out = llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
+    return list(llm._input_ids[: out["usage"]["prompt_tokens"]])
+
+
+def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]]) -> dict[str, Any]:
+    """For each kind, prefill its fixed prefix once and keep the state (``prefix_cache: shared``).
+
+    The prefix is the tokens two requests of the kind share when only their item differs, so the
+    item part of every real request is still prefilled fresh: never a cache hit on the item.
+    """
+    states = {}
+    for kind, (a, b) in probes.items():
+        ta, tb = _prompt_tokens(llm, a), _prompt_tokens(llm, b)
+        n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+        llm.reset()
+        llm.eval(ta[:n])
+        states[kind] = llm.save_state()
+    llm.reset()
+    return states
+
+
+def _prefill_count(llm: Any) -> int:
+    import llama_cpp
+
+    return int(llama_cpp.llama_perf_context(llm._ctx.ctx).n_p_eval)
+
+
+def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], chan: Channel,
+                index: int, prefix: Any = None) -> dict[str, Any]:
+    # Without a shared prefix, reset so each latency is a full request, not a KV-cache prefix hit;
+    # with one, start from the kind's prefilled prefix and nothing more.
+    if prefix is None:
+        llm.reset()
+    else:
+        llm.load_state(prefix)
+    prefilled = _prefill_count(llm)
     chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
     t0 = time.monotonic()
     t_first = t_last = None
@@ -43,6 +78,7 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
         if t_first is None:
             t_first = now
             prompt_tokens = llm.n_tokens  # at the first token only the prompt has been evaluated
+            prefilled = _prefill_count(llm) - prefilled  # what llama.cpp evaluated of it in this request
             chan.send("phase", phase="decode", t=now, prompt=index)
         t_last = now
         pieces.append(text)
@@ -62,6 +98,7 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
         "latency_s": t_end - t0,
         "ttft_s": (t_first - t0) if t_first else None,
         "prompt_tokens": prompt_tokens,
+        "prefill_tokens": prefilled if t_first else None,
         "completion_chunks": len(pieces),
         "decode_s": (t_last - t_first) if t_first and t_last else 0.0,
         "answer": "".join(pieces),
@@ -81,13 +118,15 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     except Exception as exc:  # llama-cpp-python raises ValueError for any load failure
         chan.send("error", reason="model_load_failed", detail=f"{type(exc).__name__}: {exc}")
         return 3
+    # Preparing the shared prefixes is part of getting ready: it counts in the load phase.
+    prefixes = shared_prefixes(llm, job["prefixes"]) if job.get("prefixes") else {}
     chan.send("phase", phase="idle", t=time.monotonic())
     time.sleep(job["idle_seconds"])
     chan.send("phase", phase="active", t=time.monotonic())
     for i, request in enumerate(job["prompts"]):
         # llama.cpp parses the grammar for each request, as a deployment would: that cost is in the latency.
         grammar = llama_cpp.LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
-        chan.send("prompt", index=i, **_run_prompt(llm, request, grammar, cfg, chan, i))
+        chan.send("prompt", index=i, **_run_prompt(llm, request, grammar, cfg, chan, i, prefixes.get(request["kind"])))
     chan.send("phase", phase="done", t=time.monotonic())
     # Read back after inference: compute threads are created lazily, on first use.
     chan.send("knobs", threads=knobs.read_threads())

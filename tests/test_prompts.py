@@ -69,15 +69,15 @@ def test_json_replies_are_read_before_scoring() -> None:
     assert answer_text("free text stays as it is", "grammar") == "free text stays as it is"
 
 
-def _run(smollm2_path, tasks, output: str, max_tokens: int):
+def _run(model_path, tasks, output: str, max_tokens: int, model: str = "smollm2-135m", quant: str = "Q4_1"):
     from sweep.records import TrialConfig, TrialSettings
     from sweep.runner import run_trial
 
-    config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2_path), chat_format=None,
+    config = TrialConfig(model=model, quant=quant, model_path=str(model_path), chat_format=None,
                          n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=1024,
                          max_tokens=max_tokens, output=output)
     settings = TrialSettings(prompts=len(tasks), idle_seconds=0, baseline_seconds=0.1, probe=False, early_abort=False,
-                             noise_retries=0)
+                             noise_retries=0, timeout_seconds=900, progress_timeout_seconds=300)
     return run_trial(config, settings, tasks)
 
 
@@ -104,3 +104,44 @@ def test_smollm2_answers_in_json_for_every_kind(smollm2_path) -> None:
         if a["kind"] in ("verdict", "severity", "mcq"):
             labels = schema_for(a["kind"])["properties"]["answer"]["enum"]
             assert a["parsed"] and json.loads(a["answer"])["answer"] in labels, a
+
+
+@pytest.mark.slow
+def test_the_qwen_model_with_a_grammar_parses_on_every_item(cache_dir) -> None:
+    """The 1.5B model, the one bundled model that beats a constant answer, on a stratified subset:
+    every answer has the scorer's form."""
+    from sweep.models import Registry
+    from sweep.tasks import stratified_subset
+
+    tasks = stratified_subset(load_tasks(), 5)
+    path = Registry().resolve("qwen2.5-coder-1.5b", "Q4_K_M").path
+    outcome = _run(path, tasks, "grammar", 32, model="qwen2.5-coder-1.5b", quant="Q4_K_M")
+    assert outcome.ok, (outcome.reason, outcome.detail)
+    assert [(a["id"], a["answer"]) for a in outcome.answers if not a["parsed"]] == []
+
+
+def test_a_shared_prefix_gives_the_same_answers_and_still_prefills_every_item(smollm2_path) -> None:
+    """prefix_cache: shared against off, 3-shot, on SmolLM2: the same answers, and llama.cpp's own
+    count of prefilled tokens shows every item prefilled fresh (more than nothing, less than the
+    whole prompt), where off prefills the whole prompt each time."""
+    from sweep.records import TrialConfig, TrialSettings
+    from sweep.runner import run_trial
+    from sweep.tasks import stratified_subset
+
+    tasks = stratified_subset(load_tasks(), 5)
+    settings = TrialSettings(prompts=5, idle_seconds=0, baseline_seconds=0.1, probe=False, early_abort=False,
+                             noise_retries=0)
+    runs = {}
+    for mode in ("off", "shared"):
+        config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2_path), chat_format=None,
+                             n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048, max_tokens=24,
+                             shots=3, output="grammar", prefix_cache=mode)
+        outcome = run_trial(config, settings, tasks)
+        assert outcome.ok, (mode, outcome.reason, outcome.detail)
+        runs[mode] = outcome
+    assert [a["answer"] for a in runs["shared"].answers] == [a["answer"] for a in runs["off"].answers]
+    off, shared = runs["off"].answers, runs["shared"].answers
+    for o, s in zip(off, shared):
+        assert o["prompt_tokens"] == s["prompt_tokens"]
+        assert o["prefill_tokens"] >= o["prompt_tokens"] - 1  # cold: the whole prompt
+        assert 0 < s["prefill_tokens"] < s["prompt_tokens"] // 2  # only the item and its lead-in
