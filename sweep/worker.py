@@ -22,8 +22,8 @@ from .protocol import Channel, die_with_parent
 from .records import TrialConfig
 
 def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
-    """The tokens llama-cpp-python's chat handler evaluates for ``messages`` (one token generated)."""
-    llm.reset()
+    """The tokens llama-cpp-python's chat handler evaluates for ``messages`` (one token generated).
+    Whatever prefix they share with the cache is reused, as in any request without reset()."""
     out = llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
     return list(llm._input_ids[: out["usage"]["prompt_tokens"]])
 
@@ -32,14 +32,18 @@ def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]]) -> 
     """For each kind, prefill its fixed prefix once and keep the state (``prefix_cache: shared``).
 
     The prefix is the tokens two requests of the kind share when only their item differs, so the
-    item part of every real request is still prefilled fresh: never a cache hit on the item.
+    item part of every real request is still prefilled fresh: never a cache hit on the item. The
+    probes run back to back without reset(), so each prefills only what the cache lacks (the
+    system prompt is shared by every kind); the cache is then cut back to the shared prefix, as
+    llama-cpp-python itself does before a prefix hit.
     """
     states = {}
+    llm.reset()
     for kind, (a, b) in probes.items():
         ta, tb = _prompt_tokens(llm, a), _prompt_tokens(llm, b)
         n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
-        llm.reset()
-        llm.eval(ta[:n])
+        llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        llm.n_tokens = n
         states[kind] = llm.save_state()
     llm.reset()
     return states
