@@ -27,6 +27,7 @@ install: $(VENV)/.installed
 
 sweep: $(VENV)/.installed
 	$(BIN)/sweep models quantize smollm2-135m --to Q8_0
+	$(BIN)/sweep models quantize qwen2.5-coder-1.5b --to Q4_0
 	$(BIN)/sweep run search_spaces/demo.yaml --study $(STUDY) --trials $(TRIALS)
 	$(BIN)/sweep export --study $(STUDY) -o $(EXPORT) --allow-infeasible
 

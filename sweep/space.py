@@ -219,6 +219,17 @@ def _check_param(where: str, name: str, value: Any) -> None:
         raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
 
 
+def _unyaml_off(raw: dict[str, Any]) -> None:
+    """YAML 1.1 reads a bare ``off`` as false: for a knob whose value is the word, read it back."""
+    for block in ("params", "fixed"):
+        values = raw.get(block)
+        if not isinstance(values, dict) or "prefix_cache" not in values:
+            continue
+        v = values["prefix_cache"]
+        values["prefix_cache"] = ["off" if x is False else x for x in v] if isinstance(v, list) else \
+            ("off" if v is False else v)
+
+
 def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     """Refuse an objective or budget on a figure these settings (or this host) can never produce:
     each trial would be scored as hugely infeasible (``MISSING_FIGURE``), which misleads the sampler."""
@@ -249,6 +260,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         raise SpaceError(f"{path}{at}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping of keys at the top level")
+    _unyaml_off(raw)
     try:
         spec = SpaceFile.model_validate(raw)
     except ValidationError as exc:
