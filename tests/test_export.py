@@ -42,7 +42,8 @@ def test_json_and_yaml_are_the_same_record(study_env: dict) -> None:
     assert as_json["config"]["cpus"] == [0] and as_json["config"]["nice"] == 19
     assert set(as_json["budgets"]["correctness"]) == {"min", "value", "met", "margin"}
     assert as_json["figures_from"].startswith("the sweep: a subset of") and "not verified" in as_json["figures_from"]
-    assert as_json["prompt_strategy"] == {"shots": 0, "output": "free", "max_tokens": 16, "temperature": 0.0}
+    assert as_json["prompt_strategy"] == {"shots": 0, "output": "free", "max_tokens": 16, "temperature": 0.0,
+                                          "prefix_cache": "off"}
 
 
 def test_python_export_builds_the_model(study_env: dict) -> None:
