@@ -1,6 +1,11 @@
-"""Correctness by kind for both bundled models under each prompt strategy, and a constant-answer baseline.
+"""Correctness by kind for the bundled models under each prompt strategy, and a constant-answer baseline.
 
-Usage: .venv/bin/python bench/correctness_table.py [MAX_TOKENS]
+Usage: .venv/bin/python bench/correctness_table.py [MAX_TOKENS] [--models NAME:QUANT,...]
+       [--strategies 0-grammar,3-free,...] [--prefix-cache off|shared] [--tasks SET]
+
+Defaults: SmolLM2 and Gemma, six strategies (0 and 3 shots x free, grammar, json), no prefix
+cache, the default task set. A shared prefix gives the same answers (bench/prefix_cache.py) and
+makes 3-shot runs of a large model several times faster.
 
 Every model answers every item of the bundled task set once per strategy
 (temperature 0, so a second run would answer alike), through the real worker.
@@ -30,23 +35,34 @@ def cell(m: dict) -> str:
 
 
 def main() -> None:
-    max_tokens = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-    tasks = load_tasks()
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("max_tokens", nargs="?", type=int, default=64)
+    ap.add_argument("--models", default=",".join(f"{n}:{q}" for n, q in MODELS))
+    ap.add_argument("--strategies", default=",".join(f"{k}-{o}" for k, o in STRATEGIES))
+    ap.add_argument("--prefix-cache", default="off", choices=["off", "shared"])
+    ap.add_argument("--tasks", default=None)
+    args = ap.parse_args()
+    max_tokens = args.max_tokens
+    models = [tuple(m.split(":")) for m in args.models.split(",")]
+    strategies = [(int(k), o) for k, o in (x.split("-") for x in args.strategies.split(","))]
+    tasks = load_tasks(args.tasks)
     kinds = sorted({t.kind for t in tasks})
     counts = {k: sum(t.kind == k for t in tasks) for k in kinds}
     settings = TrialSettings(prompts=len(tasks), idle_seconds=0, baseline_seconds=0.2, probe=False, early_abort=False,
                              noise_retries=0, timeout_seconds=3600, progress_timeout_seconds=300)
     print(f"{len(tasks)} items (" + ", ".join(f"{k} {n}" for k, n in counts.items()) + f"), max_tokens={max_tokens}, "
-          "n_threads=2, temperature 0, one run each; cells: mean [95% Wilson CI]")
+          f"n_threads=2, temperature 0, prefix_cache {args.prefix_cache}, one run each; cells: mean [95% Wilson CI]")
     header = ["model", "strategy", *kinds, "all", "parse failures", "latency p95 s"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for name, quant in MODELS:
+    for name, quant in models:
         m = Registry().resolve(name, quant)
-        for shots, output in STRATEGIES:
+        for shots, output in strategies:
             config = TrialConfig(model=name, quant=quant, model_path=str(m.path), chat_format=m.chat_format,
                                  n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048,
-                                 max_tokens=max_tokens, shots=shots, output=output)
+                                 max_tokens=max_tokens, shots=shots, output=output, prefix_cache=args.prefix_cache)
             t0 = time.monotonic()
             outcome = run_trial(config, settings, tasks)
             strategy = f"{shots}-shot {output}"
