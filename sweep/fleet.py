@@ -163,7 +163,7 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
 
-def _lost(study: Any, t: Any, me: Owner, stale: set[int], grace_s: float) -> bool:
+def _lost(t: Any, me: Owner, stale: set[int], grace_s: float) -> bool:
     owner = t.user_attrs.get("owner")
     if _optuna.trial_id(t) in stale:
         return True
@@ -187,7 +187,7 @@ def reap_lost(study: Any, me: Owner) -> list[int]:
     grace_s = _optuna.grace_seconds(study)
     reaped = []
     for t in running:
-        if not _lost(study, t, me, stale, grace_s):
+        if not _lost(t, me, stale, grace_s):
             continue
         if not _optuna.fail_if_running(study, _optuna.trial_id(t), {"fail_reason": "orchestrator_lost"}):
             continue

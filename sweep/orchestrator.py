@@ -132,7 +132,7 @@ class _Run:
         self.me = Owner.me()
         self.hardware = (StudyMeta.of(study).hardware_class or {}).get("hash")
         self.started = time.monotonic()
-        self.first = finished_count(study)
+        self.first = self.done = finished_count(study)  # done: as last counted, for progress lines
         self.stop = StopOnInterrupt()
         self._said = ""
         self.measured = 0
@@ -146,7 +146,9 @@ class _Run:
             if waiting == self._said:
                 return
             self._said = waiting
-        done = finished_count(self.study)
+        if outcome is not None:  # count again only when a trial ends: phase events come mid-measurement
+            self.done = finished_count(self.study)
+        done = self.done
         self.on_progress(Progress(done, self.n_trials, trial.number if trial else None, config, outcome, feasible,
                                   time.monotonic() - self.started, reused_from, phase, done - self.first,
                                   self.study, waiting))
@@ -160,6 +162,7 @@ class _Run:
                 reap_lost(self.study, self.me)
                 with study_lock(self.url, _optuna.study_id(self.study)):
                     done, elsewhere = finished_count(self.study), len(others_running(self.study, self.me))
+                    self.done = done
                     if done >= self.n_trials:
                         return False
                     trial = self.study.ask() if done + elsewhere < self.n_trials else None
