@@ -33,9 +33,34 @@ def apply(c: dict[str, Any], skip: set[str] = frozenset()) -> None:  # type: ign
         os.sched_setaffinity(0, c["cpus"])
     if c.get("nice") and "nice" not in skip:
         os.setpriority(os.PRIO_PROCESS, 0, c["nice"])
+        set_autogroup_nice(c["nice"])
     policy = c.get("sched_policy", "normal")
     if policy != "normal" and "sched_policy" not in skip:
         os.sched_setscheduler(0, POLICIES[policy], os.sched_param(0))
+
+
+def set_autogroup_nice(nice: int, pid: int | str = "self") -> None:
+    """Give the process's autogroup the same nice, where the kernel groups by session.
+
+    With autogroup (``/proc/sys/kernel/sched_autogroup_enabled``), the scheduler first shares the
+    CPU fairly between sessions, and a thread's nice only weighs inside its own session. A worker
+    in its own session at nice 19 then still takes half the machine from a user's build in
+    another session; the autogroup's nice is what makes it yield.
+    """
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(nice))
+    except OSError:
+        pass  # no autogroup here (or not ours to change): the thread's nice is all there is
+
+
+def read_autogroup(pid: int | str = "self") -> int | None:
+    """The nice of the process's autogroup, or None where the kernel has none."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().rsplit("nice", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def read_threads(pid: int | str = "self") -> list[dict[str, Any]]:
@@ -66,9 +91,12 @@ def _parse_cpu_list(text: str) -> set[int]:
     return out
 
 
-def verify(c: dict[str, Any], threads: list[dict[str, Any]]) -> list[str]:
-    """What did not hold, thread by thread, against what ``read_threads`` found."""
+def verify(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: int | None = None) -> list[str]:
+    """What did not hold, thread by thread, against what ``read_threads`` found (and the
+    autogroup's nice, where the kernel has autogroups)."""
     problems = []
+    if autogroup is not None and autogroup != c.get("nice", 0):
+        problems.append(f"the autogroup has nice {autogroup}, not {c.get('nice', 0)}")
     want_cpus = set(c["cpus"]) if c.get("cpus") is not None else None
     for t in threads:
         if want_cpus is not None and _parse_cpu_list(t["cpus"]) != want_cpus:

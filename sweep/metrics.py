@@ -8,6 +8,7 @@ and the number of windows N they rest on (``window_ms``, ``n_windows_*``).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,7 @@ class Metric:
     unit: str
     direction: Direction
     help: str
+    probe: str | None = None  # the foreground workload (trial.probe) the figure comes from, if any
 
 
 METRICS: dict[str, Metric] = {
@@ -49,12 +51,37 @@ METRICS: dict[str, Metric] = {
     "busiest_core_active_p99_pct": Metric("% of one core", "minimize", "busiest core p99 while answering"),
     "psi_cpu_some_active_mean_pct": Metric("% of time", "minimize", "PSI cpu 'some' stall while answering, mean"),
     "psi_cpu_some_active_peak_pct": Metric("% of time", "minimize", "PSI cpu 'some' stall while answering, peak window"),
-    "fg_p95_ratio": Metric("ratio", "minimize", "foreground probe p95 latency, answering / baseline"),
-    "fg_p99_ratio": Metric("ratio", "minimize", "foreground probe p99 latency, answering / baseline"),
-    "fg_baseline_p95_ms": Metric("ms", "minimize", "foreground probe p95 latency before the trial"),
-    "fg_active_p95_ms": Metric("ms", "minimize", "foreground probe p95 latency while answering"),
-    "n_fg_baseline": Metric("count", "maximize", "probe samples N behind the baseline"),
-    "n_fg_active": Metric("count", "maximize", "probe samples N behind the answering figures"),
+    "fg_p95_ratio": Metric("ratio", "minimize", "foreground probe p95 latency, answering / baseline", "interactive"),
+    "fg_p99_ratio": Metric("ratio", "minimize", "foreground probe p99 latency, answering / baseline", "interactive"),
+    "fg_baseline_p95_ms": Metric("ms", "minimize", "foreground probe p95 latency before the trial", "interactive"),
+    "fg_active_p95_ms": Metric("ms", "minimize", "foreground probe p95 latency while answering", "interactive"),
+    "n_fg_baseline": Metric("count", "maximize", "probe samples N behind the baseline", "interactive"),
+    "n_fg_active": Metric("count", "maximize", "probe samples N behind the answering figures", "interactive"),
+    "fg_cpu_slowdown": Metric("ratio", "minimize", "CPU-bound foreground: its work rate before the worker started / "
+                              "while the model answers (contended pass): how much longer a build takes", "cpu"),
+    "fg_cpu_slowdown_p95": Metric("ratio", "minimize", "CPU-bound foreground: p95 time per unit, contended / "
+                                  "before the worker started", "cpu"),
+    "fg_cpu_baseline_unit_ms": Metric("ms", "minimize", "CPU-bound foreground: median time per unit before the "
+                                      "worker started", "cpu"),
+    "fg_cpu_share_pct": Metric("% of machine", "maximize", "CPU-bound foreground's own CPU while the model answers "
+                               "the contended pass (known load, not noise)", "cpu"),
+    "fg_cpu_baseline_share_pct": Metric("% of machine", "maximize", "CPU-bound foreground's own CPU before the "
+                                        "worker started: under 100 - noise_max_pct, others disturbed the baseline",
+                                        "cpu"),
+    "other_cpu_contended_pct": Metric("% of machine", "minimize", "others' CPU in the contended pass: the whole "
+                                      "machine less the LLM and the foreground's own CPU", "cpu"),
+    "n_fg_cpu_baseline": Metric("count", "maximize", "foreground units N behind the baseline", "cpu"),
+    "n_fg_cpu_contended": Metric("count", "maximize", "foreground units N behind the contended figures", "cpu"),
+    "latency_p50_contended_s": Metric("s", "minimize", "request latency p50 with the CPU-bound foreground running",
+                                      "cpu"),
+    "latency_p95_contended_s": Metric("s", "minimize", "request latency p95 with the CPU-bound foreground running",
+                                      "cpu"),
+    "latency_p99_contended_s": Metric("s", "minimize", "request latency p99 with the CPU-bound foreground running",
+                                      "cpu"),
+    "contended_cut": Metric("flag", "minimize", "1 if the contended pass was cut at its deadline: the contended "
+                            "latencies are then lower bounds (the prompt in flight counts at its time so far)", "cpu"),
+    "contended_answers_same": Metric("fraction", "maximize", "contended pass answers identical to the "
+                                     "uncontended pass's", "cpu"),
     "latency_p50_s": Metric("s", "minimize", "request latency p50"),
     "latency_p95_s": Metric("s", "minimize", "request latency p95"),
     "latency_p99_s": Metric("s", "minimize", "request latency p99"),
@@ -76,14 +103,16 @@ METRICS: dict[str, Metric] = {
     "other_cpu_active_pct": Metric("% of machine", "minimize", "others' CPU while answering: the whole machine "
                                    "less the LLM and the probe's known cost"),
     "machine_busy_active": Metric("flag", "minimize", "1 if others' CPU while answering was over the noise guard's "
-                                  "threshold: the figures were measured under load"),
+                                  "threshold: the figures were measured under load (with probe: cpu, also in the "
+                                  "contended pass, or the foreground's baseline was short of the machine)"),
     "busy_repeats": Metric("count", "minimize", "times the trial was measured again because the machine was busy"),
     "memory_limit_sampled": Metric("flag", "minimize", "1: the memory limit was enforced by sampling each window "
                                    "(then checked against the kernel's high-water mark), not by a cgroup"),
     "monitor_cpu_pct": Metric("% of one core", "minimize", "the sampler's own CPU cost"),
 }
 
-MAJOR_PHASES = ("baseline", "start", "load", "idle", "active", "done")  # "start": spawn until the worker loads
+# "start": spawn until the worker loads; "contended": the second pass, under the CPU-bound foreground
+MAJOR_PHASES = ("baseline", "start", "load", "idle", "active", "contended", "done")
 SUB_PHASES = ("prefill", "decode", "between")
 ACTIVE_TAGS = ("active",) + SUB_PHASES  # every window of the answering phase
 
@@ -237,7 +266,7 @@ def probe_figures(samples: list[tuple[float, float]], events: list[dict[str, Any
     marks = major_marks(events)
     if "load" not in marks or "active" not in marks:
         return {}
-    end = marks.get("done", math.inf)
+    end = marks.get("contended", marks.get("done", math.inf))
     base = [lat for t, lat in samples if t + lat < marks.get("start", marks["load"])]  # before the worker exists
     active = [lat for t, lat in samples if marks["active"] <= t and t + lat <= end]
     if not base or not active:
@@ -246,3 +275,106 @@ def probe_figures(samples: list[tuple[float, float]], events: list[dict[str, Any
     a95, a99 = percentile(active, 95), percentile(active, 99)
     return {"fg_baseline_p95_ms": 1000 * b95, "fg_active_p95_ms": 1000 * a95, "fg_p95_ratio": a95 / b95,
             "fg_p99_ratio": a99 / b99, "n_fg_baseline": len(base), "n_fg_active": len(active)}
+
+
+def contended_span(events: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """From the first prompt of the contended pass to its end: the foreground's measuring span.
+
+    The pass's mark comes before the worker waits for the foreground to resume; its first
+    prefill comes after, with the foreground running.
+    """
+    marks = major_marks(events)
+    if "contended" not in marks:
+        return None
+    start = next((e["t"] for e in events if e.get("type") == "phase" and e["phase"] == "prefill"
+                  and e["t"] > marks["contended"]), None)
+    return (start, marks.get("done", math.inf)) if start is not None else None
+
+
+def work_rate(samples: list[tuple[float, float, float, int]], start: float, end: float) -> tuple[float, int]:
+    """Units per second of the whole foreground within [start, end], and the units it rests on.
+
+    Each thread's units run back to back, so its rate is its whole units over the time from the
+    first one's start to the last one's end; the foreground's rate is the sum over threads. A rate,
+    not a median unit: when the scheduler starves one thread and not the other, the median unit
+    can read 1.0 while the build as a whole is slower, and the rate cannot.
+    """
+    by_thread: dict[int, list[tuple[float, float]]] = {}
+    for t, dt, _, thread in samples:
+        if start <= t and t + dt <= end:
+            by_thread.setdefault(thread, []).append((t, t + dt))
+    rate, n = 0.0, 0
+    for units in by_thread.values():
+        span = units[-1][1] - units[0][0]
+        if span > 0:
+            rate += len(units) / span
+            n += len(units)
+    return rate, n
+
+
+def cpu_load_figures(samples: list[tuple[float, float, float, int]], events: list[dict[str, Any]],
+                     ncpu: int) -> dict[str, float]:
+    """The CPU-bound foreground's work rate before the worker started over its rate while the model
+    answers its contended pass; its p95 time per unit, likewise; and its own CPU meanwhile."""
+    marks = major_marks(events)
+    span = contended_span(events)
+    if "start" not in marks or span is None:
+        return {}
+    base_rate, n_base = work_rate(samples, -math.inf, marks["start"])
+    rate, n = work_rate(samples, *span)
+    if not n_base or not n or rate <= 0:
+        return {}
+    base = [dt for t, dt, *_ in samples if t + dt < marks["start"]]
+    inside = [dt for t, dt, *_ in samples if span[0] <= t and t + dt <= span[1]]
+    f = {"fg_cpu_slowdown": base_rate / rate,
+         "fg_cpu_slowdown_p95": percentile(inside, 95) / percentile(base, 95),
+         "fg_cpu_baseline_unit_ms": 1000 * percentile(base, 50), "n_fg_cpu_baseline": n_base, "n_fg_cpu_contended": n}
+    f["fg_cpu_share_pct"] = cpu_share(samples, *span, ncpu)
+    # Before the worker, nothing but the foreground should run: less than all of the machine means
+    # others were busy, and the baseline (and so the slowdown) cannot be trusted.
+    f["fg_cpu_baseline_share_pct"] = cpu_share(samples, -math.inf, marks["start"], ncpu)
+    return f
+
+
+def cpu_share(samples: list[tuple[float, float, float, int]], start: float, end: float, ncpu: int) -> float:
+    """The foreground's own CPU within [start, end], as % of the machine. Each process reads its
+    own CPU clock as a unit ends: its CPU between its first and last unit's ends, summed."""
+    share = 0.0
+    for thread in {s[3] for s in samples}:
+        ends = sorted((t + dt, cpu) for t, dt, cpu, k in samples if k == thread and start <= t and t + dt <= end)
+        if len(ends) > 1 and ends[-1][0] > ends[0][0]:
+            share += (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
+    return 100 * share / ncpu
+
+
+def contended_figures(prompts: list[dict[str, Any]], uncontended: list[dict[str, Any]],
+                      events: list[dict[str, Any]], cut_t: float | None = None) -> dict[str, float]:
+    """Latency of the contended pass, and whether it answered as the uncontended pass did.
+
+    A pass cut at ``cut_t`` adds the prompt then in flight at its time so far: a lower bound on
+    its latency, so the percentiles are lower bounds too (``contended_cut``)."""
+    latencies = [p["latency_s"] for p in prompts]
+    f: dict[str, float] = {}
+    span = contended_span(events)
+    if cut_t is not None and span is not None:
+        started = [e["t"] for e in events if e.get("type") == "phase" and e["phase"] == "prefill" and e["t"] >= span[0]]
+        if len(started) > len(prompts):
+            latencies.append(cut_t - started[-1])
+        f["contended_cut"] = 1.0
+    f.update({f"{k[:-2]}_contended_s": v for k, v in latency_figures(latencies).items() if k.endswith("_s")})
+    if prompts:
+        same = {p["index"]: p["answer"] for p in uncontended}
+        f["contended_answers_same"] = sum(same.get(p["index"]) == p["answer"] for p in prompts) / len(prompts)
+    return f
+
+
+def fg_unit_series(samples: list[tuple[float, ...]], window_ends: list[float], first_start: float) -> list[float | None]:
+    """The foreground's median time per unit (ms) among the units that ended in each window,
+    None where none did: the foreground's side of a trial's timeline."""
+    by_window: list[list[float]] = [[] for _ in window_ends]
+    for s in samples:
+        end = s[0] + s[1]
+        i = bisect.bisect_left(window_ends, end)
+        if end > first_start and i < len(window_ends):
+            by_window[i].append(1000 * s[1])
+    return [round(percentile(v, 50), 2) if v else None for v in by_window]

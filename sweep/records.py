@@ -94,6 +94,9 @@ class TrialConfig:
         return kw
 
 
+PROBES = ("interactive", "cpu", "off")
+
+
 @dataclass(frozen=True)
 class TrialSettings:
     """How a trial is run and measured, shared by every trial of a study."""
@@ -105,9 +108,17 @@ class TrialSettings:
     progress_timeout_seconds: float = 120.0  # the longest silence allowed between two worker messages
     window_ms: int = 100
     memory_limit_gb: float | None = None  # the runner kills the worker above this RSS
-    probe: bool = True  # run the foreground-slowdown probe
+    # The foreground workload that stands in for the user: "interactive" (a light probe that
+    # wakes every probe_period_ms), "cpu" (a CPU-bound build on every CPU; the model answers a
+    # second, contended pass under it) or "off". Studies from before this field held a bool.
+    probe: str = "interactive"
     probe_period_ms: float = 50.0
     probe_work_ms: float = 2.0
+    fg_unit_mib: int = 16  # "cpu": the fixed unit of work, SHA-256 over this many MiB
+    fg_threads: int | None = None  # "cpu": threads of the workload; None = every CPU the host has
+    # "cpu": the contended pass is cut after this long; its unanswered prompts then count as
+    # lower bounds (a polite model can starve under a CPU-bound user for minutes).
+    contended_timeout_seconds: float = 60.0
     noise_max_pct: float = 30.0  # the noise guard waits while the machine is busier than this
     noise_check_seconds: float = 1.0
     noise_wait_seconds: float = 10.0
@@ -115,6 +126,12 @@ class TrialSettings:
     busy_trials: str = "keep"  # a trial measured while others loaded the machine: "keep" it (flagged) or "repeat" it
     early_abort: bool = True  # stop a trial once its latency p95 is provably over budget
     duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it
+
+    def __post_init__(self) -> None:
+        if isinstance(self.probe, bool):
+            object.__setattr__(self, "probe", "interactive" if self.probe else "off")
+        if self.probe not in PROBES:
+            raise SweepError(f"trial settings: probe {self.probe!r} is not one of {', '.join(PROBES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from .hostlock import measurement_lock
 from .knobs import verify as verify_knobs
 from .metrics import figures as compute_figures
-from .metrics import major_marks, probe_figures, provably_over
+from .foreground import CpuLoad
+from .metrics import contended_figures, cpu_load_figures, fg_unit_series, major_marks, probe_figures, provably_over
 from .monitor import Monitor, Series, noise_guard
 from .probe import Probe
 from .procs import kill_group, killer, reap, stay_off, tail
@@ -59,10 +60,11 @@ class _Reader(threading.Thread):
                     self.on_event(msg)
 
 
-def _series_dict(series: Series, tags: list[str], events: list[dict[str, Any]]) -> dict[str, Any]:
+def _series_dict(series: Series, tags: list[str], events: list[dict[str, Any]],
+                 fg: tuple[str, list[tuple[float, ...]]] | None = None) -> dict[str, Any]:
     # The marks say when each major phase began, on the windows' clock. A phase shorter than a
     # window (SmolLM2 loads in ~0.1 s) has no window of its own, but always has its mark.
-    return {
+    out = {
         "marks": {name: round(t, 4) for name, t in major_marks(events).items()},
         "window_s": series.window_s,
         "ncpu": series.ncpu,
@@ -73,6 +75,10 @@ def _series_dict(series: Series, tags: list[str], events: list[dict[str, Any]]) 
         "rss_anon_mb": [round(w.rss_anon_kb / 1024, 1) for w in series.windows],
         "phase": tags,
     }
+    if fg and series.windows:  # the foreground's time per unit, window by window
+        out["fg_kind"] = fg[0]
+        out["fg_unit_ms"] = fg_unit_series(fg[1], [w.t1 for w in series.windows], series.windows[0].t0)
+    return out
 
 
 def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
@@ -116,6 +122,10 @@ class _Measurement:
         self.started = time.monotonic()
         self.over_memory = threading.Event()
         self.killed_for: str | None = None
+        self.killed_t: float | None = None
+        self.probe: Probe | None = None
+        self.load: CpuLoad | None = None
+        self.stdin: Any = None
 
     def _on_sample(self, w: Any) -> None:
         limit = self.settings.memory_limit_gb
@@ -123,14 +133,18 @@ class _Measurement:
             self.over_memory.set()
 
     def run(self) -> Outcome:
-        noise_pct, busy = noise_guard(self.settings)
-        self.probe = Probe(self.settings) if self.settings.probe else None  # first: it keeps the user's CPUs
+        s = self.settings
+        noise_pct, busy = noise_guard(s)
+        # The foreground starts first: it runs as the user's program would, on any CPU.
+        if s.probe == "interactive":
+            self.probe = Probe(s)
+        elif s.probe == "cpu":
+            self.load = CpuLoad(s.fg_threads or os.cpu_count() or 1, s.fg_unit_mib)
         try:
             with stay_off(self.config.cpus):
                 self._watch()
         finally:
-            if self.probe:
-                self.probe.stop()
+            self._stop_foreground()
         figs = self._figures(noise_pct, busy)
         return self._outcome(figs)
 
@@ -142,12 +156,16 @@ class _Measurement:
                                "prompts": [request_for(t, c.shots, c.output) for t in self.tasks]}
         if c.prefix_cache == "shared":
             job["prefixes"] = {k: prefix_probes(k, c.shots, c.output) for k in sorted({t.kind for t in self.tasks})}
+        if self.load:
+            job["contended"] = True
         monitor = Monitor(s.window_ms / 1000, self._on_sample).start()
         try:  # an interrupt anywhere below must not leave the sampler running
             time.sleep(s.baseline_seconds)
             with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
                 log_path = os.path.join(tmp, "worker.log")
                 r, w = os.pipe()
+                if self.load:  # the uncontended pass is measured without it; the baseline ends here
+                    self.load.pause()
                 with open(log_path, "wb") as log:
                     proc = subprocess.Popen(
                         self.worker_cmd + [str(w)], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
@@ -157,24 +175,56 @@ class _Measurement:
                 self.spawn_mark = {"type": "phase", "phase": "start", "t": time.monotonic()}
                 os.close(w)
                 monitor.attach(proc.pid)
-                self.reader = _Reader(r, self.on_event)
+                self.stdin = proc.stdin
+                self.reader = _Reader(r, self._event)
                 self.reader.start()
                 with killer(proc):
                     try:
                         assert proc.stdin is not None
-                        proc.stdin.write(json.dumps(job).encode())
-                        proc.stdin.close()
+                        proc.stdin.write(json.dumps(job).encode() + b"\n")
+                        proc.stdin.flush()
+                        if not self.load:
+                            proc.stdin.close()
                     except BrokenPipeError:
                         pass  # the worker died at once; its status says why
                     status, self.rusage = self._wait(proc)
-                    if self.probe:
-                        self.probe.stop()
+                    self._stop_foreground()
+                    self._close_stdin()
                 self.returncode = os.waitstatus_to_exitcode(status)
                 self.reader.join(timeout=5)
                 self.series = monitor.stop()
                 self.stderr_tail = tail(log_path)
         finally:
             monitor.stop()
+
+    def _event(self, msg: dict[str, Any]) -> None:
+        if self.load and msg["type"] == "phase" and msg["phase"] == "contended":
+            # The worker waits for "go": resume the user's program, let the units cut by the pause
+            # drain, then the contended pass starts with the foreground running.
+            self.load.resume()
+            time.sleep(0.2)
+            self._close_stdin(b"go\n")
+        if self.on_event:
+            self.on_event(msg)
+
+    def _contended_overdue(self, now: float) -> bool:
+        began = next((m["t"] for m in list(self.reader.messages) if m["type"] == "phase" and m["phase"] == "contended"),
+                     None)
+        return began is not None and now - began > self.settings.contended_timeout_seconds
+
+    def _close_stdin(self, last: bytes = b"") -> None:
+        try:
+            if self.stdin and not self.stdin.closed:
+                self.stdin.write(last)
+                self.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass  # the worker is gone; its status says why
+
+    def _stop_foreground(self) -> None:
+        if self.probe:
+            self.probe.stop()
+        if self.load:
+            self.load.stop()
 
     def _wait(self, proc: subprocess.Popen[bytes]) -> tuple[int, Any]:
         """The worker's raw wait status and rusage, killing it when a limit says so."""
@@ -192,11 +242,15 @@ class _Measurement:
                 self.killed_for = "timeout"
             elif now - max(self.reader.last_message_t, spawned) > s.progress_timeout_seconds:
                 self.killed_for = "no_progress"
+            elif self.load and self._contended_overdue(now):
+                self.killed_for = "contended_cut"
             elif self.latency_budget_s and s.early_abort and provably_over(
-                    [m["latency_s"] for m in list(self.reader.messages) if m["type"] == "prompt"], len(self.tasks),
+                    [m["latency_s"] for m in list(self.reader.messages) if m["type"] == "prompt" and not m.get("pass")],
+                    len(self.tasks),
                     self.latency_budget_s):
                 self.killed_for = "early_abort"
             if self.killed_for:
+                self.killed_t = now
                 kill_group(proc.pid)
                 return reap(proc.pid) or (int(signal.SIGKILL), None)  # a raw wait status
             time.sleep(0.02)
@@ -204,28 +258,50 @@ class _Measurement:
     def _figures(self, noise_pct: float, busy: bool) -> dict[str, float]:
         s = self.settings
         self.messages = [self.spawn_mark, *self.reader.messages]
-        self.prompts = [m for m in self.messages if m["type"] == "prompt"]
+        cut_t = self.killed_t if self.killed_for == "contended_cut" else None
+        if cut_t is not None:  # the pass ends where it was cut
+            self.messages.append({"type": "phase", "phase": "done", "t": cut_t})
+        self.prompts = [m for m in self.messages if m["type"] == "prompt" and not m.get("pass")]
+        self.contended = [m for m in self.messages if m["type"] == "prompt" and m.get("pass") == "contended"]
         figs, self.tags = compute_figures(self.series, self.messages, self.prompts,
                                           self.rusage.ru_maxrss if self.rusage else 0)
         if self.probe:
             figs.update(probe_figures(self.probe.samples, self.messages))
+        if self.load:
+            figs.update(cpu_load_figures(self.load.samples, self.messages, self.series.ncpu))
+            figs.update(contended_figures(self.contended, self.prompts, self.messages, cut_t))
         figs["noise_check_pct"], figs["machine_busy"] = noise_pct, float(busy)
         # Others' load while the model answered: the whole machine, less the LLM, less the probe's
         # known cost (its work over its period, on one CPU of the machine).
         if "system_cpu_active_mean_pct" in figs and "cpu_active_mean_share_pct" in figs:
-            probe_pct = 100 * s.probe_work_ms / s.probe_period_ms / self.series.ncpu if s.probe else 0.0
+            # (The CPU-bound foreground is paused in this pass.)
+            probe_pct = 100 * s.probe_work_ms / s.probe_period_ms / self.series.ncpu if self.probe else 0.0
             other = figs["system_cpu_active_mean_pct"] - figs["cpu_active_mean_share_pct"] - probe_pct
             figs["other_cpu_active_pct"] = max(other, 0.0)
             figs["machine_busy_active"] = float(other > s.noise_max_pct)
+        if self.load and "fg_cpu_share_pct" in figs:
+            # Under the CPU-bound foreground: others' CPU is what the LLM and the foreground leave,
+            # and a baseline in which the foreground did not have the machine is disturbed.
+            ncpu = self.series.ncpu
+            windows = [w for w, t in zip(self.series.windows, self.tags) if t == "contended"]
+            if windows:
+                llm = sum(w.core_pct for w in windows) / len(windows) / ncpu
+                system = sum(w.machine_pct for w in windows) / len(windows)
+                figs["other_cpu_contended_pct"] = max(system - llm - figs["fg_cpu_share_pct"], 0.0)
+            busy = figs.get("other_cpu_contended_pct", 0.0) > s.noise_max_pct or \
+                figs["fg_cpu_baseline_share_pct"] < 100 - s.noise_max_pct
+            figs["machine_busy_active"] = max(figs.get("machine_busy_active", 0.0), float(busy))
         if s.memory_limit_gb:
             figs["memory_limit_sampled"] = 1.0  # no cgroup: the limit is enforced by sampling, then checked
         return figs
 
     def _outcome(self, figs: dict[str, float]) -> Outcome:
         s, tasks, prompts = self.settings, self.tasks, self.prompts
-        knobs = next((m["threads"] for m in self.messages if m["type"] == "knobs"), [])
-        common = dict(stderr_tail=self.stderr_tail, series=_series_dict(self.series, self.tags, self.messages),
-                      knobs={"threads": knobs}, wall_seconds=time.monotonic() - self.started)
+        knob_msg = next((m for m in self.messages if m["type"] == "knobs"), {})
+        knobs = knob_msg.get("threads", [])
+        fg = ("interactive", self.probe.samples) if self.probe else ("cpu", self.load.samples) if self.load else None
+        common = dict(stderr_tail=self.stderr_tail, series=_series_dict(self.series, self.tags, self.messages, fg),
+                      knobs={"threads": knobs, "autogroup": knob_msg.get("autogroup")}, wall_seconds=time.monotonic() - self.started)
 
         def failed(reason: str, detail: str) -> Outcome:
             return Outcome(ok=False, reason=reason, detail=detail, figures=figs, **common)
@@ -245,14 +321,15 @@ class _Measurement:
         if errors:
             return failed(errors[0]["reason"], errors[0].get("detail", ""))
         aborted = killed_for == "early_abort"
-        if rc < 0 and not aborted:
+        cut = killed_for == "contended_cut"  # the first pass is whole; the second was cut at its deadline
+        if rc < 0 and not (aborted or cut):
             return failed("crashed", f"worker killed by {signal.Signals(-rc).name}")
         if rc > 0 and not aborted:
             return failed("crashed", f"worker exited with status {rc}")
-        if not aborted and (not any(m["type"] == "result" for m in self.messages) or len(prompts) != len(tasks)):
+        if not aborted and (not (cut or any(m["type"] == "result" for m in self.messages)) or len(prompts) != len(tasks)):
             detail = "; ".join(self.reader.protocol_errors[:3]) or f"result missing ({len(prompts)}/{len(tasks)} answers)"
             return failed("protocol", detail)
-        problems = verify_knobs(self.config.to_dict(), knobs)  # an aborted worker read none back
+        problems = verify_knobs(self.config.to_dict(), knobs, knob_msg.get("autogroup"))  # an aborted worker read none back
         if problems:
             return failed("knob_not_applied", "; ".join(problems[:4]))
         if aborted:
@@ -264,6 +341,9 @@ class _Measurement:
                                                       [p["latency_s"] for p in prompts])
         for a, p in zip(answers, prompts):  # llama.cpp's own counts: the whole prompt, and what it prefilled of it
             a["prompt_tokens"], a["prefill_tokens"] = p.get("prompt_tokens"), p.get("prefill_tokens")
+        for p in self.contended:
+            if p["index"] < len(answers):
+                answers[p["index"]]["latency_contended_s"] = p["latency_s"]
         figs["correctness"] = correctness
         figs["parse_failures"] = sum(not a["parsed"] for a in answers)
         return Outcome(ok=True, figures=figs, by_kind=by_kind, answers=answers, **common)

@@ -95,9 +95,12 @@ class TrialBlock(BaseModel):
     progress_timeout_seconds: float = Field(_D.progress_timeout_seconds, gt=0)
     window_ms: int = Field(_D.window_ms, ge=10, le=10000)
     memory_limit_gb: Optional[float] = Field(_D.memory_limit_gb, gt=0)
-    probe: bool = _D.probe
+    probe: Union[bool, Literal["interactive", "cpu", "off"]] = _D.probe  # type: ignore[assignment]
     probe_period_ms: float = Field(_D.probe_period_ms, gt=0)
     probe_work_ms: float = Field(_D.probe_work_ms, gt=0)
+    fg_unit_mib: int = Field(_D.fg_unit_mib, ge=1, le=1024)
+    fg_threads: Optional[int] = Field(_D.fg_threads, ge=1)
+    contended_timeout_seconds: float = Field(_D.contended_timeout_seconds, gt=0)
     noise_max_pct: float = Field(_D.noise_max_pct, gt=0, le=100)
     noise_check_seconds: float = Field(_D.noise_check_seconds, gt=0)
     noise_wait_seconds: float = Field(_D.noise_wait_seconds, ge=0)
@@ -233,8 +236,11 @@ def _unyaml_off(raw: dict[str, Any]) -> None:
 def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     """Refuse an objective or budget on a figure these settings (or this host) can never produce:
     each trial would be scored as hugely infeasible (``MISSING_FIGURE``), which misleads the sampler."""
-    if name.startswith(("fg_", "n_fg_")) and not trial.probe:
-        raise SpaceError(f"{where}: {name} comes from the foreground probe, but trial.probe is false")
+    needs = METRICS[name].probe if name in METRICS else None
+    probe = TrialSettings(probe=trial.probe).probe  # a bool from YAML reads as interactive / off
+    if needs and probe != needs:
+        raise SpaceError(f"{where}: {name} comes from the {needs} foreground workload, but trial.probe is {probe} "
+                         f"(set trial.probe: {needs})")
     if name.startswith("psi_") and not os.path.exists("/proc/pressure/cpu"):
         raise SpaceError(f"{where}: {name} needs the kernel's pressure stall information (/proc/pressure/cpu), "
                          "which this host does not have")

@@ -11,9 +11,26 @@ from pathlib import Path
 from typing import Any
 
 _PHASE_CHAR = {"baseline": "B", "start": "S", "load": "L", "idle": "I", "active": "A", "prefill": "P", "decode": "D",
-               "between": "b", "done": "E", "transition": "|"}
+               "between": "b", "contended": "C", "done": "E", "transition": "|"}
 _PHASE_COLOUR = {"baseline": "#dddddd", "start": "#fcf3cf", "load": "#f4d03f", "idle": "#aed6f1", "active": "#f5b7b1",
-                 "prefill": "#ec7063", "decode": "#f1948a", "between": "#fadbd8", "done": "#dddddd"}
+                 "prefill": "#ec7063", "decode": "#f1948a", "between": "#fadbd8", "contended": "#d2b4de",
+                 "done": "#dddddd"}
+FG_LABEL = {"cpu": "CPU-bound foreground: time per unit", "interactive": "interactive probe: time per wake-up"}
+_FG_STEPS = [(1.05, "."), (1.25, "-"), (1.5, "+"), (float("inf"), "#")]
+
+
+def fg_points(series: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """The foreground's time per unit (ms) in the windows where a unit ended, on ``seconds``' clock."""
+    pairs = [(t, v) for t, v in zip(seconds(series), series.get("fg_unit_ms") or []) if v is not None]
+    return [t for t, _ in pairs], [v for _, v in pairs]
+
+
+def fg_baseline_ms(series: dict[str, Any]) -> float | None:
+    """The foreground's median time per unit in the baseline windows: what 1.0x is."""
+    from .metrics import percentile
+
+    base = [v for p, v in zip(series["phase"], series.get("fg_unit_ms") or []) if p == "baseline" and v is not None]
+    return percentile(base, 50) if base else None
 
 
 def share_of_machine(series: dict[str, Any]) -> list[float]:
@@ -79,9 +96,20 @@ def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]],
         rows.append(label + row + (f"  <- {lines[level]}" if level in lines else ""))
     rows.append("       +" + "-" * len(cols))
     rows.append("phase   " + "".join(_PHASE_CHAR.get(p, "?") for p in col_phase))
+    base = fg_baseline_ms(series)
+    if base:  # the user's side: how much slower the foreground ran, column by column (its worst window)
+        units = series["fg_unit_ms"]
+        marks = []
+        for i in range(0, len(values), per):
+            seen = [v for v in units[i:i + per] if v is not None]
+            marks.append(next(c for limit, c in _FG_STEPS if max(seen) / base <= limit) if seen else " ")
+        rows.append("fg      " + "".join(marks))
     w_ms = series["window_s"] * 1000
     rows.append(f"LLM CPU as % of the machine ({series['ncpu']} CPUs); W={w_ms:.0f} ms, {per} window(s) per column "
-                "(max); B baseline L load I idle A active P prefill D decode b between E done | transition")
+                "(max); B baseline L load I idle A active P prefill D decode b between C contended E done | transition")
+    if base:
+        rows.append(f"fg: {FG_LABEL.get(series.get('fg_kind', ''), 'foreground')} against its baseline "
+                    f"({base:.1f} ms): . <=1.05x  - <=1.25x  + <=1.5x  # more (worst window per column)")
     return "\n".join(rows)
 
 
@@ -109,6 +137,13 @@ def png_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], p
     ax.set_ylim(0, 105)
     ax.set_title(f"{title}  (W = {series['window_s'] * 1000:.0f} ms)", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
+    fts, fms = fg_points(series)
+    if fts:
+        fg = ax.twinx()
+        fg.plot(fts, fms, ".", ms=3, color="#1e8449", label=FG_LABEL.get(series.get("fg_kind", ""), "foreground"))
+        fg.set_ylabel("foreground ms per unit", color="#1e8449")
+        fg.set_ylim(0, max(fms) * 1.1)
+        fg.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -109,6 +109,18 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
     }
 
 
+def _answer_all(llm: Any, prompts: list[dict[str, Any]], cfg: dict[str, Any], chan: Channel,
+                prefixes: dict[str, Any], passname: str | None = None) -> None:
+    import llama_cpp
+
+    extra = {"pass": passname} if passname else {}
+    for i, request in enumerate(prompts):
+        # llama.cpp parses the grammar for each request, as a deployment would: that cost is in the latency.
+        grammar = llama_cpp.LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
+        chan.send("prompt", index=i, **extra, **_run_prompt(llm, request, grammar, cfg, chan, i,
+                                                           prefixes.get(request["kind"])))
+
+
 def run(job: dict[str, Any], chan: Channel) -> int:
     cfg = job["config"]
     skip = set(filter(None, os.environ.get("SWEEP_TEST_SKIP_KNOBS", "").split(",")))
@@ -127,13 +139,16 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     chan.send("phase", phase="idle", t=time.monotonic())
     time.sleep(job["idle_seconds"])
     chan.send("phase", phase="active", t=time.monotonic())
-    for i, request in enumerate(job["prompts"]):
-        # llama.cpp parses the grammar for each request, as a deployment would: that cost is in the latency.
-        grammar = llama_cpp.LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
-        chan.send("prompt", index=i, **_run_prompt(llm, request, grammar, cfg, chan, i, prefixes.get(request["kind"])))
-    chan.send("phase", phase="done", t=time.monotonic())
+    _answer_all(llm, job["prompts"], cfg, chan, prefixes)
     # Read back after inference: compute threads are created lazily, on first use.
-    chan.send("knobs", threads=knobs.read_threads())
+    chan.send("knobs", threads=knobs.read_threads(), autogroup=knobs.read_autogroup())
+    if job.get("contended"):
+        # The same prompts again, under the user's CPU-bound foreground: the runner resumes it on
+        # this mark and says "go" on stdin once it runs.
+        chan.send("phase", phase="contended", t=time.monotonic())
+        sys.stdin.readline()
+        _answer_all(llm, job["prompts"], cfg, chan, prefixes, passname="contended")
+    chan.send("phase", phase="done", t=time.monotonic())
     chan.send("result", ok=True)
     return 0
 
@@ -181,7 +196,7 @@ def _injected_fault(chan: Channel) -> None:
 def main(argv: list[str]) -> int:
     die_with_parent()
     chan = Channel(int(argv[0]))
-    job = json.loads(sys.stdin.read())
+    job = json.loads(sys.stdin.readline())  # one line; a contended trial's "go" follows on stdin
     _injected_fault(chan)
     try:
         return run(job, chan)

@@ -37,7 +37,12 @@ BAD_CASES = {
                                         ["trial.idle_seconds", "progress_timeout_seconds", "time out"]),
     "probe_figure_without_probe": (TINY_SPACE.replace("  noise_retries: 0\n", "  noise_retries: 0\n  probe: false\n")
                                    + "constraints:\n  fg_p95_ratio: {max: 1.2}\n",
-                                   ["constraints.fg_p95_ratio", "trial.probe is false"]),
+                                   ["constraints.fg_p95_ratio", "trial.probe is off", "set trial.probe: interactive"]),
+    "cpu_figure_with_interactive_probe": (TINY_SPACE + "constraints:\n  latency_p95_contended_s: {max: 5}\n",
+                                          ["constraints.latency_p95_contended_s", "trial.probe is interactive",
+                                           "set trial.probe: cpu"]),
+    "unknown_probe": (TINY_SPACE.replace("  noise_retries: 0\n", "  noise_retries: 0\n  probe: build\n"),
+                      ["trial.probe"]),
     "idle_figure_without_idle": (TINY_SPACE.replace("idle_seconds: 0.5", "idle_seconds: 0.1"),
                                  ["constraints.cpu_idle_share_pct", "two windows"]),
     "missing_model_file": (TINY_SPACE.replace("models:", "model_paths:\n  mine: {path: /nonexistent/x.gguf}\nmodels:\n  mine: [Q4_0]"),
