@@ -449,3 +449,44 @@ def tasks_baseline(file: Path | None) -> None:
     every = [s for _, scores in best.values() for s in scores]
     body.append(["all", str(len(every)), "(each kind's best)", cell(every)])
     click.echo(table(body, ["kind", "items", "best constant answer", "correctness (95% CI)"]))
+
+
+@main.group()
+def tools() -> None:
+    """llama.cpp's own programs (llama-server, llama-bench), built from the bindings' llama.cpp."""
+
+
+@tools.command("build")
+@click.option("--jobs", "-j", default=2, show_default=True, type=click.IntRange(min=1), help="Parallel compile jobs.")
+@click.option("--force", is_flag=True, help="Build again even if built.")
+@lock_option
+def tools_build(jobs: int, force: bool, no_lock: bool) -> None:
+    """Compile llama-server and llama-bench from the llama.cpp vendored in the installed
+    llama-cpp-python's sdist (cached per version; holds the measurement lock while compiling)."""
+    from .tools import build
+
+    info = build(jobs=jobs, force=force, log=lambda line: click.echo(line, err=True), lock=not no_lock,
+                 on_wait=lambda line: click.echo(line, err=True))
+    click.echo(f"llama.cpp {info['llama_cpp_commit']} (llama-cpp-python {info['llama_cpp_python']}), "
+               f"built in {info['build_seconds']:.0f} s")
+
+
+@tools.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def tools_list(as_json: bool) -> None:
+    """Show the built programs, their llama.cpp commit and build flags."""
+    from .display import table
+    from .tools import bindings_version, listing
+
+    found = listing()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not any(t["installed"] for t in found):
+        click.echo(f"nothing built for the installed llama-cpp-python {bindings_version()}: run `sweep tools build`")
+    for t in found:
+        body = [[p, t["versions"].get(p, "?"), path] for p, path in t["programs"].items()]
+        click.echo(f"llama-cpp-python {t['llama_cpp_python']}{' (installed)' if t['installed'] else ''}: llama.cpp "
+                   f"{t['llama_cpp_commit']}, built {t['built_at']} in {t['build_seconds']:.0f} s")
+        click.echo(f"  flags: {' '.join(t['cmake_flags'])}")
+        click.echo(table(body, ["program", "version", "path"]))
