@@ -236,17 +236,18 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
               default="json", show_default=True)
 @click.option("--trial", "trial_number", type=int, default=None, help="Export this trial instead of the policy's pick.")
 @click.option("--allow-infeasible", is_flag=True, help="Export the closest trial when none meets every budget.")
-@click.option("--server-binary", default="/usr/local/bin/llama-server", show_default=True,
-              help="llama-server's path, for the systemd unit's ExecStart.")
+@click.option("--server-binary", default=None,
+              help="llama-server's path in the llama-server line and the systemd unit's ExecStart "
+                   "[default: the one `sweep tools build` made, else llama-server on PATH].")
 @storage_option
 def export(study_name: str, output: Path, fmt: str, trial_number: int | None, allow_infeasible: bool,
-           server_binary: str, storage: str | None) -> None:
+           server_binary: str | None, storage: str | None) -> None:
     """Write the chosen configuration, with provenance, to a file."""
     from .export import budget_lines, export_record, render
     from .results import choose
     study, url = _open_study(storage, study_name)
     row = choose(study, allow_infeasible=allow_infeasible, trial=trial_number)
-    record = export_record(study, row, url)
+    record = export_record(study, row, url, server_binary)
     output.write_text(render(record, fmt, server_binary))
     click.echo(f"exported trial {row['number']} of study {study_name!r} to {output} ({fmt})")
     click.echo("\n".join(budget_lines(record, "")))
