@@ -6,7 +6,7 @@ STUDY ?= demo
 TRIALS ?= 8
 EXPORT ?= demo-config.json
 
-.PHONY: sweep verify test test-fast install lock clean-study
+.PHONY: sweep verify test test-fast install lock clean-study tools
 
 # Exact versions from requirements.lock (pip constraints); `make lock` refreshes it.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -35,6 +35,11 @@ sweep: $(VENV)/.installed
 verify: $(VENV)/.installed
 	$(BIN)/sweep verify --study $(STUDY)
 	$(BIN)/sweep export --study $(STUDY) -o $(EXPORT) --allow-infeasible
+
+# llama-server and llama-bench from the llama.cpp the installed llama-cpp-python vendors (cached per
+# version under the sweep cache; about 7 minutes on 2 cores the first time). The server backend needs them.
+tools: $(VENV)/.installed
+	$(BIN)/sweep tools build
 
 test: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || echo "*** chromium is not installed: the report test will be SKIPPED (apt-get install chromium; .ci/run installs it) ***"

@@ -236,17 +236,18 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
               default="json", show_default=True)
 @click.option("--trial", "trial_number", type=int, default=None, help="Export this trial instead of the policy's pick.")
 @click.option("--allow-infeasible", is_flag=True, help="Export the closest trial when none meets every budget.")
-@click.option("--server-binary", default="/usr/local/bin/llama-server", show_default=True,
-              help="llama-server's path, for the systemd unit's ExecStart.")
+@click.option("--server-binary", default=None,
+              help="llama-server's path in the llama-server line and the systemd unit's ExecStart "
+                   "[default: the one `sweep tools build` made, else llama-server on PATH].")
 @storage_option
 def export(study_name: str, output: Path, fmt: str, trial_number: int | None, allow_infeasible: bool,
-           server_binary: str, storage: str | None) -> None:
+           server_binary: str | None, storage: str | None) -> None:
     """Write the chosen configuration, with provenance, to a file."""
     from .export import budget_lines, export_record, render
     from .results import choose
     study, url = _open_study(storage, study_name)
     row = choose(study, allow_infeasible=allow_infeasible, trial=trial_number)
-    record = export_record(study, row, url)
+    record = export_record(study, row, url, server_binary)
     output.write_text(render(record, fmt, server_binary))
     click.echo(f"exported trial {row['number']} of study {study_name!r} to {output} ({fmt})")
     click.echo("\n".join(budget_lines(record, "")))
@@ -335,6 +336,15 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
     if missing:
         raise SweepError(f"{config_file}: config.cpus: CPU {', '.join(map(str, missing))} not available on this host "
                          f"(allowed CPUs: {', '.join(map(str, allowed_cpus()))})")
+    from .server import config_problem
+
+    wrong = config_problem(config.to_dict())
+    if wrong:
+        raise SweepError(f"{config_file}: {wrong}")
+    if config.backend == "server":
+        from .tools import binary
+
+        binary("llama-server")  # not built: one line saying how, exit 2
     settings = TrialSettings.from_dict(data["settings"]) if data.get("settings") else TrialSettings()
     settings = replace(settings, prompts=prompts or settings.prompts,
                        idle_seconds=settings.idle_seconds if idle_seconds is None else idle_seconds)
@@ -449,3 +459,44 @@ def tasks_baseline(file: Path | None) -> None:
     every = [s for _, scores in best.values() for s in scores]
     body.append(["all", str(len(every)), "(each kind's best)", cell(every)])
     click.echo(table(body, ["kind", "items", "best constant answer", "correctness (95% CI)"]))
+
+
+@main.group()
+def tools() -> None:
+    """llama.cpp's own programs (llama-server, llama-bench), built from the bindings' llama.cpp."""
+
+
+@tools.command("build")
+@click.option("--jobs", "-j", default=2, show_default=True, type=click.IntRange(min=1), help="Parallel compile jobs.")
+@click.option("--force", is_flag=True, help="Build again even if built.")
+@lock_option
+def tools_build(jobs: int, force: bool, no_lock: bool) -> None:
+    """Compile llama-server and llama-bench from the llama.cpp vendored in the installed
+    llama-cpp-python's sdist (cached per version; holds the measurement lock while compiling)."""
+    from .tools import build
+
+    info = build(jobs=jobs, force=force, log=lambda line: click.echo(line, err=True), lock=not no_lock,
+                 on_wait=lambda line: click.echo(line, err=True))
+    click.echo(f"llama.cpp {info['llama_cpp_commit']} (llama-cpp-python {info['llama_cpp_python']}), "
+               f"built in {info['build_seconds']:.0f} s")
+
+
+@tools.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def tools_list(as_json: bool) -> None:
+    """Show the built programs, their llama.cpp commit and build flags."""
+    from .display import table
+    from .tools import bindings_version, listing
+
+    found = listing()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not any(t["installed"] for t in found):
+        click.echo(f"nothing built for the installed llama-cpp-python {bindings_version()}: run `sweep tools build`")
+    for t in found:
+        body = [[p, t["versions"].get(p, "?"), path] for p, path in t["programs"].items()]
+        click.echo(f"llama-cpp-python {t['llama_cpp_python']}{' (installed)' if t['installed'] else ''}: llama.cpp "
+                   f"{t['llama_cpp_commit']}, built {t['built_at']} in {t['build_seconds']:.0f} s")
+        click.echo(f"  flags: {' '.join(t['cmake_flags'])}")
+        click.echo(table(body, ["program", "version", "path"]))

@@ -19,6 +19,7 @@ from . import knobs
 from .errors import StudyError
 from .records import StudyMeta, TrialConfig
 from .results import trial_by_number
+from .server import server_args
 from .storage import safe_url
 
 FORMATS = ("json", "yaml", "python", "llama-server", "systemd")
@@ -35,24 +36,21 @@ def budget_report(row: dict[str, Any], budgets: dict[str, dict[str, float]]) -> 
     return out
 
 
-# llama-cpp-python chat_format -> llama.cpp built-in template, where the two agree.
-_SERVER_TEMPLATES = {"chatml": "chatml", "gemma": "gemma", "llama-2": "llama2", "llama-3": "llama3",
-                     "mistral-instruct": "mistral-v1", "vicuna": "vicuna", "zephyr": "zephyr", "phi3": "phi3"}
+def default_server_binary() -> str:
+    """The llama-server ``sweep tools build`` made for the installed bindings (the program a server
+    trial measured), else the bare name for PATH."""
+    from .tools import ToolsError, binary
+
+    try:
+        return str(binary("llama-server"))
+    except ToolsError:
+        return "llama-server"
 
 
-def llama_server_command(config: TrialConfig) -> str:
-    """The equivalent llama-server command line (llama.cpp's own argument names)."""
-    args = ["llama-server", "-m", config.model_path, "--threads", str(config.n_threads),
-            "--threads-batch", str(config.n_threads_batch), "--batch-size", str(config.n_batch),
-            "--ubatch-size", str(config.n_ubatch), "--ctx-size", str(config.n_ctx), "--n-gpu-layers", "0"]
-    if config.cpus:
-        mask = sum(1 << c for c in config.cpus)
-        args += ["--cpu-mask", f"{mask:x}", "--cpu-strict", "1"]
-    if config.nice > 0 or config.sched_policy in ("batch", "idle"):
-        args += ["--prio", "-1"]  # llama-server's "low" priority; nice/policy are applied by the launcher below
-    if config.chat_format in _SERVER_TEMPLATES:
-        args += ["--chat-template", _SERVER_TEMPLATES[config.chat_format]]
-    return shlex.join(args)
+def llama_server_command(config: TrialConfig, server_binary: str = "llama-server") -> str:
+    """The llama-server command line (llama.cpp's own argument names), as a server trial runs it:
+    the same argv, from ``sweep.server.server_args``."""
+    return shlex.join(server_args(config.to_dict(), server_binary))
 
 
 def launcher_prefix(config: TrialConfig) -> str:
@@ -60,8 +58,9 @@ def launcher_prefix(config: TrialConfig) -> str:
     return knobs.shell_prefix(config.to_dict())
 
 
-def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str, Any]:
-    """The full exported configuration, with where it came from."""
+def export_record(study: Any, row: dict[str, Any], storage_url: str, server_binary: str | None = None) -> dict[str, Any]:
+    """The full exported configuration, with where it came from. ``server_binary`` (default: the
+    built tools' llama-server) is the program the llama-server line runs."""
     if row["config"] is None:
         raise StudyError(f"trial {row['number']} has no stored configuration")
     config = TrialConfig.from_dict(row["config"])
@@ -69,14 +68,15 @@ def export_record(study: Any, row: dict[str, Any], storage_url: str) -> dict[str
     budgets = meta.budgets
     report = budget_report(row, budgets)
     prefix = launcher_prefix(config)
+    command = llama_server_command(config, server_binary or default_server_binary())
     return {
         "schema": "sweep.export/1",
         "config": config.to_dict(),
         "settings": meta.settings.to_dict(),
         "llama_kwargs": config.llama_kwargs(),
         "environment": config.environment(),
-        "llama_server": (prefix + " " if prefix else "") + llama_server_command(config),
-        "llama_server_args": llama_server_command(config),
+        "llama_server": (prefix + " " if prefix else "") + command,
+        "llama_server_args": command,
         "budgets": report,
         "meets_all_budgets": all(b["met"] for b in report.values()),
         "metrics": row["figures"],
@@ -187,7 +187,7 @@ def _systemd(record: dict[str, Any], server_binary: str) -> str:
     return "\n".join(lines)
 
 
-def render(record: dict[str, Any], fmt: str, server_binary: str = "/usr/local/bin/llama-server") -> str:
+def render(record: dict[str, Any], fmt: str, server_binary: str | None = None) -> str:
     """The export in ``fmt`` (one of ``FORMATS``)."""
     if fmt == "json":
         return json.dumps(record, indent=2) + "\n"
@@ -199,7 +199,9 @@ def render(record: dict[str, Any], fmt: str, server_binary: str = "/usr/local/bi
         return _python(record)
     if fmt == "llama-server":
         return "\n".join(["#!/bin/sh", *budget_lines(record, "#"), *_pacing_warning(record, "#"),
-                          "exec " + record["llama_server"], ""])
+                          "# Extra arguments are passed on to llama-server (--host, --port; default 127.0.0.1:8080).",
+                          "# Send cache_prompt: false in a request to ask it cold, as the sweep measured it.",
+                          "exec " + record["llama_server"] + ' "$@"', ""])
     if fmt == "systemd":
-        return _systemd(record, server_binary)
+        return _systemd(record, server_binary or shlex.split(record["llama_server_args"])[0])
     raise ValueError(f"unknown export format {fmt!r}")

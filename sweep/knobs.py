@@ -111,6 +111,8 @@ def verify(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: int | No
 def shell_prefix(c: dict[str, Any]) -> str:
     """A shell prefix that applies the knobs to a program that does not set them itself."""
     parts = [f"{k}={v}" for k, v in environment(c).items()]
+    if c.get("cpus"):  # inherited by every thread, as in the worker (llama.cpp's own mask misses some)
+        parts += ["taskset", "-c", ",".join(map(str, c["cpus"]))]
     if c.get("sched_policy", "normal") != "normal":
         parts += ["chrt", f"--{c['sched_policy']}", "0"]
     if c.get("nice"):

@@ -89,6 +89,8 @@ METRICS: dict[str, Metric] = {
     "ttft_p50_s": Metric("s", "minimize", "time to first token p50"),
     "prefill_tps": Metric("tokens/s", "maximize", "prompt tokens per second of prefill"),
     "decode_tps": Metric("tokens/s", "maximize", "generated tokens per second of decode"),
+    "server_prefill_tps": Metric("tokens/s", "maximize", "llama-server's own prompt tokens/s (server backend)"),
+    "server_decode_tps": Metric("tokens/s", "maximize", "llama-server's own generated tokens/s (server backend)"),
     "load_s": Metric("s", "minimize", "model load time"),
     "rss_peak_gb": Metric("GB", "minimize", "peak RSS, kernel high-water mark (ru_maxrss)"),
     "rss_anon_peak_gb": Metric("GB", "minimize", "peak anonymous RSS, sampled per window"),

@@ -21,6 +21,7 @@ REQUIRED: dict[str, dict[str, Any]] = {
     "prompt": {"index": int, "answer": str, "latency_s": _NUMBER, "decode_s": _NUMBER, "completion_chunks": int},
     "error": {"reason": str},
     "knobs": {"threads": list},
+    "server": {"pid": int, "port": int},  # the server backend's llama-server, once started
     "result": {},
 }
 

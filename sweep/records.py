@@ -56,10 +56,22 @@ class TrialConfig:
     pace_tps: float | None = None  # decode pacing: at most this many tokens per second
     pace_duty: float | None = None  # decode pacing: compute at most this fraction of decode time
     prefix_cache: Literal["off", "shared"] = "off"  # "shared": each kind's fixed prefix is prefilled once, at load
+    backend: Literal["python", "server"] = "python"  # llama-cpp-python in the worker, or llama-server (sweep.server)
+    # llama.cpp's own threadpool knobs, server backend only; None leaves llama.cpp's default.
+    poll: int | None = None  # --poll: busy-wait level 0..100 (no effect on OpenMP builds)
+    prio: int | None = None  # --prio: -1 low, 0 normal
+    poll_batch: int | None = None  # --poll-batch (default: as poll)
+    prio_batch: int | None = None  # --prio-batch: 0 normal
+    cpu_strict: int | None = None  # --cpu-strict (and -batch): 1 pins each thread to one CPU of the mask
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cpus"] = list(self.cpus) if self.cpus is not None else None
+        # The backend's keys are left out at their defaults, so a python trial's record (and what
+        # finds duplicates by it) is what it was before the server backend existed.
+        for name in _BACKEND_KEYS:
+            if d[name] == _BACKEND_DEFAULTS[name]:
+                del d[name]
         return {"schema_version": SCHEMA_VERSION, **d}
 
     @classmethod
@@ -94,6 +106,8 @@ class TrialConfig:
         return kw
 
 
+_BACKEND_KEYS = ("backend", "poll", "prio", "poll_batch", "prio_batch", "cpu_strict")
+_BACKEND_DEFAULTS = {f.name: f.default for f in fields(TrialConfig) if f.name in _BACKEND_KEYS}
 PROBES = ("interactive", "cpu", "off")
 
 

@@ -27,10 +27,13 @@ from .probe import Probe
 from .procs import kill_group, killer, reap, stay_off, tail
 from .prompts import answer_text, prefix_probes, request_for
 from .protocol import problem
+from .server import figures as server_figures
+from .server import verify as verify_server_knobs
 from .records import Outcome, TrialConfig, TrialSettings
 from .tasks import Task, score_answers
 
 WORKER_CMD = [sys.executable, "-m", "sweep.worker"]
+SERVER_WORKER_CMD = [sys.executable, "-m", "sweep.server_worker"]  # the server backend (sweep.server)
 
 
 class _Reader(threading.Thread):
@@ -117,7 +120,7 @@ class _Measurement:
                  worker_cmd: list[str] | None, latency_budget_s: float | None,
                  on_event: Callable[[dict[str, Any]], None] | None) -> None:
         self.config, self.settings, self.tasks = config, settings, tasks
-        self.worker_cmd = worker_cmd or WORKER_CMD
+        self.worker_cmd = worker_cmd or (SERVER_WORKER_CMD if config.backend == "server" else WORKER_CMD)
         self.latency_budget_s, self.on_event = latency_budget_s, on_event
         self.started = time.monotonic()
         self.over_memory = threading.Event()
@@ -271,6 +274,7 @@ class _Measurement:
             figs.update(cpu_load_figures(self.load.samples, self.messages, self.series.ncpu))
             figs.update(contended_figures(self.contended, self.prompts, self.messages, cut_t))
         figs["noise_check_pct"], figs["machine_busy"] = noise_pct, float(busy)
+        figs.update(server_figures(self.prompts))  # llama-server's own rates; none for the python backend
         # Others' load while the model answered: the whole machine, less the LLM, less the probe's
         # known cost (its work over its period, on one CPU of the machine).
         if "system_cpu_active_mean_pct" in figs and "cpu_active_mean_share_pct" in figs:
@@ -329,7 +333,8 @@ class _Measurement:
         if not aborted and (not (cut or any(m["type"] == "result" for m in self.messages)) or len(prompts) != len(tasks)):
             detail = "; ".join(self.reader.protocol_errors[:3]) or f"result missing ({len(prompts)}/{len(tasks)} answers)"
             return failed("protocol", detail)
-        problems = verify_knobs(self.config.to_dict(), knobs, knob_msg.get("autogroup"))  # an aborted worker read none back
+        check = verify_server_knobs if self.config.backend == "server" else verify_knobs
+        problems = check(self.config.to_dict(), knobs, knob_msg.get("autogroup"))  # an aborted worker read none back
         if problems:
             return failed("knob_not_applied", "; ".join(problems[:4]))
         if aborted:
@@ -341,6 +346,8 @@ class _Measurement:
                                                       [p["latency_s"] for p in prompts])
         for a, p in zip(answers, prompts):  # llama.cpp's own counts: the whole prompt, and what it prefilled of it
             a["prompt_tokens"], a["prefill_tokens"] = p.get("prompt_tokens"), p.get("prefill_tokens")
+            if p.get("server"):
+                a["server_timings"] = p["server"]
         for p in self.contended:
             if p["index"] < len(answers):
                 answers[p["index"]]["latency_contended_s"] = p["latency_s"]

@@ -43,10 +43,19 @@ _ENUM_PARAMS: dict[str, tuple[str, ...]] = {
     "omp_wait_policy": ("passive", "active"),
     "output": OUTPUTS,
     "prefix_cache": ("off", "shared"),
+    "backend": ("python", "server"),
 }
 _FLOAT_PARAMS = {"pace_tps", "pace_duty"}
 _FIXED_ONLY = {"cpus", "temperature"}
-KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY
+# llama.cpp's own threadpool knobs, server backend only: name -> (low, high, why the bounds). null = llama.cpp's default.
+_SERVER_PARAMS: dict[str, tuple[int, int, str]] = {
+    "poll": (0, 100, "a busy-wait level 0..100"),
+    "poll_batch": (0, 100, "a busy-wait level 0..100"),
+    "prio": (-1, 0, "-1 (low) or 0 (normal); llama.cpp's higher levels are SCHED_FIFO, never polite"),
+    "prio_batch": (0, 0, "0 (normal): llama.cpp has no low level for it, and its higher levels are SCHED_FIFO"),
+    "cpu_strict": (0, 1, "0 or 1"),
+}
+KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY | set(_SERVER_PARAMS)
 # A parameter neither swept nor fixed takes TrialConfig's default, or llama.cpp's for the batches and context.
 _DEFAULTS: dict[str, Any] = {
     **{f.name: f.default for f in fields(TrialConfig)
@@ -182,6 +191,7 @@ class Space:
         else:
             cpus = self.cpus
         mf = self.registry.resolve(model, quant)
+        server = v["backend"] == "server"  # llama.cpp's own knobs mean nothing to a python trial: not in its config
         # Threads never exceed the cores they may run on; n_ubatch never exceeds n_batch
         # (llama.cpp would clamp it silently; here the effective value is recorded).
         return TrialConfig(
@@ -192,7 +202,8 @@ class Space:
             cpus=cpus, nice=v["nice"], sched_policy=v["sched_policy"], omp_wait_policy=v.get("omp_wait_policy"),
             gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
             pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"), shots=v["shots"], output=v["output"],
-            prefix_cache=v["prefix_cache"],
+            prefix_cache=v["prefix_cache"], backend=v["backend"],
+            **{name: v.get(name) if server else None for name in _SERVER_PARAMS},
         )
 
 
@@ -218,6 +229,10 @@ def _check_param(where: str, name: str, value: Any) -> None:
     if name == "shots" and not 0 <= value <= max_shots():
         raise SpaceError(f"{where}: the worked-example pool has {max_shots()} examples of each kind; "
                          f"shots must be 0..{max_shots()}, got {value}")
+    if name in _SERVER_PARAMS and value is not None:
+        low, high, why = _SERVER_PARAMS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise SpaceError(f"{where}: {name} must be {why} (or null for llama.cpp's default), got {value!r}")
     if name == "nice" and not 0 <= value <= 19:
         raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
 
@@ -231,6 +246,37 @@ def _unyaml_off(raw: dict[str, Any]) -> None:
         v = values["prefix_cache"]
         values["prefix_cache"] = ["off" if x is False else x for x in v] if isinstance(v, list) else \
             ("off" if v is False else v)
+
+
+def _choices(spec: SpaceFile, name: str) -> list[Any]:
+    """Every value a parameter can take in this space (its default when neither swept nor fixed)."""
+    if name in spec.fixed:
+        return [spec.fixed[name]]
+    dist = spec.params.get(name)
+    if dist is None:
+        return [_DEFAULTS.get(name)]
+    return list(dist) if isinstance(dist, list) else [dist.low, dist.high]
+
+
+def _check_backend(path: Path, spec: SpaceFile) -> None:
+    """llama.cpp's own knobs only with the server backend; what the server backend cannot do, refused."""
+    backends = _choices(spec, "backend")
+    if "server" not in backends:
+        for name in _SERVER_PARAMS:
+            where = "params" if name in spec.params else "fixed"
+            if name in spec.params or spec.fixed.get(name) is not None:
+                raise SpaceError(f"{path}: {where}.{name}: {name} is a llama-server knob and this space runs only the "
+                                 "python backend (add backend: [server] or [python, server])")
+        return
+    if "shared" in _choices(spec, "prefix_cache"):
+        where = "params" if "prefix_cache" in spec.params else "fixed"
+        raise SpaceError(f"{path}: {where}.prefix_cache: shared is not supported with the server backend yet "
+                         "(its warm-up per kind is not implemented); use prefix_cache: off")
+    for name in ("pace_tps", "pace_duty"):
+        if any(v is not None for v in _choices(spec, name)):
+            where = "params" if name in spec.params else "fixed"
+            raise SpaceError(f"{path}: {where}.{name}: llama-server cannot pace decoding (it streams as fast as it "
+                             "computes); pacing needs backend: python")
 
 
 def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
@@ -309,6 +355,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
                 raise SpaceError(f"{where}: expected a number >= 0")
         else:
             _check_param(where, name, value)
+    _check_backend(path, spec)
     if "cores" in spec.params:
         dist = spec.params["cores"]
         high = max(dist) if isinstance(dist, list) else (len(host_cpus) if dist.high == "all" else dist.high)

@@ -11,11 +11,16 @@ from typing import Any, Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The tools `sweep tools build` made (llama-server, llama-bench) live in the user's cache; the tests'
+# own cache is temporary, so point at the real tools before it is swapped in.
+os.environ.setdefault("SWEEP_TOOLS_DIR", str(Path(os.environ.get("SWEEP_CACHE_DIR") or Path.home() / ".cache" / "sweep")
+                                             / "tools"))
 
 # A test that uses one of these runs a real model or a real server: it is marked ``slow``
 # (``make test-fast`` leaves those out; ``make test`` runs everything). Tests that start a real
 # sweep without such a fixture carry the mark themselves.
-SLOW_FIXTURES = {"smollm2_path", "swept", "verified", "study_env", "report", "one_trial", "postgres", "pg_url"}
+SLOW_FIXTURES = {"smollm2_path", "swept", "verified", "study_env", "report", "one_trial", "postgres", "pg_url",
+                 "server_tools", "server_study"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,232 @@
+"""The server backend's worker: one trial of llama-server. ``python -m sweep.server_worker FD``.
+
+It speaks exactly ``sweep.worker``'s protocol (the job as JSON on stdin; phases, answers, knobs
+read back and the result as JSON lines on FD), so the runner, the monitor and the figures treat
+both backends alike. The difference is the program that computes: this worker applies affinity,
+nice, policy (and has the OpenMP variables in its environment) on itself, then starts the
+``llama-server`` that ``sweep tools build`` made from the bindings' own llama.cpp. The server
+inherits every knob and is the worker's child, so the monitor, which measures the worker's process
+tree, counts it. Load is spawn until ``/health`` answers; each prompt is one streamed HTTP request
+on loopback (TTFT at the first content chunk), cold (``cache_prompt: false``).
+
+The server never outlives the worker: it dies with it (``PR_SET_PDEATHSIG``), shares its process
+group (the runner kills the group), and is killed and reaped before the worker exits. Its output
+goes to the worker's own output, so a failed trial's tail shows the server's log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+
+from . import knobs
+from .protocol import Channel, die_with_parent
+from .server import request_body, server_args
+
+HOST = "127.0.0.1"
+_HEALTH_POLL_S = 0.05
+# A request that gets no byte for this long is a hung server (the runner's progress watchdog,
+# progress_timeout_seconds, is the outer bound; this one lets the worker say so with the log's tail).
+REQUEST_TIMEOUT_S = 600.0
+
+
+class ServerFailed(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def free_port() -> int:
+    """A loopback port free now (the server binds it a moment later; another trial never runs at
+    once on this host, as the measurement lock serialises them)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_worker() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG survives exec
+
+
+def _log_tail(lines: int = 12) -> str:
+    """The tail of this worker's output, where the server writes its log."""
+    from .procs import tail
+
+    try:
+        return tail(os.readlink("/proc/self/fd/1"), lines)
+    except OSError:
+        return ""
+
+
+class Server:
+    """A running llama-server, its port and its exit."""
+
+    def __init__(self, argv: list[str], port: int) -> None:
+        sys.stdout.flush()
+        self.port = port
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout.fileno(),
+                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_worker)
+
+    def died(self) -> str | None:
+        """How the server ended, or None while it runs."""
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        return f"llama-server killed by {signal.Signals(-rc).name}" if rc < 0 else f"llama-server exited with status {rc}"
+
+    def wait_healthy(self) -> None:
+        """Until ``/health`` answers 200 (503 while the model loads)."""
+        while True:
+            gone = self.died()
+            if gone:
+                raise ServerFailed("model_load_failed", f"{gone} before it answered /health: {_log_tail()}")
+            try:
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(_HEALTH_POLL_S)
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The server-sent events of one chat completion, decoded."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise ServerFailed("crashed", f"llama-server answered HTTP {resp.status}: {resp.read(300)!r}")
+            for raw in resp:
+                line = raw.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    return
+                yield json.loads(data)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Kill and reap the server, whatever state it is in."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait()
+
+
+def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], chan: Channel,
+                index: int) -> dict[str, Any]:
+    chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
+    t0 = time.monotonic()
+    t_first = t_last = None
+    pieces: list[str] = []
+    timings: dict[str, Any] = {}
+    for event in server.stream(request_body(request, cfg)):
+        if event.get("timings"):
+            timings = event["timings"]
+        choices = event.get("choices") or [{}]
+        text = (choices[0].get("delta") or {}).get("content")
+        if not text:
+            continue
+        now = time.monotonic()
+        if t_first is None:
+            t_first = now
+            chan.send("phase", phase="decode", t=now, prompt=index)
+        t_last = now
+        pieces.append(text)
+    t_end = time.monotonic()
+    chan.send("phase", phase="between", t=t_end, prompt=index)
+    prompt_n = timings.get("prompt_n")
+    return {
+        "latency_s": t_end - t0,
+        "ttft_s": (t_first - t0) if t_first else None,
+        # llama.cpp's own counts: the whole prompt (what it prefilled and what it took from cache).
+        "prompt_tokens": (prompt_n or 0) + (timings.get("cache_n") or 0) if prompt_n is not None else 0,
+        "prefill_tokens": prompt_n,
+        "completion_chunks": len(pieces),
+        "decode_s": (t_last - t_first) if t_first and t_last else 0.0,
+        "answer": "".join(pieces),
+        "server": {k: timings.get(k) for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n",
+                                               "predicted_ms", "predicted_per_second", "cache_n")},
+    }
+
+
+def run(job: dict[str, Any], chan: Channel) -> int:
+    from .tools import ToolsError, binary
+
+    cfg = job["config"]
+    skip = set(filter(None, os.environ.get("SWEEP_TEST_SKIP_KNOBS", "").split(",")))
+    knobs.apply(cfg, skip)  # on this, the only thread: llama-server inherits it
+    chan.send("phase", phase="load", t=time.monotonic())
+    try:
+        program = str(binary("llama-server"))
+    except ToolsError as exc:
+        chan.send("error", reason="model_load_failed", detail=str(exc))
+        return 3
+    port = free_port()
+    server = Server(server_args(cfg, program, HOST, port), port)
+    chan.send("server", pid=server.proc.pid, port=port)
+    try:
+        try:
+            server.wait_healthy()
+            chan.send("phase", phase="idle", t=time.monotonic())
+            time.sleep(job["idle_seconds"])
+            chan.send("phase", phase="active", t=time.monotonic())
+            for i, request in enumerate(job["prompts"]):
+                chan.send("prompt", index=i, **_run_prompt(server, request, cfg, chan, i))
+            gone = server.died()
+            if gone:
+                raise ServerFailed("crashed", gone)
+            # Read back from the server's own threads, after inference (compute threads start lazily).
+            chan.send("knobs", threads=knobs.read_threads(server.proc.pid),
+                      autogroup=knobs.read_autogroup(server.proc.pid))
+            if job.get("contended"):  # as sweep.worker: the same prompts under the CPU-bound foreground
+                chan.send("phase", phase="contended", t=time.monotonic())
+                sys.stdin.readline()
+                for i, request in enumerate(job["prompts"]):
+                    chan.send("prompt", index=i, **{"pass": "contended"}, **_run_prompt(server, request, cfg, chan, i))
+            chan.send("phase", phase="done", t=time.monotonic())
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            time.sleep(0.2)  # a server that died mid-answer: let its exit be seen
+            gone = server.died()
+            raise ServerFailed("crashed" if gone else "protocol",
+                               f"{gone or 'llama-server broke a request'} ({type(exc).__name__}: {exc}): "
+                               f"{_log_tail()}") from None
+    except ServerFailed as exc:
+        chan.send("error", reason=exc.reason, detail=exc.detail)
+        return 3
+    finally:
+        server.stop()
+    chan.send("result", ok=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    die_with_parent()
+    chan = Channel(int(argv[0]))
+    job = json.loads(sys.stdin.readline())  # one line; a contended trial's "go" follows on stdin
+    try:
+        return run(job, chan)
+    except Exception as exc:
+        chan.send("error", reason="crashed", detail=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

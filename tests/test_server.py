@@ -1,0 +1,313 @@
+"""The server backend: real llama-server (built by ``sweep tools build``), real SmolLM2.
+
+The tests that start a server use the ``server_tools`` fixture (marked slow in conftest). Without
+built tools they skip, saying how to build them; ``.ci/run`` builds them and sets
+``SWEEP_REQUIRE_TOOLS``, so there they fail instead of skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import sweep_cli, wait_for, write_space
+
+SERVER_SPACE = """\
+version: 1
+name: srv
+models:
+  smollm2-135m: [Q4_1]
+params:
+  poll: [0]
+fixed:
+  backend: server
+  cpus: [0]
+  n_threads: 1
+  n_threads_batch: 1
+  n_ctx: 512
+  max_tokens: 16
+  nice: 10
+trial:
+  prompts: 3
+  idle_seconds: 0.5
+  baseline_seconds: 0.2
+  timeout_seconds: 120
+  noise_retries: 0
+sampler:
+  name: random
+  seed: 3
+"""
+
+
+@pytest.fixture(scope="session")
+def server_tools() -> Path:
+    from sweep.tools import ToolsError, binary
+
+    try:
+        return binary("llama-server")
+    except ToolsError as exc:
+        if os.environ.get("SWEEP_REQUIRE_TOOLS"):
+            pytest.fail(f"the tools are required here (SWEEP_REQUIRE_TOOLS): {exc}")
+        pytest.skip(f"{exc} (make tools)")
+
+
+def _config(smollm2: Path, **kw: object):
+    from sweep.records import TrialConfig
+
+    base = dict(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2), chat_format=None, n_threads=1,
+                n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=512, max_tokens=16, cpus=(0,), backend="server")
+    return TrialConfig(**{**base, **kw})
+
+
+def _settings(**kw: object):
+    from sweep.records import TrialSettings
+
+    return TrialSettings(**{**dict(prompts=3, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=120,
+                                   noise_retries=0), **kw})
+
+
+def _tasks(n: int = 3):
+    from sweep.tasks import load_tasks, stratified_subset
+
+    return stratified_subset(load_tasks(), n)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_server_trial_answers_with_figures(server_tools: Path, smollm2_path: Path) -> None:
+    from sweep.runner import run_trial
+
+    events: list[dict] = []
+    outcome = run_trial(_config(smollm2_path), _settings(), _tasks(), on_event=events.append)
+    assert outcome.ok, (outcome.reason, outcome.detail, outcome.stderr_tail)
+    f = outcome.figures
+    assert f["latency_p50_s"] > 0 and f["load_s"] > 0 and f["decode_tps"] > 0
+    # llama-server's own rates are kept beside sweep's external ones.
+    assert f["server_decode_tps"] > 0 and f["server_prefill_tps"] > 0
+    assert all(a["server_timings"]["predicted_n"] >= 1 for a in outcome.answers)
+    assert sum(bool(a["answer"].strip()) for a in outcome.answers) >= 2
+    # The monitor counted the server (the worker's child): it computed while answering.
+    assert f["cpu_active_mean_core_pct"] > 20
+    # Knobs were read back from the server's own threads (it has several: HTTP, compute), all on CPU 0.
+    (server,) = [e for e in events if e["type"] == "server"]
+    threads = outcome.knobs["threads"]
+    assert len(threads) > 1 and {t["cpus"] for t in threads} == {"0"}
+    assert server["pid"] in {t["tid"] for t in threads}
+    assert not _alive(server["pid"])  # killed and reaped with its trial
+
+
+def test_server_killed_mid_trial_is_crashed_and_the_next_trial_runs(server_tools: Path, smollm2_path: Path) -> None:
+    from sweep.runner import run_trial
+
+    pid: list[int] = []
+
+    def kill_on_first_answer(e: dict) -> None:
+        if e["type"] == "server":
+            pid.append(e["pid"])
+        elif e["type"] == "prompt" and e["index"] == 0:
+            os.kill(pid[0], signal.SIGKILL)
+
+    outcome = run_trial(_config(smollm2_path), _settings(), _tasks(), on_event=kill_on_first_answer)
+    assert not outcome.ok and outcome.reason == "crashed", (outcome.reason, outcome.detail)
+    assert "SIGKILL" in outcome.detail
+    assert "llama" in outcome.stderr_tail  # the server's own log is in the tail
+    assert not _alive(pid[0])
+    again = run_trial(_config(smollm2_path), _settings(), _tasks())
+    assert again.ok, (again.reason, again.detail)
+
+
+def test_prio_and_poll_are_read_back(server_tools: Path, smollm2_path: Path) -> None:
+    from sweep.runner import run_trial
+
+    outcome = run_trial(_config(smollm2_path, prio=-1, poll=0, n_threads=2, n_threads_batch=2, cpus=None),
+                        _settings(), _tasks())
+    threads = outcome.knobs["threads"]
+    assert threads, (outcome.reason, outcome.detail)
+    # llama.cpp's low priority is nice 5 on the thread that sets it, SCHED_BATCH on compute threads.
+    touched = [t for t in threads if t["nice"] == 5 or t["policy"] == "batch"]
+    assert touched, f"--prio -1 changed no thread: {threads}"
+    assert outcome.ok, (outcome.reason, outcome.detail)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ask(port: int) -> str:
+    body = json.dumps({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+                       "temperature": 0, "cache_prompt": False}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    reply = json.load(urllib.request.urlopen(req, timeout=60))
+    return reply["choices"][0]["message"]["content"]
+
+
+def _serve_and_ask(argv: list[str]) -> str:
+    port = _free_port()
+    proc = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, f"the exported server exited with {proc.returncode}"
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=60)
+        return _ask(port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_study(server_tools: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
+    work = tmp_path_factory.mktemp("server-export")
+    env = {"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}"}
+    proc = sweep_cli("run", str(write_space(work / "s.yaml", SERVER_SPACE)), "--study", "s", "--trials", "1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return {"work": work, "env": env}
+
+
+def _export(study: dict, fmt: str) -> Path:
+    out = study["work"] / ("sweep-llm.service" if fmt == "systemd" else f"export.{fmt}")
+    proc = sweep_cli("export", "--study", "s", "-o", str(out), "--format", fmt, "--allow-infeasible", env=study["env"])
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_exported_llama_server_script_answers_and_measures_again(server_study: dict, server_tools: Path) -> None:
+    record = json.loads(_export(server_study, "json").read_text())
+    assert record["config"]["backend"] == "server" and record["config"]["poll"] == 0
+    argv = shlex.split(record["llama_server"])
+    assert argv[: argv.index(str(server_tools))] == ["taskset", "-c", "0", "nice", "-n", "10"]
+    args = dict(zip(argv, argv[1:]))
+    assert args["--poll"] == "0" and args["--cpu-mask"] == "1" and args["--threads-batch"] == "1"
+    script = _export(server_study, "llama-server")
+    script.chmod(0o755)
+    assert _serve_and_ask([str(script)]).strip()
+    # The exported record is a trial configuration: sweep trial measures the server again.
+    rerun = sweep_cli("trial", str(server_study["work"] / "export.json"), "--json", "--prompts", "2", "--idle", "0.5",
+                      env=server_study["env"])
+    assert rerun.returncode == 0, rerun.stderr
+    measured = json.loads(rerun.stdout)
+    assert measured["ok"] and measured["figures"]["server_decode_tps"] > 0
+
+
+def test_systemd_export_verifies_and_its_exec_start_answers(server_study: dict, server_tools: Path) -> None:
+    unit = _export(server_study, "systemd")
+    text = unit.read_text()
+    assert "CPUAffinity=0" in text and "Nice=10" in text
+    if shutil.which("systemd-analyze"):
+        proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv[0] == str(server_tools)
+    assert _serve_and_ask(argv).strip()
+
+
+# --- no server needed ---
+
+def test_server_args_carry_llama_cpp_knobs() -> None:
+    from sweep.server import server_args
+
+    c = {"model_path": "m.gguf", "n_threads": 2, "n_threads_batch": 1, "n_batch": 64, "n_ubatch": 32, "n_ctx": 512,
+         "cpus": [1, 3], "cpu_strict": 1, "prio": -1, "poll": 0, "chat_format": "chatml"}
+    argv = server_args(c, "/x/llama-server", "127.0.0.1", 9000)
+    args = dict(zip(argv, argv[1:]))
+    assert argv[0] == "/x/llama-server" and args["--port"] == "9000"
+    assert args["--cpu-mask"] == "a" and args["--cpu-mask-batch"] == "a" and args["--cpu-strict-batch"] == "1"
+    assert args["--prio"] == "-1" and args["--poll"] == "0" and args["--poll-batch"] == "0"  # batch follows poll
+    assert "--prio-batch" not in args and args["--chat-template"] == "chatml"
+
+
+@pytest.mark.parametrize("body, key", [
+    ("params:\n  poll: [0, 50]\n", "params.poll"),
+    ("fixed:\n  prio: -1\n", "fixed.prio"),
+    ("fixed:\n  backend: python\n  cpu_strict: 1\n", "fixed.cpu_strict"),
+])
+def test_llama_cpp_knobs_are_refused_with_the_python_backend(tmp_path: Path, body: str, key: str) -> None:
+    space = write_space(tmp_path / "s.yaml", "version: 1\nname: r\nmodels:\n  smollm2-135m: [Q4_1]\n" + body)
+    proc = sweep_cli("run", str(space))
+    assert proc.returncode == 2 and key in proc.stderr and "python backend" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("body, key", [
+    ("fixed:\n  backend: server\n  prio: 1\n", "fixed.prio"),
+    ("fixed:\n  backend: server\n  prefix_cache: shared\n", "fixed.prefix_cache"),
+    ("params:\n  backend: [python, server]\n  pace_tps: [null, 10]\n", "params.pace_tps"),
+])
+def test_what_the_server_backend_cannot_do_is_refused(tmp_path: Path, body: str, key: str) -> None:
+    space = write_space(tmp_path / "s.yaml", "version: 1\nname: r\nmodels:\n  smollm2-135m: [Q4_1]\n" + body)
+    proc = sweep_cli("run", str(space))
+    assert proc.returncode == 2 and key in proc.stderr, proc.stderr
+
+
+def test_python_trial_record_is_unchanged_by_the_backend_keys() -> None:
+    from sweep.records import TrialConfig
+
+    c = TrialConfig(model="m", quant="Q4_0", model_path="m.gguf", chat_format=None, n_threads=1, n_threads_batch=1,
+                    n_batch=8, n_ubatch=8, n_ctx=64)
+    d = c.to_dict()
+    assert not {"backend", "poll", "prio"} & set(d)
+    assert TrialConfig.from_dict(d) == c
+    s = TrialConfig.from_dict({**d, "backend": "server", "poll": 0})
+    assert s.to_dict()["backend"] == "server" and s.to_dict()["poll"] == 0
+
+
+def test_missing_toolchain_is_one_line_exit_2(tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path), "SWEEP_TOOLS_DIR": str(tmp_path / "tools")}  # no cmake, no compiler, nothing built
+    proc = sweep_cli("tools", "build", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "cmake" in proc.stderr and "g++" in proc.stderr and "build-essential" in proc.stderr
+    listed = sweep_cli("tools", "list", env=env)
+    assert listed.returncode == 0 and "nothing built" in listed.stdout
+
+
+def test_a_server_trial_without_tools_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")  # never loaded: both refusals come first
+    config = _config(model).to_dict()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    proc = sweep_cli("trial", str(path), env={"SWEEP_TOOLS_DIR": str(tmp_path / "none")})
+    assert proc.returncode == 2 and "sweep tools build" in proc.stderr, proc.stderr
+    path.write_text(json.dumps({**config, "backend": "python", "poll": 0}))
+    proc = sweep_cli("trial", str(path))
+    assert proc.returncode == 2 and "config.poll" in proc.stderr and "backend is python" in proc.stderr, proc.stderr
+
+
+def test_prio_read_back_rules() -> None:
+    from sweep.server import verify
+
+    c = {"cpus": [0], "nice": 19, "sched_policy": "normal", "prio": -1}
+    ok = [{"tid": 1, "nice": 19, "policy": "batch", "cpus": "0"}, {"tid": 2, "nice": 19, "policy": "normal", "cpus": "0"}]
+    assert verify(c, ok) == []
+    raised = [{"tid": 1, "nice": 5, "policy": "normal", "cpus": "0"}]
+    assert verify(c, raised) == ["thread 1 has nice 5, not 19: --prio -1 raised it"]
+    ignored = [{"tid": 1, "nice": 19, "policy": "normal", "cpus": "0-1"}]
+    assert verify(c, ignored) == ["thread 1 may run on CPUs 0-1, not [0]",
+                                  "--prio -1 took effect on no thread of llama-server (no SCHED_BATCH, no nice changed)"]
+    assert verify({**c, "sched_policy": "idle"}, [{"tid": 1, "nice": 19, "policy": "batch", "cpus": "0"}]) == \
+        ["thread 1 has policy batch, not idle"]
