@@ -157,15 +157,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{queued} trials to measure into study {name!r} in {safe_url(url)}", flush=True)
         tasks = load_tasks(None)
         stopped = False
-        while _count(study, "WAITING") and not stopped:
-            target = _count(study, "COMPLETE", "FAIL", "PRUNED", "WAITING", "RUNNING")
-            display = make_progress(False)
-            try:
-                result = run_study(space, url, name, target, tasks, on_progress=display, task_set=task_set_name(None))
-            finally:
-                if display:
-                    display.close()
-            study, stopped = result.study, result.stopped_by_user
+        try:
+            while _count(study, "WAITING") and not stopped:
+                target = _count(study, "COMPLETE", "FAIL", "PRUNED", "WAITING", "RUNNING")
+                display = make_progress(False)
+                try:
+                    result = run_study(space, url, name, target, tasks, on_progress=display,
+                                       task_set=task_set_name(None))
+                finally:
+                    if display:
+                        display.close()
+                study, stopped = result.study, result.stopped_by_user
+        except KeyboardInterrupt:  # a second Ctrl-C: the trial in flight was recorded as failed (interrupted)
+            stopped = True
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
