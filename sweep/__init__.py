@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import ExportError, ModelError, SpaceError, StudyError, SweepError, TaskFileError
+from .errors import ExportError, ModelError, SpaceError, StudyError, SweepError, TableError, TaskFileError
 
 _LAZY = {
     "ModelFile": "models", "Registry": "models",
     "Outcome": "records", "StudyMeta": "records", "TrialConfig": "records", "TrialSettings": "records",
     "choose": "results", "export_record": "export", "render": "export", "pareto_front": "results", "rows": "results",
     "trial_series": "results",
+    "export_table": "table", "load_table": "table", "save_table": "table",
     "run_trial": "runner",
     "Space": "space", "load_space": "space",
     "load_study": "study", "run_study": "orchestrator",
@@ -24,9 +25,9 @@ _LAZY = {
 
 __all__ = [
     "ExportError", "ModelError", "ModelFile", "Outcome", "Registry", "Space", "SpaceError", "StudyError", "StudyMeta",
-    "SweepError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record",
-    "load_space", "load_study", "load_tasks", "pareto_front", "render", "rows", "run_study", "run_trial", "score",
-    "stratified_subset", "trial_series",
+    "SweepError", "TableError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record", "export_table",
+    "load_space", "load_study", "load_table", "load_tasks", "pareto_front", "render", "rows", "run_study", "run_trial",
+    "save_table", "score", "stratified_subset", "trial_series",
 ]
 
 

@@ -256,6 +256,21 @@ def export(study_name: str, output: Path, fmt: str, trial_number: int | None, al
 
 @main.command()
 @click.option("--study", "study_name", required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="JSON file to write.")
+@storage_option
+def table(study_name: str, output: Path, storage: str | None) -> None:
+    """Write every trial of the study, with its figures, as a JSON table (for replays and notebooks)."""
+    from .table import export_table, save_table
+
+    study, url = _open_study(storage, study_name)
+    data = export_table(study, url, command=["sweep", *sys.argv[1:]])
+    save_table(data, output)
+    meta = data["meta"]
+    click.echo(f"wrote {meta['n_rows']} trials ({meta['n_configs']} configurations) of study {study_name!r} to {output}")
+
+
+@main.command()
+@click.option("--study", "study_name", required=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
 @storage_option
 def report(study_name: str, output: Path, storage: str | None) -> None:

@@ -37,5 +37,9 @@ class StudyError(SweepError):
     """A study cannot be created, continued or read as asked."""
 
 
+class TableError(SweepError):
+    """A file cannot be read as a sweep table (``sweep table``)."""
+
+
 class ExportError(SweepError):
     """No trial can be exported under the export policy."""
