@@ -17,6 +17,7 @@ import itertools
 import json
 import math
 import time
+from dataclasses import replace
 
 from sweep.host import machine_cpus
 from sweep.models import Registry
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tasks = stratified_subset(load_tasks(), args.prompts)
-    base = TrialSettings(prompts=args.prompts, idle_seconds=1, noise_retries=0, early_abort=False,
+    base = TrialSettings(prompts=args.prompts, idle_seconds=1, noise_retries=2, busy_trials="repeat", early_abort=False,
                          timeout_seconds=900, contended_timeout_seconds=args.contended_timeout)
     threads = sorted({1, machine_cpus()})
     rows = []
@@ -46,8 +47,8 @@ def main() -> None:
             config = TrialConfig(model=name, quant=quant, model_path=str(model.path), chat_format=model.chat_format,
                                  n_threads=n, n_threads_batch=n, n_batch=512, n_ubatch=512, n_ctx=1024, max_tokens=32,
                                  nice=nice, sched_policy=policy, output="grammar")
-            light = run_trial(config, TrialSettings(**{**base.to_dict(), "probe": "interactive"}), tasks)
-            heavy = run_trial(config, TrialSettings(**{**base.to_dict(), "probe": "cpu"}), tasks)
+            light = run_trial(config, replace(base, probe="interactive"), tasks)
+            heavy = run_trial(config, replace(base, probe="cpu"), tasks)
             a, b = light.figures, heavy.figures
             rows.append({"model": f"{name}:{quant}", "nice": nice, "sched": policy, "threads": n,
                          "ok": light.ok and heavy.ok, "reason": light.reason or heavy.reason,

@@ -2,14 +2,21 @@
 
 Usage: .venv/bin/python bench/fg_calibration.py [ROUNDS]
 
-The workload runs one thread per CPU, unpinned, at normal priority. After a 1.5 s baseline a
-competitor starts, and ``fg_cpu_slowdown`` (the workload's rate before / after) is printed beside
-what arithmetic predicts for n CPUs:
+The workload runs one process per CPU, unpinned, at normal priority, in a session of its own.
+After a 1.5 s baseline a competitor starts, in a session of its own too (as a service or another
+terminal's program would), and ``fg_cpu_slowdown`` (the workload's rate before / after) is
+printed beside what arithmetic predicts for n CPUs.
+
+Where the kernel groups by session (``/proc/sys/kernel/sched_autogroup_enabled`` = 1), CFS first
+shares the machine equally between the busy sessions, each up to what it can use:
 - nothing: 1.00;
-- one busy loop pinned to CPU 0 at normal priority: between n / (n - 1/2) (the loop's CPU shared
-  half and half with one workload thread) and (n + 1) / n (every runnable thread an equal share);
-- the same loop under SCHED_IDLE: 1.00 (it runs only on CPU time nobody else wants);
-- n unpinned busy loops at normal priority: 2.00 (2n equal threads on n CPUs).
+- one busy loop pinned to CPU 0 at normal priority: the loop's session takes one CPU, its equal
+  share: n / (n - 1) (2.00 on 2 CPUs);
+- the same loop under SCHED_IDLE: 1.00 if the policy held across sessions; it does not wholly
+  (its session's weight is a normal one), so this row is read, not predicted;
+- n unpinned busy loops at normal priority: 2.00 (two busy sessions).
+Without autogroup every runnable thread gets an equal share: the pinned loop's row becomes
+(n + 1) / n, and the others stay.
 """
 
 from __future__ import annotations
@@ -34,14 +41,16 @@ def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     n = os.cpu_count() or 1
     cpu0 = sorted(os.sched_getaffinity(0))[0]
+    autogroup = _autogroup()
+    pinned = f"{n / (n - 1):.2f}" if autogroup and n > 1 else f"{(n + 1) / n:.2f}"
     cases = [
         ("nothing", None, "1.00"),
-        ("1 busy loop pinned to CPU 0, normal priority", [busy(cpu0)], f"{n / (n - 0.5):.2f}–{(n + 1) / n:.2f}"),
-        ("1 busy loop pinned to CPU 0, SCHED_IDLE", [busy(cpu0, idle=True)], "1.00"),
+        ("1 busy loop pinned to CPU 0, normal priority", [busy(cpu0)], pinned),
+        ("1 busy loop pinned to CPU 0, SCHED_IDLE", [busy(cpu0, idle=True)], "1.00 if SCHED_IDLE held"),
         (f"{n} busy loops, unpinned, normal priority", [busy(None)] * n, "2.00"),
     ]
-    print(f"{n} CPUs; workload: {n} threads x SHA-256 over 16 MiB per unit; baseline 1.5 s, then 3 s with the "
-          f"competitor; {rounds} rounds, interleaved")
+    print(f"{n} CPUs, autogroup {'on' if autogroup else 'off'}; workload: {n} processes x SHA-256 over 16 MiB per "
+          f"unit; baseline 1.5 s, then 3 s with the competitor; {rounds} rounds, interleaved")
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in cases}
     with measurement_lock("bench/fg_calibration.py"):
         for _ in range(rounds):
@@ -54,6 +63,14 @@ def main() -> None:
         each = ", ".join(f"{r['slowdown']:.2f}" for r in rs)
         print(f"| {name} | {predicted} | {each} | {statistics.median(r['slowdown'] for r in rs):.2f} | "
               f"{statistics.median(r['slowdown_p95'] for r in rs):.2f} |")
+
+
+def _autogroup() -> bool:
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def _many(cmds: list[list[str]]) -> list[str]:

@@ -164,6 +164,18 @@ def _python(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _own_session(c: dict[str, Any]) -> list[str]:
+    """Shell lines that give the server a session of its own with the trial's nice on its autogroup,
+    as the trial ran: where the kernel groups by session, that is what yields to the user's programs."""
+    if not c.get("nice"):
+        return []
+    return ["# Its own session, with the session's (autogroup's) nice set as in the trial.",
+            'if [ -z "$SWEEP_OWN_SESSION" ] && command -v setsid >/dev/null; then',
+            '  SWEEP_OWN_SESSION=1 exec setsid --wait "$0" "$@"',
+            "fi",
+            f"[ -w /proc/self/autogroup ] && echo {c['nice']} > /proc/self/autogroup"]
+
+
 def _cpu_quota(record: dict[str, Any]) -> str | None:
     """A CPUQuota= from the measured active p99, in percent of one CPU, rounded up to 10."""
     p99 = record["metrics"].get("cpu_active_p99_core_pct")
@@ -201,6 +213,7 @@ def render(record: dict[str, Any], fmt: str, server_binary: str | None = None) -
         return "\n".join(["#!/bin/sh", *budget_lines(record, "#"), *_pacing_warning(record, "#"),
                           "# Extra arguments are passed on to llama-server (--host, --port; default 127.0.0.1:8080).",
                           "# Send cache_prompt: false in a request to ask it cold, as the sweep measured it.",
+                          *_own_session(record["config"]),
                           "exec " + record["llama_server"] + ' "$@"', ""])
     if fmt == "systemd":
         return _systemd(record, server_binary or shlex.split(record["llama_server_args"])[0])

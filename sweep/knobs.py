@@ -128,6 +128,11 @@ def python_lines(c: dict[str, Any]) -> list[str]:
         lines.append(f"os.sched_setaffinity(0, {set(c['cpus'])!r})")
     if c.get("nice"):
         lines.append(f"os.setpriority(os.PRIO_PROCESS, 0, {c['nice']})")
+        lines += ["# Where the kernel groups by session (autogroup), the session's nice is what yields to the",
+                  "# user's programs. Only a session of its own is ours to renice (under systemd, say).",
+                  "if os.getsid(0) == os.getpid() and os.path.exists('/proc/self/autogroup'):",
+                  f"    with open('/proc/self/autogroup', 'w') as f:",
+                  f"        f.write('{c['nice']}')"]
     if c.get("sched_policy", "normal") != "normal":
         lines.append(f"os.sched_setscheduler(0, os.{_OS_POLICY[c['sched_policy']]}, os.sched_param(0))")
     return lines
@@ -140,6 +145,9 @@ def systemd_lines(c: dict[str, Any]) -> list[str]:
         lines.append("CPUAffinity=" + " ".join(map(str, c["cpus"])))
     if c.get("nice"):
         lines.append(f"Nice={c['nice']}")
+        # A service is its own session; where the kernel groups by session (autogroup) the
+        # session's nice is what yields to the user's programs, as in the trial (set_autogroup_nice).
+        lines.append(f"ExecStartPost=-/bin/sh -c 'echo {c['nice']} > /proc/$$MAINPID/autogroup'")
     policy = c.get("sched_policy", "normal")
     lines.append(f"CPUSchedulingPolicy={'other' if policy == 'normal' else policy}")
     lines += [f"Environment={k}={v}" for k, v in environment(c).items()]
