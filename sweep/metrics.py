@@ -91,7 +91,12 @@ METRICS: dict[str, Metric] = {
     "decode_tps": Metric("tokens/s", "maximize", "generated tokens per second of decode"),
     "server_prefill_tps": Metric("tokens/s", "maximize", "llama-server's own prompt tokens/s (server backend)"),
     "server_decode_tps": Metric("tokens/s", "maximize", "llama-server's own generated tokens/s (server backend)"),
-    "load_s": Metric("s", "minimize", "model load time"),
+    "load_s": Metric("s", "minimize", "model load time: from the worker's start (before it imports llama_cpp) "
+                     "until it is ready, shared prefixes included"),
+    "spawn_import_s": Metric("s", "minimize", "from spawning the worker until it has imported llama_cpp"),
+    "model_load_s": Metric("s", "minimize", "from the import of llama_cpp until the model is ready"),
+    "pre_trial_s": Metric("s", "minimize", "from the trial's start until the worker is spawned: the noise check "
+                          "and the baseline"),
     "rss_peak_gb": Metric("GB", "minimize", "peak RSS, kernel high-water mark (ru_maxrss)"),
     "rss_anon_peak_gb": Metric("GB", "minimize", "peak anonymous RSS, sampled per window"),
     "rss_file_peak_gb": Metric("GB", "minimize", "peak file-backed RSS (mmapped model), sampled"),

@@ -274,6 +274,14 @@ class _Measurement:
             figs.update(cpu_load_figures(self.load.samples, self.messages, self.series.ncpu))
             figs.update(contended_figures(self.contended, self.prompts, self.messages, cut_t))
         figs["noise_check_pct"], figs["machine_busy"] = noise_pct, float(busy)
+        # What the trial costs before and around its answers (bench/trial_overhead.py).
+        figs["pre_trial_s"] = self.spawn_mark["t"] - self.started
+        imported = next((m["t"] for m in self.messages if m["type"] == "phase" and m["phase"] == "imported"), None)
+        if imported is not None:
+            figs["spawn_import_s"] = imported - self.spawn_mark["t"]
+            ready = major_marks(self.messages).get("idle")
+            if ready is not None:
+                figs["model_load_s"] = ready - imported
         figs.update(server_figures(self.prompts))  # llama-server's own rates; none for the python backend
         # Others' load while the model answered: the whole machine, less the LLM, less the probe's
         # known cost (its work over its period, on one CPU of the machine).

@@ -128,6 +128,8 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     chan.send("phase", phase="load", t=time.monotonic())
     import llama_cpp  # only the worker imports llama_cpp, and only after the knobs are set
 
+    chan.send("phase", phase="imported", t=time.monotonic())
+
     try:
         # The same keyword arguments an export hands to a deployment: one source for both.
         llm = llama_cpp.Llama(**TrialConfig.from_dict(cfg).llama_kwargs())

@@ -1,0 +1,85 @@
+"""A trial's fixed cost, split: ``python bench/trial_overhead.py [TRIALS] [--json]``.
+
+SmolLM2 Q4_1 with the demo's trial settings (search_spaces/demo.yaml: window, idle window,
+baseline, noise check, probe), one fixed configuration (1 thread, 0-shot grammar, 32 tokens),
+TRIALS trials (default 5) through the orchestrator into a temporary SQLite study, as a sweep
+runs them. ``duplicates: repeat`` so every trial is measured. Medians over the trials of:
+- ``spawn_import_s``: spawning the worker until it has imported llama_cpp;
+- ``load_s``: from then until the model is loaded and ready;
+- ``pre_trial_s``: from the trial's start until the worker is spawned (noise check, baseline);
+- ``idle_s``: the idle window;
+- ``record_s``: recording the trial in the database (``sweep.study.record``, timed around it).
+``--json`` prints those medians as one object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from sweep import orchestrator
+from sweep.space import load_space
+from sweep.tasks import load_tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED = {"n_threads": 1, "n_threads_batch": 1, "n_batch": 512, "n_ubatch": 512, "cores": 1, "placement": "first",
+         "nice": 0, "sched_policy": "normal", "omp_wait_policy": "passive", "pace_duty": None, "shots": 0,
+         "output": "grammar", "prefix_cache": "off", "max_tokens": 32}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("trials", nargs="?", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    demo = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+    # One model and one configuration, measured every time: the demo's trial settings, nothing swept.
+    spec = {**demo, "name": "overhead", "models": {"smollm2-135m": ["Q4_1"]}, "params": {},
+            "fixed": {**demo["fixed"], **FIXED}, "trial": {**demo["trial"], "duplicates": "repeat"}}
+    recording: list[float] = []
+    real_record = orchestrator.record
+
+    def timed_record(*a, **kw):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return real_record(*a, **kw)
+        finally:
+            recording.append(time.perf_counter() - t0)
+
+    orchestrator.record = timed_record
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "overhead.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        space = load_space(path)
+        url = f"sqlite:///{tmp}/studies.db"
+        orchestrator.run_study(space, url, "overhead", args.trials, load_tasks())
+        import optuna
+
+        trials = optuna.load_study(study_name="overhead", storage=url).trials
+    figs = [t.user_attrs for t in trials if "spawn_import_s" in t.user_attrs]
+    out = {"spawn_import_s": statistics.median(f["spawn_import_s"] for f in figs),
+           "load_s": statistics.median(f["model_load_s"] for f in figs),
+           "pre_trial_s": statistics.median(f["pre_trial_s"] for f in figs),
+           "idle_s": space.settings.idle_seconds, "record_s": statistics.median(recording)}
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"SmolLM2 Q4_1, demo settings, {len(figs)} trials; medians:")
+    for k, v in out.items():
+        print(f"  {k:15s} {v:6.3f} s")
+    fixed = out["spawn_import_s"] + out["load_s"] + out["record_s"]
+    print(f"  spawn + import + load + record = {fixed:.3f} s; with the pre-trial and idle windows = "
+          f"{fixed + out['pre_trial_s'] + out['idle_s']:.3f} s")
+
+
+if __name__ == "__main__":
+    from sweep.hostlock import measurement_lock
+
+    with measurement_lock("bench/trial_overhead.py", on_wait=print):  # never beside another measurement
+        main()
