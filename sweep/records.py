@@ -134,7 +134,7 @@ class TrialSettings:
     # lower bounds (a polite model can starve under a CPU-bound user for minutes).
     contended_timeout_seconds: float = 60.0
     noise_max_pct: float = 30.0  # the noise guard waits while the machine is busier than this
-    noise_check_seconds: float = 1.0
+    noise_check_seconds: float = 1.0  # with probe: cpu only; otherwise the baseline window is the noise check
     noise_wait_seconds: float = 10.0
     noise_retries: int = 3
     busy_trials: str = "keep"  # a trial measured while others loaded the machine: "keep" it (flagged) or "repeat" it

@@ -112,6 +112,10 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task],
         return outcome
 
 
+class _Busy(Exception):
+    """The baseline window found the machine busy: wait, and measure again."""
+
+
 class _Measurement:
     """One measured run of a worker: the noise guard, the probe, the monitor, the worker's life
     under its deadlines, and the outcome read from what was seen."""
@@ -129,6 +133,7 @@ class _Measurement:
         self.probe: Probe | None = None
         self.load: CpuLoad | None = None
         self.stdin: Any = None
+        self.noise: tuple[float, bool] = (0.0, False)
 
     def _on_sample(self, w: Any) -> None:
         limit = self.settings.memory_limit_gb
@@ -137,21 +142,39 @@ class _Measurement:
 
     def run(self) -> Outcome:
         s = self.settings
-        noise_pct, busy = noise_guard(s)
-        # The foreground starts first: it runs as the user's program would, on any CPU.
-        if s.probe == "interactive":
-            self.probe = Probe(s)
-        elif s.probe == "cpu":
-            self.load = CpuLoad(s.fg_threads or os.cpu_count() or 1, s.fg_unit_mib)
-        try:
-            with stay_off(self.config.cpus):
-                self._watch()
-        finally:
-            self._stop_foreground()
-        figs = self._figures(noise_pct, busy)
+        # One quiet window before the worker serves as the noise check and as the baseline, except
+        # under the CPU-bound foreground, whose baseline has the machine busy by design: the noise
+        # check then comes first, on its own.
+        if s.probe == "cpu":
+            self.noise = noise_guard(s)
+        for attempt in range(s.noise_retries + 1):
+            # The foreground starts first: it runs as the user's program would, on any CPU.
+            if s.probe == "interactive":
+                self.probe = Probe(s)
+            elif s.probe == "cpu":
+                self.load = CpuLoad(s.fg_threads or os.cpu_count() or 1, s.fg_unit_mib)
+            try:
+                with stay_off(self.config.cpus):
+                    self._watch(retry_if_busy=attempt < s.noise_retries)
+                break
+            except _Busy:
+                time.sleep(s.noise_wait_seconds)
+            finally:
+                self._stop_foreground()
+        figs = self._figures(*self.noise)
         return self._outcome(figs)
 
-    def _watch(self) -> None:
+    def _judge_baseline(self, series: Series, retry_if_busy: bool) -> None:
+        """The noise check on the baseline's windows: the whole machine, less the probe's known cost."""
+        s = self.settings
+        windows = list(series.windows)
+        probe_pct = 100 * s.probe_work_ms / s.probe_period_ms / series.ncpu if self.probe else 0.0
+        pct = sum(w.machine_pct for w in windows) / len(windows) - probe_pct if windows else 0.0
+        self.noise = (max(pct, 0.0), pct > s.noise_max_pct)
+        if self.noise[1] and retry_if_busy:
+            raise _Busy
+
+    def _watch(self, retry_if_busy: bool) -> None:
         """Spawn the worker and see it through to its end (or kill it), with the monitor running."""
         s = self.settings
         c = self.config
@@ -164,6 +187,8 @@ class _Measurement:
         monitor = Monitor(s.window_ms / 1000, self._on_sample).start()
         try:  # an interrupt anywhere below must not leave the sampler running
             time.sleep(s.baseline_seconds)
+            if not self.load:
+                self._judge_baseline(monitor.series, retry_if_busy)
             with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
                 log_path = os.path.join(tmp, "worker.log")
                 r, w = os.pipe()
