@@ -44,6 +44,7 @@ tools: $(VENV)/.installed
 test: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || echo "*** chromium is not installed: the report test will be SKIPPED (apt-get install chromium; .ci/run installs it) ***"
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo "*** postgresql is not installed: the fleet tests will be SKIPPED (apt-get install postgresql; .ci/run installs it) ***"
+	@$(BIN)/sweep tools list 2>/dev/null | grep -q "^llama-server" || echo "*** llama-server is not built: the server-backend tests will be SKIPPED (make tools; .ci/run builds it) ***"
 	$(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests that run a real model, server or calibrated load.
