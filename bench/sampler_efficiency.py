@@ -191,8 +191,8 @@ def sampler_factories(tpe_startup: int) -> tuple[dict[str, Callable[[int], Any] 
         f"tpe-startup{tpe_startup}": lambda s: optuna.samplers.TPESampler(
             seed=s, n_startup_trials=tpe_startup, constant_liar=True),
         # constant_liar as sweep sets it; serially it changes nothing (no trial is ever in flight).
-        "tpe-multivariate": lambda s: optuna.samplers.TPESampler(
-            seed=s, n_startup_trials=default.n_startup_trials, multivariate=True, constant_liar=True),
+        "tpe-multivariate": sweeps(multivariate=True),
+        f"tpe-multivariate-startup{tpe_startup}": sweeps(multivariate=True, n_startup_trials=tpe_startup),
         "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s),
         f"nsga2-pop{default.population_size}": sweeps(name="nsga2"),
     }

@@ -124,6 +124,7 @@ class SamplerBlock(BaseModel):
     name: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: Optional[int] = None
     n_startup_trials: int = Field(10, ge=1)
+    multivariate: bool = False  # TPE: model the parameters jointly, not one by one
     population_size: int = Field(8, ge=2)
 
 

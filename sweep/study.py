@@ -36,7 +36,8 @@ def make_sampler(space: Space, offset: int, orchestrator: int = 0) -> Any:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, constant_liar=True,
+                                      multivariate=cfg.multivariate)
 
 
 def load_study(storage_url: str, name: str) -> Any:

@@ -115,6 +115,8 @@ def test_show_prints_figures_and_draws_the_timeline(swept: dict) -> None:
     assert "cpu_active_p99_share_pct" in proc.stdout
     phase_row = next(line for line in proc.stdout.splitlines() if line.startswith("phase "))
     assert "L" in phase_row and "I" in phase_row  # load and idle are drawn
+    fg_row = next(line for line in proc.stdout.splitlines() if line.startswith("fg "))
+    assert fg_row[len("fg"):].strip() and "interactive probe" in proc.stdout  # the user's side, against its baseline
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -33,9 +33,10 @@ def test_an_idle_machine_reads_no_slowdown() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_a_pinned_busy_loop_slows_the_workload_as_arithmetic_says() -> None:
-    # n workload threads and one loop pinned to a CPU: arithmetic says n / (n - 1/2) to (n + 1) / n
-    # (1.33 to 1.5 on 2 CPUs). Others' steady load X lowers it towards (n + 1 + X) / (n + X); 1.15
-    # still holds with X up to ~4 busy CPUs' worth on 2 CPUs.
+    # n workload processes and one loop pinned to a CPU, each in a session of its own: with
+    # autogroup the loop's session takes one CPU, n / (n - 1) (2.0 on 2 CPUs); without it every
+    # thread gets an equal share, (n + 1) / n (1.5). Others' steady load lowers either; 1.15 holds
+    # with a busy CPU's worth of it on 2 CPUs.
     with measurement_lock("test_foreground"):
         r = calibrate(SPIN_ON_CPU0)
     assert r["slowdown"] >= 1.15, r

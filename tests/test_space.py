@@ -90,6 +90,14 @@ def test_shipped_demo_space_loads(cache_dir: Path) -> None:
     assert space.spec.constraints["correctness"].min == 0.80
 
 
+def test_the_invisible_space_judges_by_the_cpu_workload() -> None:
+    space = load_space(REPO / "search_spaces" / "invisible.yaml")
+    assert space.settings.probe == "cpu"
+    assert space.spec.constraints["fg_cpu_slowdown"].max == 1.05
+    assert "latency_p95_contended_s" in space.spec.objectives
+    assert not any(name.startswith("cpu_active") for name in space.spec.constraints)  # the proxy is gone
+
+
 def test_endpoint_space_is_valid_but_names_models_this_host_lacks() -> None:
     with pytest.raises(SpaceError, match=r"models\.qwen2\.5-7b-instruct: unknown model"):
         load_space(REPO / "search_spaces" / "endpoint-security.yaml")
