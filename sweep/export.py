@@ -165,15 +165,16 @@ def _python(record: dict[str, Any]) -> str:
 
 
 def _own_session(c: dict[str, Any]) -> list[str]:
-    """Shell lines that give the server a session of its own with the trial's nice on its autogroup,
-    as the trial ran: where the kernel groups by session, that is what yields to the user's programs."""
+    """Shell lines that set the trial's nice on the session's autogroup, as the trial ran: where the
+    kernel groups by session, that is what yields to the user's programs. Only a session of its own
+    is the script's to renice (under systemd, or started with ``setsid``), never the terminal's."""
     if not c.get("nice"):
         return []
-    return ["# Its own session, with the session's (autogroup's) nice set as in the trial.",
-            'if [ -z "$SWEEP_OWN_SESSION" ] && command -v setsid >/dev/null; then',
-            '  SWEEP_OWN_SESSION=1 exec setsid --wait "$0" "$@"',
-            "fi",
-            f"[ -w /proc/self/autogroup ] && echo {c['nice']} > /proc/self/autogroup"]
+    return ["# The trial ran in a session of its own, with that session's (autogroup's) nice set too: start",
+            "# this with setsid (or as a service) for the same; the terminal's session is never reniced.",
+            "if [ \"$(awk '{print $6}' /proc/$$/stat)\" = \"$$\" ] && [ -w /proc/self/autogroup ]; then",
+            f"  echo {c['nice']} > /proc/self/autogroup",
+            "fi"]
 
 
 def _cpu_quota(record: dict[str, Any]) -> str | None:
