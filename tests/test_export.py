@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -48,10 +49,18 @@ def test_json_and_yaml_are_the_same_record(study_env: dict) -> None:
 
 def test_python_export_builds_the_model(study_env: dict) -> None:
     script = study_env["work"] / "run_llm.py"
-    script.write_text(export(study_env, "python") + "\nprint(llm.n_ctx(), os.sched_getaffinity(0))\n")
+    script.write_text(export(study_env, "python") + "\nprint(llm.n_ctx(), os.sched_getaffinity(0))\n"
+                      "print(open('/proc/self/autogroup').read() if os.path.exists('/proc/self/autogroup') else '')\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "512" and "{0}" in proc.stdout
+    if os.path.exists("/proc/self/autogroup") and shutil.which("setsid"):
+        # Leading a session of its own, it sets the trial's nice on the session, as the trial did;
+        # run from another's session it leaves that session alone.
+        assert proc.stdout.split("nice")[-1].strip() == open("/proc/self/autogroup").read().split("nice")[-1].strip()
+        own = subprocess.run(["setsid", "-w", sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert own.returncode == 0, own.stderr
+        assert own.stdout.split("nice")[-1].strip() == "19"
 
 
 def test_llama_server_line_carries_the_configuration(study_env: dict) -> None:
@@ -76,6 +85,7 @@ def test_systemd_unit_verifies(study_env: dict) -> None:
     unit.write_text(export(study_env, "systemd", "--server-binary", "/bin/true"))
     text = unit.read_text()
     assert "CPUAffinity=0" in text and "Nice=19" in text and "CPUSchedulingPolicy=idle" in text
+    assert "echo 19 > /proc/$$MAINPID/autogroup" in text  # the service's session yields, as the trial's did
     assert "MemoryMax=6G" in text and "CPUQuota=" in text
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -75,7 +75,7 @@ def test_json_reports_every_sampler_within_bounds(table: Path, tmp_path: Path) -
     assert out["default_sampler"] == SamplerBlock().name
     gp_importable = all(importlib.util.find_spec(m) for m in ("torch", "scipy"))
     assert ("gp" in out["samplers"]) == gp_importable and ("gp" in out["skipped"]) != gp_importable
-    assert {"grid", "random", out["default_sampler"], "tpe-multivariate", "nsga2"} <= set(out["samplers"])
+    assert {"grid", "random", out["default_sampler"], "tpe-multivariate-startup10", "nsga2"} <= set(out["samplers"])
     for name, s in out["samplers"].items():
         ratios = [s["hv_ratio_at"][f] for f in ("0.1", "0.25", "0.5")] + [s["hv_ratio_end"]]
         assert all(0.0 <= r <= 1.0 for r in ratios), name
