@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 PROTOCOL_VERSION = 1
 
@@ -40,6 +41,23 @@ def problem(msg: Any) -> str | None:
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"{msg['type']} message without a valid {name!r}"
     return None
+
+
+def serve(argv: list[str], run: Callable[[dict[str, Any], Channel], int],
+          before: Callable[[Channel], None] | None = None) -> int:
+    """A worker program's main (``sweep.worker``, ``sweep.server_worker``): die with the parent, take
+    the job (one line on stdin; a contended trial's "go" follows it), run it, and report an
+    exception as a ``crashed`` error before it propagates."""
+    die_with_parent()
+    chan = Channel(int(argv[0]))
+    job = json.loads(sys.stdin.readline())
+    if before:
+        before(chan)
+    try:
+        return run(job, chan)
+    except Exception as exc:
+        chan.send("error", reason="crashed", detail=f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def encode(kind: str, **payload: Any) -> bytes:

@@ -28,7 +28,7 @@ import time
 from typing import Any, Iterator
 
 from . import knobs
-from .protocol import Channel, die_with_parent
+from .protocol import Channel, serve
 from .server import request_body, server_args
 
 HOST = "127.0.0.1"
@@ -217,16 +217,5 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    die_with_parent()
-    chan = Channel(int(argv[0]))
-    job = json.loads(sys.stdin.readline())  # one line; a contended trial's "go" follows on stdin
-    try:
-        return run(job, chan)
-    except Exception as exc:
-        chan.send("error", reason="crashed", detail=f"{type(exc).__name__}: {exc}")
-        raise
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve(sys.argv[1:], run))

@@ -11,14 +11,13 @@ inherited by new threads, so they are set on the main thread before
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from typing import Any
 
 from . import knobs
-from .protocol import Channel, die_with_parent
+from .protocol import Channel, serve
 from .records import TrialConfig
 
 def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -195,17 +194,5 @@ def _injected_fault(chan: Channel) -> None:
         return
 
 
-def main(argv: list[str]) -> int:
-    die_with_parent()
-    chan = Channel(int(argv[0]))
-    job = json.loads(sys.stdin.readline())  # one line; a contended trial's "go" follows on stdin
-    _injected_fault(chan)
-    try:
-        return run(job, chan)
-    except Exception as exc:
-        chan.send("error", reason="crashed", detail=f"{type(exc).__name__}: {exc}")
-        raise
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(serve(sys.argv[1:], run, before=_injected_fault))
