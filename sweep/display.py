@@ -31,7 +31,16 @@ def figures_summary(f: dict[str, float]) -> str:
             f"(peak {f.get('cpu_active_peak_share_pct', float('nan')):.1f}%, W={f.get('window_ms', 0):.0f}ms "
             f"N={f.get('n_windows_active', 0):.0f}) | idle {f.get('cpu_idle_share_pct', float('nan')):.2f}% | "
             f"p95 {f.get('latency_p95_s', float('nan')):.2f}s p99/p50 {f.get('latency_p99_p50_ratio', float('nan')):.2f} | "
-            f"RSS {f.get('rss_peak_gb', float('nan')):.2f} GB")
+            f"RSS {f.get('rss_peak_gb', float('nan')):.2f} GB" + _under_load(f))
+
+
+def _under_load(f: dict[str, float]) -> str:
+    """With the CPU-bound foreground: how much longer the user's build took, and the model's p95 under it."""
+    if "fg_cpu_slowdown" not in f:
+        return ""
+    at_least = ">=" if f.get("contended_cut") else ""
+    return (f" | under a build: build x{f['fg_cpu_slowdown']:.2f}, "
+            f"p95 {at_least}{f.get('latency_p95_contended_s', float('nan')):.2f}s")
 
 
 def progress_line(p: Progress) -> str:

@@ -69,6 +69,9 @@ def test_a_real_trial_under_the_cpu_workload_stores_both_latencies_and_the_slowd
     assert len(units) == len(outcome.series["t"])
     phases = {p for p, u in zip(outcome.series["phase"], units) if u is not None}
     assert "baseline" in phases and "contended" in phases, phases
+    from sweep.display import figures_summary
+
+    assert "under a build: build x" in figures_summary(f)  # progress lines and `sweep show` say it
     assert stray_processes() == []
 
 
