@@ -387,10 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.table}: {grid.n} configurations ({len(grid.alias)} points), {len(grid.feasible)} meet every budget; "
           f"{args.seeds} seeds x {n_trials} trials; sweep's default sampler: {default}")
     cols = [f"hv@{int(f * 100)}% ({math.ceil(f * grid.n)} trials)" for f in FRACTIONS]
-    print(f"{'sampler':<18}" + "".join(f"{c:<26}" for c in cols) + "trials to 95%      measured then   reached")
+    width = max(len(n) for n in names) + 2
+    print(f"{'sampler':<{width}}" + "".join(f"{c:<26}" for c in cols) + "trials to 95%      measured then   reached")
     for name in names:
         s = result["samplers"][name]
-        line = f"{name:<18}" + "".join(f"{_fmt(s['hv_ratio_at'][str(f)], s['hv_ratio_iqr'][str(f)]):<26}" for f in FRACTIONS)
+        line = f"{name:<{width}}" + "".join(f"{_fmt(s['hv_ratio_at'][str(f)], s['hv_ratio_iqr'][str(f)]):<26}" for f in FRACTIONS)
         print(line + f"{_fmt(s['trials_to_95'], s['trials_to_95_iqr'], 0):<19}"
                      f"{_fmt(s['measurements_to_95'], s['measurements_to_95_iqr'], 0):<16}{s['reached_95']}/{s['seeds']}")
     print("median [IQR] over seeds; '-': not reached within the run; 'measured then': distinct configurations "
