@@ -37,6 +37,7 @@ prints one object instead. Runs go to ``--jobs`` processes (default 2).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -173,6 +174,7 @@ def hypervolume(points: list[np.ndarray]) -> float:
     return float(compute_hypervolume(np.array(points), np.full(len(points[0]), REFERENCE)))
 
 
+@functools.lru_cache(maxsize=None)  # once per process: replay() asks for it on every run
 def sampler_factories(tpe_startup: int) -> tuple[dict[str, Callable[[int], Any] | None], dict[str, str], str]:
     """The samplers by name (``grid`` is None: no sampler), those skipped with the reason, and sweep's default."""
     import optuna
@@ -186,15 +188,17 @@ def sampler_factories(tpe_startup: int) -> tuple[dict[str, Callable[[int], Any] 
         return lambda seed: make_sampler(SimpleNamespace(spec=SimpleNamespace(sampler=SamplerBlock(seed=seed, **kw))), 0)
 
     # TPE's variants name their settings in full, so a change of sweep's default never renames them;
-    # constant_liar as sweep sets it (serially it changes nothing: no trial is ever in flight).
+    # constant_liar as sweep sets it (serially it changes nothing: no trial is ever in flight). A
+    # variant that is sweep's default is not replayed twice.
+    variants = {"tpe-startup10": dict(multivariate=False, n_startup_trials=10),
+                f"tpe-startup{tpe_startup}": dict(multivariate=False, n_startup_trials=tpe_startup),
+                "tpe-multivariate-startup10": dict(multivariate=True, n_startup_trials=10),
+                f"tpe-multivariate-startup{tpe_startup}": dict(multivariate=True, n_startup_trials=tpe_startup)}
     out: dict[str, Callable[[int], Any] | None] = {
         "grid": None,
         "random": sweeps(name="random"),
         default.name: sweeps(),
-        "tpe-startup10": sweeps(multivariate=False, n_startup_trials=10),
-        f"tpe-startup{tpe_startup}": sweeps(multivariate=False, n_startup_trials=tpe_startup),
-        "tpe-multivariate-startup10": sweeps(multivariate=True, n_startup_trials=10),
-        f"tpe-multivariate-startup{tpe_startup}": sweeps(multivariate=True, n_startup_trials=tpe_startup),
+        **{name: sweeps(**kw) for name, kw in variants.items() if SamplerBlock(**kw) != default},
         "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s),
         f"nsga2-pop{default.population_size}": sweeps(name="nsga2"),
     }

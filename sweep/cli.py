@@ -353,13 +353,9 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
                          f"(allowed CPUs: {', '.join(map(str, allowed_cpus()))})")
     from .server import config_problem
 
-    wrong = config_problem(config.to_dict())
+    wrong = config_problem(config.to_dict())  # llama-server not built included: one line saying how, exit 2
     if wrong:
         raise SweepError(f"{config_file}: {wrong}")
-    if config.backend == "server":
-        from .tools import binary
-
-        binary("llama-server")  # not built: one line saying how, exit 2
     settings = TrialSettings.from_dict(data["settings"]) if data.get("settings") else TrialSettings()
     settings = replace(settings, prompts=prompts or settings.prompts,
                        idle_seconds=settings.idle_seconds if idle_seconds is None else idle_seconds)

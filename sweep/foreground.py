@@ -19,8 +19,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+
+from .procs import Reporter
 
 CHUNK = bytes(1 << 20)
 
@@ -31,22 +32,12 @@ def unit(mib: int) -> None:
         h.update(CHUNK)
 
 
-class CpuLoad:
-    """The parent's side: the workload process at normal priority on every CPU, unpinned, as a
-    user's program would run, and the units it reports."""
+class CpuLoad(Reporter[tuple[float, float, float, int]]):
+    """The parent's side: the workload at normal priority on every CPU, unpinned, as a user's
+    program would run, and the (start, seconds, CPU clock, process) of each unit it reports."""
 
     def __init__(self, threads: int, unit_mib: int) -> None:
-        self.samples: list[tuple[float, float, float, int]] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "sweep.foreground", str(threads), str(unit_mib)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-        self._thread = threading.Thread(target=self._read, name="sweep-foreground", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            t, dt, cpu, thread = line.split()
-            self.samples.append((float(t), float(dt), float(cpu), int(thread)))
+        super().__init__("sweep.foreground", [str(threads), str(unit_mib)], _parse)
 
     def pause(self) -> None:
         os.killpg(self.proc.pid, signal.SIGSTOP)
@@ -54,14 +45,10 @@ class CpuLoad:
     def resume(self) -> None:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
-    def stop(self) -> list[tuple[float, float, float, int]]:
-        from .procs import kill_group
 
-        if self.proc.poll() is None:
-            kill_group(self.proc.pid)  # SIGKILL ends a stopped process too
-            self.proc.wait()
-        self._thread.join(timeout=5)
-        return self.samples
+def _parse(line: str) -> tuple[float, float, float, int]:
+    t, dt, cpu, process = line.split()
+    return float(t), float(dt), float(cpu), int(process)
 
 
 def calibrate(competitor: list[str] | None, baseline_s: float = 1.5, seconds: float = 3.0, threads: int | None = None,
@@ -85,11 +72,14 @@ def calibrate(competitor: list[str] | None, baseline_s: float = 1.5, seconds: fl
             kill_group(other.pid)
             other.wait()
         samples = load.stop()
+    settled = split + 0.2  # the competitor's start-up
     before, n_before = work_rate(samples, -float("inf"), split)
-    after, n_after = work_rate(samples, split + 0.2, end)  # the competitor's start-up settles
-    p95 = [dt for t, dt, *_ in samples if t + dt < split], [dt for t, dt, *_ in samples if split + 0.2 <= t < end]
+    after, n_after = work_rate(samples, settled, end)
+    units_before = [dt for t, dt, *_ in samples if t + dt < split]
+    units_after = [dt for t, dt, *_ in samples if settled <= t and t + dt <= end]
     return {"slowdown": before / after if after else float("inf"),
-            "slowdown_p95": percentile(p95[1], 95) / percentile(p95[0], 95) if all(p95) else float("nan"),
+            "slowdown_p95": percentile(units_after, 95) / percentile(units_before, 95)
+            if units_before and units_after else float("nan"),
             "n_before": n_before, "n_after": n_after}
 
 

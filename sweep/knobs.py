@@ -27,8 +27,12 @@ def environment(c: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def apply(c: dict[str, Any], skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    """Set affinity, nice and policy on the calling (only) thread. ``skip`` is a test hook."""
+def apply(c: dict[str, Any]) -> None:
+    """Set affinity, nice and policy on the calling (only) thread.
+
+    ``SWEEP_TEST_SKIP_KNOBS=affinity,nice,sched_policy`` (a test hook) leaves the named ones unset.
+    """
+    skip = set(filter(None, os.environ.get("SWEEP_TEST_SKIP_KNOBS", "").split(",")))
     if c.get("cpus") is not None and "affinity" not in skip:
         os.sched_setaffinity(0, c["cpus"])
     if c.get("nice") and "nice" not in skip:
@@ -91,9 +95,11 @@ def _parse_cpu_list(text: str) -> set[int]:
     return out
 
 
-def verify(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: int | None = None) -> list[str]:
+def verify(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: int | None = None,
+           nice_and_policy: bool = True) -> list[str]:
     """What did not hold, thread by thread, against what ``read_threads`` found (and the
-    autogroup's nice, where the kernel has autogroups)."""
+    autogroup's nice, where the kernel has autogroups). ``nice_and_policy=False`` leaves the
+    threads' nice and policy to a caller that judges them otherwise (llama-server's ``--prio``)."""
     problems = []
     if autogroup is not None and autogroup != c.get("nice", 0):
         problems.append(f"the autogroup has nice {autogroup}, not {c.get('nice', 0)}")
@@ -101,6 +107,8 @@ def verify(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: int | No
     for t in threads:
         if want_cpus is not None and _parse_cpu_list(t["cpus"]) != want_cpus:
             problems.append(f"thread {t['tid']} may run on CPUs {t['cpus']}, not {sorted(want_cpus)}")
+        if not nice_and_policy:
+            continue
         if t["nice"] != c.get("nice", 0):
             problems.append(f"thread {t['tid']} has nice {t['nice']}, not {c.get('nice', 0)}")
         if t["policy"] != c.get("sched_policy", "normal"):

@@ -298,20 +298,27 @@ def contended_span(events: list[dict[str, Any]]) -> tuple[float, float] | None:
     return (start, marks.get("done", math.inf)) if start is not None else None
 
 
+def _units_by_process(samples: list[tuple[float, float, float, int]], start: float,
+                      end: float) -> list[list[tuple[float, float, float]]]:
+    """Each foreground process's units wholly within [start, end], as (start, end, its CPU clock at
+    the end), in the order it ran them: back to back, one at a time."""
+    by_process: dict[int, list[tuple[float, float, float]]] = {}
+    for t, dt, cpu, process in samples:
+        if start <= t and t + dt <= end:
+            by_process.setdefault(process, []).append((t, t + dt, cpu))
+    return list(by_process.values())
+
+
 def work_rate(samples: list[tuple[float, float, float, int]], start: float, end: float) -> tuple[float, int]:
     """Units per second of the whole foreground within [start, end], and the units it rests on.
 
-    Each thread's units run back to back, so its rate is its whole units over the time from the
-    first one's start to the last one's end; the foreground's rate is the sum over threads. A rate,
-    not a median unit: when the scheduler starves one thread and not the other, the median unit
-    can read 1.0 while the build as a whole is slower, and the rate cannot.
+    A process's rate is its whole units over the time from the first one's start to the last
+    one's end; the foreground's rate is the sum over processes. A rate, not a median unit: when
+    the scheduler starves one process and not the other, the median unit can read 1.0 while the
+    build as a whole is slower, and the rate cannot.
     """
-    by_thread: dict[int, list[tuple[float, float]]] = {}
-    for t, dt, _, thread in samples:
-        if start <= t and t + dt <= end:
-            by_thread.setdefault(thread, []).append((t, t + dt))
     rate, n = 0.0, 0
-    for units in by_thread.values():
+    for units in _units_by_process(samples, start, end):
         span = units[-1][1] - units[0][0]
         if span > 0:
             rate += len(units) / span
@@ -344,13 +351,12 @@ def cpu_load_figures(samples: list[tuple[float, float, float, int]], events: lis
 
 
 def cpu_share(samples: list[tuple[float, float, float, int]], start: float, end: float, ncpu: int) -> float:
-    """The foreground's own CPU within [start, end], as % of the machine. Each process reads its
-    own CPU clock as a unit ends: its CPU between its first and last unit's ends, summed."""
+    """The foreground's own CPU within [start, end], as % of the machine: each process's CPU clock
+    between its first and last unit's ends, over that time, summed."""
     share = 0.0
-    for thread in {s[3] for s in samples}:
-        ends = sorted((t + dt, cpu) for t, dt, cpu, k in samples if k == thread and start <= t and t + dt <= end)
-        if len(ends) > 1 and ends[-1][0] > ends[0][0]:
-            share += (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
+    for units in _units_by_process(samples, start, end):
+        if len(units) > 1 and units[-1][1] > units[0][1]:
+            share += (units[-1][2] - units[0][2]) / (units[-1][1] - units[0][1])
     return 100 * share / ncpu
 
 

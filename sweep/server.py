@@ -15,7 +15,23 @@ SERVER_TEMPLATES = {"chatml": "chatml", "gemma": "gemma", "llama-2": "llama2", "
 # llama.cpp's --prio levels. Only low (-1) and normal (0) are offered: medium and up are SCHED_FIFO,
 # real-time, which is never polite and can starve a small machine.
 PRIO_LOW = -1
-SERVER_ONLY = ("poll", "prio", "poll_batch", "prio_batch", "cpu_strict")
+# llama.cpp's own threadpool knobs, server backend only: name -> (low, high, why the bounds).
+# None leaves llama.cpp's default. The one table the space, `sweep trial` and the records read.
+SERVER_KNOBS: dict[str, tuple[int, int, str]] = {
+    "poll": (0, 100, "a busy-wait level 0..100"),
+    "poll_batch": (0, 100, "a busy-wait level 0..100"),
+    "prio": (-1, 0, "-1 (low) or 0 (normal); llama.cpp's higher levels are SCHED_FIFO, never polite"),
+    "prio_batch": (0, 0, "0 (normal): llama.cpp has no low level for it, and its higher levels are SCHED_FIFO"),
+    "cpu_strict": (0, 1, "0 or 1"),
+}
+
+
+def knob_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be llama.cpp's knob ``name`` (out of its bounds), or None."""
+    low, high, why = SERVER_KNOBS[name]
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+        return None
+    return f"{name} must be {why} (or null for llama.cpp's default), got {value!r}"
 
 
 def cpu_mask(cpus: tuple[int, ...] | list[int]) -> str:
@@ -58,12 +74,27 @@ def server_args(c: dict[str, Any], binary: str = "llama-server", host: str | Non
 def config_problem(c: dict[str, Any]) -> str | None:
     """Why a configuration cannot run as given (``config.KEY: why``), or None."""
     if c.get("backend", "python") != "server":
-        key = next((k for k in SERVER_ONLY if c.get(k) is not None), None)
+        key = next((k for k in SERVER_KNOBS if c.get(k) is not None), None)
         return f"config.{key}: a llama-server knob, but config.backend is python" if key else None
+    wrong = next((f"config.{k}: {p}" for k in SERVER_KNOBS if (p := knob_problem(k, c.get(k)))), None)
+    if wrong:
+        return wrong
     if c.get("prefix_cache") == "shared":
         return "config.prefix_cache: shared is not supported with the server backend yet"
     if c.get("pace_tps") or c.get("pace_duty"):
         return "config.pace_tps/pace_duty: llama-server cannot pace decoding"
+    missing = tools_problem()
+    return f"config.backend: server: {missing}" if missing else None
+
+
+def tools_problem() -> str | None:
+    """Why the server backend cannot run here (llama-server not built, and how to build it), or None."""
+    from .tools import ToolsError, binary
+
+    try:
+        binary("llama-server")
+    except ToolsError as exc:
+        return str(exc)
     return None
 
 
@@ -113,11 +144,7 @@ def verify(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: int | No
 
     if c.get("prio") != PRIO_LOW:
         return knobs.verify(c, threads, autogroup)
-    affinity_only = {**c, "nice": None, "sched_policy": None}
-    problems = [p for p in knobs.verify(affinity_only, threads) if "may run on CPUs" in p]
-    if autogroup is not None and autogroup != c.get("nice", 0):
-        problems.append(f"the autogroup has nice {autogroup}, not {c.get('nice', 0)}")
-    return problems + verify_prio(c, threads)
+    return knobs.verify(c, threads, autogroup, nice_and_policy=False) + verify_prio(c, threads)
 
 
 def figures(prompts: list[dict[str, Any]]) -> dict[str, float]:

@@ -16,7 +16,6 @@ goes to the worker's own output, so a failed trial's tail shows the server's log
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
@@ -28,7 +27,7 @@ import time
 from typing import Any, Iterator
 
 from . import knobs
-from .protocol import Channel, serve
+from .protocol import Channel, die_with_parent, serve
 from .server import request_body, server_args
 
 HOST = "127.0.0.1"
@@ -52,10 +51,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_worker() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG survives exec
-
-
 def _log_tail(lines: int = 12) -> str:
     """The tail of this worker's output, where the server writes its log."""
     from .procs import tail
@@ -73,7 +68,7 @@ class Server:
         sys.stdout.flush()
         self.port = port
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout.fileno(),
-                                     stderr=subprocess.STDOUT, preexec_fn=_die_with_worker)
+                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent)  # runs between fork and exec
 
     def died(self) -> str | None:
         """How the server ended, or None while it runs."""
@@ -167,12 +162,18 @@ def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], ch
     }
 
 
+def _answer_all(server: Server, prompts: list[dict[str, Any]], cfg: dict[str, Any], chan: Channel,
+                passname: str | None = None) -> None:
+    extra = {"pass": passname} if passname else {}
+    for i, request in enumerate(prompts):
+        chan.send("prompt", index=i, **extra, **_run_prompt(server, request, cfg, chan, i))
+
+
 def run(job: dict[str, Any], chan: Channel) -> int:
     from .tools import ToolsError, binary
 
     cfg = job["config"]
-    skip = set(filter(None, os.environ.get("SWEEP_TEST_SKIP_KNOBS", "").split(",")))
-    knobs.apply(cfg, skip)  # on this, the only thread: llama-server inherits it
+    knobs.apply(cfg)  # on this, the only thread: llama-server inherits it
     chan.send("phase", phase="load", t=time.monotonic())
     try:
         program = str(binary("llama-server"))
@@ -188,8 +189,7 @@ def run(job: dict[str, Any], chan: Channel) -> int:
             chan.send("phase", phase="idle", t=time.monotonic())
             time.sleep(job["idle_seconds"])
             chan.send("phase", phase="active", t=time.monotonic())
-            for i, request in enumerate(job["prompts"]):
-                chan.send("prompt", index=i, **_run_prompt(server, request, cfg, chan, i))
+            _answer_all(server, job["prompts"], cfg, chan)
             gone = server.died()
             if gone:
                 raise ServerFailed("crashed", gone)
@@ -199,8 +199,7 @@ def run(job: dict[str, Any], chan: Channel) -> int:
             if job.get("contended"):  # as sweep.worker: the same prompts under the CPU-bound foreground
                 chan.send("phase", phase="contended", t=time.monotonic())
                 sys.stdin.readline()
-                for i, request in enumerate(job["prompts"]):
-                    chan.send("prompt", index=i, **{"pass": "contended"}, **_run_prompt(server, request, cfg, chan, i))
+                _answer_all(server, job["prompts"], cfg, chan, passname="contended")
             chan.send("phase", phase="done", t=time.monotonic())
         except (OSError, http.client.HTTPException, ValueError) as exc:
             time.sleep(0.2)  # a server that died mid-answer: let its exit be seen

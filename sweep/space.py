@@ -22,6 +22,7 @@ from .metrics import METRICS
 from .models import Registry
 from .prompts import OUTPUTS, max_shots
 from .records import TrialConfig, TrialSettings
+from .server import SERVER_KNOBS, knob_problem, tools_problem
 
 # The seed study's budgets (experiment-learnings.md), as metric -> bound.
 SEED_BUDGETS: dict[str, dict[str, float]] = {
@@ -47,15 +48,7 @@ _ENUM_PARAMS: dict[str, tuple[str, ...]] = {
 }
 _FLOAT_PARAMS = {"pace_tps", "pace_duty"}
 _FIXED_ONLY = {"cpus", "temperature"}
-# llama.cpp's own threadpool knobs, server backend only: name -> (low, high, why the bounds). null = llama.cpp's default.
-_SERVER_PARAMS: dict[str, tuple[int, int, str]] = {
-    "poll": (0, 100, "a busy-wait level 0..100"),
-    "poll_batch": (0, 100, "a busy-wait level 0..100"),
-    "prio": (-1, 0, "-1 (low) or 0 (normal); llama.cpp's higher levels are SCHED_FIFO, never polite"),
-    "prio_batch": (0, 0, "0 (normal): llama.cpp has no low level for it, and its higher levels are SCHED_FIFO"),
-    "cpu_strict": (0, 1, "0 or 1"),
-}
-KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY | set(_SERVER_PARAMS)
+KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY | set(SERVER_KNOBS)
 # A parameter neither swept nor fixed takes TrialConfig's default, or llama.cpp's for the batches and context.
 _DEFAULTS: dict[str, Any] = {
     **{f.name: f.default for f in fields(TrialConfig)
@@ -206,7 +199,7 @@ class Space:
             gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
             pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"), shots=v["shots"], output=v["output"],
             prefix_cache=v["prefix_cache"], backend=v["backend"],
-            **{name: v.get(name) if server else None for name in _SERVER_PARAMS},
+            **{name: v.get(name) if server else None for name in SERVER_KNOBS},
         )
 
 
@@ -232,10 +225,8 @@ def _check_param(where: str, name: str, value: Any) -> None:
     if name == "shots" and not 0 <= value <= max_shots():
         raise SpaceError(f"{where}: the worked-example pool has {max_shots()} examples of each kind; "
                          f"shots must be 0..{max_shots()}, got {value}")
-    if name in _SERVER_PARAMS and value is not None:
-        low, high, why = _SERVER_PARAMS[name]
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise SpaceError(f"{where}: {name} must be {why} (or null for llama.cpp's default), got {value!r}")
+    if name in SERVER_KNOBS and knob_problem(name, value):
+        raise SpaceError(f"{where}: {knob_problem(name, value)}")
     if name == "nice" and not 0 <= value <= 19:
         raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
 
@@ -265,7 +256,7 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
     """llama.cpp's own knobs only with the server backend; what the server backend cannot do, refused."""
     backends = _choices(spec, "backend")
     if "server" not in backends:
-        for name in _SERVER_PARAMS:
+        for name in SERVER_KNOBS:
             where = "params" if name in spec.params else "fixed"
             if name in spec.params or spec.fixed.get(name) is not None:
                 raise SpaceError(f"{path}: {where}.{name}: {name} is a llama-server knob and this space runs only the "
@@ -280,6 +271,10 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
             where = "params" if name in spec.params else "fixed"
             raise SpaceError(f"{path}: {where}.{name}: llama-server cannot pace decoding (it streams as fast as it "
                              "computes); pacing needs backend: python")
+    missing = tools_problem()  # last: what the space asks is checked even where the tools are not built
+    if missing:
+        where = "params" if "backend" in spec.params else "fixed"
+        raise SpaceError(f"{path}: {where}.backend: server: {missing}")
 
 
 def _check_producible(where: str, name: str, trial: TrialBlock) -> None:

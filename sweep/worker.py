@@ -122,8 +122,7 @@ def _answer_all(llm: Any, prompts: list[dict[str, Any]], cfg: dict[str, Any], ch
 
 def run(job: dict[str, Any], chan: Channel) -> int:
     cfg = job["config"]
-    skip = set(filter(None, os.environ.get("SWEEP_TEST_SKIP_KNOBS", "").split(",")))
-    knobs.apply(cfg, skip)
+    knobs.apply(cfg)
     chan.send("phase", phase="load", t=time.monotonic())
     import llama_cpp  # only the worker imports llama_cpp, and only after the knobs are set
 

@@ -98,6 +98,19 @@ def write_space(path: Path, body: str) -> Path:
     return path
 
 
+# A quick trial block and a seeded random sampler: the tail of every small test space.
+QUICK_TAIL = """\
+trial:
+  prompts: 3
+  idle_seconds: 0.5
+  baseline_seconds: 0.2
+  timeout_seconds: 120
+  noise_retries: 0
+sampler:
+  name: random
+  seed: 3
+"""
+
 TINY_SPACE = """\
 version: 1
 name: tiny
@@ -111,16 +124,7 @@ fixed:
   n_threads_batch: 1
   n_ctx: 512
   max_tokens: 16
-trial:
-  prompts: 3
-  idle_seconds: 0.5
-  baseline_seconds: 0.2
-  timeout_seconds: 120
-  noise_retries: 0
-sampler:
-  name: random
-  seed: 3
-"""
+""" + QUICK_TAIL
 
 
 @pytest.fixture(scope="session")

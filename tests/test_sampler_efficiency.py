@@ -16,7 +16,6 @@ import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "bench" / "sampler_efficiency.py"
-SHIPPED = REPO / "bench" / "data" / "grid-smollm2.json"
 OBJECTIVES = [{"name": "correctness", "direction": "maximize"},
               {"name": "cpu_active_p99_share_pct", "direction": "minimize"},
               {"name": "latency_p95_s", "direction": "minimize"}]
@@ -121,7 +120,6 @@ def test_missing_table_is_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no such table file" in proc.stderr
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="bench/data/grid-smollm2.json has not been recorded yet")
 def test_the_shipped_grid_replays() -> None:
     proc = run("--seeds", "2", "--samplers", "grid,random,tpe", "--json", "--no-png")
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sweep_cli, wait_for, write_space
+from conftest import QUICK_TAIL, sweep_cli, wait_for, write_space
+from sweep.server_worker import free_port
 
 SERVER_SPACE = """\
 version: 1
@@ -37,16 +37,7 @@ fixed:
   n_ctx: 512
   max_tokens: 16
   nice: 10
-trial:
-  prompts: 3
-  idle_seconds: 0.5
-  baseline_seconds: 0.2
-  timeout_seconds: 120
-  noise_retries: 0
-sampler:
-  name: random
-  seed: 3
-"""
+""" + QUICK_TAIL
 
 
 @pytest.fixture(scope="session")
@@ -145,12 +136,6 @@ def test_prio_and_poll_are_read_back(server_tools: Path, smollm2_path: Path) -> 
     assert outcome.ok, (outcome.reason, outcome.detail)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ask(port: int) -> str:
     body = json.dumps({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
                        "temperature": 0, "cache_prompt": False}).encode()
@@ -161,7 +146,7 @@ def _ask(port: int) -> str:
 
 
 def _serve_and_ask(argv: list[str]) -> str:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         def healthy() -> bool:
@@ -240,27 +225,21 @@ def test_server_args_carry_llama_cpp_knobs() -> None:
     assert "--prio-batch" not in args and args["--chat-template"] == "chatml"
 
 
-@pytest.mark.parametrize("body, key", [
-    ("params:\n  poll: [0, 50]\n", "params.poll"),
-    ("fixed:\n  prio: -1\n", "fixed.prio"),
-    ("fixed:\n  backend: python\n  cpu_strict: 1\n", "fixed.cpu_strict"),
+@pytest.mark.parametrize("body, needles", [
+    # llama.cpp's own knobs with the python backend
+    ("params:\n  poll: [0, 50]\n", ["params.poll", "python backend"]),
+    ("fixed:\n  prio: -1\n", ["fixed.prio", "python backend"]),
+    ("fixed:\n  backend: python\n  cpu_strict: 1\n", ["fixed.cpu_strict", "python backend"]),
+    # what the server backend cannot do
+    ("fixed:\n  backend: server\n  prio: 1\n", ["fixed.prio"]),
+    ("fixed:\n  backend: server\n  prefix_cache: shared\n", ["fixed.prefix_cache"]),
+    ("params:\n  backend: [python, server]\n  pace_tps: [null, 10]\n", ["params.pace_tps"]),
 ])
-def test_llama_cpp_knobs_are_refused_with_the_python_backend(tmp_path: Path, body: str, key: str) -> None:
+def test_knobs_a_backend_cannot_take_are_refused(tmp_path: Path, body: str, needles: list[str]) -> None:
     space = write_space(tmp_path / "s.yaml", "version: 1\nname: r\nmodels:\n  smollm2-135m: [Q4_1]\n" + body)
     proc = sweep_cli("run", str(space))
-    assert proc.returncode == 2 and key in proc.stderr and "python backend" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and all(n in proc.stderr for n in needles), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize("body, key", [
-    ("fixed:\n  backend: server\n  prio: 1\n", "fixed.prio"),
-    ("fixed:\n  backend: server\n  prefix_cache: shared\n", "fixed.prefix_cache"),
-    ("params:\n  backend: [python, server]\n  pace_tps: [null, 10]\n", "params.pace_tps"),
-])
-def test_what_the_server_backend_cannot_do_is_refused(tmp_path: Path, body: str, key: str) -> None:
-    space = write_space(tmp_path / "s.yaml", "version: 1\nname: r\nmodels:\n  smollm2-135m: [Q4_1]\n" + body)
-    proc = sweep_cli("run", str(space))
-    assert proc.returncode == 2 and key in proc.stderr, proc.stderr
 
 
 def test_python_trial_record_is_unchanged_by_the_backend_keys() -> None:
@@ -280,7 +259,7 @@ def test_missing_toolchain_is_one_line_exit_2(tmp_path: Path) -> None:
     proc = sweep_cli("tools", "build", env=env)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
-    assert "cmake" in proc.stderr and "g++" in proc.stderr and "build-essential" in proc.stderr
+    assert "building llama-server needs cmake" in proc.stderr and "build-essential" in proc.stderr  # found, then how
     listed = sweep_cli("tools", "list", env=env)
     assert listed.returncode == 0 and "nothing built" in listed.stdout
 
@@ -296,6 +275,15 @@ def test_a_server_trial_without_tools_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({**config, "backend": "python", "poll": 0}))
     proc = sweep_cli("trial", str(path))
     assert proc.returncode == 2 and "config.poll" in proc.stderr and "backend is python" in proc.stderr, proc.stderr
+    path.write_text(json.dumps({**config, "prio": 2}))  # SCHED_FIFO: the space's bounds hold here too
+    proc = sweep_cli("trial", str(path))
+    assert proc.returncode == 2 and "config.prio" in proc.stderr and "SCHED_FIFO" in proc.stderr, proc.stderr
+    # A space that runs the server backend is refused before any trial when llama-server is not built.
+    space = write_space(tmp_path / "s.yaml", SERVER_SPACE)
+    proc = sweep_cli("run", str(space), env={"SWEEP_TOOLS_DIR": str(tmp_path / "none"),
+                                             "SWEEP_STORAGE": f"sqlite:///{tmp_path / 'studies.db'}"})
+    assert proc.returncode == 2 and "fixed.backend" in proc.stderr and "sweep tools build" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "studies.db").exists()
 
 
 def test_prio_read_back_rules() -> None:
