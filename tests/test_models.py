@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import sweep_cli
+from conftest import TINY_SPACE, sweep_cli, write_space
 from sweep.errors import ModelError
 from sweep.gguf import FILE_TYPES, quant_of, read_metadata
 from sweep.models import Registry, model_name_of
@@ -112,6 +113,35 @@ def test_the_qwen_model_assembles_to_its_published_hash(cache_dir: Path) -> None
     listing = sweep_cli("models", "list")
     assert listing.returncode == 0
     assert any("qwen2.5-coder-1.5b" in line and "sha256 ok" in line for line in listing.stdout.splitlines())
+
+
+def test_sweep_run_refuses_a_corrupt_installed_part_and_leaves_the_study_alone(tmp_path: Path) -> None:
+    # The CLI finds the parts through package metadata, as a user's install does: a site directory
+    # ahead of the venv's on PYTHONPATH holds part 22's package with one byte flipped.
+    from importlib import metadata
+
+    from sweep.models import QWEN_PARTS
+
+    dist_name, file = QWEN_PARTS.parts[-1]
+    dist = metadata.distribution(dist_name)
+    site = tmp_path / "site"
+    info = next(f for f in dist.files if f.name == "METADATA").parent  # the .dist-info directory
+    shutil.copytree(Path(str(dist.locate_file(info))), site / info)
+    data = bytearray(Path(str(dist.locate_file(file))).read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    (site / file).parent.mkdir(parents=True)
+    (site / file).write_bytes(bytes(data))
+    space = write_space(tmp_path / "qwen.yaml", TINY_SPACE.replace("smollm2-135m: [Q4_1]", "qwen2.5-coder-1.5b: [Q4_K_M]"))
+    db = tmp_path / "studies.db"
+    cache = tmp_path / "cache"
+    result = sweep_cli("run", str(space), "--trials", "1", "--storage", f"sqlite:///{db}",
+                       env={"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+                            "SWEEP_CACHE_DIR": str(cache)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "part22.bin" in errors[0] and "corrupt" in errors[0], result.stderr
+    assert not db.exists()  # no study was made
+    assert list(cache.rglob("qwen*")) == []  # nor the model, whole or half
 
 
 def test_a_corrupt_part_is_refused_and_leaves_nothing_behind(tmp_path: Path) -> None:
