@@ -33,9 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sweep.table import NOT_THE_CONFIG, params_key  # a failure that says nothing of the configuration is measured again
+
 HERE = Path(__file__).resolve().parent
-# A failure that says nothing about the configuration: it is measured again.
-NOT_THE_CONFIG = ("interrupted", "orchestrator_lost")
 
 
 def product_points(space: Any) -> list[dict[str, Any]]:
@@ -85,23 +85,19 @@ def plan(space: Any) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], s
     return [p for p, _ in first.values()], points
 
 
-def _pkey(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
-
-
 def enqueue_missing(study: Any, configs: list[dict[str, Any]], repeats: int) -> int:
     """Enqueue what the study lacks, repeat by repeat; returns how many trials were enqueued."""
     have: Counter[str] = Counter()
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "FAIL" and t.user_attrs.get("fail_reason") in NOT_THE_CONFIG:
             continue
-        have[_pkey(t.params or t.system_attrs.get("fixed_params", {}))] += 1
+        have[params_key(t.params or t.system_attrs.get("fixed_params", {}))] += 1
     n = 0
     for r in range(repeats):
         for params in configs:
-            if have[_pkey(params)] <= r:
+            if have[params_key(params)] <= r:
                 study.enqueue_trial(params)
-                have[_pkey(params)] += 1
+                have[params_key(params)] += 1
                 n += 1
     return n
 
@@ -144,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         configs, points = plan(space)
         if args.limit is not None:
             configs = configs[: args.limit]
-            keep = {_pkey(p) for p in configs}
-            kept_keys = {k for p, k in points if _pkey(p) in keep}
+            keep = {params_key(p) for p in configs}
+            kept_keys = {k for p, k in points if params_key(p) in keep}
             points = [(p, k) for p, k in points if k in kept_keys]
         name = args.study or space.name
         output = args.output or HERE / "data" / f"{name}.json"

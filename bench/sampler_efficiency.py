@@ -52,21 +52,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sweep.table import NOT_THE_CONFIG, params_key
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_TABLE = HERE / "data" / "grid-smollm2.json"
 DEFAULT_PNG = HERE.parent / "docs" / "sampler_efficiency.png"
 FRACTIONS = (0.1, 0.25, 0.5)
 TARGET = 0.95
 REFERENCE = 1.1  # in every normalised objective: just beyond the table's worst, so its edge points count
-NOT_THE_CONFIG = ("interrupted", "orchestrator_lost")  # failures that say nothing about the configuration
 
 
 class BadInput(Exception):
     """One line for the user; exit 2."""
-
-
-def _pkey(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
 
 
 def _distribution(name: str, d: dict[str, Any]) -> Any:
@@ -121,9 +118,9 @@ class Grid:
         self.distributions = {n: _distribution(n, meta["params"][n]) for n in names}
         rows = [r for r in table["rows"] if r.get("reused_from") is None
                 and not (not r["ok"] and r.get("fail_reason") in NOT_THE_CONFIG)]
-        self.alias = {_pkey(r["params"]): r["config_key"] for r in rows}
-        self.alias.update({_pkey(dict(zip(names, p[:-1]))): p[-1] for p in grid.get("points", [])})
-        product = [_pkey(dict(zip(names, vs))) for vs in itertools.product(*(_choices(meta["params"][n]) for n in names))]
+        self.alias = {params_key(r["params"]): r["config_key"] for r in rows}
+        self.alias.update({params_key(dict(zip(names, p[:-1]))): p[-1] for p in grid.get("points", [])})
+        product = [params_key(dict(zip(names, vs))) for vs in itertools.product(*(_choices(meta["params"][n]) for n in names))]
         covered = sum(p in self.alias for p in product)
         if grid.get("complete") is False or covered < len(product):
             raise BadInput(f"{where}: not a complete grid ({covered} of the space's {len(product)} points lead to "
@@ -237,7 +234,7 @@ def replay(name: str, seed: int, n_trials: int) -> tuple[list[float], list[int]]
             key = grid.order[i % grid.n]
         else:
             trial = study.ask(grid.distributions)
-            key = grid.alias[_pkey(trial.params)]
+            key = grid.alias[params_key(trial.params)]
             outcome = grid.repeats[key][draws[key]]
             if outcome is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)

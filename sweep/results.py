@@ -46,6 +46,20 @@ def verifications(study: Any) -> dict[int, dict[str, Any]]:
     return {int(k[len(VERIFIED_PREFIX):]): v for k, v in study.user_attrs.items() if k.startswith(VERIFIED_PREFIX)}
 
 
+def trial_row(t: Any) -> dict[str, Any]:
+    """A finished trial's own record, as stored: number, state, config, figures, feasibility."""
+    a = t.user_attrs
+    return {
+        "number": t.number, "state": t.state.name, "config": a.get("config"),
+        "figures": {k: v for k, v in a.items() if k in METRICS},
+        "values": list(t.values) if t.values else None,
+        "constraint_values": a.get("constraint_values"), "violations": a.get("violations", []),
+        "feasible": t.state.name == "COMPLETE" and not a.get("violations"),
+        "fail_reason": a.get("fail_reason"), "fail_detail": a.get("fail_detail"),
+        "reused_from": a.get("reused_from"),
+    }
+
+
 def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
     """One dict per finished trial: number, state, config, figures, feasibility.
 
@@ -59,16 +73,7 @@ def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         if t.state.name not in ("COMPLETE", "FAIL"):
             continue
-        a = t.user_attrs
-        row = {
-            "number": t.number, "state": t.state.name, "config": a.get("config"),
-            "figures": {k: v for k, v in a.items() if k in METRICS},
-            "values": list(t.values) if t.values else None,
-            "constraint_values": a.get("constraint_values"), "violations": a.get("violations", []),
-            "feasible": t.state.name == "COMPLETE" and not a.get("violations"),
-            "fail_reason": a.get("fail_reason"), "fail_detail": a.get("fail_detail"),
-            "reused_from": a.get("reused_from"), "verified": None,
-        }
+        row = {**trial_row(t), "verified": None}
         if t.number in checked and t.state.name == "COMPLETE":
             _apply_verification(row, checked[t.number], meta.objectives, meta.budgets)
         out.append(row)

@@ -22,11 +22,18 @@ from typing import Any
 from .errors import TableError
 from .metrics import METRICS
 from .records import StudyMeta
+from .results import trial_row
 from .storage import SeriesStore, safe_url
 
 TABLE_FORMAT = "sweep-table"
 TABLE_VERSION = 1
 TABLE_META_ATTR = "table_meta"  # study user attribute merged into the table's metadata
+NOT_THE_CONFIG = ("interrupted", "orchestrator_lost")  # failures that say nothing about the configuration
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """A trial's sampled parameters as one comparable string."""
+    return json.dumps(params, sort_keys=True)
 
 
 def config_key(config: dict[str, Any] | None) -> str | None:
@@ -55,24 +62,17 @@ def _row(t: Any, payload: dict[str, Any] | None) -> dict[str, Any]:
     marks = ((payload or {}).get("series") or {}).get("marks") or {}
     start = marks.get("start")
     return {
-        "number": t.number,
+        **trial_row(t),
         "ok": ok,
-        "state": t.state.name,
         "fail_reason": None if ok else a.get("fail_reason", "unknown"),
         "fail_detail": None if ok else a.get("fail_detail"),
         "params": dict(t.params),
         "config_key": config_key(a.get("config")),
         "repeat": None,  # set once every row is known
-        "config": a.get("config"),
-        "figures": {k: v for k, v in a.items() if k in METRICS},
         "values": list(t.values) if ok and t.values else None,
-        "constraint_values": a.get("constraint_values"),
-        "violations": a.get("violations", []),
-        "feasible": ok and not a.get("violations"),
         "by_kind": a.get("by_kind"),
         "wall_seconds": a.get("wall_seconds"),
         "measured_at": a.get("measured_at"),
-        "reused_from": a.get("reused_from"),
         "repeat_of": a.get("repeat_of"),
         "latencies_s": [x["latency_s"] for x in answers],
         # Seconds since the worker was spawned at which each phase began (load, idle, active, done).

@@ -96,15 +96,13 @@ def sdist_dir() -> Path:
     return tools_root() / "sdist"
 
 
-def find_sdist(version: str, fetch: bool = True, log: Callable[[str], None] = print) -> Path:
+def find_sdist(version: str, log: Callable[[str], None] = print) -> Path:
     """llama-cpp-python's sdist for ``version``: from the sweep cache, else fetched once with pip
     (pip's own cache makes a repeat fast) and kept in the cache."""
     name = f"llama_cpp_python-{version}.tar.gz"
     for where in filter(None, (os.environ.get("SWEEP_SDIST_DIR"), str(sdist_dir()))):
         if (Path(where) / name).is_file():
             return Path(where) / name
-    if not fetch:
-        raise ToolsError(f"no {name} in {sdist_dir()}")
     sdist_dir().mkdir(parents=True, exist_ok=True)
     log(f"fetching the llama-cpp-python {version} sdist with pip into {sdist_dir()}")
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
