@@ -1,4 +1,4 @@
-"""Prefix caching, honestly: ``python bench/prefix_cache.py [ITEMS] [MODEL]``.
+"""Prefix caching, honestly: ``python bench/prefix_cache.py [ITEMS] [MODEL] [BACKEND]``.
 
 1. Why the worker calls reset() before each prompt: the same prompt to SmolLM2 three ways,
    2 threads: the first call, a repeat without reset() (a KV-cache prefix hit on the whole prompt)
@@ -6,7 +6,8 @@
 2. ``prefix_cache: off`` against ``shared`` on MODEL (default the 1.5B model), 3-shot grammar
    prompts, ITEMS items (default 10, the kinds in turn), 2 threads, through the normal trial path:
    p95 latency, load time (which includes preparing the shared prefixes), the prompt and
-   prefilled tokens llama.cpp reports, and whether both gave the same answers.
+   prefilled tokens llama.cpp reports, and whether both gave the same answers. BACKEND is
+   ``python`` (default) or ``server`` (llama-server's slots; ``sweep tools build`` first).
 """
 
 from __future__ import annotations
@@ -43,17 +44,18 @@ def main() -> None:
 
     items = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     name = sys.argv[2] if len(sys.argv) > 2 else "qwen2.5-coder-1.5b"
+    backend = sys.argv[3] if len(sys.argv) > 3 else "python"
     mf = Registry().resolve(name, Registry().quants(name)[0])
     tasks = stratified_subset(load_tasks(), items)
     settings = TrialSettings(prompts=items, idle_seconds=0.5, baseline_seconds=0.2, probe=False, early_abort=False,
                              noise_retries=0, timeout_seconds=1800, progress_timeout_seconds=600)
-    print(f"\n{mf.name}:{mf.quant}, {items} items, 3-shot grammar, max_tokens 32, 2 threads")
+    print(f"\n{mf.name}:{mf.quant}, {items} items, 3-shot grammar, max_tokens 32, 2 threads, {backend} backend")
     print("prefix_cache  p95 s   p50 s   load s  prompt tokens (mean)  prefilled tokens (mean)")
     answers = {}
     for mode in ("off", "shared"):
         config = TrialConfig(model=mf.name, quant=mf.quant, model_path=str(mf.path), chat_format=mf.chat_format,
                              n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048, max_tokens=32,
-                             shots=3, output="grammar", prefix_cache=mode)
+                             shots=3, output="grammar", prefix_cache=mode, backend=backend)
         out = run_trial(config, settings, tasks)
         if not out.ok:
             sys.exit(f"{mode}: {out.reason}: {out.detail}")

@@ -120,9 +120,11 @@ def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
                            "temperature": config.temperature, "prefix_cache": config.prefix_cache}
     if config.prefix_cache == "shared":
         out["prefix_cache_how"] = ("prefill each kind's fixed prefix (system prompt and worked examples) once and "
-                                   "restore it before each request (Llama.save_state/load_state); llama-server: "
-                                   "send cache_prompt: true, which reuses the prefix a slot's previous request "
-                                   "shares, so keep one kind per slot (or --cache-reuse) to match the measurement")
+                                   "restore it before each request: with llama-cpp-python Llama.save_state and "
+                                   "load_state; with llama-server, as the server trial did, start it with "
+                                   "--slot-save-path DIR, fill the slot with the prefix (/completion, cache_prompt: "
+                                   "true), save it (POST /slots/0?action=save), and restore it (action=restore) "
+                                   "before each request sent with cache_prompt: true")
     if config.shots:
         out["worked_examples"] = f"the first {config.shots} of each kind in sweep/{SHOTS_FILE}"
     if config.output == "grammar":
@@ -150,6 +152,15 @@ def _pacing_warning(record: dict[str, Any], comment: str) -> list[str]:
     return [f"{comment} WARNING: the sweep paced decoding (pace_tps={c.get('pace_tps')}, pace_duty={c.get('pace_duty')}),",
             f"{comment} which llama-server cannot do: expect more CPU while decoding than was measured.",
             f"{comment} To keep the measured figures, pace in the client (see the python export)."]
+
+
+def _cache_lines(record: dict[str, Any], comment: str) -> list[str]:
+    """How to send requests so that the server's prompt cache does what it did in the trial."""
+    if record["config"].get("prefix_cache") != "shared":
+        return [f"{comment} Send cache_prompt: false in a request to ask it cold, as the sweep measured it."]
+    return [f"{comment} The sweep restored each kind's prefilled prefix before each request (prefix_cache: shared):",
+            f"{comment} add --slot-save-path DIR, fill and save a slot per kind, and restore it before each request",
+            f"{comment} sent with cache_prompt: true (prompt_strategy.prefix_cache_how in the JSON export)."]
 
 
 def _python(record: dict[str, Any]) -> str:
@@ -188,7 +199,7 @@ def _systemd(record: dict[str, Any], server_binary: str) -> str:
     argv = shlex.split(record["llama_server_args"])
     argv[0] = server_binary
     lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *budget_lines(record, "#"),
-             *_pacing_warning(record, "#"), "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
+             *_pacing_warning(record, "#"), *_cache_lines(record, "#"), "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
     lines += knobs.systemd_lines(c)
     quota = _cpu_quota(record)
     if quota:
@@ -213,7 +224,7 @@ def render(record: dict[str, Any], fmt: str, server_binary: str | None = None) -
     if fmt == "llama-server":
         return "\n".join(["#!/bin/sh", *budget_lines(record, "#"), *_pacing_warning(record, "#"),
                           "# Extra arguments are passed on to llama-server (--host, --port; default 127.0.0.1:8080).",
-                          "# Send cache_prompt: false in a request to ask it cold, as the sweep measured it.",
+                          *_cache_lines(record, "#"),
                           *_own_session(record["config"]),
                           "exec " + record["llama_server"] + ' "$@"', ""])
     if fmt == "systemd":

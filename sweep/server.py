@@ -39,12 +39,13 @@ def cpu_mask(cpus: tuple[int, ...] | list[int]) -> str:
 
 
 def server_args(c: dict[str, Any], binary: str = "llama-server", host: str | None = None,
-                port: int | None = None) -> list[str]:
+                port: int | None = None, slot_dir: str | None = None) -> list[str]:
     """The llama-server argv for a configuration (a ``TrialConfig.to_dict()``): what a server trial
     runs and what the exports deploy. Both thread counts are always explicit; llama.cpp's prefill
     (batch) threads do not inherit --cpu-mask, --prio or --poll when --threads-batch is given, so
     each is passed for both. One slot (``--parallel 1``) and no RAM prompt cache (``--cache-ram 0``),
-    as a trial asks one question at a time, cold unless the request says otherwise."""
+    as a trial asks one question at a time, cold unless the request says otherwise. ``slot_dir``
+    is where ``prefix_cache: shared`` keeps each kind's prefilled prefix (``--slot-save-path``)."""
     args = [binary, "-m", c["model_path"], "--threads", str(c["n_threads"]),
             "--threads-batch", str(c["n_threads_batch"]), "--batch-size", str(c["n_batch"]),
             "--ubatch-size", str(c["n_ubatch"]), "--ctx-size", str(c["n_ctx"]), "--n-gpu-layers", "0",
@@ -66,6 +67,8 @@ def server_args(c: dict[str, Any], binary: str = "llama-server", host: str | Non
     poll_batch = c.get("poll_batch", c.get("poll"))
     if poll_batch is not None:
         args += ["--poll-batch", str(poll_batch)]
+    if slot_dir is not None:
+        args += ["--slot-save-path", slot_dir]
     if c.get("chat_format") in SERVER_TEMPLATES:
         args += ["--chat-template", SERVER_TEMPLATES[c["chat_format"]]]
     return args
@@ -79,8 +82,6 @@ def config_problem(c: dict[str, Any]) -> str | None:
     wrong = next((f"config.{k}: {p}" for k in SERVER_KNOBS if (p := knob_problem(k, c.get(k)))), None)
     if wrong:
         return wrong
-    if c.get("prefix_cache") == "shared":
-        return "config.prefix_cache: shared is not supported with the server backend yet"
     if c.get("pace_tps") or c.get("pace_duty"):
         return "config.pace_tps/pace_duty: llama-server cannot pace decoding"
     missing = tools_problem()
@@ -100,11 +101,13 @@ def tools_problem() -> str | None:
 
 def request_body(request: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI-style chat request for llama-server, with the trial's strategy: the grammar and
-    JSON schema through the server's own fields, and never the prompt cache (a cold request, as the
-    python backend's ``reset()`` makes it)."""
+    JSON schema through the server's own fields. Cold (no prompt cache, as the python backend's
+    ``reset()`` makes it), except under ``prefix_cache: shared``, where the slot holds only the
+    kind's prefix when the request comes (``sweep.server_worker``), so the cache can reuse that and
+    nothing of the item."""
     body: dict[str, Any] = {"messages": request["messages"], "max_tokens": c["max_tokens"],
                             "temperature": c["temperature"], "seed": c["seed"], "stream": True,
-                            "cache_prompt": False, "n_cache_reuse": 0}
+                            "cache_prompt": c.get("prefix_cache") == "shared", "n_cache_reuse": 0}
     if request.get("grammar"):
         body["grammar"] = request["grammar"]
     if request.get("response_format"):

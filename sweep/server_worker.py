@@ -9,6 +9,12 @@ inherits every knob and is the worker's child, so the monitor, which measures th
 tree, counts it. Load is spawn until ``/health`` answers; each prompt is one streamed HTTP request
 on loopback (TTFT at the first content chunk), cold (``cache_prompt: false``).
 
+With ``prefix_cache: shared``, as in ``sweep.worker``, each kind's fixed prefix is prefilled once
+after load (counted in load) and the slot saved (``--slot-save-path``); before each request the
+kind's slot is restored, outside the timed span as the python backend's ``load_state``, and the
+request reuses the cached prefix (``cache_prompt: true``). The slot is saved one token short of the
+shared prefix, so no token of an item can ever come from the cache.
+
 The server never outlives the worker: it dies with it (``PR_SET_PDEATHSIG``), shares its process
 group (the runner kills the group), and is killed and reaped before the worker exits. Its output
 goes to the worker's own output, so a failed trial's tail shows the server's log.
@@ -19,10 +25,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Iterator
 
@@ -94,6 +102,25 @@ class Server:
                 conn.close()
             time.sleep(_HEALTH_POLL_S)
 
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One JSON request that is not timed (tokenising, slot save and restore)."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise ServerFailed("protocol", f"llama-server answered {path} with HTTP {resp.status}: {data[:300]!r}")
+            return json.loads(data)
+        finally:
+            conn.close()
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The tokens the server prefills for a chat request of ``messages``: its own template, then
+        its tokenizer with special tokens, as its chat endpoint does."""
+        text = self.post("/apply-template", {"messages": messages})["prompt"]
+        return self.post("/tokenize", {"content": text, "add_special": True, "parse_special": True})["tokens"]
+
     def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """The server-sent events of one chat completion, decoded."""
         conn = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
@@ -125,8 +152,27 @@ class Server:
         self.proc.wait()
 
 
+def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]]) -> None:
+    """For each kind, prefill its fixed prefix once and save the slot as ``KIND.bin``.
+
+    The prefix is the tokens two requests of the kind share when only their item differs (as in
+    ``sweep.worker.shared_prefixes``). The slot is filled by a one-token completion of all but the
+    prefix's last token: the token it samples lands, if anywhere, where the prefix's last token
+    stands, so a restored slot can match a request in the prefix and never in the item.
+    """
+    for kind, (a, b) in probes.items():
+        ta, tb = server.prompt_tokens(a), server.prompt_tokens(b)
+        n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+        if n < 2:
+            raise ServerFailed("protocol", f"the {kind} requests share {n} tokens: no prefix to cache")
+        server.post("/completion", {"prompt": ta[: n - 1], "n_predict": 1, "temperature": 0.0, "cache_prompt": True})
+        server.post("/slots/0?action=save", {"filename": f"{kind}.bin"})
+
+
 def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], chan: Channel,
                 index: int) -> dict[str, Any]:
+    if cfg.get("prefix_cache") == "shared":  # start from the kind's prefix and nothing more, untimed
+        server.post("/slots/0?action=restore", {"filename": f"{request['kind']}.bin"})
     chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
     t0 = time.monotonic()
     t_first = t_last = None
@@ -181,11 +227,14 @@ def run(job: dict[str, Any], chan: Channel) -> int:
         chan.send("error", reason="model_load_failed", detail=str(exc))
         return 3
     port = free_port()
-    server = Server(server_args(cfg, program, HOST, port), port)
+    slot_dir = tempfile.mkdtemp(prefix="sweep-slots-") if job.get("prefixes") else None
+    server = Server(server_args(cfg, program, HOST, port, slot_dir), port)
     chan.send("server", pid=server.proc.pid, port=port)
     try:
         try:
             server.wait_healthy()
+            if slot_dir:  # preparing the shared prefixes is part of getting ready: it counts in load
+                shared_prefixes(server, job["prefixes"])
             chan.send("phase", phase="idle", t=time.monotonic())
             time.sleep(job["idle_seconds"])
             chan.send("phase", phase="active", t=time.monotonic())
@@ -212,6 +261,8 @@ def run(job: dict[str, Any], chan: Channel) -> int:
         return 3
     finally:
         server.stop()
+        if slot_dir:
+            shutil.rmtree(slot_dir, ignore_errors=True)
     chan.send("result", ok=True)
     return 0
 

@@ -262,10 +262,6 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
                 raise SpaceError(f"{path}: {where}.{name}: {name} is a llama-server knob and this space runs only the "
                                  "python backend (add backend: [server] or [python, server])")
         return
-    if "shared" in _choices(spec, "prefix_cache"):
-        where = "params" if "prefix_cache" in spec.params else "fixed"
-        raise SpaceError(f"{path}: {where}.prefix_cache: shared is not supported with the server backend yet "
-                         "(its warm-up per kind is not implemented); use prefix_cache: off")
     for name in ("pace_tps", "pace_duty"):
         if any(v is not None for v in _choices(spec, name)):
             where = "params" if name in spec.params else "fixed"

@@ -103,6 +103,28 @@ def test_server_trial_answers_with_figures(server_tools: Path, smollm2_path: Pat
     assert not _alive(server["pid"])  # killed and reaped with its trial
 
 
+def test_a_shared_prefix_on_the_server_prefills_every_item_and_answers_the_same(server_tools: Path,
+                                                                                 smollm2_path: Path) -> None:
+    """prefix_cache: shared against off on llama-server, 3-shot grammar: the same answers, and the
+    server's own counts show each item prefilled fresh: the cache gave a part of the prompt, never
+    the whole, and off took nothing from it."""
+    from sweep.runner import run_trial
+
+    runs = {}
+    for mode in ("off", "shared"):
+        config = _config(smollm2_path, n_threads=2, n_threads_batch=2, cpus=None, n_ctx=2048, max_tokens=24,
+                         shots=3, output="grammar", prefix_cache=mode)
+        outcome = run_trial(config, _settings(prompts=5, probe=False, early_abort=False), _tasks(5))
+        assert outcome.ok, (mode, outcome.reason, outcome.detail, outcome.stderr_tail)
+        runs[mode] = outcome.answers
+    assert [a["answer"] for a in runs["shared"]] == [a["answer"] for a in runs["off"]]
+    for o, s in zip(runs["off"], runs["shared"]):
+        assert o["prompt_tokens"] == s["prompt_tokens"]
+        assert o["server_timings"]["cache_n"] == 0 and o["prefill_tokens"] == o["prompt_tokens"]
+        assert s["server_timings"]["cache_n"] > s["prompt_tokens"] // 2  # the kind's prefix came from the slot
+        assert 0 < s["prefill_tokens"] < s["prompt_tokens"] // 2  # only the item and its lead-in
+
+
 def test_server_killed_mid_trial_is_crashed_and_the_next_trial_runs(server_tools: Path, smollm2_path: Path) -> None:
     from sweep.runner import run_trial
 
@@ -232,7 +254,6 @@ def test_server_args_carry_llama_cpp_knobs() -> None:
     ("fixed:\n  backend: python\n  cpu_strict: 1\n", ["fixed.cpu_strict", "python backend"]),
     # what the server backend cannot do
     ("fixed:\n  backend: server\n  prio: 1\n", ["fixed.prio"]),
-    ("fixed:\n  backend: server\n  prefix_cache: shared\n", ["fixed.prefix_cache"]),
     ("params:\n  backend: [python, server]\n  pace_tps: [null, 10]\n", ["params.pace_tps"]),
 ])
 def test_knobs_a_backend_cannot_take_are_refused(tmp_path: Path, body: str, needles: list[str]) -> None:
