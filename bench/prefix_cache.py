@@ -3,11 +3,13 @@
 1. Why the worker calls reset() before each prompt: the same prompt to SmolLM2 three ways,
    2 threads: the first call, a repeat without reset() (a KV-cache prefix hit on the whole prompt)
    and a repeat after reset() (a real request).
-2. ``prefix_cache: off`` against ``shared`` on MODEL (default the 1.5B model), 3-shot grammar
-   prompts, ITEMS items (default 10, the kinds in turn), 2 threads, through the normal trial path:
-   p95 latency, load time (which includes preparing the shared prefixes), the prompt and
+2. ``prefix_cache: off`` against ``shared`` on MODEL (``name[:quant]``, default the 1.5B model at
+   Q4_K_M), 3-shot grammar prompts, ITEMS items (default 10, the kinds in turn), 2 threads, through
+   the normal trial path: p95 latency, load time (which includes preparing the shared prefixes), the prompt and
    prefilled tokens llama.cpp reports, and whether both gave the same answers. BACKEND is
    ``python`` (default) or ``server`` (llama-server's slots; ``sweep tools build`` first).
+   A split prefill (the prefix, then the rest) can round differently from a whole one, so an item
+   whose top answers are nearly tied can flip; the line says how many answers agree.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ def main() -> None:
     del llm
 
     items = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    name = sys.argv[2] if len(sys.argv) > 2 else "qwen2.5-coder-1.5b"
+    name, _, quant = (sys.argv[2] if len(sys.argv) > 2 else "qwen2.5-coder-1.5b:Q4_K_M").partition(":")
     backend = sys.argv[3] if len(sys.argv) > 3 else "python"
-    mf = Registry().resolve(name, Registry().quants(name)[0])
+    mf = Registry().resolve(name, quant or Registry().quants(name)[0])
     tasks = stratified_subset(load_tasks(), items)
     settings = TrialSettings(prompts=items, idle_seconds=0.5, baseline_seconds=0.2, probe=False, early_abort=False,
                              noise_retries=0, timeout_seconds=1800, progress_timeout_seconds=600)
