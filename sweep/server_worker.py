@@ -142,14 +142,18 @@ class Server:
             conn.close()
 
     def stop(self) -> None:
-        """Kill and reap the server, whatever state it is in."""
+        """Kill and reap the server, whatever state it is in. A server stuck in the kernel even
+        after SIGKILL is left to the runner, which kills the worker's whole group."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]]) -> None:
