@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sweep.table import NOT_THE_CONFIG, params_key  # a failure that says nothing of the configuration is measured again
+# A failure that says nothing of the configuration (NOT_THE_CONFIG) is measured again.
+from sweep.table import NOT_THE_CONFIG, config_key, params_key
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,7 +73,6 @@ def plan(space: Any) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], s
     of the product with the configuration key it maps to."""
     import optuna
 
-    from sweep.table import config_key
 
     first: dict[str, tuple[dict[str, Any], str]] = {}
     points = []

@@ -121,7 +121,7 @@ def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
     if config.prefix_cache == "shared":
         out["prefix_cache_how"] = ("prefill each kind's fixed prefix (system prompt and worked examples) once and "
                                    "restore it before each request: with llama-cpp-python Llama.save_state and "
-                                   "load_state; with llama-server, as the server trial did, start it with "
+                                   "load_state; with llama-server, start it with "
                                    "--slot-save-path DIR, fill the slot with the prefix (/completion, cache_prompt: "
                                    "true), save it (POST /slots/0?action=save), and restore it (action=restore) "
                                    "before each request sent with cache_prompt: true")
@@ -199,7 +199,8 @@ def _systemd(record: dict[str, Any], server_binary: str) -> str:
     argv = shlex.split(record["llama_server_args"])
     argv[0] = server_binary
     lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *budget_lines(record, "#"),
-             *_pacing_warning(record, "#"), *_cache_lines(record, "#"), "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
+             *_pacing_warning(record, "#"), *_cache_lines(record, "#"),
+             "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
     lines += knobs.systemd_lines(c)
     quota = _cpu_quota(record)
     if quota:

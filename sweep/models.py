@@ -97,7 +97,7 @@ def assemble_parts(parts: list[Path], target: Path, size: int, sha256: str) -> P
                         out.write(chunk)
         got, written = digest.hexdigest(), tmp.stat().st_size
         if (written, got) != (size, sha256):
-            raise ModelError(f"assembling {target.name} from {len(parts)} parts ({parts[0]} .. {parts[-1].name}) gave "
+            raise ModelError(f"assembling {target.name} from {len(parts)} parts ({parts[0]} .. {parts[-1]}) gave "
                              f"{written} bytes with sha256 {got[:16]}..., not the published {size} bytes and "
                              f"{sha256[:16]}...: a part is corrupt or of another version")
         os.replace(tmp, target)

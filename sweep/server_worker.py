@@ -7,16 +7,18 @@ nice, policy (and has the OpenMP variables in its environment) on itself, then s
 ``llama-server`` that ``sweep tools build`` made from the bindings' own llama.cpp. The server
 inherits every knob and is the worker's child, so the monitor, which measures the worker's process
 tree, counts it. Load is spawn until ``/health`` answers; each prompt is one streamed HTTP request
-on loopback (TTFT at the first content chunk), cold (``cache_prompt: false``).
+on loopback (TTFT at the first content chunk), cold under ``prefix_cache: off``
+(``cache_prompt: false``).
 
 With ``prefix_cache: shared``, as in ``sweep.worker``, each kind's fixed prefix is prefilled once
 after load (counted in load) and the slot saved (``--slot-save-path``); before each request the
 kind's slot is restored, outside the timed span as the python backend's ``load_state``, and the
-request reuses the cached prefix (``cache_prompt: true``). The slot is saved one token short of the
-shared prefix, so no token of an item can ever come from the cache.
+request reuses the cached prefix (``cache_prompt: true``). The slot files go in the worker's
+working directory, the runner's per-trial directory, which goes whatever ends the trial.
 
 The server never outlives the worker: it dies with it (``PR_SET_PDEATHSIG``), shares its process
-group (the runner kills the group), and is killed and reaped before the worker exits. Its output
+group (the runner kills the group), and is killed (and reaped, unless stuck) before the worker
+exits. Its output
 goes to the worker's own output, so a failed trial's tail shows the server's log.
 """
 
@@ -25,18 +27,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Iterator
 
 from . import knobs
 from .protocol import Channel, die_with_parent, serve
 from .server import request_body, server_args
+from .worker import shared_length
 
 HOST = "127.0.0.1"
 _HEALTH_POLL_S = 0.05
@@ -156,26 +157,29 @@ class Server:
             pass
 
 
-def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]]) -> None:
-    """For each kind, prefill its fixed prefix once and save the slot as ``KIND.bin``.
+def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]]) -> dict[str, int]:
+    """For each kind, prefill its fixed prefix once and save the slot as ``KIND.bin``; the tokens
+    the slot holds, by kind.
 
-    The prefix is the tokens two requests of the kind share when only their item differs (as in
-    ``sweep.worker.shared_prefixes``). The slot is filled by a one-token completion of all but the
-    prefix's last token: the token it samples lands, if anywhere, where the prefix's last token
-    stands, so a restored slot can match a request in the prefix and never in the item.
+    The prefix is the tokens two requests of the kind share when only their item differs, as in
+    ``sweep.worker.shared_prefixes``. The slot is filled by a one-token completion of all but the
+    prefix's last token, so even a server that kept the token it sampled would hold prefix tokens
+    only: a request can then match the prefix, never its item.
     """
+    held = {}
     for kind, (a, b) in probes.items():
-        ta, tb = server.prompt_tokens(a), server.prompt_tokens(b)
-        n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+        ta = server.prompt_tokens(a)
+        n = shared_length(ta, server.prompt_tokens(b))
         if n < 2:
             raise ServerFailed("protocol", f"the {kind} requests share {n} tokens: no prefix to cache")
         server.post("/completion", {"prompt": ta[: n - 1], "n_predict": 1, "temperature": 0.0, "cache_prompt": True})
-        server.post("/slots/0?action=save", {"filename": f"{kind}.bin"})
+        held[kind] = server.post("/slots/0?action=save", {"filename": f"{kind}.bin"})["n_saved"]
+    return held
 
 
 def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], chan: Channel,
-                index: int) -> dict[str, Any]:
-    if cfg.get("prefix_cache") == "shared":  # start from the kind's prefix and nothing more, untimed
+                index: int, held: int | None = None) -> dict[str, Any]:
+    if held is not None:  # start from the kind's prefix and nothing more, untimed
         server.post("/slots/0?action=restore", {"filename": f"{request['kind']}.bin"})
     chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
     t0 = time.monotonic()
@@ -207,16 +211,17 @@ def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], ch
         "completion_chunks": len(pieces),
         "decode_s": (t_last - t_first) if t_first and t_last else 0.0,
         "answer": "".join(pieces),
-        "server": {k: timings.get(k) for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n",
-                                               "predicted_ms", "predicted_per_second", "cache_n")},
+        "server": {**{k: timings.get(k) for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n",
+                                                  "predicted_ms", "predicted_per_second", "cache_n")},
+                   "slot_tokens": held},  # what the restored slot held: cache_n can be no more
     }
 
 
 def _answer_all(server: Server, prompts: list[dict[str, Any]], cfg: dict[str, Any], chan: Channel,
-                passname: str | None = None) -> None:
+                held: dict[str, int], passname: str | None = None) -> None:
     extra = {"pass": passname} if passname else {}
     for i, request in enumerate(prompts):
-        chan.send("prompt", index=i, **extra, **_run_prompt(server, request, cfg, chan, i))
+        chan.send("prompt", index=i, **extra, **_run_prompt(server, request, cfg, chan, i, held.get(request["kind"])))
 
 
 def run(job: dict[str, Any], chan: Channel) -> int:
@@ -231,18 +236,21 @@ def run(job: dict[str, Any], chan: Channel) -> int:
         chan.send("error", reason="model_load_failed", detail=str(exc))
         return 3
     port = free_port()
-    slot_dir = tempfile.mkdtemp(prefix="sweep-slots-") if job.get("prefixes") else None
+    # The runner's per-trial directory is the working directory, and goes however the trial ends.
+    slot_dir = os.path.abspath("slots") if job.get("prefixes") else None
+    if slot_dir:
+        os.makedirs(slot_dir, exist_ok=True)
     server = Server(server_args(cfg, program, HOST, port, slot_dir), port)
     chan.send("server", pid=server.proc.pid, port=port)
     try:
         try:
             server.wait_healthy()
-            if slot_dir:  # preparing the shared prefixes is part of getting ready: it counts in load
-                shared_prefixes(server, job["prefixes"])
+            # Preparing the shared prefixes is part of getting ready: it counts in load.
+            held = shared_prefixes(server, job["prefixes"]) if slot_dir else {}
             chan.send("phase", phase="idle", t=time.monotonic())
             time.sleep(job["idle_seconds"])
             chan.send("phase", phase="active", t=time.monotonic())
-            _answer_all(server, job["prompts"], cfg, chan)
+            _answer_all(server, job["prompts"], cfg, chan, held)
             gone = server.died()
             if gone:
                 raise ServerFailed("crashed", gone)
@@ -252,7 +260,7 @@ def run(job: dict[str, Any], chan: Channel) -> int:
             if job.get("contended"):  # as sweep.worker: the same prompts under the CPU-bound foreground
                 chan.send("phase", phase="contended", t=time.monotonic())
                 sys.stdin.readline()
-                _answer_all(server, job["prompts"], cfg, chan, passname="contended")
+                _answer_all(server, job["prompts"], cfg, chan, held, passname="contended")
             chan.send("phase", phase="done", t=time.monotonic())
         except (OSError, http.client.HTTPException, ValueError) as exc:
             time.sleep(0.2)  # a server that died mid-answer: let its exit be seen
@@ -265,8 +273,6 @@ def run(job: dict[str, Any], chan: Channel) -> int:
         return 3
     finally:
         server.stop()
-        if slot_dir:
-            shutil.rmtree(slot_dir, ignore_errors=True)
     chan.send("result", ok=True)
     return 0
 

@@ -69,7 +69,6 @@ def _row(t: Any, payload: dict[str, Any] | None) -> dict[str, Any]:
         "params": dict(t.params),
         "config_key": config_key(a.get("config")),
         "repeat": None,  # set once every row is known
-        "values": list(t.values) if ok and t.values else None,
         "by_kind": a.get("by_kind"),
         "wall_seconds": a.get("wall_seconds"),
         "measured_at": a.get("measured_at"),

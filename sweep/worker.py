@@ -20,11 +20,17 @@ from . import knobs
 from .protocol import Channel, serve
 from .records import TrialConfig
 
+
 def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
     """The tokens llama-cpp-python's chat handler evaluates for ``messages`` (one token generated).
     Whatever prefix they share with the cache is reused, as in any request without reset()."""
     out = llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
     return list(llm._input_ids[: out["usage"]["prompt_tokens"]])
+
+
+def shared_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two probes' prompts share: the fixed prefix a cache may hold."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]]) -> dict[str, Any]:
@@ -40,7 +46,7 @@ def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]]) -> 
     llm.reset()
     for kind, (a, b) in probes.items():
         ta, tb = _prompt_tokens(llm, a), _prompt_tokens(llm, b)
-        n = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+        n = shared_length(ta, tb)
         llm._ctx.kv_cache_seq_rm(-1, n, -1)
         llm.n_tokens = n
         states[kind] = llm.save_state()
