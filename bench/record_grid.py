@@ -73,7 +73,6 @@ def plan(space: Any) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], s
     of the product with the configuration key it maps to."""
     import optuna
 
-
     first: dict[str, tuple[dict[str, Any], str]] = {}
     points = []
     for params in product_points(space):

@@ -7,7 +7,7 @@ runs them. ``duplicates: repeat`` so every trial is measured. Medians over the t
 - ``spawn_import_s``: spawning the worker until it has imported llama_cpp;
 - ``load_s``: from then until the model is loaded and ready;
 - ``pre_trial_s``: from the trial's start until the worker is spawned (noise check, baseline);
-- ``idle_s``: the idle window;
+- ``idle_s``: the idle window, from the trial's phase marks (idle to active);
 - ``record_s``: recording the trial in the database (``sweep.study.record``, timed around it).
 ``--json`` prints those medians as one object.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from sweep import orchestrator
+from sweep.results import trial_series
 from sweep.space import load_space
 from sweep.tasks import load_tasks
 
@@ -58,15 +59,15 @@ def main() -> None:
         path.write_text(yaml.safe_dump(spec))
         space = load_space(path)
         url = f"sqlite:///{tmp}/studies.db"
-        orchestrator.run_study(space, url, "overhead", args.trials, load_tasks())
-        import optuna
-
-        trials = optuna.load_study(study_name="overhead", storage=url).trials
-    figs = [t.user_attrs for t in trials if "spawn_import_s" in t.user_attrs]
+        study = orchestrator.run_study(space, url, "overhead", args.trials, load_tasks()).study
+        figs = [t.user_attrs for t in study.trials if "spawn_import_s" in t.user_attrs]
+        marks = [trial_series(study, t.number, url)["series"]["marks"] for t in study.trials
+                 if "spawn_import_s" in t.user_attrs]
     out = {"spawn_import_s": statistics.median(f["spawn_import_s"] for f in figs),
            "load_s": statistics.median(f["model_load_s"] for f in figs),
            "pre_trial_s": statistics.median(f["pre_trial_s"] for f in figs),
-           "idle_s": space.settings.idle_seconds, "record_s": statistics.median(recording)}
+           "idle_s": statistics.median(m["active"] - m["idle"] for m in marks),
+           "record_s": statistics.median(recording)}
     if args.json:
         print(json.dumps(out))
         return

@@ -55,7 +55,7 @@ def calibrate(competitor: list[str] | None, baseline_s: float = 1.5, seconds: fl
               unit_mib: int = 16) -> dict[str, float]:
     """The workload's slowdown when ``competitor`` (a command, or None for nothing) starts after a
     baseline: what ``fg_cpu_slowdown`` reads against a load whose cost is known."""
-    from .metrics import percentile, work_rate
+    from .metrics import percentile, unit_seconds, work_rate
     from .procs import kill_group
 
     load = CpuLoad(threads or os.cpu_count() or 1, unit_mib)
@@ -75,8 +75,7 @@ def calibrate(competitor: list[str] | None, baseline_s: float = 1.5, seconds: fl
     settled = split + 0.2  # the competitor's start-up
     before, n_before = work_rate(samples, -float("inf"), split)
     after, n_after = work_rate(samples, settled, end)
-    units_before = [dt for t, dt, *_ in samples if t + dt < split]
-    units_after = [dt for t, dt, *_ in samples if settled <= t and t + dt <= end]
+    units_before, units_after = unit_seconds(samples, -float("inf"), split), unit_seconds(samples, settled, end)
     return {"slowdown": before / after if after else float("inf"),
             "slowdown_p95": percentile(units_after, 95) / percentile(units_before, 95)
             if units_before and units_after else float("nan"),

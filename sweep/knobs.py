@@ -43,7 +43,7 @@ def apply(c: dict[str, Any]) -> None:
         os.sched_setscheduler(0, POLICIES[policy], os.sched_param(0))
 
 
-def set_autogroup_nice(nice: int, pid: int | str = "self") -> None:
+def set_autogroup_nice(nice: int) -> None:
     """Give the process's autogroup the same nice, where the kernel groups by session.
 
     With autogroup (``/proc/sys/kernel/sched_autogroup_enabled``), the scheduler first shares the
@@ -52,7 +52,7 @@ def set_autogroup_nice(nice: int, pid: int | str = "self") -> None:
     another session; the autogroup's nice is what makes it yield.
     """
     try:
-        with open(f"/proc/{pid}/autogroup", "w") as f:
+        with open("/proc/self/autogroup", "w") as f:
             f.write(str(nice))
     except OSError:
         pass  # no autogroup here (or not ours to change): the thread's nice is all there is

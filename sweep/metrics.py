@@ -298,6 +298,11 @@ def contended_span(events: list[dict[str, Any]]) -> tuple[float, float] | None:
     return (start, marks.get("done", math.inf)) if start is not None else None
 
 
+def unit_seconds(samples: list[tuple[float, ...]], start: float, end: float) -> list[float]:
+    """The time of each foreground unit that ran wholly within [start, end]."""
+    return [dt for t, dt, *_ in samples if start <= t and t + dt <= end]
+
+
 def _units_by_process(samples: list[tuple[float, float, float, int]], start: float,
                       end: float) -> list[list[tuple[float, float, float]]]:
     """Each foreground process's units wholly within [start, end], as (start, end, its CPU clock at
@@ -338,8 +343,7 @@ def cpu_load_figures(samples: list[tuple[float, float, float, int]], events: lis
     rate, n = work_rate(samples, *span)
     if not n_base or not n or rate <= 0:
         return {}
-    base = [dt for t, dt, *_ in samples if t + dt < marks["start"]]
-    inside = [dt for t, dt, *_ in samples if span[0] <= t and t + dt <= span[1]]
+    base, inside = unit_seconds(samples, -math.inf, marks["start"]), unit_seconds(samples, *span)
     f = {"fg_cpu_slowdown": base_rate / rate,
          "fg_cpu_slowdown_p95": percentile(inside, 95) / percentile(base, 95),
          "fg_cpu_baseline_unit_ms": 1000 * percentile(base, 50), "n_fg_cpu_baseline": n_base, "n_fg_cpu_contended": n}

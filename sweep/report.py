@@ -17,7 +17,7 @@ from .metrics import METRICS
 from .records import StudyMeta
 from .fleet import describe_class
 from .results import pareto_front, rows, trial_series
-from .timeline import _PHASE_COLOUR, FG_LABEL, cpu_budgets, fg_points, phase_spans, seconds, share_of_machine
+from .timeline import _PHASE_COLOUR, cpu_budgets, fg_label, fg_points, phase_spans, seconds, share_of_machine
 
 
 def _front_chart(study: Any) -> Any:
@@ -87,7 +87,7 @@ def _timeline_chart(series: dict[str, Any], budgets: dict[str, Any], title: str)
     fts, fms = fg_points(series)
     if fts:  # the user's side, on its own axis
         fig.add_trace(go.Scatter(x=fts, y=fms, mode="markers", marker_size=4, yaxis="y2",
-                                 name=FG_LABEL.get(series.get("fg_kind", ""), "foreground") + " (ms)"))
+                                 name=fg_label(series) + " (ms)"))
         fig.update_layout(yaxis2=dict(title="foreground ms per unit", overlaying="y", side="right", rangemode="tozero"))
     fig.update_layout(title=f"{title}: CPU timeline (W = {series['window_s'] * 1000:.0f} ms; shaded by phase)",
                       xaxis_title="seconds", yaxis_title="% of machine", yaxis_range=[0, 105], height=360)

@@ -254,23 +254,22 @@ def _choices(spec: SpaceFile, name: str) -> list[Any]:
 
 def _check_backend(path: Path, spec: SpaceFile) -> None:
     """llama.cpp's own knobs only with the server backend; what the server backend cannot do, refused."""
-    backends = _choices(spec, "backend")
-    if "server" not in backends:
+    def key(name: str) -> str:
+        return f"{path}: {'params' if name in spec.params else 'fixed'}.{name}"
+
+    if "server" not in _choices(spec, "backend"):
         for name in SERVER_KNOBS:
-            where = "params" if name in spec.params else "fixed"
             if name in spec.params or spec.fixed.get(name) is not None:
-                raise SpaceError(f"{path}: {where}.{name}: {name} is a llama-server knob and this space runs only the "
+                raise SpaceError(f"{key(name)}: {name} is a llama-server knob and this space runs only the "
                                  "python backend (add backend: [server] or [python, server])")
         return
     for name in ("pace_tps", "pace_duty"):
         if any(v is not None for v in _choices(spec, name)):
-            where = "params" if name in spec.params else "fixed"
-            raise SpaceError(f"{path}: {where}.{name}: llama-server cannot pace decoding (it streams as fast as it "
+            raise SpaceError(f"{key(name)}: llama-server cannot pace decoding (it streams as fast as it "
                              "computes); pacing needs backend: python")
     missing = tools_problem()  # last: what the space asks is checked even where the tools are not built
     if missing:
-        where = "params" if "backend" in spec.params else "fixed"
-        raise SpaceError(f"{path}: {where}.backend: server: {missing}")
+        raise SpaceError(f"{key('backend')}: server: {missing}")
 
 
 def _check_producible(where: str, name: str, trial: TrialBlock) -> None:

@@ -19,6 +19,11 @@ FG_LABEL = {"cpu": "CPU-bound foreground: time per unit", "interactive": "intera
 _FG_STEPS = [(1.05, "."), (1.25, "-"), (1.5, "+"), (float("inf"), "#")]
 
 
+def fg_label(series: dict[str, Any]) -> str:
+    """What the series' foreground row shows: the probe's wake-ups or the CPU-bound workload's units."""
+    return FG_LABEL.get(series.get("fg_kind", ""), "foreground")
+
+
 def fg_points(series: dict[str, Any]) -> tuple[list[float], list[float]]:
     """The foreground's time per unit (ms) in the windows where a unit ended, on ``seconds``' clock."""
     pairs = [(t, v) for t, v in zip(seconds(series), series.get("fg_unit_ms") or []) if v is not None]
@@ -108,7 +113,7 @@ def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]],
     rows.append(f"LLM CPU as % of the machine ({series['ncpu']} CPUs); W={w_ms:.0f} ms, {per} window(s) per column "
                 "(max); B baseline L load I idle A active P prefill D decode b between C contended E done | transition")
     if base:
-        rows.append(f"fg: {FG_LABEL.get(series.get('fg_kind', ''), 'foreground')} against its baseline "
+        rows.append(f"fg: {fg_label(series)} against its baseline "
                     f"({base:.1f} ms): . <=1.05x  - <=1.25x  + <=1.5x  # more (worst window per column)")
     return "\n".join(rows)
 
@@ -140,7 +145,7 @@ def png_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]], p
     fts, fms = fg_points(series)
     if fts:
         fg = ax.twinx()
-        fg.plot(fts, fms, ".", ms=3, color="#1e8449", label=FG_LABEL.get(series.get("fg_kind", ""), "foreground"))
+        fg.plot(fts, fms, ".", ms=3, color="#1e8449", label=fg_label(series))
         fg.set_ylabel("foreground ms per unit", color="#1e8449")
         fg.set_ylim(0, max(fms) * 1.1)
         fg.legend(loc="upper right", fontsize=8)

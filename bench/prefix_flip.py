@@ -1,0 +1,89 @@
+"""Why a cached prefix can change an answer: ``python bench/prefix_flip.py [ITEMS] [MODEL]``.
+
+Starts llama-server (``sweep tools build``) as a ``prefix_cache: shared`` trial does, on MODEL
+(``name:quant``, default the 1.5B model at Q4_K_M), 3-shot grammar, 2 threads, and asks each of
+ITEMS items (default 10, the kinds in turn) twice: cold, and after restoring its kind's saved
+prefix. For every item whose two answers differ it prints, position by position up to where they
+part, the top three tokens with their log-probabilities both ways, and the largest change in the
+log-probability of a token both lists share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from sweep.models import Registry
+from sweep.prompts import prefix_probes, request_for
+from sweep.records import TrialConfig
+from sweep.server import request_body, server_args
+from sweep.server_worker import HOST, Server, free_port, shared_prefixes
+from sweep.tasks import load_tasks, stratified_subset
+from sweep.tools import binary
+
+
+def ask(server: Server, body: dict, cached: bool, kind: str) -> tuple[str, list[dict]]:
+    if cached:
+        server.post("/slots/0?action=restore", {"filename": f"{kind}.bin"})
+    reply = server.post("/v1/chat/completions", {**body, "stream": False, "cache_prompt": cached,
+                                                 "logprobs": True, "top_logprobs": 3})
+    choice = reply["choices"][0]
+    return choice["message"]["content"], choice["logprobs"]["content"]
+
+
+def _top(position: dict) -> dict[tuple[int, str], float]:
+    """A position's top tokens by (id, text): two tokens can print alike (the end of a turn and an
+    empty piece both print as '')."""
+    return {(x["id"], x["token"]): x["logprob"] for x in position["top_logprobs"]}
+
+
+def main() -> None:
+    items = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    name, _, quant = (sys.argv[2] if len(sys.argv) > 2 else "qwen2.5-coder-1.5b:Q4_K_M").partition(":")
+    mf = Registry().resolve(name, quant or Registry().quants(name)[0])
+    c = TrialConfig(model=mf.name, quant=mf.quant, model_path=str(mf.path), chat_format=mf.chat_format, n_threads=2,
+                    n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048, max_tokens=32, shots=3,
+                    output="grammar", prefix_cache="shared", backend="server").to_dict()
+    tasks = stratified_subset(load_tasks(), items)
+    with tempfile.TemporaryDirectory() as slots:
+        # The server logs to this process's stdout (as in a trial, where that is the worker's log):
+        # send it to a file, and this script's lines to the real stdout.
+        out = os.fdopen(os.dup(1), "w", buffering=1)
+        sys.stdout.flush()
+        with open(os.path.join(slots, "server.log"), "w") as log:
+            os.dup2(log.fileno(), 1)
+        port = free_port()
+        server = Server(server_args(c, str(binary("llama-server")), HOST, port, slots), port)
+        try:
+            server.wait_healthy()
+            shared_prefixes(server, {k: prefix_probes(k, 3, "grammar") for k in sorted({t.kind for t in tasks})})
+            differ = 0
+            for t in tasks:
+                body = request_body(request_for(t, 3, "grammar"), c)
+                (cold, cold_lp), (warm, warm_lp) = (ask(server, body, cached, t.kind) for cached in (False, True))
+                if cold == warm:
+                    continue
+                differ += 1
+                print(f"\n{t.kind} {t.id}: cold {cold!r}, cached prefix {warm!r}", file=out)
+                moved = 0.0
+                for a, b in zip(cold_lp, warm_lp):
+                    top_a, top_b = _top(a), _top(b)
+                    moved = max([moved, *(abs(top_a[k] - top_b[k]) for k in top_a.keys() & top_b.keys())])
+                    print(f"  cold {[(k[1], round(v, 3)) for k, v in top_a.items()]}\n"
+                          f"  warm {[(k[1], round(v, 3)) for k, v in top_b.items()]}", file=out)
+                    if (a.get("id"), a["token"]) != (b.get("id"), b["token"]):
+                        break
+                print(f"  largest change of a shared top-3 token's log-probability up to the parting: {moved:.3f}",
+                      file=out)
+            print(f"\n{mf.name}:{mf.quant}, {len(tasks)} items, 3-shot grammar: {differ} answered differently",
+                  file=out)
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    from sweep.hostlock import measurement_lock
+
+    with measurement_lock("bench/prefix_flip.py", on_wait=print):  # never beside another measurement
+        main()
