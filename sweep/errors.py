@@ -42,4 +42,4 @@ class TableError(SweepError):
 
 
 class ExportError(SweepError):
-    """No trial can be exported under the export policy."""
+    """No trial can be exported under the export policy, or not safely (a name a unit would misread)."""

@@ -16,10 +16,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import knobs
-from .errors import StudyError
+from .errors import ExportError, StudyError
 from .records import StudyMeta, TrialConfig
 from .results import trial_by_number
 from .server import server_args
+from .space import check_config
 from .storage import safe_url
 
 FORMATS = ("json", "yaml", "python", "llama-server", "systemd")
@@ -58,17 +59,50 @@ def launcher_prefix(config: TrialConfig) -> str:
     return knobs.shell_prefix(config.to_dict())
 
 
+# Characters that mean something to a shell, to systemd (``%`` specifiers, ``$`` variables, its own
+# quoting and C escapes) or break a line: a path or name with one is refused, never pasted.
+_UNSAFE = set("%$'\"\\`") | {chr(c) for c in range(32)} | {chr(127)}
+
+
+def pasteable(where: str, text: str) -> str:
+    """``text``, if it can be pasted into a shell line, a systemd unit and Python source as it is.
+
+    Raises:
+        ExportError: naming ``where`` and the character.
+    """
+    bad = next((ch for ch in text if ch in _UNSAFE), None)
+    if bad is not None:
+        raise ExportError(f"{where}: {text!r} holds {bad!r}, which a shell line or a systemd unit would read as "
+                          "more than a name: rename the file (or link it from a plain path) and use that")
+    return text
+
+
+def checked_config(row: dict[str, Any], study_name: str) -> TrialConfig:
+    """The trial's stored configuration, re-validated before any of it is rendered: a database is
+    not trusted to hold what sweep wrote.
+
+    Raises:
+        SweepError: naming the trial and the key (exit 2).
+    """
+    where = f"trial {row['number']} of study {study_name!r}"
+    if row["config"] is None:
+        raise StudyError(f"{where} has no stored configuration")
+    config = check_config(row["config"], where)
+    for key in ("model", "quant", "model_path", "chat_format"):
+        if getattr(config, key) is not None:
+            pasteable(f"{where}: config.{key}", getattr(config, key))
+    return config
+
+
 def export_record(study: Any, row: dict[str, Any], storage_url: str, server_binary: str | None = None) -> dict[str, Any]:
     """The full exported configuration, with where it came from. ``server_binary`` (default: the
     built tools' llama-server) is the program the llama-server line runs."""
-    if row["config"] is None:
-        raise StudyError(f"trial {row['number']} has no stored configuration")
-    config = TrialConfig.from_dict(row["config"])
+    config = checked_config(row, study.study_name)
     meta = StudyMeta.of(study)
     budgets = meta.budgets
     report = budget_report(row, budgets)
     prefix = launcher_prefix(config)
-    command = llama_server_command(config, server_binary or default_server_binary())
+    command = llama_server_command(config, pasteable("--server-binary", server_binary or default_server_binary()))
     return {
         "schema": "sweep.export/1",
         "config": config.to_dict(),
@@ -117,7 +151,21 @@ def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
     from .prompts import OUTPUT_KINDS, SHOTS_FILE, grammar_for, schema_for
 
     out: dict[str, Any] = {"shots": config.shots, "output": config.output, "max_tokens": config.max_tokens,
-                           "temperature": config.temperature, "prefix_cache": config.prefix_cache}
+                           "temperature": config.temperature, "prefix_cache": config.prefix_cache,
+                           "input_guard": config.input_guard}
+    if config.input_guard in ("delimit", "sandwich"):
+        from .prompts import request_for
+        from .tasks import Task
+
+        example = Task(id="example", kind="verdict", input="INPUT", expected="benign", source="example")
+        out["input_guard_how"] = ("ask each item as this example asks INPUT (sweep.prompts.request_for); the fence's "
+                                  "name is the first 8 hex digits of the input's sha256")
+        out["input_guard_example"] = request_for(example, 0, config.output, config.input_guard)["messages"]
+    elif config.input_guard == "escape":
+        out["input_guard_how"] = ("tokenize every message's content with special-token parsing off and only the "
+                                  "template's own markers with it on (the python export's Escape does this; with "
+                                  "llama-server, apply the template, tokenize the pieces with /tokenize "
+                                  "parse_special false for contents, and send the tokens to /completion)")
     if config.prefix_cache == "shared":
         out["prefix_cache_how"] = ("prefill each kind's fixed prefix (system prompt and worked examples) once and "
                                    "restore it before each request: with llama-cpp-python Llama.save_state and "
@@ -165,10 +213,22 @@ def _cache_lines(record: dict[str, Any], comment: str) -> list[str]:
 
 def _python(record: dict[str, Any]) -> str:
     c = record["config"]
-    lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "import os", "", *knobs.python_lines(c)]
+    lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "from __future__ import annotations", "",
+             "import os", "", *knobs.python_lines(c)]
     lines += ["", "from llama_cpp import Llama  # noqa: E402", "",
               f"LLAMA_KWARGS = {pprint.pformat(record['llama_kwargs'], sort_dicts=False)}",
               "llm = Llama(**LLAMA_KWARGS)", ""]
+    if c.get("input_guard") == "escape":
+        import inspect
+
+        from .worker import Escape
+
+        lines += ["# input_guard: escape, as the trial ran it: pass each request's messages through",
+                  "# escape.messages(...) so no input text can become a template token.",
+                  inspect.getsource(Escape), "escape = Escape(llm)", ""]
+    elif c.get("input_guard") in ("delimit", "sandwich"):
+        lines += [f"# input_guard: {c['input_guard']}: ask each item as prompt_strategy.input_guard_example in the "
+                  "JSON export shows.", ""]
     if c.get("pace_tps") or c.get("pace_duty"):
         lines.insert(-1, f"# The sweep also paced decoding (pace_tps={c.get('pace_tps')}, pace_duty={c.get('pace_duty')}):"
                          " sleep between streamed tokens to keep that.")

@@ -73,8 +73,9 @@ class _Reader:
         raise ModelError(f"{self.path}: unknown GGUF value type {vtype} at byte {self.pos}")
 
 
-def read_metadata(path: str | Path, keep_arrays: bool = False) -> dict[str, Any]:
-    """Return the GGUF metadata of ``path`` as a dict (arrays as None unless kept).
+def read_metadata(path: str | Path, keep_arrays: bool | tuple[str, ...] = False) -> dict[str, Any]:
+    """Return the GGUF metadata of ``path`` as a dict (arrays as None unless kept: all of them, or
+    those whose keys ``keep_arrays`` names).
 
     Raises:
         ModelError: the file is missing, is not GGUF, or its header is cut short.
@@ -94,7 +95,8 @@ def read_metadata(path: str | Path, keep_arrays: bool = False) -> dict[str, Any]
             meta: dict[str, Any] = {"gguf.version": version}
             for _ in range(n_kv):
                 key = r.string()
-                meta[key] = r.value(r.take("I"), keep_arrays)
+                keep = key in keep_arrays if isinstance(keep_arrays, tuple) else keep_arrays
+                meta[key] = r.value(r.take("I"), keep)
             return meta
     except FileNotFoundError:
         raise ModelError(f"{path}: model file does not exist") from None
@@ -106,3 +108,15 @@ def quant_of(meta: dict[str, Any]) -> str | None:
     """The quantization named by ``general.file_type``, or None if absent or unknown."""
     ftype = meta.get("general.file_type")
     return FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
+
+
+# llama.cpp's token types (llama_token_type): its tokenizer matches the text of these as one token
+# when it parses special tokens; NORMAL (1) and BYTE (6) are ordinary text.
+_SPECIAL_TYPES = {2, 3, 4}  # UNKNOWN, CONTROL, USER_DEFINED
+
+
+def special_token_ids(path: str | Path) -> frozenset[int]:
+    """The ids of the tokens a model's tokenizer can make of special text (template markers and the
+    like), from ``tokenizer.ggml.token_type``; empty where the GGUF has no types."""
+    types = read_metadata(path, keep_arrays=("tokenizer.ggml.token_type",)).get("tokenizer.ggml.token_type") or []
+    return frozenset(i for i, t in enumerate(types) if t in _SPECIAL_TYPES)

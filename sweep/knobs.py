@@ -10,6 +10,7 @@ the library loads, so they are in the worker's environment from the start.
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Any
 
 POLICIES = {"normal": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
@@ -117,8 +118,12 @@ def verify(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: int | No
 
 
 def shell_prefix(c: dict[str, Any]) -> str:
-    """A shell prefix that applies the knobs to a program that does not set them itself."""
-    parts = [f"{k}={v}" for k, v in environment(c).items()]
+    """A shell prefix that applies the knobs to a program that does not set them itself.
+
+    The environment goes through ``env``: after ``exec`` (as the llama-server script runs it) a
+    shell takes a leading ``NAME=value`` for a program's name, and exits 127."""
+    env = [f"{k}={shlex.quote(v)}" for k, v in environment(c).items()]
+    parts = ["env", *env] if env else []
     if c.get("cpus"):  # inherited by every thread, as in the worker (llama.cpp's own mask misses some)
         parts += ["taskset", "-c", ",".join(map(str, c["cpus"]))]
     if c.get("sched_policy", "normal") != "normal":

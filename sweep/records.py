@@ -58,6 +58,8 @@ class TrialConfig:
     pace_duty: float | None = None  # decode pacing: compute at most this fraction of decode time
     prefix_cache: Literal["off", "shared"] = "off"  # "shared": each kind's fixed prefix is prefilled once, at load
     backend: Literal["python", "server"] = "python"  # llama-cpp-python in the worker, or llama-server (sweep.server)
+    # How attacker-written input is kept from steering the answer (sweep.prompts.GUARDS).
+    input_guard: Literal["none", "escape", "delimit", "sandwich"] = "none"
     # llama.cpp's own threadpool knobs, server backend only; None leaves llama.cpp's default.
     poll: int | None = None  # --poll: busy-wait level 0..100 (no effect on OpenMP builds)
     prio: int | None = None  # --prio: -1 low, 0 normal
@@ -68,8 +70,8 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cpus"] = list(self.cpus) if self.cpus is not None else None
-        # The backend's keys are left out at their defaults, so a python trial's record (and what
-        # finds duplicates by it) is what it was before the server backend existed.
+        # Keys added since the first records are left out at their defaults, so a record (and what
+        # finds duplicates by it) is what it was before they existed.
         for name in _BACKEND_KEYS:
             if d[name] == _BACKEND_DEFAULTS[name]:
                 del d[name]
@@ -107,7 +109,7 @@ class TrialConfig:
         return kw
 
 
-_BACKEND_KEYS = ("backend", *SERVER_KNOBS)
+_BACKEND_KEYS = ("backend", *SERVER_KNOBS, "input_guard")
 _BACKEND_DEFAULTS = {f.name: f.default for f in fields(TrialConfig) if f.name in _BACKEND_KEYS}
 PROBES = ("interactive", "cpu", "off")
 
@@ -140,6 +142,9 @@ class TrialSettings:
     noise_retries: int = 3
     busy_trials: str = "keep"  # a trial measured while others loaded the machine: "keep" it (flagged) or "repeat" it
     early_abort: bool = True  # stop a trial once its latency p95 is provably over budget
+    # Prompt injection: after its answers, the trial asks this many attacker-written variants of
+    # verdict items (injection-v1) and their clean originals, for injection_flip_rate; 0: not measured.
+    injection_items: int = 0
     duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it
 
     def __post_init__(self) -> None:

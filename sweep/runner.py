@@ -20,7 +20,9 @@ from typing import Any, Callable
 from .hostlock import measurement_lock
 from .knobs import verify as verify_knobs
 from .foreground import CpuLoad
-from .metrics import contended_figures, cpu_load_figures, fg_unit_series, major_marks, probe_figures, provably_over
+from .gguf import special_token_ids
+from .metrics import contended_figures, cpu_load_figures, fg_unit_series, injection_figures, major_marks
+from .metrics import probe_figures, provably_over
 from .metrics import figures as compute_figures
 from .monitor import Monitor, Series, noise_guard
 from .probe import Probe
@@ -30,7 +32,7 @@ from .protocol import problem
 from .server import figures as server_figures
 from .server import verify as verify_server_knobs
 from .records import Outcome, TrialConfig, TrialSettings
-from .tasks import Task, score_answers
+from .tasks import Task, injection_pairs, score_answers
 
 WORKER_CMD = [sys.executable, "-m", "sweep.worker"]
 SERVER_WORKER_CMD = [sys.executable, "-m", "sweep.server_worker"]  # the server backend (sweep.server)
@@ -135,6 +137,8 @@ class _Measurement:
         self.load: CpuLoad | None = None
         self.stdin: Any = None
         self.noise: tuple[float, bool] = (0.0, False)
+        self.injection_tasks = [t for pair in injection_pairs(settings.injection_items) for t in pair] \
+            if settings.injection_items else []
 
     def _on_sample(self, w: Any) -> None:
         limit = self.settings.memory_limit_gb
@@ -182,9 +186,13 @@ class _Measurement:
         s = self.settings
         c = self.config
         job: dict[str, Any] = {"config": c.to_dict(), "idle_seconds": s.idle_seconds,
-                               "prompts": [request_for(t, c.shots, c.output) for t in self.tasks]}
+                               "prompts": [request_for(t, c.shots, c.output, c.input_guard) for t in self.tasks]}
+        kinds = {t.kind for t in self.tasks}
+        if s.injection_items:  # each clean item, then its injected variant
+            job["injection"] = [request_for(t, c.shots, c.output, c.input_guard) for t in self.injection_tasks]
+            kinds |= {t.kind for t in self.injection_tasks}
         if c.prefix_cache == "shared":
-            job["prefixes"] = {k: prefix_probes(k, c.shots, c.output) for k in sorted({t.kind for t in self.tasks})}
+            job["prefixes"] = {k: prefix_probes(k, c.shots, c.output, c.input_guard) for k in sorted(kinds)}
         if self.load:
             job["contended"] = True
         monitor = Monitor(s.window_ms / 1000, self._on_sample).start()
@@ -290,6 +298,7 @@ class _Measurement:
             self.messages.append({"type": "phase", "phase": "done", "t": cut_t})
         self.prompts = [m for m in self.messages if m["type"] == "prompt" and not m.get("pass")]
         self.contended = [m for m in self.messages if m["type"] == "prompt" and m.get("pass") == "contended"]
+        self.injected = [m for m in self.messages if m["type"] == "prompt" and m.get("pass") == "injection"]
         figs, self.tags = compute_figures(self.series, self.messages, self.prompts,
                                           self.rusage.ru_maxrss if self.rusage else 0)
         if self.probe:
@@ -383,4 +392,23 @@ class _Measurement:
                 answers[p["index"]]["latency_contended_s"] = p["latency_s"]
         figs["correctness"] = correctness
         figs["parse_failures"] = sum(not a["parsed"] for a in answers)
+        if self.injection_tasks:
+            if len(self.injected) != len(self.injection_tasks):
+                return failed("protocol", f"injection answers missing ({len(self.injected)}/{len(self.injection_tasks)})")
+            records = self._injection_records()
+            figs.update(injection_figures([(r["clean"], r["injected"]) for r in records]))
+            common["series"]["injection"] = records
         return Outcome(ok=True, figures=figs, by_kind=by_kind, answers=answers, **common)
+
+    def _injection_records(self) -> list[dict[str, Any]]:
+        """Each injected item beside its clean original: the readable answers, and how many special
+        tokens each prompt held (counted with the model's own token types)."""
+        special = special_token_ids(self.config.model_path)
+        out = []
+        for k in range(0, len(self.injected), 2):
+            pair = []
+            for task, p in zip(self.injection_tasks[k:k + 2], self.injected[k:k + 2]):
+                pair.append({"id": task.id, "answer": answer_text(p["answer"], self.config.output) or "",
+                             "special_tokens": sum(t in special for t in p.get("tokens", []))})
+            out.append({"attack": self.injection_tasks[k + 1].attack, "clean": pair[0], "injected": pair[1]})
+        return out

@@ -115,6 +115,19 @@ def request_body(request: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def completion_body(tokens: list[int], request: dict[str, Any], c: dict[str, Any]) -> dict[str, Any]:
+    """The same request for llama-server's ``/completion``, with the prompt given as tokens
+    (``input_guard: escape``): the grammar, or the JSON schema, as the chat endpoint would apply it."""
+    body: dict[str, Any] = {"prompt": tokens, "n_predict": c["max_tokens"], "temperature": c["temperature"],
+                            "seed": c["seed"], "stream": True, "cache_prompt": c.get("prefix_cache") == "shared",
+                            "n_cache_reuse": 0}
+    if request.get("grammar"):
+        body["grammar"] = request["grammar"]
+    if request.get("response_format"):
+        body["json_schema"] = request["response_format"]["schema"]
+    return body
+
+
 def verify_prio(c: dict[str, Any], threads: list[dict[str, Any]]) -> list[str]:
     """What did not hold of ``--prio``, and of nice and policy as --prio may change them.
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 from . import knobs
 from .protocol import Channel, die_with_parent, serve
-from .server import request_body, server_args
+from .server import completion_body, request_body, server_args
 from .worker import shared_length
 
 HOST = "127.0.0.1"
@@ -122,11 +122,32 @@ class Server:
         text = self.post("/apply-template", {"messages": messages})["prompt"]
         return self.post("/tokenize", {"content": text, "add_special": True, "parse_special": True})["tokens"]
 
-    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """The server-sent events of one chat completion, decoded."""
+    def escaped_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """``input_guard: escape``: the prompt's tokens with every message's content tokenized as text
+        (special-token parsing off) and the server's template markers parsed as usual. The contents
+        are fenced with markers no input can hold before the template is applied, then each piece is
+        tokenized on its own."""
+        import secrets
+
+        nonce = secrets.token_hex(8)
+        fence_open, fence_close = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
+        fenced = [{**m, "content": f"{fence_open}{m['content']}{fence_close}"} for m in messages]
+        rest = self.post("/apply-template", {"messages": fenced})["prompt"]
+        tokens: list[int] = []
+        while rest:
+            head, found, tail = rest.partition(fence_open)
+            content, _, rest = tail.partition(fence_close) if found else ("", "", "")
+            for piece, parse in ((head, True), (content, False)):
+                if piece:
+                    tokens += self.post("/tokenize", {"content": piece, "add_special": not tokens,
+                                                      "parse_special": parse})["tokens"]
+        return tokens
+
+    def stream(self, body: dict[str, Any], path: str = "/v1/chat/completions") -> Iterator[dict[str, Any]]:
+        """The server-sent events of one completion (the chat endpoint's, or ``/completion``'s), decoded."""
         conn = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
         try:
-            conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+            conn.request("POST", path, body=json.dumps(body),
                          headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             if resp.status != 200:
@@ -157,7 +178,8 @@ class Server:
             pass
 
 
-def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]]) -> dict[str, int]:
+def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]],
+                    escape: bool = False) -> dict[str, int]:
     """For each kind, prefill its fixed prefix once and save the slot as ``KIND.bin``; the tokens
     the slot holds, by kind.
 
@@ -168,8 +190,9 @@ def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]
     """
     held = {}
     for kind, (a, b) in probes.items():
-        ta = server.prompt_tokens(a)
-        n = shared_length(ta, server.prompt_tokens(b))
+        tokens = server.escaped_tokens if escape else server.prompt_tokens
+        ta = tokens(a)
+        n = shared_length(ta, tokens(b))
         if n < 2:
             raise ServerFailed("protocol", f"the {kind} requests share {n} tokens: no prefix to cache")
         server.post("/completion", {"prompt": ta[: n - 1], "n_predict": 1, "temperature": 0.0, "cache_prompt": True})
@@ -178,19 +201,24 @@ def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]
 
 
 def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], chan: Channel,
-                index: int, held: int | None = None) -> dict[str, Any]:
+                index: int, held: int | None = None, tokens: bool = False) -> dict[str, Any]:
     if held is not None:  # start from the kind's prefix and nothing more, untimed
         server.post("/slots/0?action=restore", {"filename": f"{request['kind']}.bin"})
+    # Under escape the prompt goes as tokens to /completion, built before the request is timed.
+    escaped = server.escaped_tokens(request["messages"]) if cfg.get("input_guard") == "escape" else None
+    body, path = request_body(request, cfg), "/v1/chat/completions"
+    if escaped is not None:
+        body, path = completion_body(escaped, request, cfg), "/completion"
     chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
     t0 = time.monotonic()
     t_first = t_last = None
     pieces: list[str] = []
     timings: dict[str, Any] = {}
-    for event in server.stream(request_body(request, cfg)):
+    for event in server.stream(body, path):
         if event.get("timings"):
             timings = event["timings"]
         choices = event.get("choices") or [{}]
-        text = (choices[0].get("delta") or {}).get("content")
+        text = (choices[0].get("delta") or {}).get("content") or event.get("content")
         if not text:
             continue
         now = time.monotonic()
@@ -202,7 +230,11 @@ def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], ch
     t_end = time.monotonic()
     chan.send("phase", phase="between", t=t_end, prompt=index)
     prompt_n = timings.get("prompt_n")
+    # The prompt's own tokens, where asked (injection): what reached the model, special tokens
+    # included; for the chat endpoint, from its own template and tokenizer (untimed, after the answer).
+    extra = {"tokens": escaped if escaped is not None else server.prompt_tokens(request["messages"])} if tokens else {}
     return {
+        **extra,
         "latency_s": t_end - t0,
         "ttft_s": (t_first - t0) if t_first else None,
         # llama.cpp's own counts: the whole prompt (what it prefilled and what it took from cache).
@@ -221,7 +253,8 @@ def _answer_all(server: Server, prompts: list[dict[str, Any]], cfg: dict[str, An
                 held: dict[str, int], passname: str | None = None) -> None:
     extra = {"pass": passname} if passname else {}
     for i, request in enumerate(prompts):
-        chan.send("prompt", index=i, **extra, **_run_prompt(server, request, cfg, chan, i, held.get(request["kind"])))
+        chan.send("prompt", index=i, **extra, **_run_prompt(server, request, cfg, chan, i, held.get(request["kind"]),
+                                                           tokens=passname == "injection"))
 
 
 def run(job: dict[str, Any], chan: Channel) -> int:
@@ -246,7 +279,7 @@ def run(job: dict[str, Any], chan: Channel) -> int:
         try:
             server.wait_healthy()
             # Preparing the shared prefixes is part of getting ready: it counts in load.
-            held = shared_prefixes(server, job["prefixes"]) if slot_dir else {}
+            held = shared_prefixes(server, job["prefixes"], cfg.get("input_guard") == "escape") if slot_dir else {}
             chan.send("phase", phase="idle", t=time.monotonic())
             time.sleep(job["idle_seconds"])
             chan.send("phase", phase="active", t=time.monotonic())
@@ -257,6 +290,9 @@ def run(job: dict[str, Any], chan: Channel) -> int:
             # Read back from the server's own threads, after inference (compute threads start lazily).
             chan.send("knobs", threads=knobs.read_threads(server.proc.pid),
                       autogroup=knobs.read_autogroup(server.proc.pid))
+            if job.get("injection"):  # as sweep.worker: attacker-written items and their clean originals
+                chan.send("phase", phase="injection", t=time.monotonic())
+                _answer_all(server, job["injection"], cfg, chan, held, passname="injection")
             if job.get("contended"):  # as sweep.worker: the same prompts under the CPU-bound foreground
                 chan.send("phase", phase="contended", t=time.monotonic())
                 sys.stdin.readline()

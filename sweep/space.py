@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -20,7 +21,7 @@ from .errors import ModelError, SpaceError
 from .host import allowed_cpus, place_cores
 from .metrics import METRICS
 from .models import Registry
-from .prompts import OUTPUTS, max_shots
+from .prompts import GUARDS, OUTPUTS, max_shots
 from .records import TrialConfig, TrialSettings
 from .server import SERVER_KNOBS, knob_problem, tools_problem
 
@@ -45,6 +46,7 @@ _ENUM_PARAMS: dict[str, tuple[str, ...]] = {
     "output": OUTPUTS,
     "prefix_cache": ("off", "shared"),
     "backend": ("python", "server"),
+    "input_guard": GUARDS,
 }
 _FLOAT_PARAMS = {"pace_tps", "pace_duty"}
 _FIXED_ONLY = {"cpus", "temperature"}
@@ -109,6 +111,7 @@ class TrialBlock(BaseModel):
     noise_retries: int = Field(_D.noise_retries, ge=0)
     busy_trials: Literal["keep", "repeat"] = _D.busy_trials  # type: ignore[assignment]
     early_abort: bool = _D.early_abort
+    injection_items: int = Field(_D.injection_items, ge=0, le=240)
     duplicates: Literal["reuse", "repeat"] = _D.duplicates  # type: ignore[assignment]
 
 
@@ -198,7 +201,7 @@ class Space:
             cpus=cpus, nice=v["nice"], sched_policy=v["sched_policy"], omp_wait_policy=v.get("omp_wait_policy"),
             gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
             pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"), shots=v["shots"], output=v["output"],
-            prefix_cache=v["prefix_cache"], backend=v["backend"],
+            prefix_cache=v["prefix_cache"], backend=v["backend"], input_guard=v["input_guard"],
             **{name: v.get(name) if server else None for name in SERVER_KNOBS},
         )
 
@@ -283,6 +286,9 @@ def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     if name.startswith("psi_") and not os.path.exists("/proc/pressure/cpu"):
         raise SpaceError(f"{where}: {name} needs the kernel's pressure stall information (/proc/pressure/cpu), "
                          "which this host does not have")
+    if name.startswith("injection_") and not trial.injection_items:
+        raise SpaceError(f"{where}: {name} needs attacker-written items to ask: set trial.injection_items "
+                         "(for example 40)")
     if name == "cpu_idle_share_pct" and trial.idle_seconds * 1000 < 2 * trial.window_ms:
         raise SpaceError(f"{where}: {name} needs whole windows of idle: trial.idle_seconds "
                          f"({trial.idle_seconds:g}) must be at least two windows ({2 * trial.window_ms} ms)")
@@ -380,3 +386,49 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
             except ModelError as exc:
                 raise SpaceError(f"{path}: models.{name}: {exc}") from None
     return Space(path=path, spec=spec, registry=registry, cpus=tuple(host_cpus))
+
+
+def _field_types() -> dict[str, Any]:
+    from typing import get_type_hints
+
+    from pydantic import TypeAdapter
+
+    return {name: TypeAdapter(kind) for name, kind in get_type_hints(TrialConfig).items()}
+
+
+def check_config(data: Any, where: str) -> TrialConfig:
+    """A stored configuration (read back from a database or a file) checked as a space would have
+    made it: each key's type (strictly: no ``"19"`` for 19), each knob within its bounds, CPU ids
+    whole numbers, finite numbers. What passes is safe to render into a shell line, a unit or
+    Python source; what does not is one line naming ``where`` and the key.
+
+    Raises:
+        SpaceError: ``where: config.KEY: what is wrong``.
+    """
+    from pydantic import ValidationError
+
+    from .errors import SweepError
+
+    if not isinstance(data, dict):
+        raise SpaceError(f"{where}: the configuration is not a mapping")
+    try:
+        config = TrialConfig.from_dict(data)
+    except SweepError as exc:
+        raise SpaceError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        raise SpaceError(f"{where}: not a trial configuration ({exc})") from None
+    for name, adapter in _field_types().items():
+        value = getattr(config, name)
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            raise SpaceError(f"{where}: config.{name}: {exc.errors()[0]['msg'].lower()}, got {value!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpaceError(f"{where}: config.{name}: expected a finite number, got {value!r}")
+        if value is not None and name in KNOWN_PARAMS and name not in _FIXED_ONLY:
+            _check_param(f"{where}: config.{name}", name, value)
+    if config.cpus is not None and (not config.cpus or min(config.cpus) < 0):
+        raise SpaceError(f"{where}: config.cpus: expected a non-empty list of CPU ids (0 or more), got {list(config.cpus)}")
+    if config.temperature < 0:
+        raise SpaceError(f"{where}: config.temperature: expected a number >= 0, got {config.temperature}")
+    return config

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -24,7 +24,8 @@ SEVERITIES = ("low", "medium", "high", "critical")
 LETTERS = ("A", "B", "C", "D")
 _LABELS = {"verdict": VERDICTS, "severity": SEVERITIES, "mcq": LETTERS}
 TASK_SET_VERSION = "tasks-v2"  # the default; every bundled set stays loadable by name
-BUNDLED_SETS = ("tasks-v1", "tasks-v2")
+BUNDLED_SETS = ("tasks-v1", "tasks-v2", "injection-v1")
+INJECTION_SET = "injection-v1"  # attacker-written variants of tasks-v2's items (bench/make_injection_set.py)
 
 
 class Task(BaseModel):
@@ -34,6 +35,9 @@ class Task(BaseModel):
     input: str
     expected: Union[str, list[str]]
     source: str
+    # An attacker-written variant (``injection-v1``): the clean item it was made from, and how.
+    variant_of: Optional[str] = None
+    attack: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -226,3 +230,25 @@ def score_answers(tasks: list[Task], raw: list[str], texts: list[str],
                         "latency_s": round(latency, 4)})
     mean = sum(float(a["score"]) for a in answers) / len(answers) if answers else 0.0  # type: ignore[arg-type]
     return answers, {k: sum(v) / len(v) for k, v in by_kind.items()}, mean
+
+
+def injection_pairs(n: int) -> list[tuple[Task, Task]]:
+    """``n`` attacker-written variants from ``injection-v1``, each with the clean ``tasks-v2`` item it
+    was made from. The attack styles are taken in turn, and each style starts at another part of
+    the items, so a small ``n`` still spreads over styles and items alike. Deterministic."""
+    clean = {t.id: t for t in load_tasks("tasks-v2")}
+    by_style: dict[str, list[Task]] = defaultdict(list)
+    for t in load_tasks(INJECTION_SET):
+        by_style[str(t.attack)].append(t)
+    styles = sorted(by_style)
+    queues = []
+    for j, style in enumerate(styles):
+        items = sorted(by_style[style], key=lambda t: t.id)
+        start = j * len(items) // len(styles)
+        queues.append(items[start:] + items[:start])
+    out: list[tuple[Task, Task]] = []
+    for depth in range(max(map(len, queues))):
+        for queue in queues:
+            if depth < len(queue) and len(out) < n:
+                out.append((clean[str(queue[depth].variant_of)], queue[depth]))
+    return out

@@ -21,6 +21,43 @@ from .protocol import Channel, serve
 from .records import TrialConfig
 
 
+class Escape:
+    """``input_guard: escape``: every message's content is tokenized with special-token parsing off,
+    so no text in it can become a template token; the template's own markers are parsed as usual.
+
+    llama-cpp-python renders the chat template to one string and tokenizes all of it with
+    ``special=True``. Each content is therefore fenced with markers no input can hold (a random
+    nonce between private-use characters), and the model's ``tokenize`` is wrapped to tokenize what
+    lies between them as text, and the rest as before, piece by piece.
+    """
+
+    def __init__(self, llm: Any) -> None:
+        import secrets
+
+        nonce = secrets.token_hex(8)
+        self.open, self.close = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
+        self._tokenize = llm.tokenize
+        llm.tokenize = self.tokenize
+
+    def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [{**m, "content": f"{self.open}{m['content']}{self.close}"} for m in messages]
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        rest, out = text.decode("utf-8", errors="surrogatepass"), []
+        while rest:
+            head, found, tail = rest.partition(self.open)
+            content, _, rest = tail.partition(self.close) if found else ("", "", "")
+            for piece, parse in ((head, special), (content, False)):
+                if piece:
+                    out += self._tokenize(piece.encode("utf-8", errors="surrogatepass"),
+                                          add_bos=add_bos and not out, special=parse)
+        return out or self._tokenize(b"", add_bos=add_bos, special=special)
+
+
+def _messages(messages: list[dict[str, str]], escape: Escape | None) -> list[dict[str, str]]:
+    return escape.messages(messages) if escape else messages
+
+
 def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
     """The tokens llama-cpp-python's chat handler evaluates for ``messages`` (one token generated).
     Whatever prefix they share with the cache is reused, as in any request without reset()."""
@@ -33,7 +70,8 @@ def shared_length(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]]) -> dict[str, Any]:
+def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]],
+                    escape: Escape | None = None) -> dict[str, Any]:
     """For each kind, prefill its fixed prefix once and keep the state (``prefix_cache: shared``).
 
     The prefix is the tokens two requests of the kind share when only their item differs, so the
@@ -45,7 +83,7 @@ def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]]) -> 
     states = {}
     llm.reset()
     for kind, (a, b) in probes.items():
-        ta, tb = _prompt_tokens(llm, a), _prompt_tokens(llm, b)
+        ta, tb = _prompt_tokens(llm, _messages(a, escape)), _prompt_tokens(llm, _messages(b, escape))
         n = shared_length(ta, tb)
         llm._ctx.kv_cache_seq_rm(-1, n, -1)
         llm.n_tokens = n
@@ -61,7 +99,8 @@ def _prefill_count(llm: Any) -> int:
 
 
 def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], chan: Channel,
-                index: int, prefix: Any = None) -> dict[str, Any]:
+                index: int, prefix: Any = None, escape: Escape | None = None,
+                tokens: bool = False) -> dict[str, Any]:
     # Without a shared prefix, reset so each latency is a full request, not a KV-cache prefix hit;
     # with one, start from the kind's prefilled prefix and nothing more.
     if prefix is None:
@@ -75,7 +114,7 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
     prompt_tokens = 0
     pieces: list[str] = []
     stream = llm.create_chat_completion(
-        messages=request["messages"], max_tokens=cfg["max_tokens"], temperature=cfg["temperature"], seed=cfg["seed"],
+        messages=_messages(request["messages"], escape), max_tokens=cfg["max_tokens"], temperature=cfg["temperature"], seed=cfg["seed"],
         stream=True, grammar=grammar, response_format=request.get("response_format"),
     )
     resumed = t0
@@ -103,7 +142,10 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
         resumed = time.monotonic()
     t_end = time.monotonic()
     chan.send("phase", phase="between", t=t_end, prompt=index)
+    # The prompt's own tokens, where asked (injection): what reached the model, special tokens included.
+    extra = {"tokens": [int(t) for t in llm._input_ids[:prompt_tokens]]} if tokens else {}
     return {
+        **extra,
         "latency_s": t_end - t0,
         "ttft_s": (t_first - t0) if t_first else None,
         "prompt_tokens": prompt_tokens,
@@ -115,7 +157,7 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
 
 
 def _answer_all(llm: Any, prompts: list[dict[str, Any]], cfg: dict[str, Any], chan: Channel,
-                prefixes: dict[str, Any], passname: str | None = None) -> None:
+                prefixes: dict[str, Any], passname: str | None = None, escape: Escape | None = None) -> None:
     import llama_cpp
 
     extra = {"pass": passname} if passname else {}
@@ -123,7 +165,8 @@ def _answer_all(llm: Any, prompts: list[dict[str, Any]], cfg: dict[str, Any], ch
         # llama.cpp parses the grammar for each request, as a deployment would: that cost is in the latency.
         grammar = llama_cpp.LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
         chan.send("prompt", index=i, **extra, **_run_prompt(llm, request, grammar, cfg, chan, i,
-                                                           prefixes.get(request["kind"])))
+                                                           prefixes.get(request["kind"]), escape,
+                                                           tokens=passname == "injection"))
 
 
 def run(job: dict[str, Any], chan: Channel) -> int:
@@ -140,20 +183,24 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     except Exception as exc:  # llama-cpp-python raises ValueError for any load failure
         chan.send("error", reason="model_load_failed", detail=f"{type(exc).__name__}: {exc}")
         return 3
+    escape = Escape(llm) if cfg.get("input_guard") == "escape" else None
     # Preparing the shared prefixes is part of getting ready: it counts in the load phase.
-    prefixes = shared_prefixes(llm, job["prefixes"]) if job.get("prefixes") else {}
+    prefixes = shared_prefixes(llm, job["prefixes"], escape) if job.get("prefixes") else {}
     chan.send("phase", phase="idle", t=time.monotonic())
     time.sleep(job["idle_seconds"])
     chan.send("phase", phase="active", t=time.monotonic())
-    _answer_all(llm, job["prompts"], cfg, chan, prefixes)
+    _answer_all(llm, job["prompts"], cfg, chan, prefixes, escape=escape)
     # Read back after inference: compute threads are created lazily, on first use.
     chan.send("knobs", threads=knobs.read_threads(), autogroup=knobs.read_autogroup())
+    if job.get("injection"):  # attacker-written items and their clean originals, out of the figures above
+        chan.send("phase", phase="injection", t=time.monotonic())
+        _answer_all(llm, job["injection"], cfg, chan, prefixes, passname="injection", escape=escape)
     if job.get("contended"):
         # The same prompts again, under the user's CPU-bound foreground: the runner resumes it on
         # this mark and says "go" on stdin once it runs.
         chan.send("phase", phase="contended", t=time.monotonic())
         sys.stdin.readline()
-        _answer_all(llm, job["prompts"], cfg, chan, prefixes, passname="contended")
+        _answer_all(llm, job["prompts"], cfg, chan, prefixes, passname="contended", escape=escape)
     chan.send("phase", phase="done", t=time.monotonic())
     chan.send("result", ok=True)
     return 0

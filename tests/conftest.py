@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -125,6 +126,69 @@ fixed:
   n_ctx: 512
   max_tokens: 16
 """ + QUICK_TAIL
+
+
+@pytest.fixture(scope="session")
+def server_tools() -> Path:
+    """The llama-server ``sweep tools build`` made. Skipped where it is not built, unless
+    ``SWEEP_REQUIRE_TOOLS`` is set (CI sets it: there the server tests must run)."""
+    from sweep.tools import ToolsError, binary
+
+    try:
+        return binary("llama-server")
+    except ToolsError as exc:
+        if os.environ.get("SWEEP_REQUIRE_TOOLS"):
+            pytest.fail(f"the tools are required here (SWEEP_REQUIRE_TOOLS): {exc}")
+        pytest.skip(f"{exc} (make tools)")
+
+
+def ask(port: int, content: str = "Say hello.") -> str:
+    """One cold chat request to a llama-server on loopback; its answer."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 8,
+                       "temperature": 0, "cache_prompt": False}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    reply = json.load(urllib.request.urlopen(req, timeout=60))
+    return reply["choices"][0]["message"]["content"]
+
+
+@contextlib.contextmanager
+def serving(start: Any) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A server started by ``start(port)`` (a ``Popen``) on a free port, once it answers /health;
+    the process and its port. Its whole session is ended afterwards."""
+    import signal
+    import urllib.request
+
+    from sweep.server_worker import free_port
+
+    port = free_port()
+    proc = start(port)
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, f"the exported server exited with {proc.returncode}"
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=60)
+        yield proc, port
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM) if os.getpgid(proc.pid) == proc.pid else proc.terminate()
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def serve_and_ask(argv: list[str]) -> str:
+    """Start ``argv --port N``, ask it one question, stop it; the answer."""
+    with serving(lambda port: subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.STDOUT)) as (_, port):
+        return ask(port)
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ def test_json_and_yaml_are_the_same_record(study_env: dict) -> None:
     assert set(as_json["budgets"]["correctness"]) == {"min", "value", "met", "margin"}
     assert as_json["figures_from"].startswith("the sweep: a subset of") and "not verified" in as_json["figures_from"]
     assert as_json["prompt_strategy"] == {"shots": 0, "output": "free", "max_tokens": 16, "temperature": 0.0,
-                                          "prefix_cache": "off"}
+                                          "prefix_cache": "off", "input_guard": "none"}
 
 
 def _python_export(study_env: dict) -> Path:

@@ -14,13 +14,11 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import QUICK_TAIL, sweep_cli, wait_for, write_space
-from sweep.server_worker import free_port
+from conftest import QUICK_TAIL, serve_and_ask, sweep_cli, write_space
 
 SERVER_SPACE = """\
 version: 1
@@ -38,18 +36,6 @@ fixed:
   max_tokens: 16
   nice: 10
 """ + QUICK_TAIL
-
-
-@pytest.fixture(scope="session")
-def server_tools() -> Path:
-    from sweep.tools import ToolsError, binary
-
-    try:
-        return binary("llama-server")
-    except ToolsError as exc:
-        if os.environ.get("SWEEP_REQUIRE_TOOLS"):
-            pytest.fail(f"the tools are required here (SWEEP_REQUIRE_TOOLS): {exc}")
-        pytest.skip(f"{exc} (make tools)")
 
 
 def _config(smollm2: Path, **kw: object):
@@ -163,33 +149,6 @@ def test_prio_and_poll_are_read_back(server_tools: Path, smollm2_path: Path) -> 
     assert outcome.ok, (outcome.reason, outcome.detail)
 
 
-def _ask(port: int) -> str:
-    body = json.dumps({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
-                       "temperature": 0, "cache_prompt": False}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
-    reply = json.load(urllib.request.urlopen(req, timeout=60))
-    return reply["choices"][0]["message"]["content"]
-
-
-def _serve_and_ask(argv: list[str]) -> str:
-    port = free_port()
-    proc = subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        def healthy() -> bool:
-            assert proc.poll() is None, f"the exported server exited with {proc.returncode}"
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=60)
-        return _ask(port)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server_study(server_tools: Path, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
     work = tmp_path_factory.mktemp("server-export")
@@ -215,7 +174,7 @@ def test_exported_llama_server_script_answers_and_measures_again(server_study: d
     assert args["--poll"] == "0" and args["--cpu-mask"] == "1" and args["--threads-batch"] == "1"
     script = _export(server_study, "llama-server")
     script.chmod(0o755)
-    assert _serve_and_ask([str(script)]).strip()
+    assert serve_and_ask([str(script)]).strip()
     # The exported record is a trial configuration: sweep trial measures the server again.
     rerun = sweep_cli("trial", str(server_study["work"] / "export.json"), "--json", "--prompts", "2", "--idle", "0.5",
                       env=server_study["env"])
@@ -234,7 +193,7 @@ def test_systemd_export_verifies_and_its_exec_start_answers(server_study: dict, 
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
     assert argv[0] == str(server_tools)
-    assert _serve_and_ask(argv).strip()
+    assert serve_and_ask(argv).strip()
 
 
 # --- no server needed ---

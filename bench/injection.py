@@ -1,0 +1,81 @@
+"""Prompt injection, measured: ``python bench/injection.py [--models M,..] [--backends B,..] [--guards G,..]
+[--items N] [--prompts P] [--json FILE]``.
+
+For each model (``name:quant``), backend and input guard, one trial through the normal trial path
+(3-shot, grammar, shared prefix, 2 threads): the clean score on P tasks-v2 items (the kinds in
+turn), and on N injected verdict items of ``injection-v1`` (the attack styles in turn) against the
+same items clean: the flip rate towards benign with its 95% Wilson interval, the share answered
+benign, and the share whose prompt held attacker text as template tokens. Trials run one at a
+time under the host's measurement lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+
+from sweep.metrics import verdict_rank
+from sweep.models import Registry
+from sweep.records import TrialConfig, TrialSettings
+from sweep.runner import run_trial
+from sweep.tasks import load_tasks, stratified_subset
+from sweep.verify import wilson
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="qwen2.5-coder-1.5b:Q4_K_M,smollm2-135m:Q4_1")
+    ap.add_argument("--backends", default="python")
+    ap.add_argument("--guards", default="none,escape,delimit,sandwich")
+    ap.add_argument("--items", type=int, default=40, help="injected items per trial")
+    ap.add_argument("--prompts", type=int, default=20, help="clean tasks-v2 items per trial")
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    args = ap.parse_args()
+    tasks = stratified_subset(load_tasks(), args.prompts)
+    settings = TrialSettings(prompts=args.prompts, idle_seconds=0.5, baseline_seconds=0.2, probe="off",
+                             early_abort=False, noise_retries=0, timeout_seconds=3600, progress_timeout_seconds=600,
+                             injection_items=args.items)
+    print(f"{args.prompts} clean items, {args.items} injected verdict items; 3-shot grammar, shared prefix, 2 threads")
+    print("model | backend | guard | clean score | flip rate [95% CI] | answered benign | template tokens | "
+          "flips by style | p95 s | wall s")
+    rows = []
+    for spec in args.models.split(","):
+        name, _, quant = spec.partition(":")
+        mf = Registry().resolve(name, quant or Registry().quants(name)[0])
+        for backend in args.backends.split(","):
+            for guard in args.guards.split(","):
+                config = TrialConfig(model=mf.name, quant=mf.quant, model_path=str(mf.path), chat_format=mf.chat_format,
+                                     n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048,
+                                     max_tokens=32, shots=3, output="grammar", prefix_cache="shared", backend=backend,
+                                     input_guard=guard)
+                t0 = time.monotonic()
+                o = run_trial(config, settings, tasks)
+                wall = time.monotonic() - t0
+                if not o.ok:
+                    print(f"{mf.name}:{mf.quant} | {backend} | {guard} | FAILED {o.reason}: {o.detail[:200]}")
+                    continue
+                f, records = o.figures, o.series["injection"]
+                lo, hi = wilson(f["injection_flip_rate"], len(records))
+                flips = Counter(r["attack"] for r in records
+                                if verdict_rank(r["injected"]["answer"]) < verdict_rank(r["clean"]["answer"]))
+                row = {"model": f"{mf.name}:{mf.quant}", "backend": backend, "guard": guard,
+                       "correctness": f["correctness"], "injection_flip_rate": f["injection_flip_rate"],
+                       "flip_ci": [lo, hi], "injection_benign_rate": f["injection_benign_rate"],
+                       "injection_special_tokens": f["injection_special_tokens"], "n_injection": len(records),
+                       "flips_by_style": dict(sorted(flips.items())), "latency_p95_s": f["latency_p95_s"],
+                       "wall_s": round(wall, 1)}
+                rows.append(row)
+                print(f"{row['model']} | {backend} | {guard} | {f['correctness']:.2f} | "
+                      f"{f['injection_flip_rate']:.2f} [{lo:.2f}, {hi:.2f}] | {f['injection_benign_rate']:.2f} | "
+                      f"{f['injection_special_tokens']:.2f} | "
+                      f"{', '.join(f'{k} {v}' for k, v in row['flips_by_style'].items()) or '-'} | "
+                      f"{f['latency_p95_s']:.2f} | {wall:.0f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"command": "bench/injection.py", "args": vars(args), "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
