@@ -6,7 +6,7 @@ STUDY ?= demo
 TRIALS ?= 8
 EXPORT ?= demo-config.json
 
-.PHONY: sweep verify test test-fast install lock clean-study tools
+.PHONY: sweep verify test test-fast install lock clean-study tools docs
 
 # Exact versions from requirements.lock (pip constraints); `make lock` refreshes it.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -45,11 +45,18 @@ test: $(VENV)/.installed
 	@command -v chromium >/dev/null 2>&1 || echo "*** chromium is not installed: the report test will be SKIPPED (apt-get install chromium; .ci/run installs it) ***"
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo "*** postgresql is not installed: the fleet tests will be SKIPPED (apt-get install postgresql; .ci/run installs it) ***"
 	@$(BIN)/sweep tools list 2>/dev/null | grep -q "^llama-server" || echo "*** llama-server is not built: the server-backend tests will be SKIPPED (make tools; .ci/run builds it) ***"
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests that run a real model, server or calibrated load.
 test-fast: $(VENV)/.installed
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The docs site (mkdocs.yml, docs/): --strict fails on a broken link. Never with -q: mkdocs 1.6.1's
+# -q hides the warnings that strict mode turns into a failure.
+docs: $(VENV)/.installed
+	$(BIN)/mkdocs build --strict -d site
 
 clean-study:
 	rm -f studies.db

@@ -122,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     from sweep.progress import make_progress
     from sweep.records import StudyMeta
     from sweep.space import load_space
-    from sweep.storage import safe_url, storage_url
+    from sweep.storage import redact_argv, safe_url, storage_url
     from sweep.study import open_or_create
     from sweep.table import TABLE_META_ATTR, export_table, save_table
     from sweep.tasks import load_tasks, task_set_name
 
-    command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv)
+    command = shlex.join(redact_argv([Path(sys.executable).name, *sys.argv] if argv is None else argv))
     started, t0 = time.time(), time.monotonic()
     try:
         if args.limit is not None and (args.limit < 1 or args.output is None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import sys
@@ -26,6 +27,10 @@ def parse_duration(text: str) -> float:
     return h * 3600 + m * 60 + s
 
 
+# An OSError with one of these names a path that cannot be used as given: bad input (exit 2).
+_PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EEXIST}
+
+
 class _Group(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         debug = "--debug" in sys.argv
@@ -43,12 +48,16 @@ class _Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:
-            if exc.filename is None:
-                raise
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {exc.filename}: {exc.strerror}", err=True)  # a path the user gave us
-            sys.exit(2)
+            if exc.filename is not None and exc.errno in _PATH_ERRNOS:
+                click.echo(f"error: {exc.filename}: {exc.strerror}", err=True)  # a path the user gave us
+                sys.exit(2)
+            # The machine failed the work (a full disk, an I/O error): not bad input, and something
+            # may have been written. The next run carries on from what was recorded.
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: the machine failed the work: {where}{exc.strerror or exc}", err=True)
+            sys.exit(4)
         except Exception as exc:  # an internal error: say so, keep the traceback for --debug
             if debug:
                 traceback.print_exc()
@@ -239,16 +248,24 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
 @click.option("--server-binary", default=None,
               help="llama-server's path in the llama-server line and the systemd unit's ExecStart "
                    "[default: the one `sweep tools build` made, else llama-server on PATH].")
+@click.option("--install", "install_dir", type=click.Path(path_type=Path), default=None,
+              help="systemd: copy llama-server and the model into this directory of root's (e.g. /opt/sweep-llm) "
+                   "and run the copies; a unit never runs files a user can rewrite.")
+@click.option("--user", default=None, help="systemd: run as this existing user [default: DynamicUser=yes].")
 @storage_option
 def export(study_name: str, output: Path, fmt: str, trial_number: int | None, allow_infeasible: bool,
-           server_binary: str | None, storage: str | None) -> None:
+           server_binary: str | None, install_dir: Path | None, user: str | None, storage: str | None) -> None:
     """Write the chosen configuration, with provenance, to a file."""
-    from .export import budget_lines, export_record, render
+    from .export import budget_lines, export_record, install, render
     from .results import choose
+    if (install_dir or user) and fmt != "systemd":
+        raise SweepError("--install and --user shape the systemd unit: use them with --format systemd")
     study, url = _open_study(storage, study_name)
     row = choose(study, allow_infeasible=allow_infeasible, trial=trial_number)
     record = export_record(study, row, url, server_binary)
-    output.write_text(render(record, fmt, server_binary))
+    if install_dir:
+        record, server_binary = install(record, install_dir, server_binary), None
+    output.write_text(render(record, fmt, server_binary, user))
     click.echo(f"exported trial {row['number']} of study {study_name!r} to {output} ({fmt})")
     click.echo("\n".join(budget_lines(record, "")))
     click.echo(record["llama_server"])
@@ -330,7 +347,7 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
     from dataclasses import replace
 
     from .display import figures_table
-    from .records import TrialConfig, TrialSettings
+    from .records import TrialSettings
     from .runner import run_trial
     from .tasks import load_tasks, stratified_subset
 
@@ -338,9 +355,11 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
 
     from .host import allowed_cpus
 
+    from .space import check_config
+
     try:
         data = yaml.safe_load(config_file.read_text())  # a JSON export is YAML too
-        config = TrialConfig.from_dict(data.get("config", data))
+        config = check_config(data.get("config", data), str(config_file))
     except FileNotFoundError:
         raise SweepError(f"{config_file}: no such file") from None
     except (yaml.YAMLError, TypeError, AttributeError) as exc:
@@ -375,7 +394,7 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
 def fleet(storage: str | None) -> None:
     """Every study in the database, by hardware class: trials done, meeting budgets, the pick."""
     from .display import fleet_table
-    from .fleet import fleet_summary
+    from .results import fleet_summary
     from .storage import require_existing, safe_url, storage_url
 
     url = storage_url(storage)

@@ -21,7 +21,8 @@ def config_summary(c: dict[str, Any] | None) -> str:
     out += f" duty={c['pace_duty']:g}" if c.get("pace_duty") else ""
     out += " prefix=shared" if c.get("prefix_cache") == "shared" else ""
     out += f" cap={c['pace_tps']:g}tok/s" if c.get("pace_tps") else ""
-    return out + f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
+    out += f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
+    return out + (f" guard={c['input_guard']}" if c.get("input_guard", "none") != "none" else "")
 
 
 def figures_summary(f: dict[str, float]) -> str:

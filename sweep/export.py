@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pprint
 import shlex
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from . import knobs
@@ -221,7 +223,7 @@ def _python(record: dict[str, Any]) -> str:
     if c.get("input_guard") == "escape":
         import inspect
 
-        from .worker import Escape
+        from .escape import Escape
 
         lines += ["# input_guard: escape, as the trial ran it: pass each request's messages through",
                   "# escape.messages(...) so no input text can become a template token.",
@@ -254,13 +256,128 @@ def _cpu_quota(record: dict[str, Any]) -> str | None:
     return None if p99 is None else f"{max(10, math.ceil(p99 / 10) * 10)}%"
 
 
-def _systemd(record: dict[str, Any], server_binary: str) -> str:
+# The unit's sandbox. What keeps its exposure above 1.0 (systemd-analyze security) is what it is
+# for: it listens on loopback (AF_INET, no PrivateNetwork=) and runs in the host's root directory.
+# @resources stays allowed: llama.cpp sets its threads' affinity (and, with --prio, their priority).
+_SANDBOX = """NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateUsers=yes
+PrivateIPC=yes
+ProtectHostname=yes
+ProtectClock=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectProc=invisible
+ProcSubset=pid
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictAddressFamilies=AF_INET AF_UNIX
+RestrictNamespaces=yes
+IPAddressDeny=any
+IPAddressAllow=localhost
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallArchitectures=native
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RemoveIPC=yes
+UMask=0077
+DevicePolicy=closed
+KeyringMode=private""".splitlines()
+API_KEY_SOURCE = "/etc/sweep-llm/api-key"
+API_KEY_VARIABLE = "SWEEP_LLM_API_KEY_FILE"  # where the llama-server script finds its key  # the unit's credential; only root reads it, the service gets a copy
+_HIDDEN = ("/home/", "/root/", "/run/user/")  # ProtectHome=yes hides these from the service
+
+
+def service_path_problem(path: str) -> str | None:
+    """Why a system service must not run or read ``path``: a place the unit hides, or a file that
+    a user other than root could replace (it, or a directory above it, not root's or writable by
+    others; a sticky directory such as /tmp protects root's entries in it). None when it is safe."""
+    import stat
+
+    real = Path(path).resolve()
+    hidden = next((h for h in _HIDDEN if str(real).startswith(h)), None)
+    if hidden:
+        return f"{real} lies under {hidden}, which the unit hides (ProtectHome=yes) and a user may rewrite"
+    for node in (real, *real.parents):
+        try:
+            st = node.stat()
+        except OSError as exc:
+            return f"{node}: {exc.strerror}"
+        if st.st_uid != 0:
+            return f"{node} belongs to uid {st.st_uid}, who could replace what the service runs as another user"
+        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+            return f"{node} is writable by {'group' if st.st_mode & 0o020 else 'others'}"
+    return None
+
+
+def install(record: dict[str, Any], directory: str | Path, server_binary: str | None = None) -> dict[str, Any]:
+    """Copy llama-server and the model into ``directory`` (root's, modes 0755 and 0644), and return
+    the record with its command line pointing at the copies: what a system unit may run.
+
+    Raises:
+        ExportError: not root, or the directory lies somewhere a user could rewrite.
+    """
+    import shutil
+
+    if os.geteuid() != 0:
+        raise ExportError(f"--install {directory}: the copies must belong to root: run the export as root (sudo)")
+    argv = shlex.split(record["llama_server_args"])
+    sources = {"bin": server_binary or argv[0], "models": record["config"]["model_path"]}
+    if shutil.which(sources["bin"]):
+        sources["bin"] = shutil.which(sources["bin"]) or sources["bin"]
+    copies = {}
+    for sub, source in sources.items():
+        target_dir = Path(directory) / sub
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for d in (Path(directory), target_dir):
+            os.chown(d, 0, 0)
+            d.chmod(0o755)
+        target = target_dir / Path(source).name
+        if not target.exists() or target.stat().st_size != Path(source).stat().st_size:
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(source, partial)
+            partial.chmod(0o755 if sub == "bin" else 0o644)
+            partial.replace(target)
+        copies[sub] = pasteable(f"--install {directory}", str(target))
+    wrong = service_path_problem(copies["bin"]) or service_path_problem(copies["models"])
+    if wrong:
+        raise ExportError(f"--install {directory}: {wrong}: choose a directory under one only root can write "
+                          "(for example /opt/sweep-llm)")
+    argv[0], argv[argv.index("-m") + 1] = copies["bin"], copies["models"]
+    out = {**record, "config": {**record["config"], "model_path": copies["models"]},
+           "llama_server_args": shlex.join(argv)}
+    prefix = record["llama_server"][: -len(record["llama_server_args"])]
+    out["llama_server"] = prefix + out["llama_server_args"]
+    return out
+
+
+def _systemd(record: dict[str, Any], server_binary: str, user: str | None = None, port: int = 8080) -> str:
     c = record["config"]
     argv = shlex.split(record["llama_server_args"])
     argv[0] = server_binary
+    for path in (argv[0], argv[argv.index("-m") + 1]):
+        wrong = service_path_problem(path)
+        if wrong:
+            raise ExportError(f"the systemd unit would run as a service what a user can change ({wrong}): "
+                              "pass --install DIR to copy llama-server and the model into a directory of root's")
+    # %d is the credentials directory: the service reads its own copy of the key, made by systemd.
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--api-key-file", "%d/api-key"]
     lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *budget_lines(record, "#"),
              *_pacing_warning(record, "#"), *_cache_lines(record, "#"),
-             "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv)]
+             "# The API key every request must send (Authorization: Bearer KEY), readable by root only:",
+             f"#   install -d -m 0700 {Path(API_KEY_SOURCE).parent} && "
+             f"head -c 32 /dev/urandom | base64 > {API_KEY_SOURCE} && chmod 0600 {API_KEY_SOURCE}",
+             "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv),
+             f"User={pasteable('--user', user)}" if user else "DynamicUser=yes",
+             f"LoadCredential=api-key:{API_KEY_SOURCE}"]
     lines += knobs.systemd_lines(c)
     quota = _cpu_quota(record)
     if quota:
@@ -268,11 +385,11 @@ def _systemd(record: dict[str, Any], server_binary: str) -> str:
     ram = record["budgets"].get("rss_peak_gb", {}).get("max")
     if ram:
         lines.append(f"MemoryMax={ram:g}G")
-    lines += ["Restart=on-failure", "", "[Install]", "WantedBy=default.target", ""]
+    lines += ["IOWeight=10", *_SANDBOX, "Restart=on-failure", "", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
 
 
-def render(record: dict[str, Any], fmt: str, server_binary: str | None = None) -> str:
+def render(record: dict[str, Any], fmt: str, server_binary: str | None = None, user: str | None = None) -> str:
     """The export in ``fmt`` (one of ``FORMATS``)."""
     if fmt == "json":
         return json.dumps(record, indent=2) + "\n"
@@ -284,10 +401,18 @@ def render(record: dict[str, Any], fmt: str, server_binary: str | None = None) -
         return _python(record)
     if fmt == "llama-server":
         return "\n".join(["#!/bin/sh", *budget_lines(record, "#"), *_pacing_warning(record, "#"),
-                          "# Extra arguments are passed on to llama-server (--host, --port; default 127.0.0.1:8080).",
+                          "# It listens on 127.0.0.1 only, and every request must carry the API key in KEY_FILE",
+                          "# (Authorization: Bearer KEY). Extra arguments go to llama-server (--port; default 8080).",
                           *_cache_lines(record, "#"),
+                          f'KEY_FILE="${{{API_KEY_VARIABLE}:-$HOME/.config/sweep-llm/api-key}}"',
+                          'if [ ! -r "$KEY_FILE" ]; then',
+                          '  echo "no API key in $KEY_FILE: create it with: install -d -m 0700 \"$(dirname '
+                          '\"$KEY_FILE\")\" && head -c 32 /dev/urandom | base64 > \"$KEY_FILE\" && chmod 0600 '
+                          '\"$KEY_FILE\"" >&2',
+                          "  exit 2",
+                          "fi",
                           *_own_session(record["config"]),
-                          "exec " + record["llama_server"] + ' "$@"', ""])
+                          "exec " + record["llama_server"] + ' --host 127.0.0.1 --api-key-file "$KEY_FILE" "$@"', ""])
     if fmt == "systemd":
-        return _systemd(record, server_binary or shlex.split(record["llama_server_args"])[0])
+        return _systemd(record, server_binary or shlex.split(record["llama_server_args"])[0], user)
     raise ValueError(f"unknown export format {fmt!r}")

@@ -7,6 +7,8 @@ tokenizer's vocabulary) are skipped rather than decoded.
 from __future__ import annotations
 
 import mmap
+import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ _MAGIC = b"GGUF"
 # GGUF value types: id -> struct format (scalars only).
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_MAX_DEPTH = 8  # llama.cpp writes arrays of scalars or strings; deeper nesting is a broken (or hostile) file
 
 # llama.cpp's enum llama_ftype, as stored in general.file_type.
 FILE_TYPES: dict[int, str] = {
@@ -50,7 +53,9 @@ class _Reader:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep: bool) -> Any:
+    def value(self, vtype: int, keep: bool, depth: int = 0) -> Any:
+        if depth > _MAX_DEPTH:
+            raise ModelError(f"{self.path}: GGUF arrays nested more than {_MAX_DEPTH} deep at byte {self.pos}")
         if vtype in _SCALARS:
             return self.take(_SCALARS[vtype])
         if vtype == _STRING:
@@ -68,7 +73,7 @@ class _Reader:
                 if self.pos > len(self.buf):
                     raise ModelError(f"{self.path}: GGUF header is truncated at byte {self.pos}")
                 return None
-            items = [self.value(itype, keep) for _ in range(count)]
+            items = [self.value(itype, keep, depth + 1) for _ in range(count)]
             return items if keep else None
         raise ModelError(f"{self.path}: unknown GGUF value type {vtype} at byte {self.pos}")
 
@@ -82,7 +87,17 @@ def read_metadata(path: str | Path, keep_arrays: bool | tuple[str, ...] = False)
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        # Opened without blocking and checked before reading: a FIFO or a device named *.gguf in a
+        # models directory must fail its own entry, never hang or break the scan.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file does not exist") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelError(f"{path}: not a regular file")
+        with open(fd, "rb", closefd=False) as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             if buf[:4] != _MAGIC:
                 raise ModelError(f"{path}: not a GGUF file (magic bytes {bytes(buf[:4])!r})")
             r = _Reader(buf, path)
@@ -98,10 +113,12 @@ def read_metadata(path: str | Path, keep_arrays: bool | tuple[str, ...] = False)
                 keep = key in keep_arrays if isinstance(keep_arrays, tuple) else keep_arrays
                 meta[key] = r.value(r.take("I"), keep)
             return meta
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model file does not exist") from None
     except ValueError as exc:  # mmap of an empty file
         raise ModelError(f"{path}: not a GGUF file ({exc})") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file ({exc.strerror})") from None
+    finally:
+        os.close(fd)
 
 
 def quant_of(meta: dict[str, Any]) -> str | None:

@@ -19,7 +19,8 @@ import threading
 import time
 from typing import Callable, Iterator
 
-DEFAULT_LOCK = os.path.join(tempfile.gettempdir(), "sweep-measurement.lock")
+# One path per host, whoever asks: not the user's TMPDIR, which would give each user a lock of their own.
+DEFAULT_LOCK = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), "sweep-measurement.lock")
 _POLL_S = 0.25
 
 _held = threading.local()
@@ -62,7 +63,7 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
             _held.depth -= 1
         return
     path = lock_path()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd, writable = _open_lock(path)
     started = time.monotonic()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,8 +76,9 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
         os.close(fd)
         raise
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode(), 0)
+        if writable:  # who holds it, for a waiter's message (a file another user left read-only: no message)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what, "since": time.time()}).encode(), 0)
         _held.depth = 1
         try:
             yield time.monotonic() - started
@@ -85,6 +87,37 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _open_lock(path: str) -> tuple[int, bool]:
+    """The lock file, shared by every user of the host: created once, world-writable (the creator's
+    umask would leave it 0644, and a second user could not open it), and opened without O_CREAT
+    when it exists (``fs.protected_regular`` refuses O_CREAT on another user's file in a sticky
+    directory such as /tmp). Never through a symlink. Returns the descriptor and whether it is
+    writable: ``flock`` needs only a read descriptor, so a file another user left 0644 still locks."""
+    import errno
+
+    from .errors import SweepError
+
+    for _ in range(3):
+        try:
+            return os.open(path, os.O_RDWR | os.O_NOFOLLOW), True
+        except PermissionError:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW), False
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SweepError(f"{path}: the measurement lock is a symbolic link, which sweep never follows: "
+                                 "remove it") from None
+            raise
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        except FileExistsError:
+            continue  # another process made it just now: open theirs
+        os.fchmod(fd, 0o666)
+        return fd, True
+    raise OSError(f"{path}: the measurement lock file keeps appearing and vanishing")
 
 
 def _wait_blocking(fd: int, should_stop: Callable[[], bool] | None) -> None:

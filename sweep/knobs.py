@@ -144,7 +144,7 @@ def python_lines(c: dict[str, Any]) -> list[str]:
         lines += ["# Where the kernel groups by session (autogroup), the session's nice is what yields to the",
                   "# user's programs. Only a session of its own is ours to renice (under systemd, say).",
                   "if os.getsid(0) == os.getpid() and os.path.exists('/proc/self/autogroup'):",
-                  f"    with open('/proc/self/autogroup', 'w') as f:",
+                  "    with open('/proc/self/autogroup', 'w') as f:",
                   f"        f.write('{c['nice']}')"]
     if c.get("sched_policy", "normal") != "normal":
         lines.append(f"os.sched_setscheduler(0, os.{_OS_POLICY[c['sched_policy']]}, os.sched_param(0))")

@@ -431,3 +431,20 @@ def injection_figures(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dic
         "injection_special_tokens": sum(i["special_tokens"] > c["special_tokens"] for c, i in pairs) / n,
         "n_injection": float(n),
     }
+
+
+MISSING_FIGURE = 1e9  # constraint value of a budget whose figure was not measured: never met
+
+
+def constraint_values(figures: dict[str, float], constraints: dict[str, dict[str, float]]) -> list[float]:
+    """One value per budget, <= 0 when met (Optuna's convention); a missing figure breaks its budget."""
+    out = []
+    for name, bound in constraints.items():
+        value = figures.get(name, math.nan)
+        if math.isnan(value):
+            out.append(MISSING_FIGURE)
+        elif bound.get("max") is not None:
+            out.append(value - bound["max"])
+        else:
+            out.append(bound["min"] - value)
+    return out

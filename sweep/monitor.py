@@ -135,7 +135,7 @@ def _rss_kb(pid: int) -> tuple[int, int]:
                     anon = int(line.split()[1])
                 elif line.startswith("RssFile:"):
                     file_ = int(line.split()[1])
-    except FileNotFoundError:
+    except OSError:  # gone (ProcessLookupError when it exits between open and read): nothing to add
         pass
     return anon, file_
 

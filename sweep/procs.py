@@ -139,3 +139,14 @@ class Reporter(Generic[T]):
             self.proc.wait()
         self._thread.join(timeout=5)
         return self.samples
+
+
+def signal_name(number: int) -> str:
+    """A signal's name, for the real-time ones too (SIGRTMIN+3), which ``signal.Signals`` lacks."""
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        low, high = signal.SIGRTMIN, signal.SIGRTMAX
+        return f"SIGRTMIN+{number - low}" if low <= number <= high else f"signal {number}"

@@ -10,16 +10,41 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Callable
 
 PROTOCOL_VERSION = 1
 
 
 _NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """One answered prompt, as either backend reports it (a ``prompt`` message, with its index)."""
+
+    answer: str
+    latency_s: float
+    decode_s: float
+    completion_chunks: int
+    ttft_s: float | None = None  # None: no token came
+    prompt_tokens: int = 0  # the whole prompt, cached part included
+    prefill_tokens: int | None = None  # what llama.cpp evaluated of it in this request
+    tokens: list[int] | None = None  # the prompt's own tokens, where asked (the injection pass)
+    server: dict[str, Any] | None = None  # llama-server's own timings (server backend)
+
+    def to_message(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {k: v for k, v in out.items() if not (k in ("tokens", "server") and v is None)}
+
+
+# What a prompt message must carry: PromptResult's fields without a default, so the two cannot drift.
+_PROMPT_TYPES = {"answer": str, "latency_s": _NUMBER, "decode_s": _NUMBER, "completion_chunks": int}
+assert set(_PROMPT_TYPES) == {f.name for f in fields(PromptResult) if f.default is MISSING}
 # The fields each message type must carry, with their types; anything else is a protocol error.
 REQUIRED: dict[str, dict[str, Any]] = {
     "phase": {"phase": str, "t": _NUMBER},
-    "prompt": {"index": int, "answer": str, "latency_s": _NUMBER, "decode_s": _NUMBER, "completion_chunks": int},
+    "prompt": {"index": int, **_PROMPT_TYPES},
     "error": {"reason": str},
     "knobs": {"threads": list},
     "server": {"pid": int, "port": int},  # the server backend's llama-server, once started
@@ -64,7 +89,7 @@ def encode(kind: str, **payload: Any) -> bytes:
     return (json.dumps({"v": PROTOCOL_VERSION, "type": kind, **payload}) + "\n").encode()
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
 
     A worker or probe runs in its own session, so without this an orchestrator
@@ -73,7 +98,9 @@ def die_with_parent() -> None:
     import ctypes
     import signal
 
-    parent = os.getppid()
+    # The parent the spawner named (SWEEP_PARENT_PID), not the one seen now: a parent killed during
+    # this interpreter's start-up has already been replaced by init, and getppid() would hide it.
+    parent = parent or int(os.environ.get("SWEEP_PARENT_PID") or os.getppid())
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):

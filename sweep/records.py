@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import SweepError
-from .server import SERVER_KNOBS
+from .params import NEW_KEYS
 
 SCHEMA_VERSION = 1
 SchedPolicy = Literal["normal", "batch", "idle"]
@@ -109,7 +109,7 @@ class TrialConfig:
         return kw
 
 
-_BACKEND_KEYS = ("backend", *SERVER_KNOBS, "input_guard")
+_BACKEND_KEYS = NEW_KEYS
 _BACKEND_DEFAULTS = {f.name: f.default for f in fields(TrialConfig) if f.name in _BACKEND_KEYS}
 PROBES = ("interactive", "cpu", "off")
 
@@ -241,3 +241,11 @@ class StudyMeta:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["settings"] = self.settings.to_dict()
         return {"meta_version": META_VERSION, **out}
+
+
+VERIFIED_PREFIX = "verified:"  # study user attribute "verified:<trial number>" holds a verification
+
+
+def verifications(study: Any) -> dict[int, dict[str, Any]]:
+    """Every stored verification of the study, by trial number."""
+    return {int(k[len(VERIFIED_PREFIX):]): v for k, v in study.user_attrs.items() if k.startswith(VERIFIED_PREFIX)}

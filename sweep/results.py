@@ -19,31 +19,10 @@ from typing import Any
 
 from . import _optuna
 from .errors import ExportError, StudyError
-from .metrics import METRICS
-from .records import StudyMeta
-
-
-MISSING_FIGURE = 1e9  # constraint value of a budget whose figure was not measured: never met
-VERIFIED_PREFIX = "verified:"  # study user attribute "verified:<trial number>" holds a verification
-
-
-def constraint_values(figures: dict[str, float], constraints: dict[str, dict[str, float]]) -> list[float]:
-    """One value per budget, <= 0 when met (Optuna's convention); a missing figure breaks its budget."""
-    out = []
-    for name, bound in constraints.items():
-        value = figures.get(name, math.nan)
-        if math.isnan(value):
-            out.append(MISSING_FIGURE)
-        elif bound.get("max") is not None:
-            out.append(value - bound["max"])
-        else:
-            out.append(bound["min"] - value)
-    return out
-
-
-def verifications(study: Any) -> dict[int, dict[str, Any]]:
-    """Every stored verification of the study, by trial number."""
-    return {int(k[len(VERIFIED_PREFIX):]): v for k, v in study.user_attrs.items() if k.startswith(VERIFIED_PREFIX)}
+# Figures against budgets (metrics) and a study's verifications (records) live below the writer
+# (sweep.study), which needs them too; the views import them from here as before.
+from .metrics import METRICS, MISSING_FIGURE, constraint_values  # noqa: F401
+from .records import VERIFIED_PREFIX, StudyMeta, verifications  # noqa: F401
 
 
 def trial_row(t: Any) -> dict[str, Any]:
@@ -226,3 +205,41 @@ def trial_series(study: Any, number: int, storage_url: str) -> dict[str, Any] | 
     from .storage import SeriesStore
 
     return SeriesStore(storage_url, write=False).get(_optuna.trial_id(trial_by_number(study, number)))
+
+
+def fleet_summary(storage_url: str) -> list[dict[str, Any]]:
+    """One row per hardware class in the database: its studies, the trials done and meeting every
+    budget, and the export policy's pick across them (feasible first, then the policy's order).
+    Reads only."""
+    import optuna
+
+    from .fleet import hosts
+    from .storage import open_optuna_storage
+
+    storage = open_optuna_storage(storage_url, write=False)
+    classes: dict[str, dict[str, Any]] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        if "budgets" not in study.user_attrs:
+            continue  # not a sweep study
+        hc = study.user_attrs.get("hardware_class") or {"name": "(unrecorded)", "fingerprint": {}}
+        entry = classes.setdefault(hc["name"], {"class": hc["name"], "fingerprint": hc["fingerprint"],
+                                                "studies": [], "hosts": set(), "done": 0, "feasible": 0, "picks": []})
+        finished = rows(study)
+        entry["studies"].append(study.study_name)
+        entry["hosts"].update(hosts(study))
+        entry["done"] += len(finished)
+        entry["feasible"] += sum(r["feasible"] for r in finished)
+        try:
+            pick = choose(study, allow_infeasible=True)
+        except ExportError:
+            continue
+        entry["picks"].append({**pick, "study": study.study_name})
+    out = []
+    for entry in classes.values():
+        picks = sorted(entry.pop("picks"), key=lambda r: (not r["feasible"], -r["figures"].get("correctness", 0.0),
+                                                         r["figures"].get("cpu_active_p99_share_pct", 1e9)))
+        entry["hosts"] = sorted(entry["hosts"])
+        entry["pick"] = picks[0] if picks else None
+        out.append(entry)
+    return sorted(out, key=lambda e: e["class"])

@@ -26,7 +26,7 @@ from .metrics import probe_figures, provably_over
 from .metrics import figures as compute_figures
 from .monitor import Monitor, Series, noise_guard
 from .probe import Probe
-from .procs import kill_group, killer, reap, stay_off, tail
+from .procs import kill_group, killer, reap, signal_name, stay_off, tail
 from .prompts import answer_text, prefix_probes, request_for
 from .protocol import problem
 from .server import figures as server_figures
@@ -208,7 +208,8 @@ class _Measurement:
                 with open(log_path, "wb") as log:
                     proc = subprocess.Popen(
                         self.worker_cmd + [str(w)], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                        pass_fds=(w,), start_new_session=True, env={**os.environ, **self.config.environment()},
+                        pass_fds=(w,), start_new_session=True,
+                        env={**os.environ, **self.config.environment(), "SWEEP_PARENT_PID": str(os.getpid())},
                         cwd=tmp)
                 # The baseline ends here: interpreter start-up and imports are the trial's own work.
                 self.spawn_mark = {"type": "phase", "phase": "start", "t": time.monotonic()}
@@ -218,14 +219,10 @@ class _Measurement:
                 self.reader = _Reader(r, self._event)
                 self.reader.start()
                 with killer(proc):
-                    try:
-                        assert proc.stdin is not None
-                        proc.stdin.write(json.dumps(job).encode() + b"\n")
-                        proc.stdin.flush()
-                        if not self.load:
-                            proc.stdin.close()
-                    except BrokenPipeError:
-                        pass  # the worker died at once; its status says why
+                    # Written beside the watchdog, not before it: a worker that never reads would
+                    # block a job larger than the pipe's buffer, and the orchestrator with it.
+                    writer = threading.Thread(target=self._send_job, args=(proc, job), name="sweep-job", daemon=True)
+                    writer.start()
                     status, self.rusage = self._wait(proc)
                     self._stop_foreground()
                     self._close_stdin()
@@ -235,6 +232,16 @@ class _Measurement:
                 self.stderr_tail = tail(log_path)
         finally:
             monitor.stop()
+
+    def _send_job(self, proc: subprocess.Popen[bytes], job: dict[str, Any]) -> None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(job).encode() + b"\n")
+            proc.stdin.flush()
+            if not self.load:
+                proc.stdin.close()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the worker died (or was killed) first; its status says why
 
     def _event(self, msg: dict[str, Any]) -> None:
         if self.load and msg["type"] == "phase" and msg["phase"] == "contended":
@@ -366,7 +373,7 @@ class _Measurement:
         aborted = killed_for == "early_abort"
         cut = killed_for == "contended_cut"  # the first pass is whole; the second was cut at its deadline
         if rc < 0 and not (aborted or cut):
-            return failed("crashed", f"worker killed by {signal.Signals(-rc).name}")
+            return failed("crashed", f"worker killed by {signal_name(-rc)}")
         if rc > 0 and not aborted:
             return failed("crashed", f"worker exited with status {rc}")
         if not aborted and (not (cut or any(m["type"] == "result" for m in self.messages)) or len(prompts) != len(tasks)):

@@ -9,29 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from .params import PARAMS, SERVER_ONLY
+
 # llama-cpp-python chat_format -> llama.cpp built-in template, where the two agree.
 SERVER_TEMPLATES = {"chatml": "chatml", "gemma": "gemma", "llama-2": "llama2", "llama-3": "llama3",
                     "mistral-instruct": "mistral-v1", "vicuna": "vicuna", "zephyr": "zephyr", "phi3": "phi3"}
 # llama.cpp's --prio levels. Only low (-1) and normal (0) are offered: medium and up are SCHED_FIFO,
 # real-time, which is never polite and can starve a small machine.
 PRIO_LOW = -1
-# llama.cpp's own threadpool knobs, server backend only: name -> (low, high, why the bounds).
-# None leaves llama.cpp's default. The one table the space, `sweep trial` and the records read.
-SERVER_KNOBS: dict[str, tuple[int, int, str]] = {
-    "poll": (0, 100, "a busy-wait level 0..100"),
-    "poll_batch": (0, 100, "a busy-wait level 0..100"),
-    "prio": (-1, 0, "-1 (low) or 0 (normal); llama.cpp's higher levels are SCHED_FIFO, never polite"),
-    "prio_batch": (0, 0, "0 (normal): llama.cpp has no low level for it, and its higher levels are SCHED_FIFO"),
-    "cpu_strict": (0, 1, "0 or 1"),
-}
 
 
 def knob_problem(name: str, value: Any) -> str | None:
-    """Why ``value`` cannot be llama.cpp's knob ``name`` (out of its bounds), or None."""
-    low, high, why = SERVER_KNOBS[name]
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
-        return None
-    return f"{name} must be {why} (or null for llama.cpp's default), got {value!r}"
+    """Why ``value`` cannot be llama.cpp's knob ``name`` (out of its bounds in ``sweep.params``), or None."""
+    return PARAMS[name].problem(value)
 
 
 def cpu_mask(cpus: tuple[int, ...] | list[int]) -> str:
@@ -77,9 +67,9 @@ def server_args(c: dict[str, Any], binary: str = "llama-server", host: str | Non
 def config_problem(c: dict[str, Any]) -> str | None:
     """Why a configuration cannot run as given (``config.KEY: why``), or None."""
     if c.get("backend", "python") != "server":
-        key = next((k for k in SERVER_KNOBS if c.get(k) is not None), None)
+        key = next((k for k in SERVER_ONLY if c.get(k) is not None), None)
         return f"config.{key}: a llama-server knob, but config.backend is python" if key else None
-    wrong = next((f"config.{k}: {p}" for k in SERVER_KNOBS if (p := knob_problem(k, c.get(k)))), None)
+    wrong = next((f"config.{k}: {p}" for k in SERVER_ONLY if (p := knob_problem(k, c.get(k)))), None)
     if wrong:
         return wrong
     if c.get("pace_tps") or c.get("pace_duty"):

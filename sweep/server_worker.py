@@ -27,29 +27,22 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from typing import Any, Iterator
 
-from . import knobs
-from .protocol import Channel, die_with_parent, serve
+from .drive import BackendFailed, drive, shared_length
+from .procs import signal_name
+from .protocol import Channel, PromptResult, die_with_parent, serve
 from .server import completion_body, request_body, server_args
-from .worker import shared_length
 
 HOST = "127.0.0.1"
 _HEALTH_POLL_S = 0.05
 # A request that gets no byte for this long is a hung server (the runner's progress watchdog,
 # progress_timeout_seconds, is the outer bound; this one lets the worker say so with the log's tail).
 REQUEST_TIMEOUT_S = 600.0
-
-
-class ServerFailed(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 def free_port() -> int:
@@ -76,22 +69,24 @@ class Server:
     def __init__(self, argv: list[str], port: int) -> None:
         sys.stdout.flush()
         self.port = port
+        worker = os.getpid()  # the server's parent, whatever SWEEP_PARENT_PID (this worker's) says
+        # preexec_fn runs between fork and exec.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout.fileno(),
-                                     stderr=subprocess.STDOUT, preexec_fn=die_with_parent)  # runs between fork and exec
+                                     stderr=subprocess.STDOUT, preexec_fn=lambda: die_with_parent(worker))
 
     def died(self) -> str | None:
         """How the server ended, or None while it runs."""
         rc = self.proc.poll()
         if rc is None:
             return None
-        return f"llama-server killed by {signal.Signals(-rc).name}" if rc < 0 else f"llama-server exited with status {rc}"
+        return f"llama-server killed by {signal_name(-rc)}" if rc < 0 else f"llama-server exited with status {rc}"
 
     def wait_healthy(self) -> None:
         """Until ``/health`` answers 200 (503 while the model loads)."""
         while True:
             gone = self.died()
             if gone:
-                raise ServerFailed("model_load_failed", f"{gone} before it answered /health: {_log_tail()}")
+                raise BackendFailed("model_load_failed", f"{gone} before it answered /health: {_log_tail()}")
             try:
                 conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
                 conn.request("GET", "/health")
@@ -111,7 +106,7 @@ class Server:
             resp = conn.getresponse()
             data = resp.read()
             if resp.status != 200:
-                raise ServerFailed("protocol", f"llama-server answered {path} with HTTP {resp.status}: {data[:300]!r}")
+                raise BackendFailed("protocol", f"llama-server answered {path} with HTTP {resp.status}: {data[:300]!r}")
             return json.loads(data)
         finally:
             conn.close()
@@ -151,7 +146,7 @@ class Server:
                          headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             if resp.status != 200:
-                raise ServerFailed("crashed", f"llama-server answered HTTP {resp.status}: {resp.read(300)!r}")
+                raise BackendFailed("crashed", f"llama-server answered HTTP {resp.status}: {resp.read(300)!r}")
             for raw in resp:
                 line = raw.strip()
                 if not line.startswith(b"data:"):
@@ -194,14 +189,14 @@ def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]
         ta = tokens(a)
         n = shared_length(ta, tokens(b))
         if n < 2:
-            raise ServerFailed("protocol", f"the {kind} requests share {n} tokens: no prefix to cache")
+            raise BackendFailed("protocol", f"the {kind} requests share {n} tokens: no prefix to cache")
         server.post("/completion", {"prompt": ta[: n - 1], "n_predict": 1, "temperature": 0.0, "cache_prompt": True})
         held[kind] = server.post("/slots/0?action=save", {"filename": f"{kind}.bin"})["n_saved"]
     return held
 
 
 def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], chan: Channel,
-                index: int, held: int | None = None, tokens: bool = False) -> dict[str, Any]:
+                index: int, held: int | None = None, tokens: bool = False) -> PromptResult:
     if held is not None:  # start from the kind's prefix and nothing more, untimed
         server.post("/slots/0?action=restore", {"filename": f"{request['kind']}.bin"})
     # Under escape the prompt goes as tokens to /completion, built before the request is timed.
@@ -230,87 +225,79 @@ def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], ch
     t_end = time.monotonic()
     chan.send("phase", phase="between", t=t_end, prompt=index)
     prompt_n = timings.get("prompt_n")
-    # The prompt's own tokens, where asked (injection): what reached the model, special tokens
-    # included; for the chat endpoint, from its own template and tokenizer (untimed, after the answer).
-    extra = {"tokens": escaped if escaped is not None else server.prompt_tokens(request["messages"])} if tokens else {}
-    return {
-        **extra,
-        "latency_s": t_end - t0,
-        "ttft_s": (t_first - t0) if t_first else None,
+    return PromptResult(
+        latency_s=t_end - t0, ttft_s=(t_first - t0) if t_first else None,
         # llama.cpp's own counts: the whole prompt (what it prefilled and what it took from cache).
-        "prompt_tokens": (prompt_n or 0) + (timings.get("cache_n") or 0) if prompt_n is not None else 0,
-        "prefill_tokens": prompt_n,
-        "completion_chunks": len(pieces),
-        "decode_s": (t_last - t_first) if t_first and t_last else 0.0,
-        "answer": "".join(pieces),
-        "server": {**{k: timings.get(k) for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n",
-                                                  "predicted_ms", "predicted_per_second", "cache_n")},
-                   "slot_tokens": held},  # what the restored slot held: cache_n can be no more
-    }
+        prompt_tokens=(prompt_n or 0) + (timings.get("cache_n") or 0) if prompt_n is not None else 0,
+        prefill_tokens=prompt_n, completion_chunks=len(pieces),
+        decode_s=(t_last - t_first) if t_first and t_last else 0.0, answer="".join(pieces),
+        server={**{k: timings.get(k) for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n",
+                                               "predicted_ms", "predicted_per_second", "cache_n")},
+                "slot_tokens": held},  # what the restored slot held: cache_n can be no more
+        # The prompt's own tokens, where asked (injection): what reached the model, special tokens
+        # included; for the chat endpoint, from its own template and tokenizer (untimed, after the answer).
+        tokens=(escaped if escaped is not None else server.prompt_tokens(request["messages"])) if tokens else None)
 
 
-def _answer_all(server: Server, prompts: list[dict[str, Any]], cfg: dict[str, Any], chan: Channel,
-                held: dict[str, int], passname: str | None = None) -> None:
-    extra = {"pass": passname} if passname else {}
-    for i, request in enumerate(prompts):
-        chan.send("prompt", index=i, **extra, **_run_prompt(server, request, cfg, chan, i, held.get(request["kind"]),
-                                                           tokens=passname == "injection"))
+class ServerBackend:
+    """The llama-server ``sweep tools build`` made, started by this worker (``sweep.drive.Backend``).
+    It inherits every knob this worker set on itself."""
+
+    def __init__(self) -> None:
+        self.server: Server | None = None
+        self.cfg: dict[str, Any] = {}
+        self.held: dict[str, int] = {}
+        self.slot_dir: str | None = None
+
+    def load(self, config: dict[str, Any], chan: Channel) -> None:
+        from .tools import ToolsError, binary
+
+        self.cfg = config
+        try:
+            program = str(binary("llama-server"))
+        except ToolsError as exc:
+            raise BackendFailed("model_load_failed", str(exc)) from None
+        port = free_port()
+        # The runner's per-trial directory is the working directory, and goes however the trial ends.
+        if config.get("prefix_cache") == "shared":
+            self.slot_dir = os.path.abspath("slots")
+            os.makedirs(self.slot_dir, exist_ok=True)
+        self.server = Server(server_args(config, program, HOST, port, self.slot_dir), port)
+        chan.send("server", pid=self.server.proc.pid, port=port)
+        self.server.wait_healthy()
+
+    def prepare(self, probes: dict[str, list[list[dict[str, str]]]]) -> None:
+        assert self.server is not None
+        self.held = shared_prefixes(self.server, probes, self.cfg.get("input_guard") == "escape")
+
+    def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
+        assert self.server is not None
+        return _run_prompt(self.server, request, self.cfg, chan, index, self.held.get(request["kind"]), tokens)
+
+    def knob_pid(self) -> int | str:
+        assert self.server is not None
+        return self.server.proc.pid  # the server's own threads
+
+    def check(self) -> None:
+        gone = self.server.died() if self.server else None
+        if gone:
+            raise BackendFailed("crashed", gone)
+
+    def failure(self, exc: Exception) -> BackendFailed | None:
+        if not isinstance(exc, (OSError, http.client.HTTPException, ValueError)):
+            return None
+        time.sleep(0.2)  # a server that died mid-answer: let its exit be seen
+        gone = self.server.died() if self.server else None
+        return BackendFailed("crashed" if gone else "protocol",
+                             f"{gone or 'llama-server broke a request'} ({type(exc).__name__}: {exc}): {_log_tail()}")
+
+    def close(self) -> None:
+        if self.server:
+            self.server.stop()
 
 
 def run(job: dict[str, Any], chan: Channel) -> int:
-    from .tools import ToolsError, binary
-
-    cfg = job["config"]
-    knobs.apply(cfg)  # on this, the only thread: llama-server inherits it
-    chan.send("phase", phase="load", t=time.monotonic())
-    try:
-        program = str(binary("llama-server"))
-    except ToolsError as exc:
-        chan.send("error", reason="model_load_failed", detail=str(exc))
-        return 3
-    port = free_port()
-    # The runner's per-trial directory is the working directory, and goes however the trial ends.
-    slot_dir = os.path.abspath("slots") if job.get("prefixes") else None
-    if slot_dir:
-        os.makedirs(slot_dir, exist_ok=True)
-    server = Server(server_args(cfg, program, HOST, port, slot_dir), port)
-    chan.send("server", pid=server.proc.pid, port=port)
-    try:
-        try:
-            server.wait_healthy()
-            # Preparing the shared prefixes is part of getting ready: it counts in load.
-            held = shared_prefixes(server, job["prefixes"], cfg.get("input_guard") == "escape") if slot_dir else {}
-            chan.send("phase", phase="idle", t=time.monotonic())
-            time.sleep(job["idle_seconds"])
-            chan.send("phase", phase="active", t=time.monotonic())
-            _answer_all(server, job["prompts"], cfg, chan, held)
-            gone = server.died()
-            if gone:
-                raise ServerFailed("crashed", gone)
-            # Read back from the server's own threads, after inference (compute threads start lazily).
-            chan.send("knobs", threads=knobs.read_threads(server.proc.pid),
-                      autogroup=knobs.read_autogroup(server.proc.pid))
-            if job.get("injection"):  # as sweep.worker: attacker-written items and their clean originals
-                chan.send("phase", phase="injection", t=time.monotonic())
-                _answer_all(server, job["injection"], cfg, chan, held, passname="injection")
-            if job.get("contended"):  # as sweep.worker: the same prompts under the CPU-bound foreground
-                chan.send("phase", phase="contended", t=time.monotonic())
-                sys.stdin.readline()
-                _answer_all(server, job["prompts"], cfg, chan, held, passname="contended")
-            chan.send("phase", phase="done", t=time.monotonic())
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            time.sleep(0.2)  # a server that died mid-answer: let its exit be seen
-            gone = server.died()
-            raise ServerFailed("crashed" if gone else "protocol",
-                               f"{gone or 'llama-server broke a request'} ({type(exc).__name__}: {exc}): "
-                               f"{_log_tail()}") from None
-    except ServerFailed as exc:
-        chan.send("error", reason=exc.reason, detail=exc.detail)
-        return 3
-    finally:
-        server.stop()
-    chan.send("result", ok=True)
-    return 0
+    return drive(job, chan, ServerBackend())
 
 
 if __name__ == "__main__":

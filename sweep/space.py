@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -21,9 +21,9 @@ from .errors import ModelError, SpaceError
 from .host import allowed_cpus, place_cores
 from .metrics import METRICS
 from .models import Registry
-from .prompts import GUARDS, OUTPUTS, max_shots
 from .records import TrialConfig, TrialSettings
-from .server import SERVER_KNOBS, knob_problem, tools_problem
+from .params import CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
+from .server import tools_problem
 
 # The seed study's budgets (experiment-learnings.md), as metric -> bound.
 SEED_BUDGETS: dict[str, dict[str, float]] = {
@@ -37,26 +37,10 @@ SEED_BUDGETS: dict[str, dict[str, float]] = {
 }
 DEFAULT_OBJECTIVES = ["correctness", "cpu_active_p99_share_pct", "latency_p95_s"]
 
-_INT_PARAMS = {"n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cores", "nice", "gomp_spincount",
-               "max_tokens", "shots"}
-_ENUM_PARAMS: dict[str, tuple[str, ...]] = {
-    "placement": ("first", "last", "spread"),
-    "sched_policy": ("normal", "batch", "idle"),
-    "omp_wait_policy": ("passive", "active"),
-    "output": OUTPUTS,
-    "prefix_cache": ("off", "shared"),
-    "backend": ("python", "server"),
-    "input_guard": GUARDS,
-}
-_FLOAT_PARAMS = {"pace_tps", "pace_duty"}
-_FIXED_ONLY = {"cpus", "temperature"}
-KNOWN_PARAMS = _INT_PARAMS | _FLOAT_PARAMS | set(_ENUM_PARAMS) | _FIXED_ONLY | set(SERVER_KNOBS)
-# A parameter neither swept nor fixed takes TrialConfig's default, or llama.cpp's for the batches and context.
-_DEFAULTS: dict[str, Any] = {
-    **{f.name: f.default for f in fields(TrialConfig)
-       if f.name in KNOWN_PARAMS and f.name != "cpus" and f.default is not MISSING},
-    "n_batch": 512, "n_ubatch": 512, "n_ctx": 1024, "placement": "first",
-}
+KNOWN_PARAMS = set(PARAMS)
+_FIXED_ONLY = {name for name, p in PARAMS.items() if p.fixed_only}
+# A parameter neither swept nor fixed takes the knob table's default.
+_DEFAULTS: dict[str, Any] = defaults()
 
 _Strict = ConfigDict(extra="forbid")
 
@@ -190,19 +174,18 @@ class Space:
         else:
             cpus = self.cpus
         mf = self.registry.resolve(model, quant)
-        server = v["backend"] == "server"  # llama.cpp's own knobs mean nothing to a python trial: not in its config
+        server = v["backend"] == "server"
         # Threads never exceed the cores they may run on; n_ubatch never exceeds n_batch
         # (llama.cpp would clamp it silently; here the effective value is recorded).
+        values = {name: v.get(name) for name in CONFIG_KNOBS}
+        for name in SERVER_ONLY:  # llama.cpp's own knobs mean nothing to a python trial: not in its config
+            values[name] = values[name] if server else None
         return TrialConfig(
             model=model, quant=quant, model_path=str(mf.path), chat_format=mf.chat_format,
-            n_threads=min(v.get("n_threads", len(cpus)), len(cpus)),
-            n_threads_batch=min(v.get("n_threads_batch", len(cpus)), len(cpus)),
-            n_batch=v["n_batch"], n_ubatch=min(v["n_ubatch"], v["n_batch"]), n_ctx=v["n_ctx"],
-            cpus=cpus, nice=v["nice"], sched_policy=v["sched_policy"], omp_wait_policy=v.get("omp_wait_policy"),
-            gomp_spincount=v.get("gomp_spincount"), max_tokens=v["max_tokens"], temperature=float(v["temperature"]),
-            pace_tps=v.get("pace_tps"), pace_duty=v.get("pace_duty"), shots=v["shots"], output=v["output"],
-            prefix_cache=v["prefix_cache"], backend=v["backend"], input_guard=v["input_guard"],
-            **{name: v.get(name) if server else None for name in SERVER_KNOBS},
+            **{**values, "cpus": cpus, "temperature": float(v["temperature"]),
+               "n_threads": min(v.get("n_threads", len(cpus)), len(cpus)),
+               "n_threads_batch": min(v.get("n_threads_batch", len(cpus)), len(cpus)),
+               "n_ubatch": min(v["n_ubatch"], v["n_batch"])},
         )
 
 
@@ -214,24 +197,9 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def _check_param(where: str, name: str, value: Any) -> None:
     if name not in KNOWN_PARAMS:
         raise SpaceError(f"{where}: unknown parameter {name!r} (known: {', '.join(sorted(KNOWN_PARAMS))})")
-    if name in _ENUM_PARAMS and value not in _ENUM_PARAMS[name]:
-        raise SpaceError(f"{where}: {value!r} is not one of {', '.join(_ENUM_PARAMS[name])}")
-    if name in _INT_PARAMS and (not isinstance(value, int) or isinstance(value, bool)):
-        raise SpaceError(f"{where}: expected a whole number, got {value!r}")
-    if name in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cores", "max_tokens") and value < 1:
-        raise SpaceError(f"{where}: must be at least 1, got {value}")
-    if name in _FLOAT_PARAMS and value is not None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise SpaceError(f"{where}: expected a number above 0 (or null for no pacing), got {value!r}")
-        if name == "pace_duty" and value > 1:
-            raise SpaceError(f"{where}: a duty cycle is a fraction in (0, 1], got {value}")
-    if name == "shots" and not 0 <= value <= max_shots():
-        raise SpaceError(f"{where}: the worked-example pool has {max_shots()} examples of each kind; "
-                         f"shots must be 0..{max_shots()}, got {value}")
-    if name in SERVER_KNOBS and knob_problem(name, value):
-        raise SpaceError(f"{where}: {knob_problem(name, value)}")
-    if name == "nice" and not 0 <= value <= 19:
-        raise SpaceError(f"{where}: nice must be 0..19 (raising priority needs root and is never polite), got {value}")
+    wrong = PARAMS[name].problem(value)
+    if wrong:
+        raise SpaceError(f"{where}: {wrong}")
 
 
 def _unyaml_off(raw: dict[str, Any]) -> None:
@@ -261,7 +229,7 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
         return f"{path}: {'params' if name in spec.params else 'fixed'}.{name}"
 
     if "server" not in _choices(spec, "backend"):
-        for name in SERVER_KNOBS:
+        for name in SERVER_ONLY:
             if name in spec.params or spec.fixed.get(name) is not None:
                 raise SpaceError(f"{key(name)}: {name} is a llama-server knob and this space runs only the "
                                  "python backend (add backend: [server] or [python, server])")
@@ -326,7 +294,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name in _FIXED_ONLY:
             raise SpaceError(f"{where}: {name} can only be set under fixed")
         if isinstance(dist, IntRange):
-            if name in _FLOAT_PARAMS:
+            if PARAMS[name].kind != "int":
                 raise SpaceError(f"{where}: {name} takes a list of choices, not a range")
             _check_param(where + ".low", name, dist.low)
             high = len(host_cpus) if dist.high == "all" else dist.high
@@ -425,10 +393,8 @@ def check_config(data: Any, where: str) -> TrialConfig:
             raise SpaceError(f"{where}: config.{name}: {exc.errors()[0]['msg'].lower()}, got {value!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise SpaceError(f"{where}: config.{name}: expected a finite number, got {value!r}")
-        if value is not None and name in KNOWN_PARAMS and name not in _FIXED_ONLY:
+        if value is not None and name in KNOWN_PARAMS:
             _check_param(f"{where}: config.{name}", name, value)
     if config.cpus is not None and (not config.cpus or min(config.cpus) < 0):
         raise SpaceError(f"{where}: config.cpus: expected a non-empty list of CPU ids (0 or more), got {list(config.cpus)}")
-    if config.temperature < 0:
-        raise SpaceError(f"{where}: config.temperature: expected a number >= 0, got {config.temperature}")
     return config

@@ -116,6 +116,18 @@ def safe_url(url: str) -> str:
         return url
 
 
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line fit to store or show: every database URL in it (``--storage URL`` or
+    ``--storage=URL``) without its password."""
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if "://" in value and "@" in value:
+            value = safe_url(value)
+        out.append(f"{flag}{eq}{value}" if eq else value)
+    return out
+
+
 def open_optuna_storage(url: str, write: bool = True) -> Any:
     """Optuna's RDB storage, with heartbeats. A writer creates the tables under ``schema_lock``."""
     import optuna

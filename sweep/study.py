@@ -12,9 +12,8 @@ from . import _optuna
 from .errors import StudyError
 from .fleet import check_hardware, describe_class, hardware_class
 from .host import host_info
-from .metrics import METRICS
-from .records import Outcome, StudyMeta
-from .results import constraint_values, verifications
+from .metrics import METRICS, constraint_values
+from .records import Outcome, StudyMeta, verifications
 from .space import Space
 from .storage import SeriesStore, open_optuna_storage, safe_url, schema_lock
 

@@ -96,6 +96,7 @@ def export_table(study: Any, storage_url: str, command: list[str] | None = None)
         SweepError: the study was not made by sweep (``StudyMeta``).
     """
     from . import _optuna
+    from .storage import redact_argv
 
     meta = StudyMeta.of(study)
     store = SeriesStore(storage_url, write=False)
@@ -130,11 +131,12 @@ def export_table(study: Any, storage_url: str, command: list[str] | None = None)
             "hardware_class": meta.hardware_class,
             "date": _iso(min(starts)) if starts else None,  # when the first trial was measured
             "last_measured": _iso(max(starts)) if starts else None,
-            "command": recorded.get("command"),
+            "command": redact_argv(recorded["command"]) if isinstance(recorded.get("command"), list)
+            else recorded.get("command"),
             "wall_seconds": recorded.get("wall_seconds"),
             **{k: v for k, v in recorded.items() if k not in ("command", "wall_seconds")},
             "exported": {"at": _iso(datetime.now(timezone.utc).timestamp()),
-                         "command": command or [Path(sys.argv[0]).name, *sys.argv[1:]],
+                         "command": redact_argv(command or [Path(sys.argv[0]).name, *sys.argv[1:]]),
                          "python": platform.python_version()},
             "n_rows": len(rows),
             "n_configs": len({r["config_key"] for r in rows}),

@@ -101,7 +101,7 @@ def verify_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task]
     if not lock:
         record["measured_without_lock"] = True
     for i in range(repeats):
-        outcome = run_trial(config, settings, tasks, on_event=on_event)
+        outcome = run_trial(config, settings, tasks, on_event=on_event, lock=lock, on_wait=on_wait)
         runs.append(outcome)
         if on_run:
             on_run(i, outcome)

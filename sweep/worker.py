@@ -16,42 +16,10 @@ import sys
 import time
 from typing import Any
 
-from . import knobs
-from .protocol import Channel, serve
+from .drive import BackendFailed, drive, shared_length
+from .escape import Escape
+from .protocol import Channel, PromptResult, serve
 from .records import TrialConfig
-
-
-class Escape:
-    """``input_guard: escape``: every message's content is tokenized with special-token parsing off,
-    so no text in it can become a template token; the template's own markers are parsed as usual.
-
-    llama-cpp-python renders the chat template to one string and tokenizes all of it with
-    ``special=True``. Each content is therefore fenced with markers no input can hold (a random
-    nonce between private-use characters), and the model's ``tokenize`` is wrapped to tokenize what
-    lies between them as text, and the rest as before, piece by piece.
-    """
-
-    def __init__(self, llm: Any) -> None:
-        import secrets
-
-        nonce = secrets.token_hex(8)
-        self.open, self.close = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
-        self._tokenize = llm.tokenize
-        llm.tokenize = self.tokenize
-
-    def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        return [{**m, "content": f"{self.open}{m['content']}{self.close}"} for m in messages]
-
-    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        rest, out = text.decode("utf-8", errors="surrogatepass"), []
-        while rest:
-            head, found, tail = rest.partition(self.open)
-            content, _, rest = tail.partition(self.close) if found else ("", "", "")
-            for piece, parse in ((head, special), (content, False)):
-                if piece:
-                    out += self._tokenize(piece.encode("utf-8", errors="surrogatepass"),
-                                          add_bos=add_bos and not out, special=parse)
-        return out or self._tokenize(b"", add_bos=add_bos, special=special)
 
 
 def _messages(messages: list[dict[str, str]], escape: Escape | None) -> list[dict[str, str]]:
@@ -63,11 +31,6 @@ def _prompt_tokens(llm: Any, messages: list[dict[str, str]]) -> list[int]:
     Whatever prefix they share with the cache is reused, as in any request without reset()."""
     out = llm.create_chat_completion(messages=messages, max_tokens=1, temperature=0.0)
     return list(llm._input_ids[: out["usage"]["prompt_tokens"]])
-
-
-def shared_length(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two probes' prompts share: the fixed prefix a cache may hold."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def shared_prefixes(llm: Any, probes: dict[str, list[list[dict[str, str]]]],
@@ -100,7 +63,7 @@ def _prefill_count(llm: Any) -> int:
 
 def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], chan: Channel,
                 index: int, prefix: Any = None, escape: Escape | None = None,
-                tokens: bool = False) -> dict[str, Any]:
+                tokens: bool = False) -> PromptResult:
     # Without a shared prefix, reset so each latency is a full request, not a KV-cache prefix hit;
     # with one, start from the kind's prefilled prefix and nothing more.
     if prefix is None:
@@ -142,68 +105,61 @@ def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, 
         resumed = time.monotonic()
     t_end = time.monotonic()
     chan.send("phase", phase="between", t=t_end, prompt=index)
-    # The prompt's own tokens, where asked (injection): what reached the model, special tokens included.
-    extra = {"tokens": [int(t) for t in llm._input_ids[:prompt_tokens]]} if tokens else {}
-    return {
-        **extra,
-        "latency_s": t_end - t0,
-        "ttft_s": (t_first - t0) if t_first else None,
-        "prompt_tokens": prompt_tokens,
-        "prefill_tokens": prefilled if t_first else None,
-        "completion_chunks": len(pieces),
-        "decode_s": (t_last - t_first) if t_first and t_last else 0.0,
-        "answer": "".join(pieces),
-    }
+    return PromptResult(
+        latency_s=t_end - t0, ttft_s=(t_first - t0) if t_first else None, prompt_tokens=prompt_tokens,
+        prefill_tokens=prefilled if t_first else None, completion_chunks=len(pieces),
+        decode_s=(t_last - t_first) if t_first and t_last else 0.0, answer="".join(pieces),
+        # The prompt's own tokens, where asked (injection): what reached the model, special tokens included.
+        tokens=[int(t) for t in llm._input_ids[:prompt_tokens]] if tokens else None)
 
 
-def _answer_all(llm: Any, prompts: list[dict[str, Any]], cfg: dict[str, Any], chan: Channel,
-                prefixes: dict[str, Any], passname: str | None = None, escape: Escape | None = None) -> None:
-    import llama_cpp
+class PythonBackend:
+    """llama-cpp-python in this process (``sweep.drive.Backend``)."""
 
-    extra = {"pass": passname} if passname else {}
-    for i, request in enumerate(prompts):
-        # llama.cpp parses the grammar for each request, as a deployment would: that cost is in the latency.
+    def __init__(self) -> None:
+        self.llm: Any = None
+        self.cfg: dict[str, Any] = {}
+        self.escape: Escape | None = None
+        self.prefixes: dict[str, Any] = {}
+
+    def load(self, config: dict[str, Any], chan: Channel) -> None:
+        import llama_cpp  # only the worker imports llama_cpp, and only after the knobs are set
+
+        chan.send("phase", phase="imported", t=time.monotonic())
+        self.cfg = config
+        try:
+            # The same keyword arguments an export hands to a deployment: one source for both.
+            self.llm = llama_cpp.Llama(**TrialConfig.from_dict(config).llama_kwargs())
+        except Exception as exc:  # llama-cpp-python raises ValueError for any load failure
+            raise BackendFailed("model_load_failed", f"{type(exc).__name__}: {exc}") from None
+        self.escape = Escape(self.llm) if config.get("input_guard") == "escape" else None
+
+    def prepare(self, probes: dict[str, list[list[dict[str, str]]]]) -> None:
+        self.prefixes = shared_prefixes(self.llm, probes, self.escape)
+
+    def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
+        import llama_cpp
+
+        # llama.cpp parses the grammar for each request, as a deployment would.
         grammar = llama_cpp.LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
-        chan.send("prompt", index=i, **extra, **_run_prompt(llm, request, grammar, cfg, chan, i,
-                                                           prefixes.get(request["kind"]), escape,
-                                                           tokens=passname == "injection"))
+        return _run_prompt(self.llm, request, grammar, self.cfg, chan, index, self.prefixes.get(request["kind"]),
+                           self.escape, tokens)
+
+    def knob_pid(self) -> int | str:
+        return "self"
+
+    def check(self) -> None:
+        return None
+
+    def failure(self, exc: Exception) -> BackendFailed | None:
+        return None  # an exception here is a crash: sweep.protocol.serve reports it
+
+    def close(self) -> None:
+        return None
 
 
 def run(job: dict[str, Any], chan: Channel) -> int:
-    cfg = job["config"]
-    knobs.apply(cfg)
-    chan.send("phase", phase="load", t=time.monotonic())
-    import llama_cpp  # only the worker imports llama_cpp, and only after the knobs are set
-
-    chan.send("phase", phase="imported", t=time.monotonic())
-
-    try:
-        # The same keyword arguments an export hands to a deployment: one source for both.
-        llm = llama_cpp.Llama(**TrialConfig.from_dict(cfg).llama_kwargs())
-    except Exception as exc:  # llama-cpp-python raises ValueError for any load failure
-        chan.send("error", reason="model_load_failed", detail=f"{type(exc).__name__}: {exc}")
-        return 3
-    escape = Escape(llm) if cfg.get("input_guard") == "escape" else None
-    # Preparing the shared prefixes is part of getting ready: it counts in the load phase.
-    prefixes = shared_prefixes(llm, job["prefixes"], escape) if job.get("prefixes") else {}
-    chan.send("phase", phase="idle", t=time.monotonic())
-    time.sleep(job["idle_seconds"])
-    chan.send("phase", phase="active", t=time.monotonic())
-    _answer_all(llm, job["prompts"], cfg, chan, prefixes, escape=escape)
-    # Read back after inference: compute threads are created lazily, on first use.
-    chan.send("knobs", threads=knobs.read_threads(), autogroup=knobs.read_autogroup())
-    if job.get("injection"):  # attacker-written items and their clean originals, out of the figures above
-        chan.send("phase", phase="injection", t=time.monotonic())
-        _answer_all(llm, job["injection"], cfg, chan, prefixes, passname="injection", escape=escape)
-    if job.get("contended"):
-        # The same prompts again, under the user's CPU-bound foreground: the runner resumes it on
-        # this mark and says "go" on stdin once it runs.
-        chan.send("phase", phase="contended", t=time.monotonic())
-        sys.stdin.readline()
-        _answer_all(llm, job["prompts"], cfg, chan, prefixes, passname="contended", escape=escape)
-    chan.send("phase", phase="done", t=time.monotonic())
-    chan.send("result", ok=True)
-    return 0
+    return drive(job, chan, PythonBackend())
 
 
 def _injected_fault(chan: Channel) -> None:

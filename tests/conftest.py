@@ -142,15 +142,15 @@ def server_tools() -> Path:
         pytest.skip(f"{exc} (make tools)")
 
 
-def ask(port: int, content: str = "Say hello.") -> str:
-    """One cold chat request to a llama-server on loopback; its answer."""
+def ask(port: int, content: str = "Say hello.", key: str | None = None) -> str:
+    """One cold chat request to a llama-server on loopback (with ``key`` as its API key); its answer."""
     import json
     import urllib.request
 
     body = json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 8,
                        "temperature": 0, "cache_prompt": False}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers)
     reply = json.load(urllib.request.urlopen(req, timeout=60))
     return reply["choices"][0]["message"]["content"]
 
@@ -167,7 +167,7 @@ def serving(start: Any) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
     proc = start(port)
     try:
-        def healthy() -> bool:
+        def healthy() -> bool:  # /health answers without the API key
             assert proc.poll() is None, f"the exported server exited with {proc.returncode}"
             try:
                 return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
@@ -184,11 +184,22 @@ def serving(start: Any) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         proc.wait(timeout=10)
 
 
-def serve_and_ask(argv: list[str]) -> str:
-    """Start ``argv --port N``, ask it one question, stop it; the answer."""
+def serve_and_ask(argv: list[str], key_file: Path | None = None) -> str:
+    """Start ``argv --port N`` (an exported script finds its API key in ``key_file``), ask it one
+    question, stop it; the answer."""
+    env = {**os.environ, "SWEEP_LLM_API_KEY_FILE": str(key_file)} if key_file else None
     with serving(lambda port: subprocess.Popen([*argv, "--port", str(port)], stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.STDOUT)) as (_, port):
-        return ask(port)
+                                               stderr=subprocess.STDOUT, env=env)) as (_, port):
+        return ask(port, key=key_file.read_text().strip() if key_file else None)
+
+
+def api_key(path: Path) -> Path:
+    """A fresh API key file, as the export's comment says to make one."""
+    import secrets
+
+    path.write_text(secrets.token_urlsafe(24) + "\n")
+    path.chmod(0o600)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Fault-injecting workers for failures the real worker's SWEEP_TEST_FAULT hook does not make.
 
 ``fake_worker.py MODE FD``: hang (ignoring the job), wrong_version, exit_nonzero, not_an_object,
-missing_field (a prompt message without its latency).
+missing_field (a prompt message without its latency), rt_signal (killed by SIGRTMIN+3), never_read
+(never reads its job).
 """
 
 import json
@@ -10,6 +11,8 @@ import sys
 import time
 
 mode, fd = sys.argv[1], int(sys.argv[2])
+if mode == "never_read":  # never reads its job: a job larger than the pipe's buffer blocks its writer
+    time.sleep(3600)
 job = json.loads(sys.stdin.read())
 
 
@@ -23,6 +26,11 @@ if mode == "hang":
 elif mode == "wrong_version":
     os.write(fd, b'{"v": 99, "type": "result", "ok": true}\n')
     sys.exit(0)
+elif mode == "rt_signal":  # killed by a real-time signal, which signal.Signals has no name for
+    import signal
+
+    os.kill(os.getpid(), signal.SIGRTMIN + 3)
+    time.sleep(5)
 elif mode == "exit_nonzero":
     sys.exit(7)
 elif mode == "not_an_object":

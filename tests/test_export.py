@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -121,3 +120,9 @@ def test_server_exports_warn_when_the_sweep_paced_decoding() -> None:
         assert "llama-server cannot do" in render(record, fmt)
     record["config"]["pace_duty"] = None
     assert "cannot do" not in render(record, "systemd")
+
+
+def test_a_full_disk_is_not_bad_input(study_env: dict) -> None:
+    proc = sweep_cli("export", "--study", "x", "-o", "/dev/full", "--allow-infeasible", env=study_env["env"])
+    assert proc.returncode == 4, proc.stderr  # before: an internal error (1); exit 2 would claim bad input
+    assert "No space left on device" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -161,3 +161,32 @@ def test_a_corrupt_part_is_refused_and_leaves_nothing_behind(tmp_path: Path) -> 
         assemble_parts(parts[:-1] + [bad], target, QWEN_PARTS.size, QWEN_PARTS.sha256)
     assert isinstance(err.value, SweepError) and err.value.exit_code == 2
     assert list((tmp_path / "models").iterdir()) == []  # neither the file nor its partial
+
+
+def _nested_gguf(depth: int) -> bytes:
+    """A GGUF header whose one key holds arrays nested ``depth`` deep (arrays of one array...)."""
+    import struct
+
+    key = b"evil.nesting"
+    body = struct.pack("<Q", len(key)) + key + struct.pack("<I", 9)  # ARRAY
+    body += struct.pack("<IQ", 9, 1) * depth + struct.pack("<IQ", 4, 0)  # ... ending in an empty uint32 array
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + body
+
+
+def test_a_models_directory_with_odd_entries_lists_each_as_broken(tmp_path: Path, smollm2_path: Path) -> None:
+    import threading
+
+    shutil.copy(smollm2_path, tmp_path / "good.Q4_1.gguf")
+    os.mkfifo(tmp_path / "pipe.gguf")  # opening it for reading would block until a writer comes
+    (tmp_path / "folder.gguf").mkdir()
+    (tmp_path / "deep.gguf").write_bytes(_nested_gguf(100_000))  # RecursionError in a recursive reader
+    registry = Registry(models_dir=tmp_path)
+    listed: list = []
+    scan = threading.Thread(target=lambda: listed.append(registry.files()), daemon=True)
+    scan.start()
+    scan.join(timeout=60)  # a bound on the test: before the fix the FIFO blocked forever
+    assert listed, "the scan of the models directory hung"
+    assert registry.resolve("good", "Q4_1").source == "user-dir"
+    broken = {p.name: why for p, why in registry.broken.items()}
+    assert "not a regular file" in broken["pipe.gguf"] and "not a regular file" in broken["folder.gguf"]
+    assert "nested more than" in broken["deep.gguf"]

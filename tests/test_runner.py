@@ -230,3 +230,57 @@ def test_a_trial_measured_under_others_load_is_flagged_and_repeated(smollm2_path
     assert f["machine_busy"] == 1  # the guard saw it before
     assert f["machine_busy_active"] == 1 and f["other_cpu_active_pct"] > 30  # and it stayed while answering
     assert f["busy_repeats"] == 1  # measured again once (noise_retries), the last one kept
+
+
+def test_a_worker_killed_by_a_real_time_signal_is_a_recorded_crash(smollm2_path: Path) -> None:
+    outcome = run_trial(config(smollm2_path), QUICK, TASKS, worker_cmd=FAKE + ["rt_signal"])
+    assert (outcome.reason, outcome.detail) == ("crashed", "worker killed by SIGRTMIN+3")
+    assert not stray_processes()
+
+
+def test_a_worker_that_never_reads_a_large_job_is_still_timed_out(smollm2_path: Path) -> None:
+    # The whole task set, 3-shot: a job of several hundred KB, far beyond a pipe's 64 KB buffer.
+    tasks = load_tasks()
+    settings = TrialSettings(prompts=len(tasks), idle_seconds=0, baseline_seconds=0.1, timeout_seconds=2,
+                             noise_retries=0)
+    done: list = []
+    runner = threading.Thread(target=lambda: done.append(run_trial(config(smollm2_path, shots=3), settings, tasks,
+                                                                   worker_cmd=FAKE + ["never_read"])), daemon=True)
+    runner.start()
+    runner.join(timeout=120)  # a bound on the test, not a speed: before the fix it never returned
+    assert done, "run_trial blocked writing the job to a worker that never reads it"
+    assert done[0].reason == "timeout"
+    assert not stray_processes()
+
+
+def test_the_memory_sampler_survives_a_process_that_exits_while_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from sweep import monitor
+
+    real_open = builtins.open
+
+    def vanishing(path, *a, **kw):  # the kernel answers ESRCH when the process exits mid-read
+        if str(path).endswith("/status"):
+            raise ProcessLookupError(3, "No such process")
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", vanishing)
+    assert monitor._rss_kb(os.getpid()) == (0, 0)
+
+
+def test_a_worker_whose_parent_died_during_its_start_up_exits_at_once(smollm2_path: Path) -> None:
+    import json
+
+    from sweep.prompts import request_for
+
+    job = {"config": config(smollm2_path).to_dict(), "idle_seconds": 0, "prompts": [request_for(t) for t in TASKS]}
+    r, w = os.pipe()
+    # Its named parent (pid 1 stands in for an orchestrator already gone) is not the one it has.
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.worker", str(w)], stdin=subprocess.PIPE, pass_fds=(w,),
+                            env={**os.environ, "SWEEP_PARENT_PID": "1"})
+    os.close(w)
+    proc.communicate(json.dumps(job).encode() + b"\n", timeout=120)
+    with os.fdopen(r, "rb") as f:
+        sent = f.read()
+    assert proc.returncode == 1 and sent == b""  # before: it ran the whole trial, unsupervised

@@ -13,12 +13,11 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import QUICK_TAIL, serve_and_ask, sweep_cli, write_space
+from conftest import QUICK_TAIL, api_key, ask, serve_and_ask, serving, sweep_cli, write_space
 
 SERVER_SPACE = """\
 version: 1
@@ -158,9 +157,10 @@ def server_study(server_tools: Path, tmp_path_factory: pytest.TempPathFactory, c
     return {"work": work, "env": env}
 
 
-def _export(study: dict, fmt: str) -> Path:
+def _export(study: dict, fmt: str, *extra: str) -> Path:
     out = study["work"] / ("sweep-llm.service" if fmt == "systemd" else f"export.{fmt}")
-    proc = sweep_cli("export", "--study", "s", "-o", str(out), "--format", fmt, "--allow-infeasible", env=study["env"])
+    proc = sweep_cli("export", "--study", "s", "-o", str(out), "--format", fmt, "--allow-infeasible", *extra,
+                     env=study["env"])
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -174,7 +174,7 @@ def test_exported_llama_server_script_answers_and_measures_again(server_study: d
     assert args["--poll"] == "0" and args["--cpu-mask"] == "1" and args["--threads-batch"] == "1"
     script = _export(server_study, "llama-server")
     script.chmod(0o755)
-    assert serve_and_ask([str(script)]).strip()
+    assert serve_and_ask([str(script)], api_key(server_study["work"] / "key")).strip()
     # The exported record is a trial configuration: sweep trial measures the server again.
     rerun = sweep_cli("trial", str(server_study["work"] / "export.json"), "--json", "--prompts", "2", "--idle", "0.5",
                       env=server_study["env"])
@@ -183,17 +183,31 @@ def test_exported_llama_server_script_answers_and_measures_again(server_study: d
     assert measured["ok"] and measured["figures"]["server_decode_tps"] > 0
 
 
-def test_systemd_export_verifies_and_its_exec_start_answers(server_study: dict, server_tools: Path) -> None:
-    unit = _export(server_study, "systemd")
+def test_systemd_export_verifies_and_its_service_answers(server_study: dict, server_tools: Path,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    import tempfile
+
+    import unitrun
+    from sweep.export import API_KEY_SOURCE
+
+    # The built llama-server lives under /root: a unit may only run root's copy of it (--install).
+    refused = sweep_cli("export", "--study", "s", "-o", str(server_study["work"] / "u.service"), "--format", "systemd",
+                        "--allow-infeasible", env=server_study["env"])
+    assert refused.returncode == 2 and "--install DIR" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    opt = Path(tempfile.mkdtemp(prefix="sweep-opt-"))
+    opt.chmod(0o755)
+    unit = _export(server_study, "systemd", "--install", str(opt))
     text = unit.read_text()
-    assert "CPUAffinity=0" in text and "Nice=10" in text
+    assert "CPUAffinity=0" in text and "Nice=10" in text and "DynamicUser=yes" in text
     if shutil.which("systemd-analyze"):
         proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-    argv = shlex.split(exec_start.removeprefix("ExecStart="))
-    assert argv[0] == str(server_tools)
-    assert serve_and_ask(argv).strip()
+    assert shlex.split(exec_start.removeprefix("ExecStart="))[0] == str(opt / "bin" / "llama-server")
+    key = api_key(tmp_path_factory.mktemp("key") / "api-key")
+    with serving(lambda port: unitrun.start(unit, "--port", str(port), credentials={API_KEY_SOURCE: key},
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)) as (_, port):
+        assert ask(port, key=key.read_text().strip()).strip()
 
 
 # --- no server needed ---

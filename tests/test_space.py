@@ -133,3 +133,20 @@ def test_prompt_strategy_is_a_search_dimension(isolated: Path) -> None:
     plain = load_space(write_space(isolated / "p.yaml", TINY_SPACE)).sample(
         optuna.trial.FixedTrial({"model": "smollm2-135m", "n_threads": 1, "n_batch": 512, "nice": 19}))
     assert (plain.shots, plain.output) == (0, "free")
+
+
+def test_the_knob_table_and_the_trial_config_agree() -> None:
+    from dataclasses import MISSING, fields
+
+    from sweep.params import CONFIG_KNOBS, DERIVED, PARAMS
+    from sweep.records import TrialConfig
+
+    declared = {f.name: f for f in fields(TrialConfig)}
+    # Every knob a configuration carries is a field, and every field but the model's and the seed is a knob.
+    assert set(declared) - set(CONFIG_KNOBS) == {"model", "quant", "model_path", "chat_format", "seed"}
+    for name in CONFIG_KNOBS:
+        default, field = PARAMS[name].default, declared[name]
+        if default is not DERIVED and field.default is not MISSING:
+            assert field.default == default, name
+        if PARAMS[name].kind == "choice":
+            assert set(PARAMS[name].choices) >= {field.default} - {None, MISSING}, name

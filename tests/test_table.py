@@ -126,3 +126,14 @@ def test_load_table_refuses_another_version(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(TableError, match="not a sweep table"):
         load_table(path)
+
+
+def test_no_password_is_stored_with_the_command_line() -> None:
+    from sweep.storage import redact_argv
+
+    argv = ["sweep", "table", "--storage", "postgresql+psycopg://sweep:hunter2@db/sweep", "-o", "t.json",
+            "--storage=postgresql+psycopg://u:s3cret@h:5432/d"]
+    out = redact_argv(argv)
+    assert not any("hunter2" in a or "s3cret" in a for a in out)
+    assert out[3] == "postgresql+psycopg://sweep:***@db/sweep" and out[-1].startswith("--storage=postgresql")
+    assert redact_argv(["sweep", "run", "s.yaml"]) == ["sweep", "run", "s.yaml"]

@@ -165,3 +165,25 @@ def test_verify_again_skips_what_is_verified_and_refuses_bad_input(verified: dic
     assert gone.returncode == 2 and "no longer exists; nothing was verified" in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1
     assert verified["db"].read_bytes() == before
+
+
+def test_verify_without_the_lock_does_not_wait_for_it(smollm2_path: Path) -> None:
+    import threading
+
+    from sweep.hostlock import measurement_lock
+    from sweep.records import TrialConfig, TrialSettings
+    from sweep.tasks import load_tasks, stratified_subset
+    from sweep.verify import verify_trial
+
+    config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2_path), chat_format=None,
+                         n_threads=1, n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=512, max_tokens=8)
+    settings = TrialSettings(prompts=2, idle_seconds=0.2, baseline_seconds=0.1, noise_retries=0)
+    done: list = []
+    with measurement_lock("a test that holds the lock"):
+        run = threading.Thread(target=lambda: done.append(verify_trial(config, settings, stratified_subset(
+            load_tasks(), 2), 1, lock=False)), daemon=True)
+        run.start()
+        run.join(timeout=120)  # a bound on the test: before the fix it waited for the lock held here
+    assert done, "verify_trial(lock=False) waited for the measurement lock"
+    record, runs = done[0]
+    assert record["measured_without_lock"] and runs[0].ok

@@ -19,10 +19,21 @@ from pathlib import Path
 from typing import Any
 
 _POLICIES = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
-# Resource limits systemd enforces through the unit's cgroup. The trials these units come from ran
-# without them, so leaving them out does not change what is compared with the trial.
-NOT_APPLIED = {"CPUQuota": "a cgroup limit", "MemoryMax": "a cgroup limit", "Restart": "no restarts in a test"}
-APPLIED = {"ExecStart", "ExecStartPost", "CPUAffinity", "Nice", "CPUSchedulingPolicy", "Environment"}
+# What the stand-in does not do, and why that leaves the comparison with the trial intact: the
+# cgroup limits (the trials ran without them), and the sandbox, which systemd builds from mount,
+# user and network namespaces and a seccomp filter. The sandbox takes away what llama-server never
+# uses (systemd-analyze verify and security check the directives themselves).
+_SANDBOX = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateUsers", "PrivateIPC",
+            "ProtectHostname", "ProtectClock", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+            "ProtectControlGroups", "ProtectProc", "ProcSubset", "CapabilityBoundingSet", "AmbientCapabilities",
+            "RestrictAddressFamilies", "RestrictNamespaces", "IPAddressDeny", "IPAddressAllow", "SystemCallFilter",
+            "SystemCallArchitectures", "LockPersonality", "MemoryDenyWriteExecute", "RestrictRealtime",
+            "RestrictSUIDSGID", "RemoveIPC", "UMask", "DevicePolicy", "KeyringMode"}
+NOT_APPLIED = {"CPUQuota": "a cgroup limit", "MemoryMax": "a cgroup limit", "IOWeight": "a cgroup weight",
+               "Restart": "no restarts in a test", **{k: "the sandbox (namespaces, seccomp)" for k in _SANDBOX}}
+APPLIED = {"ExecStart", "ExecStartPost", "CPUAffinity", "Nice", "CPUSchedulingPolicy", "Environment",
+           "DynamicUser", "User", "LoadCredential", "NoNewPrivileges"}
+DYNAMIC_UID = 61999  # in systemd's range for dynamic users (61184-65519), unused here
 
 
 def service(text: str) -> dict[str, list[str]]:
@@ -45,17 +56,41 @@ def service(text: str) -> dict[str, list[str]]:
     return out
 
 
-def _command(value: str) -> tuple[list[str], bool]:
-    """A command line as systemd reads what sweep writes (single quotes, ``$$`` for ``$``), and
-    whether a failure is ignored (a leading ``-``)."""
+def _command(value: str, credentials: str) -> tuple[list[str], bool]:
+    """A command line as systemd reads what sweep writes (single quotes, ``$$`` for ``$``, ``%d`` for
+    the credentials directory), and whether a failure is ignored (a leading ``-``)."""
     ignore = value.startswith("-")
-    return shlex.split(value.lstrip("-").replace("$$", "$")), ignore
+    return shlex.split(value.lstrip("-").replace("$$", "$").replace("%d", credentials)), ignore
 
 
-def start(unit: Path, *extra: str, **popen: Any) -> subprocess.Popen[bytes]:
+def _uid(s: dict[str, list[str]]) -> int:
+    if "User" in s:
+        import pwd
+
+        return pwd.getpwnam(s["User"][-1]).pw_uid
+    return DYNAMIC_UID if s.get("DynamicUser", ["no"])[-1] == "yes" else 0
+
+
+def start(unit: Path, *extra: str, credentials: dict[str, Path] | None = None, **popen: Any) -> subprocess.Popen[bytes]:
     """Start the unit's ExecStart (with ``extra`` arguments), its directives applied, then run
-    its ExecStartPost commands. The service leads a session of its own, as under systemd."""
+    its ExecStartPost commands. The service leads a session of its own, as under systemd, as the
+    unit's user (``DynamicUser=yes``: an unused uid), with no new privileges. ``credentials`` maps
+    a LoadCredential= source to the file to read in its place; each is copied into a directory
+    only the service's user can read, as systemd does."""
+    import shutil
+    import tempfile
+
     s = service(unit.read_text())
+    uid = _uid(s)
+    creds = tempfile.mkdtemp(prefix="sweep-creds-")
+    for spec in s.get("LoadCredential", []):
+        name, _, source = spec.partition(":")
+        copy = Path(creds) / name
+        shutil.copyfile((credentials or {}).get(source, source), copy)
+        copy.chmod(0o400)
+        os.chown(copy, uid, uid)
+    os.chown(creds, uid, uid)
+    os.chmod(creds, 0o500)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}  # systemd starts from an almost empty environment
     for assignment in s.get("Environment", []):
         for pair in shlex.split(assignment):
@@ -65,6 +100,18 @@ def start(unit: Path, *extra: str, **popen: Any) -> subprocess.Popen[bytes]:
     nice = int(s["Nice"][-1]) if "Nice" in s else 0
     policy = _POLICIES[s.get("CPUSchedulingPolicy", ["other"])[-1]]
 
+    no_new_privileges = s.get("NoNewPrivileges", ["no"])[-1] == "yes"
+
+    def as_the_service() -> None:
+        if uid:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        if no_new_privileges:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+
     def apply() -> None:
         if cpus is not None:
             os.sched_setaffinity(0, cpus)
@@ -72,12 +119,15 @@ def start(unit: Path, *extra: str, **popen: Any) -> subprocess.Popen[bytes]:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
         if policy != os.SCHED_OTHER:
             os.sched_setscheduler(0, policy, os.sched_param(0))
+        as_the_service()
 
-    argv, _ = _command(s["ExecStart"][-1])
+    env["CREDENTIALS_DIRECTORY"] = creds
+    argv, _ = _command(s["ExecStart"][-1], creds)
     proc = subprocess.Popen([*argv, *extra], env=env, preexec_fn=apply, start_new_session=True, **popen)
     for post in s.get("ExecStartPost", []):
-        cmd, ignore = _command(post)
-        done = subprocess.run(cmd, env={**env, "MAINPID": str(proc.pid)}, capture_output=True, text=True, timeout=30)
+        cmd, ignore = _command(post, creds)
+        done = subprocess.run(cmd, env={**env, "MAINPID": str(proc.pid)}, capture_output=True, text=True, timeout=30,
+                              preexec_fn=as_the_service)
         if done.returncode and not ignore:
             proc.kill()
             raise RuntimeError(f"ExecStartPost {post!r} failed: {done.stderr.strip()}")

@@ -1,0 +1,156 @@
+"""The knob table: every parameter a search space may sweep or fix, described once.
+
+Each entry gives the knob's type and bounds, its default, the backends that take it, whether it
+may be swept or only fixed, where it takes effect (``applied``), and, for knobs added after the
+first records, that a record leaves it out at its default. The space (validation, defaults,
+sampling), the records, the server backend's own knobs and the refusals all read this table; a
+test holds ``records.TrialConfig`` to it.
+
+Adding a knob: one entry here, its ``TrialConfig`` field, and the code that applies it at the place
+``applied`` names (``knobs`` for the OS, ``server.server_args`` for llama.cpp's flags,
+``prompts`` for the prompt, ``records.TrialConfig.llama_kwargs`` for the bindings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Union
+
+Kind = Literal["int", "float", "choice", "cpus", "number"]
+Applied = Literal["bindings", "os", "env", "prompt", "space", "server", "sampling", "worker"]
+
+
+class _Derived:
+    """No fixed default: derived from the host or other knobs (threads: the CPUs a trial may use)."""
+
+    def __repr__(self) -> str:
+        return "DERIVED"
+
+
+DERIVED: Any = _Derived()
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: Kind
+    default: Any
+    applied: Applied
+    help: str
+    low: Union[float, None] = None
+    high: Union[float, Callable[[], int], None] = None  # a callable: bounds known only at run time
+    choices: tuple[str, ...] = ()
+    nullable: bool = False  # null is a value: leave it to llama.cpp / no pacing / unset
+    fixed_only: bool = False  # may be set under fixed, never swept
+    backends: tuple[str, ...] = ("python", "server")
+    recorded_at_default: bool = True  # False: added after the first records, left out at its default
+    why: str = ""  # the refusal of an out-of-bounds value, with {value}
+    check: Union[Callable[[Any], Union[str, None]], None] = None  # bounds that low and high cannot say
+
+    def upper(self) -> float | None:
+        return self.high() if callable(self.high) else self.high
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` cannot be this knob's, or None."""
+        if value is None and self.nullable:
+            return None
+        if self.kind == "choice":
+            return None if value in self.choices else f"{value!r} is not one of {', '.join(self.choices)}"
+        if self.kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"expected a whole number, got {value!r}"
+        if self.kind in ("float", "number") and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return self.why.format(value=value) if self.why else f"expected a number, got {value!r}"
+        if self.check:
+            return self.check(value)
+        high = self.upper()
+        if (self.low is not None and value < self.low) or (high is not None and value > high):
+            return self.why.format(value=value, high=high) if self.why else \
+                f"must be at least {self.low:g}, got {value}"
+        return None
+
+
+def _max_shots() -> int:
+    from .prompts import max_shots
+
+    return max_shots()
+
+
+_POLICIES = ("normal", "batch", "idle")
+_SERVER = ("server",)
+_NULL_LLAMA = " (or null for llama.cpp's default), got {value!r}"
+_PACE = "expected a number above 0 (or null for no pacing), got {value!r}"
+
+
+def _pace(value: float) -> str | None:
+    return _PACE.format(value=value) if value <= 0 else None
+
+
+def _duty(value: float) -> str | None:
+    return _pace(value) or (f"a duty cycle is a fraction in (0, 1], got {value}" if value > 1 else None)
+
+PARAMS: dict[str, Param] = {
+    # The model's compute (llama-cpp-python's Llama(...) and llama-server's flags alike).
+    "n_threads": Param("int", DERIVED, "bindings", "decode threads (default: every CPU the trial may use)", low=1),
+    "n_threads_batch": Param("int", DERIVED, "bindings", "prefill threads (llama-cpp-python's default is every "
+                             "core: always explicit here)", low=1),
+    "n_batch": Param("int", 512, "bindings", "logical batch: a long prompt is prefilled in chunks of this", low=1),
+    "n_ubatch": Param("int", 512, "bindings", "physical batch (clamped to n_batch)", low=1),
+    "n_ctx": Param("int", 1024, "bindings", "context size", low=1),
+    # Where and how politely it runs (sweep.knobs: applied before llama_cpp loads, read back from /proc).
+    "cores": Param("int", DERIVED, "sampling", "how many CPUs the trial is pinned to", low=1),
+    "placement": Param("choice", "first", "sampling", "which CPUs: the first, the last or spread",
+                       choices=("first", "last", "spread")),
+    "cpus": Param("cpus", DERIVED, "os", "CPU affinity, as CPU ids", fixed_only=True),
+    "nice": Param("int", 0, "os", "nice of every thread, and of the session's autogroup", low=0, high=19,
+                  why="nice must be 0..19 (raising priority needs root and is never polite), got {value}"),
+    "sched_policy": Param("choice", "normal", "os", "scheduling policy", choices=_POLICIES),
+    "omp_wait_policy": Param("choice", None, "env", "OpenMP's spin: OMP_WAIT_POLICY", choices=("passive", "active"),
+                             nullable=True),
+    "gomp_spincount": Param("int", None, "env", "GNU OpenMP's spin count: GOMP_SPINCOUNT", low=0, nullable=True),
+    # How it answers.
+    "max_tokens": Param("int", 48, "worker", "the longest answer", low=1),
+    "temperature": Param("number", 0.0, "worker", "sampling temperature", low=0, fixed_only=True,
+                         why="expected a number >= 0, got {value!r}"),
+    "pace_tps": Param("float", None, "worker", "decode pacing: at most this many tokens per second",
+                      nullable=True, backends=("python",), why=_PACE, check=_pace),
+    "pace_duty": Param("float", None, "worker", "decode pacing: compute at most this share of decode time",
+                       nullable=True, backends=("python",), why=_PACE, check=_duty),
+    # Prompt strategy (sweep.prompts).
+    "shots": Param("int", 0, "prompt", "worked examples before each question", low=0, high=_max_shots,
+                   why="the worked-example pool has {high} examples of each kind; shots must be 0..{high}, "
+                       "got {value}"),
+    "output": Param("choice", "free", "prompt", "free text, or the answer's form forced by a grammar or JSON schema",
+                    choices=("free", "grammar", "json")),
+    "prefix_cache": Param("choice", "off", "worker", "shared: each kind's fixed prefix prefilled once, at load",
+                          choices=("off", "shared")),
+    "input_guard": Param("choice", "none", "prompt", "how attacker-written input is kept from steering the answer",
+                         choices=("none", "escape", "delimit", "sandwich"), recorded_at_default=False),
+    # Which program computes.
+    "backend": Param("choice", "python", "worker", "llama-cpp-python in the worker, or llama-server",
+                     choices=("python", "server"), recorded_at_default=False),
+    # llama.cpp's own threadpool knobs (llama-server's flags; sweep.server.server_args).
+    "poll": Param("int", None, "server", "--poll: a busy-wait level", low=0, high=100, nullable=True,
+                  backends=_SERVER, recorded_at_default=False, why="poll must be a busy-wait level 0..100" + _NULL_LLAMA),
+    "poll_batch": Param("int", None, "server", "--poll-batch (default: as poll)", low=0, high=100, nullable=True,
+                        backends=_SERVER, recorded_at_default=False,
+                        why="poll_batch must be a busy-wait level 0..100" + _NULL_LLAMA),
+    "prio": Param("int", None, "server", "--prio: -1 low, 0 normal", low=-1, high=0, nullable=True, backends=_SERVER,
+                  recorded_at_default=False,
+                  why="prio must be -1 (low) or 0 (normal); llama.cpp's higher levels are SCHED_FIFO, never polite"
+                      + _NULL_LLAMA),
+    "prio_batch": Param("int", None, "server", "--prio-batch: 0 normal", low=0, high=0, nullable=True,
+                        backends=_SERVER, recorded_at_default=False,
+                        why="prio_batch must be 0 (normal): llama.cpp has no low level for it, and its higher "
+                            "levels are SCHED_FIFO" + _NULL_LLAMA),
+    "cpu_strict": Param("int", None, "server", "--cpu-strict: 1 pins each thread to one CPU of the mask", low=0,
+                        high=1, nullable=True, backends=_SERVER, recorded_at_default=False,
+                        why="cpu_strict must be 0 or 1" + _NULL_LLAMA),
+}
+
+SERVER_ONLY = tuple(name for name, p in PARAMS.items() if p.backends == _SERVER)
+CONFIG_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied != "sampling")  # TrialConfig's fields
+NEW_KEYS = tuple(name for name, p in PARAMS.items() if not p.recorded_at_default)
+
+
+def defaults() -> dict[str, Any]:
+    """Each knob's value when a space neither sweeps nor fixes it (derived ones are absent)."""
+    return {name: p.default for name, p in PARAMS.items() if p.default is not DERIVED}

@@ -1,0 +1,76 @@
+"""The measurement lock is one per host, whoever measures: two users share it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from sweep.hostlock import holder, measurement_lock
+
+OTHER_UID = 61998  # a user with no account here, as a second user of the machine
+
+_CHILD = """
+import fcntl, sys
+from sweep.hostlock import _open_lock, measurement_lock
+fd, writable = _open_lock(sys.argv[1])
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("free", flush=True)
+except BlockingIOError:
+    print("busy", flush=True)
+if sys.argv[2] == "take":
+    with measurement_lock("the other user's trial"):
+        print("held", flush=True)
+        sys.stdin.readline()
+"""
+
+
+def _as_other_user(path: Path, mode: str) -> subprocess.Popen[str]:
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(OTHER_UID)
+        os.setuid(OTHER_UID)
+
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(path), mode], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=drop,
+                            env={**os.environ, "SWEEP_LOCK_FILE": str(path)})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a second user")
+def test_two_users_share_one_measurement_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = Path(tempfile.mkdtemp(prefix="sweep-locks-"))
+    shared.chmod(0o1777)  # as /tmp: anyone may create, only the owner may remove
+    path = shared / "measurement.lock"
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(path))
+    with measurement_lock("root's trial"):
+        probe = _as_other_user(path, "probe")
+        out, err = probe.communicate(timeout=60)
+        assert probe.returncode == 0, err  # before: PermissionError, the file was the creator's 0644
+        assert out.split() == ["busy"]
+    other = _as_other_user(path, "take")
+    try:
+        assert other.stdout.readline().strip() == "free" and other.stdout.readline().strip() == "held"
+        assert holder(str(path))["pid"] == other.pid  # the other user could write who holds it
+        assert path.stat().st_mode & 0o777 == 0o666
+    finally:
+        other.communicate("\n", timeout=60)
+    assert other.returncode == 0
+
+
+def test_the_lock_never_follows_a_symlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "victim"
+    target.write_text("keep me")
+    link = tmp_path / "measurement.lock"
+    link.symlink_to(target)
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(link))
+    from sweep.errors import SweepError
+
+    with pytest.raises(SweepError, match="symbolic link"):
+        with measurement_lock("a trial"):
+            pass
+    assert target.read_text() == "keep me"
