@@ -115,7 +115,7 @@ def test_server_exports_warn_when_the_sweep_paced_decoding() -> None:
     record = {"config": {"model": "m", "quant": "Q4_0", "cpus": None, "nice": 0, "sched_policy": "normal",
                          "pace_duty": 0.5, "pace_tps": None},
               "provenance": {"study": "s", "trial": 1}, "meets_all_budgets": True, "budgets": {}, "metrics": {},
-              "environment": {}, "llama_server": "llama-server -m m.gguf", "llama_server_args": "llama-server -m m.gguf"}
+              "environment": {}, "llama_server": "/bin/true -m /etc/hostname", "llama_server_args": "/bin/true -m /etc/hostname"}
     for fmt in ("llama-server", "systemd"):
         assert "llama-server cannot do" in render(record, fmt)
     record["config"]["pace_duty"] = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from sweep.hostlock import holder, measurement_lock
 OTHER_UID = 61998  # a user with no account here, as a second user of the machine
 
 _CHILD = """
-import fcntl, sys
+import fcntl, os, sys
 from sweep.hostlock import _open_lock, measurement_lock
 fd, writable = _open_lock(sys.argv[1])
 try:
@@ -23,6 +22,7 @@ try:
     print("free", flush=True)
 except BlockingIOError:
     print("busy", flush=True)
+os.close(fd)  # a second descriptor of this process would wait for the first's lock
 if sys.argv[2] == "take":
     with measurement_lock("the other user's trial"):
         print("held", flush=True)
@@ -30,18 +30,37 @@ if sys.argv[2] == "take":
 """
 
 
+SYSTEM_PYTHON = "/usr/bin/python3"  # the other user cannot reach this session's interpreter under /root
+
+
 def _as_other_user(path: Path, mode: str) -> subprocess.Popen[str]:
+    """The lock's own module, run by another user: copied beside the lock, since the checkout and
+    its interpreter may lie where that user cannot read."""
+    import shutil
+
+    import sweep
+
+    code = path.parent / "code" / "sweep"
+    if not code.exists():
+        code.mkdir(parents=True)
+        (code / "__init__.py").write_text("")
+        for name in ("hostlock.py", "errors.py"):
+            shutil.copy(Path(sweep.__file__).with_name(name), code / name)
+        for p in (code.parent, code, *code.iterdir()):
+            p.chmod(0o755)
+
     def drop() -> None:
         os.setgroups([])
         os.setgid(OTHER_UID)
         os.setuid(OTHER_UID)
 
-    return subprocess.Popen([sys.executable, "-c", _CHILD, str(path), mode], stdin=subprocess.PIPE,
+    return subprocess.Popen([SYSTEM_PYTHON, "-c", _CHILD, str(path), mode], stdin=subprocess.PIPE, cwd="/",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=drop,
-                            env={**os.environ, "SWEEP_LOCK_FILE": str(path)})
+                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(code.parent), "SWEEP_LOCK_FILE": str(path)})
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a second user")
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON),
+                    reason="needs root to run a second user, and a python3 every user can run")
 def test_two_users_share_one_measurement_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     shared = Path(tempfile.mkdtemp(prefix="sweep-locks-"))
     shared.chmod(0o1777)  # as /tmp: anyone may create, only the owner may remove
