@@ -121,7 +121,7 @@ def redact_argv(argv: list[str]) -> list[str]:
     ``--storage=URL``) without its password."""
     out = []
     for arg in argv:
-        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
         if "://" in value and "@" in value:
             value = safe_url(value)
         out.append(f"{flag}{eq}{value}" if eq else value)

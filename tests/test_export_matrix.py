@@ -100,7 +100,8 @@ def _render(exported: dict[str, Any], record: dict[str, Any], fmt: str, name: st
     from sweep.export import render
 
     path = exported["work"] / name
-    path.write_text(render(record, fmt, exported["server"]))
+    # The unit runs the binary its (installed) record names; the scripts run the built one.
+    path.write_text(render(record, fmt, None if fmt == "systemd" else exported["server"]))
     path.chmod(0o755)
     return path
 
@@ -236,7 +237,7 @@ def test_a_unit_never_runs_what_a_user_can_rewrite(exported: dict[str, Any], tmp
         render(exported["records"][0], "systemd", exported["server"])
     writable = tmp_path / "open"
     writable.mkdir()
-    writable.chmod(0o777)
+    writable.chmod(0o757)  # others may write: any user could swap the model
     (writable / "m.gguf").write_text("x")
     assert "writable by others" in service_path_problem(str(writable / "m.gguf"))
     assert service_path_problem("/bin/true") is None
