@@ -6,7 +6,7 @@ passive) with the built llama-server, and prints ``systemd-analyze security --of
 export now requires. ``old`` renders with whatever ``sweep`` is on PYTHONPATH as it is: run it
 against a checkout of an older commit to score the unit that commit exported.
 """
-import json, os, subprocess, sys, tempfile, shlex
+import os, subprocess, sys, tempfile, shlex
 from pathlib import Path
 from sweep.export import render
 from sweep.models import _bundled_path

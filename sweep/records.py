@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import SweepError
-from .params import NEW_KEYS
+from .params import NEW_KEYS, PARAMS
 
 SCHEMA_VERSION = 1
 SchedPolicy = Literal["normal", "batch", "idle"]
@@ -72,8 +72,8 @@ class TrialConfig:
         d["cpus"] = list(self.cpus) if self.cpus is not None else None
         # Keys added since the first records are left out at their defaults, so a record (and what
         # finds duplicates by it) is what it was before they existed.
-        for name in _BACKEND_KEYS:
-            if d[name] == _BACKEND_DEFAULTS[name]:
+        for name in NEW_KEYS:
+            if d[name] == PARAMS[name].default:
                 del d[name]
         return {"schema_version": SCHEMA_VERSION, **d}
 
@@ -109,8 +109,6 @@ class TrialConfig:
         return kw
 
 
-_BACKEND_KEYS = NEW_KEYS
-_BACKEND_DEFAULTS = {f.name: f.default for f in fields(TrialConfig) if f.name in _BACKEND_KEYS}
 PROBES = ("interactive", "cpu", "off")
 
 

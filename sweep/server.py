@@ -19,11 +19,6 @@ SERVER_TEMPLATES = {"chatml": "chatml", "gemma": "gemma", "llama-2": "llama2", "
 PRIO_LOW = -1
 
 
-def knob_problem(name: str, value: Any) -> str | None:
-    """Why ``value`` cannot be llama.cpp's knob ``name`` (out of its bounds in ``sweep.params``), or None."""
-    return PARAMS[name].problem(value)
-
-
 def cpu_mask(cpus: tuple[int, ...] | list[int]) -> str:
     return f"{sum(1 << c for c in cpus):x}"
 
@@ -69,7 +64,7 @@ def config_problem(c: dict[str, Any]) -> str | None:
     if c.get("backend", "python") != "server":
         key = next((k for k in SERVER_ONLY if c.get(k) is not None), None)
         return f"config.{key}: a llama-server knob, but config.backend is python" if key else None
-    wrong = next((f"config.{k}: {p}" for k in SERVER_ONLY if (p := knob_problem(k, c.get(k)))), None)
+    wrong = next((f"config.{k}: {p}" for k in SERVER_ONLY if (p := PARAMS[k].problem(c.get(k)))), None)
     if wrong:
         return wrong
     if c.get("pace_tps") or c.get("pace_duty"):

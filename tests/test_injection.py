@@ -86,7 +86,7 @@ def _special_tokens_reached(backend: str, smollm2: Path) -> None:
     plain, escaped = _trial(smollm2, backend, "none"), _trial(smollm2, backend, "escape")
     for outcome in (plain, escaped):
         assert outcome.figures["n_injection"] == 5 and len(outcome.series["injection"]) == 5
-        assert outcome.figures["correctness"] >= 0 and len(outcome.answers) == 2  # the injected items score nothing
+        assert len(outcome.answers) == 2  # the injected items are not scored answers
     by_attack = {r["attack"]: r for r in plain.series["injection"]}
     # SmolLM2's template is ChatML: the forged ChatML turn became its template tokens (four markers)...
     chatml = by_attack["chatml"]
