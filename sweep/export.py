@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import knobs
+from . import cgroups, knobs
 from .errors import ExportError, StudyError
 from .records import StudyMeta, TrialConfig
 from .results import trial_by_number
@@ -216,7 +216,7 @@ def _cache_lines(record: dict[str, Any], comment: str) -> list[str]:
 def _python(record: dict[str, Any]) -> str:
     c = record["config"]
     lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "from __future__ import annotations", "",
-             "import os", "", *knobs.python_lines(c)]
+             "import os", "", *knobs.python_lines(c), "", *cgroups.python_lines(c)]
     lines += ["", "from llama_cpp import Llama  # noqa: E402", "",
               f"LLAMA_KWARGS = {pprint.pformat(record['llama_kwargs'], sort_dicts=False)}",
               "llm = Llama(**LLAMA_KWARGS)", ""]
@@ -379,11 +379,12 @@ def _systemd(record: dict[str, Any], server_binary: str, user: str | None = None
              f"User={pasteable('--user', user)}" if user else "DynamicUser=yes",
              f"LoadCredential=api-key:{API_KEY_SOURCE}"]
     lines += knobs.systemd_lines(c)
+    lines += cgroups.systemd_lines(c)  # the kernel limits the trial was measured under
     quota = _cpu_quota(record)
-    if quota:
+    if quota and c.get("cpu_quota_pct") is None:  # no measured quota: a ceiling from the measured p99
         lines.append(f"CPUQuota={quota}")
     ram = record["budgets"].get("rss_peak_gb", {}).get("max")
-    if ram:
+    if ram and c.get("memory_max_gb") is None:
         lines.append(f"MemoryMax={ram:g}G")
     lines += ["IOWeight=10", *_SANDBOX, "Restart=on-failure", "", "[Install]", "WantedBy=multi-user.target", ""]
     return "\n".join(lines)
@@ -412,6 +413,7 @@ def render(record: dict[str, Any], fmt: str, server_binary: str | None = None, u
                           "  exit 2",
                           "fi",
                           *_own_session(record["config"]),
+                          *cgroups.shell_lines(record["config"]),
                           "exec " + record["llama_server"] + ' --host 127.0.0.1 --api-key-file "$KEY_FILE" "$@"', ""])
     if fmt == "systemd":
         return _systemd(record, server_binary or shlex.split(record["llama_server_args"])[0], user)

@@ -115,6 +115,16 @@ METRICS: dict[str, Metric] = {
     "busy_repeats": Metric("count", "minimize", "times the trial was measured again because the machine was busy"),
     "memory_limit_sampled": Metric("flag", "minimize", "1: the memory limit was enforced by sampling each window "
                                    "(then checked against the kernel's high-water mark), not by a cgroup"),
+    # The trial's own cgroup (cgroup knobs; sweep.cgroups): what the kernel counted over its whole life.
+    "cg_throttled_share": Metric("fraction", "minimize", "share of the CPU quota's periods in which the trial "
+                                 "was throttled (cpu.stat nr_throttled / nr_periods)"),
+    "cg_throttled_s": Metric("s", "minimize", "time the trial's threads waited, throttled by the quota (cpu.stat)"),
+    "cg_periods": Metric("count", "maximize", "quota periods in which the trial had work to run (cpu.stat)"),
+    "cg_memory_max_events": Metric("count", "minimize", "times the trial's memory hit its cgroup's ceiling "
+                                   "(memory.events max; v1: memory.failcnt)"),
+    "cg_memory_high_events": Metric("count", "minimize", "times it went over memory.high and was reclaimed hard (v2)"),
+    "cg_oom_kills": Metric("count", "minimize", "processes of the trial the cgroup's OOM killer ended"),
+    "cg_memory_peak_gb": Metric("GB", "minimize", "the cgroup's own memory high-water mark, page cache included"),
     "monitor_cpu_pct": Metric("% of one core", "minimize", "the sampler's own CPU cost"),
     # Prompt injection (trial.injection_items): attacker-written variants of verdict items against
     # the same items clean, asked after the trial's answers and counted in none of its other figures.

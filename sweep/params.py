@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Union
 
-Kind = Literal["int", "float", "choice", "cpus", "number"]
-Applied = Literal["bindings", "os", "env", "prompt", "space", "server", "sampling", "worker"]
+Kind = Literal["int", "float", "choice", "cpus", "number", "weight"]
+Applied = Literal["bindings", "os", "env", "prompt", "space", "server", "sampling", "worker", "cgroup"]
 
 
 class _Derived:
@@ -55,7 +55,11 @@ class Param:
             return None
         if self.kind == "choice":
             return None if value in self.choices else f"{value!r} is not one of {', '.join(self.choices)}"
-        if self.kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        if self.kind == "weight" and value == "idle":
+            return None
+        if self.kind in ("int", "weight") and (not isinstance(value, int) or isinstance(value, bool)):
+            if self.kind == "weight":
+                return self.why.format(value=value, high=self.upper())
             return f"expected a whole number, got {value!r}"
         if self.kind in ("float", "number") and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             return self.why.format(value=value) if self.why else f"expected a number, got {value!r}"
@@ -145,6 +149,26 @@ PARAMS: dict[str, Param] = {
                         high=1, nullable=True, backends=_SERVER, recorded_at_default=False,
                         why="cpu_strict must be 0 or 1" + _NULL_LLAMA),
 }
+
+# Kernel limits on the trial's whole process tree, in a cgroup of its own (sweep.cgroups).
+_CG = dict(nullable=True, recorded_at_default=False)
+PARAMS.update({
+    "cpu_quota_pct": Param("float", None, "cgroup", "a hard CPU cap, in % of the whole machine, over each period "
+                           "(cpu.max; CPUQuota=)", low=0.5, high=100, why="cpu_quota_pct must be a share of the "
+                           "machine in (0, 100] (or null for no cap), got {value!r}", **_CG),
+    "cpu_period_ms": Param("number", 100, "cgroup", "the period the quota is counted over (cpu.max; CPUQuotaPeriodSec=)",
+                           low=1, high=1000, recorded_at_default=False,
+                           why="cpu_period_ms must be 1..1000 ms (the kernel's bounds), got {value!r}"),
+    "cpu_weight": Param("weight", None, "cgroup", "the cgroup's CPU weight 1..10000 (100 normal), or idle "
+                        "(cpu.weight / cpu.idle; CPUWeight=)", low=1, high=10000,
+                        why="cpu_weight must be 1..10000 or idle (or null), got {value!r}", **_CG),
+    "memory_high_gb": Param("float", None, "cgroup", "memory above this is reclaimed hard (memory.high; MemoryHigh=)",
+                            low=0.01, why="memory_high_gb must be a size in GB above 0 (or null), got {value!r}", **_CG),
+    "memory_max_gb": Param("float", None, "cgroup", "the kernel's OOM killer ends the trial above this "
+                           "(memory.max; MemoryMax=)", low=0.01,
+                           why="memory_max_gb must be a size in GB above 0 (or null), got {value!r}", **_CG),
+})
+CGROUP_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied == "cgroup")
 
 SERVER_ONLY = tuple(name for name, p in PARAMS.items() if p.backends == _SERVER)
 CONFIG_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied != "sampling")  # TrialConfig's fields

@@ -66,6 +66,12 @@ class TrialConfig:
     poll_batch: int | None = None  # --poll-batch (default: as poll)
     prio_batch: int | None = None  # --prio-batch: 0 normal
     cpu_strict: int | None = None  # --cpu-strict (and -batch): 1 pins each thread to one CPU of the mask
+    # Kernel limits on the trial's process tree, in a cgroup of its own (sweep.cgroups); None: no limit.
+    cpu_quota_pct: float | None = None  # % of the whole machine, over each period
+    cpu_period_ms: float = 100
+    cpu_weight: int | Literal["idle"] | None = None  # 1..10000 (100 normal), or idle
+    memory_high_gb: float | None = None
+    memory_max_gb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from .cgroups import TrialCgroup, limits_of
 from .hostlock import measurement_lock
 from .knobs import verify as verify_knobs
 from .foreground import CpuLoad
@@ -136,6 +137,11 @@ class _Measurement:
         self.probe: Probe | None = None
         self.load: CpuLoad | None = None
         self.stdin: Any = None
+        self.cgroup: TrialCgroup | None = None
+        self.cgroup_problems: list[str] = []
+        self.cgroup_figures: dict[str, float] = {}
+        self.pid: int | None = None
+        self.server_pid: int | None = None
         self.noise: tuple[float, bool] = (0.0, False)
         self.injection_tasks = [t for pair in injection_pairs(settings.injection_items) for t in pair] \
             if settings.injection_items else []
@@ -200,20 +206,30 @@ class _Measurement:
             time.sleep(s.baseline_seconds)
             if not self.load:
                 self._judge_baseline(monitor.series, retry_if_busy)
+            limits = limits_of(c.to_dict())
+            if limits:  # made before the spawn: the worker starts inside it (TrialCgroup.join)
+                try:
+                    self.cgroup = TrialCgroup.create(limits)
+                except OSError as exc:
+                    self.cgroup_problems = [f"its cgroup could not be made ({exc.strerror or exc})"]
             with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
                 log_path = os.path.join(tmp, "worker.log")
                 r, w = os.pipe()
                 if self.load:  # the uncontended pass is measured without it; the baseline ends here
                     self.load.pause()
+                argv = self.worker_cmd + [str(w)]
+                if self.cgroup:
+                    argv = self.cgroup.join(argv)
                 with open(log_path, "wb") as log:
                     proc = subprocess.Popen(
-                        self.worker_cmd + [str(w)], stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                        argv, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                         pass_fds=(w,), start_new_session=True,
                         env={**os.environ, **self.config.environment(), "SWEEP_PARENT_PID": str(os.getpid())},
                         cwd=tmp)
                 # The baseline ends here: interpreter start-up and imports are the trial's own work.
                 self.spawn_mark = {"type": "phase", "phase": "start", "t": time.monotonic()}
                 os.close(w)
+                self.pid = proc.pid
                 monitor.attach(proc.pid)
                 self.stdin = proc.stdin
                 self.reader = _Reader(r, self._event)
@@ -230,8 +246,12 @@ class _Measurement:
                 self.reader.join(timeout=5)
                 self.series = monitor.stop()
                 self.stderr_tail = tail(log_path)
+                if self.cgroup:
+                    self.cgroup_figures = self.cgroup.figures()
         finally:
             monitor.stop()
+            if self.cgroup:
+                self.cgroup.remove()
 
     def _send_job(self, proc: subprocess.Popen[bytes], job: dict[str, Any]) -> None:
         try:
@@ -244,6 +264,10 @@ class _Measurement:
             pass  # the worker died (or was killed) first; its status says why
 
     def _event(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "server":  # llama-server, the worker's child: inside the trial's cgroup too
+            self.server_pid = msg.get("pid")
+        if self.cgroup and msg["type"] == "knobs":  # read back while the worker is loaded and inside
+            self.cgroup_problems = self.cgroup.verify(self.pid, self.server_pid)
         if self.load and msg["type"] == "phase" and msg["phase"] == "contended":
             # The worker waits for "go": resume the user's program, let the units cut by the pause
             # drain, then the contended pass starts with the foreground running.
@@ -341,7 +365,11 @@ class _Measurement:
             disturbed = figs.get("other_cpu_contended_pct", 0.0) > s.noise_max_pct or \
                 figs["fg_cpu_baseline_share_pct"] < 100 - s.noise_max_pct
             figs["machine_busy_active"] = max(figs.get("machine_busy_active", 0.0), float(disturbed))
-        if s.memory_limit_gb:
+        if self.cgroup:
+            figs.update(self.cgroup_figures)
+        if self.config.memory_max_gb is not None:
+            figs["memory_limit_sampled"] = 0.0  # the kernel keeps the ceiling, and counts its kills
+        elif s.memory_limit_gb:
             figs["memory_limit_sampled"] = 1.0  # no cgroup: the limit is enforced by sampling, then checked
         return figs
 
@@ -362,6 +390,9 @@ class _Measurement:
             return failed("timeout", f"no result within {s.timeout_seconds:g} s")
         if killed_for == "no_progress":
             return failed("timeout", f"no progress for {s.progress_timeout_seconds:g} s")
+        if figs.get("cg_oom_kills"):
+            return failed("memory_budget", f"the cgroup's OOM killer ended {figs['cg_oom_kills']:g} process(es) of "
+                                           f"the trial at memory_max_gb {self.config.memory_max_gb:g} (the kernel's count)")
         if killed_for == "memory_budget":
             return failed("memory_budget", f"RSS went over {s.memory_limit_gb:g} GB")
         if s.memory_limit_gb and figs.get("rss_peak_gb", 0.0) > s.memory_limit_gb:
@@ -381,6 +412,9 @@ class _Measurement:
             return failed("protocol", detail)
         check = verify_server_knobs if self.config.backend == "server" else verify_knobs
         problems = check(self.config.to_dict(), knobs, knob_msg.get("autogroup"))  # an aborted worker read none back
+        problems += self.cgroup_problems
+        if self.cgroup and not knob_msg and not aborted:
+            problems.append("the cgroup was never read back (the worker sent no knobs)")
         if problems:
             return failed("knob_not_applied", "; ".join(problems[:4]))
         if aborted:

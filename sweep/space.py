@@ -22,7 +22,7 @@ from .host import allowed_cpus, place_cores
 from .metrics import METRICS
 from .models import Registry
 from .records import TrialConfig, TrialSettings
-from .params import CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
+from .params import CGROUP_KNOBS, CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
 from .server import tools_problem
 
 # The seed study's budgets (experiment-learnings.md), as metric -> bound.
@@ -243,6 +243,23 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
         raise SpaceError(f"{key('backend')}: server: {missing}")
 
 
+def _check_cgroups(path: Path, spec: SpaceFile) -> None:
+    """A space that sets a kernel limit needs a cgroup per trial: refused where none can be made."""
+    from .cgroups import controllers_for, problem
+
+    wants = {name: v for name in CGROUP_KNOBS if name != "cpu_period_ms"
+             for v in _choices(spec, name) if v is not None}
+    controllers = controllers_for(wants)
+    if not controllers:
+        return
+    missing = problem(controllers)
+    if missing:
+        name = next(iter(wants))
+        raise SpaceError(f"{path}: {'params' if name in spec.params else 'fixed'}.{name}: a kernel limit needs a "
+                         f"cgroup for each trial, and {missing}: run sweep as root, or in a delegated subtree "
+                         "(systemd-run --user --scope -p Delegate=yes sweep run ...)")
+
+
 def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     """Refuse an objective or budget on a figure these settings (or this host) can never produce:
     each trial would be scored as hugely infeasible (``MISSING_FIGURE``), which misleads the sampler."""
@@ -323,6 +340,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         else:
             _check_param(where, name, value)
     _check_backend(path, spec)
+    _check_cgroups(path, spec)
     if "cores" in spec.params:
         dist = spec.params["cores"]
         high = max(dist) if isinstance(dist, list) else (len(host_cpus) if dist.high == "all" else dist.high)
@@ -337,6 +355,12 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name not in METRICS:
             raise SpaceError(f"{path}: constraints.{name}: unknown metric")
         _check_producible(f"{path}: constraints.{name}", name, spec.trial)
+    limited = any(v is not None for name in CGROUP_KNOBS if name != "cpu_period_ms" for v in _choices(spec, name))
+    for where, name in [*((f"objectives[{i}]", n) for i, n in enumerate(spec.objectives)),
+                        *((f"constraints.{n}", n) for n in spec.constraints)]:
+        if name.startswith("cg_") and not limited:
+            raise SpaceError(f"{path}: {where}: {name} is counted in a trial's own cgroup, and this space sets no "
+                             "kernel limit (cpu_quota_pct, cpu_weight, memory_high_gb or memory_max_gb)")
     if spec.trial.idle_seconds >= spec.trial.progress_timeout_seconds:
         raise SpaceError(f"{path}: trial.idle_seconds ({spec.trial.idle_seconds:g}) must be below "
                          f"trial.progress_timeout_seconds ({spec.trial.progress_timeout_seconds:g}): the worker is "

@@ -30,6 +30,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_export_cgroups_left() -> Iterator[None]:
+    """The exports (and the unit stand-in) keep a cgroup between starts, as a service does; the
+    tests leave none behind."""
+    yield
+    from sweep import cgroups
+
+    for site in cgroups._own_dirs(["cpu", "memory"]).values():
+        for name in ("sweep-llm", "sweep-unit"):
+            if not isinstance(site, str):
+                cgroups._remove(os.path.join(site[1], name))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model cache for the session (derived and assembled models), never the user's."""

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from conftest import REPO, api_key, ask, serving, sweep_cli, write_space
-from sweep import knobs
+from sweep import cgroups, knobs
 
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
 SEED = 20261202
@@ -81,19 +81,27 @@ def _environ(pid: int) -> dict[str, str]:
         return dict(item.decode().partition("=")[::2] for item in f.read().split(b"\0") if item)
 
 
-def _knob_problems(record: dict[str, Any], pid: int, env: dict[str, str] | None = None) -> list[str]:
-    """What did not hold in the running process, read back as a trial reads its worker."""
-    c = record["config"]
+def _knob_problems(record: dict[str, Any], pid: int, env: dict[str, str] | None = None,
+                   limits: dict[str, Any] | None = None) -> list[str]:
+    """What did not hold in the running process, read back as a trial reads its worker (``limits``:
+    the kernel limits it runs under, where they are more than the trial's own)."""
+    c = {**record["config"], **(limits or {})}
     problems = knobs.verify(c, knobs.read_threads(pid), knobs.read_autogroup(pid))
     env = _environ(pid) if env is None else env
     problems += [f"{k}={env.get(k)!r}, not {v!r}" for k, v in knobs.environment(c).items() if env.get(k) != v]
+    if cgroups.limits_of(c):  # the kernel limits, read back from the cgroup the process is in
+        held = cgroups.TrialCgroup.of_process(c, pid)
+        problems += held.verify()
+        problems += [f"{d} is not the export's own cgroup" for d in held.dirs.values()
+                     if os.path.basename(d) not in ("sweep-llm", "sweep-unit")]
     return problems
 
 
 def _label(record: dict[str, Any]) -> str:
     c = record["config"]
     return ", ".join(f"{k}={c.get(k)}" for k in ("cpus", "nice", "sched_policy", "omp_wait_policy", "n_threads",
-                                                 "n_threads_batch", "n_ctx", "pace_duty", "pace_tps"))
+                                                 "n_threads_batch", "n_ctx", "pace_duty", "pace_tps", *cgroups.CGROUP_KNOBS)
+                     if k in c)
 
 
 def _render(exported: dict[str, Any], record: dict[str, Any], fmt: str, name: str) -> Path:
@@ -194,7 +202,12 @@ def test_systemd_unit_verifies_and_its_service_answers_with_every_knob(exported:
         with serving(lambda port: unitrun.start(unit, "--port", str(port), credentials={API_KEY_SOURCE: exported["key"]},
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)) as (proc, port):
             assert ask(port, key=key).strip(), _label(record)
-            assert _knob_problems(record, proc.pid) == [], _label(record)
+            # The unit keeps the trial's kernel limits, and adds the study's RAM budget as MemoryMax=
+            # where the trial had no ceiling of its own.
+            limits = unitrun.limits(unitrun.service(unit.read_text()))
+            trial = cgroups.limits_of(record["config"])
+            assert {k: limits.get(k) for k in trial} == trial, _label(record)
+            assert _knob_problems(record, proc.pid, limits=limits) == [], _label(record)
             with open(f"/proc/{proc.pid}/status") as f:
                 status = dict(line.split(":", 1) for line in f.read().splitlines())
             assert status["Uid"].split()[0] == str(unitrun.DYNAMIC_UID) and status["NoNewPrivs"].strip() == "1"

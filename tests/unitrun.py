@@ -12,6 +12,7 @@ unit say so.
 
 from __future__ import annotations
 
+import ctypes  # here, not after the switch to the service's user, who cannot read root's interpreter
 import os
 import shlex
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 
 _POLICIES = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
 # What the stand-in does not do, and why that leaves the comparison with the trial intact: the
-# cgroup limits (the trials ran without them), and the sandbox, which systemd builds from mount,
+# I/O weight, and the sandbox, which systemd builds from mount,
 # user and network namespaces and a seccomp filter. The sandbox takes away what llama-server never
 # uses (systemd-analyze verify and security check the directives themselves).
 _SANDBOX = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateUsers", "PrivateIPC",
@@ -29,10 +30,13 @@ _SANDBOX = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "Pri
             "RestrictAddressFamilies", "RestrictNamespaces", "IPAddressDeny", "IPAddressAllow", "SystemCallFilter",
             "SystemCallArchitectures", "LockPersonality", "MemoryDenyWriteExecute", "RestrictRealtime",
             "RestrictSUIDSGID", "RemoveIPC", "UMask", "DevicePolicy", "KeyringMode"}
-NOT_APPLIED = {"CPUQuota": "a cgroup limit", "MemoryMax": "a cgroup limit", "IOWeight": "a cgroup weight",
+NOT_APPLIED = {"IOWeight": "an I/O weight (the trials set none)",
                "Restart": "no restarts in a test", **{k: "the sandbox (namespaces, seccomp)" for k in _SANDBOX}}
 APPLIED = {"ExecStart", "ExecStartPost", "CPUAffinity", "Nice", "CPUSchedulingPolicy", "Environment",
-           "DynamicUser", "User", "LoadCredential", "NoNewPrivileges"}
+           "DynamicUser", "User", "LoadCredential", "NoNewPrivileges",
+           # The kernel limits: a cgroup made as systemd makes the service's, with sweep's own code
+           # (the trial's), beneath this process's cgroup; the service starts inside it.
+           "CPUQuota", "CPUQuotaPeriodSec", "CPUWeight", "MemoryHigh", "MemoryMax"}
 DYNAMIC_UID = 61999  # in systemd's range for dynamic users (61184-65519), unused here
 
 
@@ -71,6 +75,39 @@ def _uid(s: dict[str, list[str]]) -> int:
     return DYNAMIC_UID if s.get("DynamicUser", ["no"])[-1] == "yes" else 0
 
 
+def limits(s: dict[str, list[str]], ncpu: int | None = None) -> dict[str, Any]:
+    """The unit's cgroup directives as sweep's cgroup knobs (CPUQuota= is a share of one CPU)."""
+    ncpu = ncpu or os.cpu_count() or 1
+    out: dict[str, Any] = {}
+    if "CPUQuota" in s:
+        out["cpu_quota_pct"] = float(s["CPUQuota"][-1].rstrip("%")) / ncpu
+    if "CPUQuotaPeriodSec" in s:
+        out["cpu_period_ms"] = float(s["CPUQuotaPeriodSec"][-1].removesuffix("ms"))
+    if "CPUWeight" in s:
+        w = s["CPUWeight"][-1]
+        out["cpu_weight"] = w if w == "idle" else int(w)
+    for directive, knob in (("MemoryHigh", "memory_high_gb"), ("MemoryMax", "memory_max_gb")):
+        if directive in s:
+            value = s[directive][-1]
+            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(value[-1], 1)
+            out[knob] = float(value.rstrip("KMG")) * scale / 2**30
+    return out
+
+
+CGROUP_NAME = "sweep-unit"
+
+
+def _cgroup(s: dict[str, list[str]]) -> list[str]:
+    """The unit's cgroup, made beneath ours with its limits: the cgroup.procs files to join."""
+    from sweep import cgroups
+
+    wanted = limits(s)
+    if not cgroups.limits_of(wanted):
+        return []
+    dirs = cgroups.make(wanted, CGROUP_NAME, exist_ok=True)
+    return [os.path.join(d, "cgroup.procs") for d in sorted(set(dirs.values()))]
+
+
 def start(unit: Path, *extra: str, credentials: dict[str, Path] | None = None, **popen: Any) -> subprocess.Popen[bytes]:
     """Start the unit's ExecStart (with ``extra`` arguments), its directives applied, then run
     its ExecStartPost commands. The service leads a session of its own, as under systemd, as the
@@ -101,6 +138,7 @@ def start(unit: Path, *extra: str, credentials: dict[str, Path] | None = None, *
     policy = _POLICIES[s.get("CPUSchedulingPolicy", ["other"])[-1]]
 
     no_new_privileges = s.get("NoNewPrivileges", ["no"])[-1] == "yes"
+    procs = _cgroup(s)
 
     def as_the_service() -> None:
         if uid:
@@ -108,11 +146,12 @@ def start(unit: Path, *extra: str, credentials: dict[str, Path] | None = None, *
             os.setgid(uid)
             os.setuid(uid)
         if no_new_privileges:
-            import ctypes
-
             ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
 
     def apply() -> None:
+        for path in procs:
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
         if cpus is not None:
             os.sched_setaffinity(0, cpus)
         if nice:

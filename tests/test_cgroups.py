@@ -1,0 +1,162 @@
+"""Kernel limits as knobs: a real cgroup per trial beneath the test's own, read back, counted, removed.
+
+These run on the machine's real cgroup hierarchy (v1 here: the cpu and memory controllers under
+/sys/fs/cgroup). The refusals run sweep in a mount namespace of its own in which the hierarchy is
+read-only or not mounted at all (``unshare -m``), as on a host where cgroups are not delegated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import stray_processes, sweep_cli, write_space
+from sweep import cgroups
+from sweep.records import TrialSettings
+from sweep.runner import run_trial
+from sweep.tasks import load_tasks, stratified_subset
+from test_runner import config
+
+TASKS = stratified_subset(load_tasks(), 4)
+SETTINGS = TrialSettings(prompts=4, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=120, noise_retries=0,
+                         probe="off")
+
+if cgroups.problem(["cpu", "memory"]):
+    pytest.skip(f"no cgroup can be made here: {cgroups.problem(['cpu', 'memory'])}", allow_module_level=True)
+
+
+def _trial_cgroups() -> list[str]:
+    """The trial cgroups of this process still present beneath its own."""
+    found = []
+    for site in cgroups._own_dirs(["cpu", "memory"]).values():
+        found += [name for name in os.listdir(site[1]) if name.startswith(f"sweep-trial-{os.getpid()}-")]
+    return found
+
+
+def test_a_quota_caps_the_trial_and_the_kernel_counts_the_throttling(smollm2_path: Path) -> None:
+    # A quarter of the machine over 100 ms periods, for a worker that would take two whole CPUs.
+    outcome = run_trial(config(smollm2_path, n_threads=2, n_threads_batch=2, cpu_quota_pct=25.0, cpu_period_ms=100),
+                        SETTINGS, TASKS)
+    assert outcome.ok, (outcome.reason, outcome.detail, outcome.stderr_tail)
+    f = outcome.figures
+    assert f["cg_periods"] > 10 and f["cg_throttled_share"] > 0.2 and f["cg_throttled_s"] > 0
+    # A quota caps the average over each period: the mean over the answers cannot exceed it by more
+    # than the monitor's own rounding on a loaded machine.
+    assert f["cpu_active_mean_share_pct"] <= 25 + 5
+    assert _trial_cgroups() == [] and not stray_processes()
+
+
+def test_the_cgroup_holds_the_worker_and_a_limit_that_did_not_hold_is_refused(smollm2_path: Path) -> None:
+    limits = {"cpu_quota_pct": 40.0, "cpu_period_ms": 10, "cpu_weight": "idle", "memory_high_gb": 1.5,
+              "memory_max_gb": 2.0}
+    cg = cgroups.TrialCgroup.create(limits)
+    try:
+        assert cg.verify() == []
+        proc = subprocess.Popen(cg.join(["sleep", "30"]))
+        try:
+            deadline = time.monotonic() + 10
+            while cg.verify(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the shell moves itself in, then becomes sleep
+            assert cg.verify(proc.pid) == []
+            quota_file = "cpu.max" if cg.version["cpu"] == 2 else "cpu.cfs_quota_us"
+            with open(os.path.join(cg.dirs["cpu"], quota_file), "w") as f:
+                f.write("-1" if cg.version["cpu"] == 1 else "max 10000")
+            assert any(quota_file in p for p in cg.verify(proc.pid))
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        cg.remove()
+    assert _trial_cgroups() == []
+
+
+def test_the_oom_killer_ends_a_trial_over_its_ceiling_by_the_kernels_count(smollm2_path: Path) -> None:
+    # 40 MB: less than the interpreter, llama_cpp and the model's buffers need.
+    outcome = run_trial(config(smollm2_path, memory_max_gb=0.04), SETTINGS, TASKS)
+    assert (outcome.ok, outcome.reason) == (False, "memory_budget")
+    assert "OOM killer" in outcome.detail and outcome.figures["cg_oom_kills"] >= 1
+    assert outcome.figures["memory_limit_sampled"] == 0.0
+    assert _trial_cgroups() == [] and not stray_processes()
+
+
+def test_stale_trial_cgroups_of_a_dead_orchestrator_are_swept() -> None:
+    dead = 2**22 + 17  # above the kernel's default pid_max: no such process
+    assert not os.path.exists(f"/proc/{dead}")
+    made = [os.path.join(site[1], f"sweep-trial-{dead}-1") for site in cgroups._own_dirs(["cpu", "memory"]).values()]
+    for d in made:
+        os.mkdir(d)
+    assert cgroups.sweep_stale() == len(made)
+    assert not any(os.path.exists(d) for d in made)
+
+
+SPACE = """
+version: 1
+name: limited
+models: {smollm2-135m: [Q4_1]}
+params:
+  cpu_quota_pct: [null, 50]
+trial: {prompts: 2, idle_seconds: 0.5}
+"""
+
+
+def _cpu_mount() -> str:
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        fstype, _src, opts = right.split()[:3]
+        if fstype == "cgroup" and "cpu" in opts.split(","):
+            return left.split()[4]
+    pytest.skip("the cpu controller is not on a cgroup v1 hierarchy here")
+
+
+def _sweep_without_cgroups(how: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a mount namespace of its own, in which the cpu hierarchy was made read-only or
+    taken away (``how``); the machine's own mounts are untouched."""
+    shell = f"{how.format(cpu=_cpu_mount())} && exec \"$0\" \"$@\""
+    return subprocess.run(["unshare", "-m", "sh", "-c", shell, sys.executable, "-m", "sweep", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("how, says", [
+    ("mount -o remount,bind,ro {cpu}", "Read-only file system"),
+    # v1's cpu hierarchy gone, cgroup2 is all there is, and it offers no cpu controller here.
+    ("umount {cpu}", "(no cpu controller is mounted|the cpu controller is not offered)"),
+])
+def test_a_space_with_limits_is_refused_where_no_cgroup_can_be_made(how: str, says: str, tmp_path: Path) -> None:
+    space = write_space(tmp_path / "limited.yaml", SPACE)
+    proc = _sweep_without_cgroups(how, "run", str(space), "--study", "limited", "--trials", "1")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "params.cpu_quota_pct" in lines[0] and re.search(says, lines[0]) and "Delegate=yes" in lines[0]
+    assert not (tmp_path / "studies.db").exists()  # the study is left untouched: none was made
+
+
+def test_a_space_without_limits_runs_where_none_can_be_made(smollm2_path: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path / "plain.yaml", SPACE.replace("cpu_quota_pct: [null, 50]", "nice: [0, 19]"))
+    proc = _sweep_without_cgroups("umount {cpu}", "run", str(space), "--study", "plain", "--trials", "1")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_figures_from_the_cgroup_need_a_limit(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "plain.yaml", SPACE.replace("cpu_quota_pct: [null, 50]", "nice: [0, 19]") +
+                        "constraints: {cg_throttled_share: {max: 0.5}}\n")
+    proc = sweep_cli("run", str(space), "--study", "x", "--trials", "1")
+    assert proc.returncode == 2 and "cg_throttled_share is counted in a trial's own cgroup" in proc.stderr
+
+
+def test_llama_server_runs_inside_the_trials_cgroup(server_tools: Path, smollm2_path: Path) -> None:
+    # The server backend: the quota holds over the worker and the llama-server it starts.
+    events: list[dict] = []
+    outcome = run_trial(config(smollm2_path, n_threads=2, n_threads_batch=2, backend="server", cpu_quota_pct=25.0,
+                               memory_max_gb=2.0), SETTINGS, TASKS, on_event=events.append)
+    assert outcome.ok, (outcome.reason, outcome.detail, outcome.stderr_tail)
+    assert [e for e in events if e["type"] == "server"]  # read back with the server's pid (TrialCgroup.verify)
+    f = outcome.figures
+    assert f["cg_throttled_share"] > 0.2 and f["cpu_active_mean_share_pct"] <= 25 + 5
+    assert f["cg_oom_kills"] == 0 and f["cg_memory_peak_gb"] > 0.05 and f["memory_limit_sampled"] == 0.0
+    assert _trial_cgroups() == []
