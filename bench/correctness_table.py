@@ -1,7 +1,11 @@
 """Correctness by kind for the bundled models under each prompt strategy, and a constant-answer baseline.
 
 Usage: .venv/bin/python bench/correctness_table.py [MAX_TOKENS] [--models NAME:QUANT,...]
-       [--strategies 0-grammar,3-free,...] [--prefix-cache off|shared] [--tasks SET]
+       [--strategies 0-grammar,3-free,3-grammar+regex+catalog5,...] [--prefix-cache off|shared]
+       [--tasks SET] [--kinds iocs,...]
+
+A strategy is SHOTS-OUTPUT, then optionally ``+regex`` (``ioc_hints: regex``) and ``+catalogK``
+(``context: attack-catalog``, ``context_k: K``).
 
 Defaults: SmolLM2 and Gemma, six strategies (0 and 3 shots x free, grammar, json), no prefix
 cache, the default task set. A shared prefix gives the same answers (bench/prefix_cache.py) and
@@ -34,6 +38,23 @@ def cell(m: dict) -> str:
     return f"{m['mean']:.2f} [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]"
 
 
+def _strategy(text: str) -> tuple[str, dict]:
+    """``3-grammar+regex+catalog5`` as a label and the knobs it sets."""
+    base, *extras = text.split("+")
+    shots, output = base.split("-")
+    knobs: dict = {"shots": int(shots), "output": output}
+    label = f"{shots}-shot {output}"
+    for extra in extras:
+        if extra == "regex":
+            knobs["ioc_hints"], label = "regex", label + ", ioc_hints regex"
+        elif extra.startswith("catalog"):
+            knobs.update(context="attack-catalog", context_k=int(extra.removeprefix("catalog") or 5))
+            label += f", attack-catalog k={knobs['context_k']}"
+        else:
+            raise SystemExit(f"unknown strategy part {extra!r} in {text!r}")
+    return label, knobs
+
+
 def main() -> None:
     import argparse
 
@@ -43,11 +64,14 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(f"{k}-{o}" for k, o in STRATEGIES))
     ap.add_argument("--prefix-cache", default="off", choices=["off", "shared"])
     ap.add_argument("--tasks", default=None)
+    ap.add_argument("--kinds", default=None, help="only the items of these kinds")
     args = ap.parse_args()
     max_tokens = args.max_tokens
     models = [tuple(m.split(":")) for m in args.models.split(",")]
-    strategies = [(int(k), o) for k, o in (x.split("-") for x in args.strategies.split(","))]
+    strategies = [_strategy(x) for x in args.strategies.split(",")]
     tasks = load_tasks(args.tasks)
+    if args.kinds:
+        tasks = [t for t in tasks if t.kind in args.kinds.split(",")]
     kinds = sorted({t.kind for t in tasks})
     counts = {k: sum(t.kind == k for t in tasks) for k in kinds}
     settings = TrialSettings(prompts=len(tasks), idle_seconds=0, baseline_seconds=0.2, probe=False, early_abort=False,
@@ -59,13 +83,12 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for name, quant in models:
         m = Registry().resolve(name, quant)
-        for shots, output in strategies:
+        for strategy, knobs in strategies:
             config = TrialConfig(model=name, quant=quant, model_path=str(m.path), chat_format=m.chat_format,
                                  n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048,
-                                 max_tokens=max_tokens, shots=shots, output=output, prefix_cache=args.prefix_cache)
+                                 max_tokens=max_tokens, prefix_cache=args.prefix_cache, **knobs)
             t0 = time.monotonic()
             outcome = run_trial(config, settings, tasks)
-            strategy = f"{shots}-shot {output}"
             if not outcome.ok:
                 print(f"| {name}:{quant} | {strategy} | FAILED: {outcome.reason}: {outcome.detail[:80]} |")
                 continue
@@ -82,6 +105,13 @@ def main() -> None:
     iocs = mean_interval([score(t, "\n".join(ioc_candidates(t.input))).value for t in tasks if t.kind == "iocs"])
     print("| regex over the log line (no model) | - | " + " | ".join(
         cell(iocs) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
+    # No model at all for ATT&CK: the catalog's best match (BM25), as the retrieval alone would answer.
+    from sweep.catalog import retrieve
+
+    top = mean_interval([score(t, (retrieve(t.input, 1) or [{"id": ""}])[0]["id"]).value
+                         for t in tasks if t.kind == "attack"])
+    print("| the catalog's first match (no model) | - | " + " | ".join(
+        cell(top) if k == "attack" else "-" for k in kinds) + " | - | - | - |")
 
 
 if __name__ == "__main__":

@@ -66,11 +66,14 @@ def fail_if_running(study: Any, tid: int, user_attrs: dict[str, Any]) -> bool:
 
     st = study._storage
     try:
-        for key, value in user_attrs.items():
-            st.set_trial_user_attr(tid, key, value)
-        return bool(st.set_trial_state_values(tid, state=TrialState.FAIL))
+        # The state first (the storage lets one writer win): a trial that its owner completed
+        # meanwhile is left as it is, never marked failed.
+        if not st.set_trial_state_values(tid, state=TrialState.FAIL):
+            return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
+    _write_attrs(st, tid, user_attrs, running_only=False)  # the reason, on the trial this call failed
+    return True
 
 
 def add_trial(study: Any, frozen: Any) -> int:
@@ -85,20 +88,24 @@ def set_user_attrs(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
     trial's ~60 figures cost more than 0.1 s. Optuna's cached storage never caches an unfinished
     trial, so writing through the RDB backend here leaves no stale cache behind.
     """
+    _write_attrs(study._storage, trial_id(trial), attrs)
+
+
+def _write_attrs(st: Any, tid: int, attrs: dict[str, Any], running_only: bool = True) -> None:
+    """The attributes in one transaction; ``running_only=False``: also on a trial this process
+    just finished (the reaper's reason, written after the state that it won)."""
     import importlib
     import json
 
-    st = study._storage
     backend = getattr(st, "_backend", st)
     dialect = getattr(getattr(backend, "engine", None), "name", None)
     if dialect not in ("sqlite", "postgresql"):
         for key, value in attrs.items():
-            st.set_trial_user_attr(trial_id(trial), key, value)
+            st.set_trial_user_attr(tid, key, value)
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    tid = trial_id(trial)
     table = models.TrialUserAttributeModel.__table__
     insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
     stmt = insert(table).values([{"trial_id": tid, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
@@ -106,5 +113,6 @@ def set_user_attrs(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
                                       set_={"value_json": stmt.excluded.value_json})
     with _create_scoped_session(backend.scoped_session) as session:
         row = models.TrialModel.find_or_raise_by_id(tid, session, for_update=True)
-        backend.check_trial_is_updatable(tid, row.state)
+        if running_only:
+            backend.check_trial_is_updatable(tid, row.state)
         session.execute(stmt)

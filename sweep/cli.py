@@ -413,13 +413,19 @@ def db() -> None:
 @db.command("upgrade")
 @storage_option
 def db_upgrade(storage: str | None) -> None:
-    """Bring sweep's tables in the database up to this version's schema (writes)."""
+    """Bring sweep's tables in the database up to this version's schema, and record what the spool
+    holds for it (writes)."""
     from .storage import SCHEMA_VERSION, SeriesStore, open_optuna_storage, safe_url, storage_url
+
+    from .spool import replay_storage
 
     url = storage_url(storage)
     open_optuna_storage(url)
     store = SeriesStore(url)
     click.echo(f"{safe_url(url)}: sweep schema version {store.version} (this sweep: {SCHEMA_VERSION})")
+    replayed = replay_storage(url, store, on_wait=lambda line: click.echo(line, err=True))
+    if replayed:
+        click.echo(f"recorded {replayed} spooled measurement(s)")
 
 
 @main.group()

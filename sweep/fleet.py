@@ -4,8 +4,8 @@ A RUNNING trial is never taken for an orphan on its state alone: it may belong t
 live orchestrator on another host. It is lost only when
 
 - its heartbeat is older than the storage's grace period (Optuna's RDB heartbeat), or
-- it was run on this host, in this boot, by a pid that is gone (or in an earlier boot
-  of this host): then it is reaped at once, without waiting out the grace period, or
+- it was run on this host (hostname, machine id and PID namespace alike), in this boot, by a
+  pid that is gone: then it is reaped at once, without waiting out the grace period, or
 - it carries no owner at all (a sweep before heartbeats) and began longer ago than the
   grace period.
 
@@ -38,6 +38,38 @@ def _boot_id() -> str:
         return "unknown"
 
 
+def _machine_id() -> str:
+    """/etc/machine-id (systemd's, else D-Bus's), or an id made once and kept in sweep's cache."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+            if value:
+                return value
+        except OSError:
+            pass
+    from .models import cache_dir
+
+    kept = cache_dir() / "host-id"
+    try:
+        return kept.read_text().strip()
+    except OSError:
+        import uuid
+
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        value = uuid.uuid4().hex
+        kept.write_text(value + "\n")
+        return value
+
+
+def _pid_namespace() -> str:
+    """The PID namespace: containers on one kernel share its boot id, not their pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "unknown"
+
+
 def _start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot: a pid reused later has another."""
     try:
@@ -56,22 +88,29 @@ class Owner:
     boot_id: str
     pid: int
     start_ticks: int | None
+    machine_id: str | None = None
+    pid_namespace: str | None = None
 
     @classmethod
     def me(cls) -> Owner:
         pid = os.getpid()
-        return cls(os.environ.get("SWEEP_HOST_ID") or socket.gethostname(), _boot_id(), pid, _start_ticks(pid))
+        return cls(os.environ.get("SWEEP_HOST_ID") or socket.gethostname(), _boot_id(), pid, _start_ticks(pid),
+                   _machine_id(), _pid_namespace())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def same_host(self, other: dict[str, Any]) -> bool:
-        return other.get("host") == self.host
+        """The same hostname, machine id and PID namespace: cloned VMs and containers that share a
+        hostname are not taken for one host (an owner recorded without the ids never is)."""
+        return (other.get("host"), other.get("machine_id"), other.get("pid_namespace")) == \
+            (self.host, self.machine_id, self.pid_namespace)
 
     def gone(self, other: dict[str, Any]) -> bool:
-        """Whether ``other`` (an owner recorded on this host) can no longer be running."""
+        """Whether ``other`` (an owner on this host, in this boot) can no longer be running. Another
+        boot id proves nothing: a clone of this machine booted too. Its heartbeat decides then."""
         if other.get("boot_id") != self.boot_id:
-            return True  # this host rebooted since: nothing of that boot survives
+            return False
         pid = other.get("pid")
         return not isinstance(pid, int) or _start_ticks(pid) != other.get("start_ticks")
 

@@ -7,6 +7,7 @@ quantize`` into the cache, and the bundled PyPI packages.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -15,8 +16,10 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 from .errors import ModelError
+from .procs import owned_prefix, sweep_dead
 from .gguf import QUANT_IDS, quant_of, read_metadata
 
 
@@ -86,15 +89,39 @@ def assemble_parts(parts: list[Path], target: Path, size: int, sha256: str) -> P
     if missing:
         raise ModelError(f"cannot assemble {target.name}: missing part {missing[0]}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
-    digest = hashlib.sha256()
+    with _target_lock(target):  # two first runs: one assembles, the other finds it done
+        if target.is_file() and target.with_name(target.name + ".sha256").is_file():
+            return target
+        return _assemble(parts, target, size, sha256)
+
+
+@contextlib.contextmanager
+def _target_lock(target: Path) -> Iterator[None]:
+    import fcntl
+
+    fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _assemble(parts: list[Path], target: Path, size: int, sha256: str) -> Path:
+    sweep_dead(target.parent, f"{target.name}.partial-")  # what killed assemblies left
+    tmp = target.with_name(owned_prefix(f"{target.name}.partial-"))
     try:
         with open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as f:
                     while chunk := f.read(_CHUNK):
-                        digest.update(chunk)
                         out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = hashlib.sha256()  # of the bytes written, read back: not of what was meant to be written
+        with open(tmp, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
         got, written = digest.hexdigest(), tmp.stat().st_size
         if (written, got) != (size, sha256):
             raise ModelError(f"assembling {target.name} from {len(parts)} parts ({parts[0]} .. {parts[-1]}) gave "
@@ -290,7 +317,8 @@ class Registry:
         for quant in (q.upper() for q in to):
             target = out_dir / f"{name}.{quant}.gguf"
             if (name, quant) not in self.files():
-                tmp = target.with_suffix(".partial")
+                sweep_dead(out_dir, f"{target.name}.partial-")
+                tmp = target.with_name(owned_prefix(f"{target.name}.partial-"))
                 proc = subprocess.run(
                     [sys.executable, "-m", "sweep.quantize", str(source.path), str(tmp), str(QUANT_IDS[quant]), str(threads)],
                     capture_output=True, text=True,

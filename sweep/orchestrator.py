@@ -13,6 +13,7 @@ command again after an interruption carries on to it.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -26,12 +27,21 @@ from .hostlock import LockWaitStopped, measurement_lock
 from .metrics import METRICS
 from .records import Outcome, Progress, StudyMeta
 from .runner import run_trial
+from .spool import replay, with_retries
 from .space import Space
 from .storage import SeriesStore, study_lock
 from .study import finished_count, make_sampler, measured_before, open_or_create, record, reuse
 from .tasks import TASK_SET_VERSION, Task, stratified_subset
 
 _WAIT_S = 1.0  # how often a waiting orchestrator looks again at trials in flight elsewhere
+
+
+def _test_barrier() -> None:
+    """A test hook: ``SWEEP_TEST_BARRIER=PATH`` holds each orchestrator here, its trial asked and its
+    configuration drawn, until PATH exists, so that two look at each other at the same moment."""
+    path = os.environ.get("SWEEP_TEST_BARRIER")
+    while path and not os.path.exists(path):
+        time.sleep(0.05)
 
 
 class StopOnInterrupt:
@@ -108,6 +118,12 @@ def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: l
         StudyError: the study cannot be continued by this space or on this host.
     """
     study, series, index = open_or_create(space, storage_url, name, task_set, hardware_class)
+    # What an earlier run measured but could not record (the database was away, or it was killed).
+    def say(line: str) -> None:
+        if on_progress:
+            on_progress(Progress(0, n_trials, None, None, None, False, 0.0, study=study, waiting=line))
+
+    replay(study, series, storage_url, on_wait=say)
     study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)), orchestrator=index)
     run = _Run(study, space, series, storage_url, stratified_subset(tasks, space.settings.prompts), n_trials,
                worker_cmd, on_progress, lock)
@@ -115,7 +131,10 @@ def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: l
         while not run.stop.requested:
             if timeout_s is not None and time.monotonic() - run.started >= timeout_s:
                 break
-            if not run.step():
+            # Between measurements (reaping, counting, asking) an unreachable database is waited for;
+            # a measurement has its own wait, with its copy in the spool (study.record).
+            if not with_retries(run.step, lambda s: f"database unreachable since {s:.0f} s, retrying "
+                                                     "(no measurement is waiting on it)", say):
                 break
     return SweepResult(study, run.stop.requested, run.measured, run.failed)
 
@@ -168,15 +187,20 @@ class _Run:
                         return False
                     trial = self.study.ask() if done + elsewhere < self.n_trials else None
                 if trial is not None:
-                    heartbeat = Heartbeat(self.study, trial)
+                    heartbeat = None
                     try:
+                        heartbeat = Heartbeat(self.study, trial)
                         trial.set_user_attr("owner", self.me.to_dict())
                         return self._measure(trial, waited, time.monotonic() - t0)
                     except KeyboardInterrupt:
                         self._interrupted(trial)
                         raise
+                    except Exception:
+                        self._abandon(trial)
+                        raise
                     finally:
-                        heartbeat.stop()
+                        if heartbeat is not None:
+                            heartbeat.stop()
         except LockWaitStopped:
             return False
         self._report(waiting=f"waiting for {elsewhere} trial(s) in flight on other orchestrators")
@@ -189,9 +213,18 @@ class _Run:
         with self.stop.shield():
             _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "interrupted"})
 
+    def _abandon(self, trial: Any) -> None:
+        """A step that failed (the database went away, say) leaves no trial RUNNING behind it where
+        it can help it: the trial is failed as ``storage_error``. A measurement is in the spool."""
+        try:
+            _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "storage_error"})
+        except Exception:  # noqa: BLE001 - the database is still away: its heartbeat goes stale, it is reaped
+            pass
+
     def _measure(self, trial: Any, waited: float, asked_s: float) -> bool:
         config = self.space.sample(trial)
         self._report(trial, config, phase="starting")
+        _test_barrier()
         original = self._settled_original(trial)
         if original is not None:
             if self.space.settings.duplicates == "reuse":
@@ -209,6 +242,7 @@ class _Run:
                                                                   if "prompt" in msg else ""))
 
         latency_budget = self.budgets.get("latency_p95_s", {}).get("max")
+        trial.set_user_attr("measuring", True)  # from here on, another asking for this configuration waits
         start = time.time()
         outcome = run_trial(config, self.space.settings, self.subset, worker_cmd=self.worker_cmd,
                             latency_budget_s=latency_budget, on_event=on_event if self.on_progress else None)
@@ -218,7 +252,8 @@ class _Run:
             extra["measured_without_lock"] = True
         with self.stop.shield():
             feasible = record(self.study, trial, outcome, self.series, self.budgets, self.space.spec.objectives,
-                              {**extra, "storage_s": round(asked_s, 3)})
+                              self.url, {**extra, "storage_s": round(asked_s, 3)},
+                              on_wait=lambda line: self._report(waiting=line))
         self.measured += 1
         if not outcome.ok:
             self.failed.append(outcome.reason or "?")
@@ -230,9 +265,14 @@ class _Run:
         that measures it right now: two never measure one configuration at once."""
         config = trial.user_attrs["config"]
         while True:
-            busy = [t for t in others_running(self.study, self.me) if t.user_attrs.get("config") == config]
+            # The tie is broken by number: of two trials that asked for it at once, the lower one
+            # measures and the higher one waits (and one already measuring is always waited for).
+            busy = [t for t in others_running(self.study, self.me) if t.user_attrs.get("config") == config
+                    and (t.number < trial.number or t.user_attrs.get("measuring"))]
             if not busy:
                 return measured_before(self.study, config)
+            if self.stop.requested:  # nothing measures here yet: stop now, the trial failed as interrupted
+                raise KeyboardInterrupt
             self._report(trial, waiting=f"trial {busy[0].number} measures this configuration now; waiting for it")
             time.sleep(_WAIT_S)
             reap_lost(self.study, self.me)

@@ -128,6 +128,12 @@ PARAMS: dict[str, Param] = {
                           choices=("off", "shared")),
     "input_guard": Param("choice", "none", "prompt", "how attacker-written input is kept from steering the answer",
                          choices=("none", "escape", "delimit", "sandwich"), recorded_at_default=False),
+    "ioc_hints": Param("choice", "none", "prompt", "IOC items: the regex's candidates shown to the model to keep, "
+                       "drop or complete", choices=("none", "regex"), recorded_at_default=False),
+    "context": Param("choice", "none", "prompt", "ATT&CK items: the catalog's most similar techniques (BM25) in the "
+                     "prompt", choices=("none", "attack-catalog"), recorded_at_default=False),
+    "context_k": Param("int", 5, "prompt", "how many techniques the catalog gives", low=1, high=20,
+                       recorded_at_default=False, why="context_k must be 1..20 techniques, got {value}"),
     # Which program computes.
     "backend": Param("choice", "python", "worker", "llama-cpp-python in the worker, or llama-server",
                      choices=("python", "server"), recorded_at_default=False),

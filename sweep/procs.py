@@ -150,3 +150,35 @@ def signal_name(number: int) -> str:
     except ValueError:
         low, high = signal.SIGRTMIN, signal.SIGRTMAX
         return f"SIGRTMIN+{number - low}" if low <= number <= high else f"signal {number}"
+
+
+def owned_prefix(prefix: str) -> str:
+    """A temp name's prefix that names this process, so that whoever comes next can tell whether
+    its owner is gone (``sweep_dead``): ``sweep-trial-`` becomes ``sweep-trial-1234-``."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def sweep_dead(directory: str | os.PathLike[str], prefix: str) -> int:
+    """Remove what processes that are gone left in ``directory`` under ``owned_prefix(prefix)``
+    names (a SIGKILL or a power loss skips their clean-up). Returns how many were removed."""
+    import shutil
+
+    removed = 0
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return 0
+    for entry in entries:
+        pid = entry[len(prefix):].split("-", 1)[0] if entry.startswith(prefix) else ""
+        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed += 1
+        except OSError:
+            pass  # another user's, or gone already
+    return removed

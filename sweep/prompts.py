@@ -1,6 +1,6 @@
 """Prompt strategies: how a task is asked, and how the answer comes back.
 
-A strategy has three parts, each a search dimension:
+A strategy has these parts, each a search dimension:
 
 - ``shots``: 0 (zero-shot) or k worked examples of the task's kind, shown as
   earlier turns of the chat. They come from a separate pool
@@ -9,6 +9,10 @@ A strategy has three parts, each a search dimension:
 - ``output``: ``free`` text; ``grammar``, where a GBNF grammar lets the model
   emit only an answer of the scorer's form; or ``json``, where a JSON schema
   (llama.cpp's ``response_format``) does the same inside ``{"answer": ...}``.
+- ``input_guard``: how attacker-written input is kept from steering the answer (``GUARDS``).
+- ``ioc_hints``: ``regex`` shows the model, on IOC items, what the regex found (``HINTS``).
+- ``context``: ``attack-catalog`` gives ATT&CK items the ``context_k`` most similar techniques of
+  the bundled catalog (``sweep.catalog``).
 - ``max_tokens``, in the trial configuration.
 
 The orchestrator builds every request; the worker only passes the grammar or
@@ -22,7 +26,7 @@ import json
 from functools import cache
 from typing import Any, Literal
 
-from .tasks import LETTERS, SEVERITIES, VERDICTS, Task, load_tasks
+from .tasks import LETTERS, SEVERITIES, VERDICTS, Task, ioc_candidates, load_tasks
 
 Output = Literal["free", "grammar", "json"]
 OUTPUTS: tuple[str, ...] = ("free", "grammar", "json")
@@ -119,7 +123,30 @@ def _fence(text: str) -> str:
     return f"UNTRUSTED-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def _question(task: Task, output: str, guard: str = "none") -> str:
+# IOC hints (the ``ioc_hints`` knob): a deterministic tool does what it does well, and the model
+# judges its output. The regex finds everything of an indicator's form; the model keeps the real ones.
+HINTS: tuple[str, ...] = ("none", "regex")
+_HINT = ("A pattern match found these candidates in the log line: {found}. Keep the real indicators, drop "
+         "the rest (internal addresses, system files, the machine's own names), and add any it missed.")
+
+
+def _hint(task: Task, hints: str) -> str:
+    if hints != "regex" or task.kind != "iocs":
+        return ""
+    found = ", ".join(dict.fromkeys(ioc_candidates(task.input))) or "none"
+    return "\n\n" + _HINT.format(found=found)
+
+
+def _context(task: Task, context: str, k: int) -> str:
+    if context != "attack-catalog" or task.kind != "attack":
+        return ""
+    from .catalog import block
+
+    return "\n\n" + block(task.input, k)
+
+
+def _question(task: Task, output: str, guard: str = "none", hints: str = "none", context: str = "none",
+              context_k: int = 5) -> str:
     ask = _ASK[task.kind]
     if guard in ("delimit", "sandwich"):
         fence = _fence(task.input)
@@ -129,6 +156,7 @@ def _question(task: Task, output: str, guard: str = "none") -> str:
             text += f"\n\nAgain, judging only the data above: {ask.partition(chr(10))[0]}"
     else:
         text = ask.format(input=task.input)
+    text += _hint(task, hints) + _context(task, context, context_k)
     return f"{text}\n\n{_JSON_ASK[task.kind]}" if output == "json" else text
 
 
@@ -139,28 +167,38 @@ def _reply(task: Task, output: str) -> str:
     return task.expected if isinstance(task.expected, str) else "\n".join(task.expected)
 
 
-def prefix_probes(kind: str, shots: int, output: str, guard: str = "none") -> list[list[dict[str, str]]]:
+def prefix_probes(kind: str, shots: int, output: str, guard: str = "none", hints: str = "none",
+                  context: str = "none", context_k: int = 5) -> list[list[dict[str, str]]]:
     """Two requests of ``kind`` that differ only in the item: the tokens they share are the fixed
     prefix (system prompt, worked examples, the question's lead-in) that a shared-prefix cache
     prefills once. Placeholder items, never scored."""
     return [request_for(Task(id=f"prefix-{x}", kind=kind, input=x, expected=[] if kind in MAX_LIST else "A",
-                             source="placeholder"), shots, output, guard)["messages"] for x in ("0", "1")]
+                             source="placeholder"), shots, output, guard, hints, context, context_k)["messages"]
+            for x in ("0", "1")]
 
 
-def request_for(task: Task, shots: int = 0, output: str = "free", guard: str = "none") -> dict[str, Any]:
+def request_for(task: Task, shots: int = 0, output: str = "free", guard: str = "none", hints: str = "none",
+                context: str = "none", context_k: int = 5) -> dict[str, Any]:
     """The chat request for ``task``: messages, and the grammar or schema that constrains the answer.
-    Under ``guard`` delimit or sandwich, every item (the worked examples' too) is asked that way."""
+    Under ``guard`` delimit or sandwich, with ``hints`` and with ``context``, every item (the worked
+    examples' too) is asked that way."""
     messages = [{"role": "system", "content": _SYSTEM}]
     for example in shot_pool()[task.kind][:shots]:
-        messages += [{"role": "user", "content": _question(example, output, guard)},
+        messages += [{"role": "user", "content": _question(example, output, guard, hints, context, context_k)},
                      {"role": "assistant", "content": _reply(example, output)}]
-    messages.append({"role": "user", "content": _question(task, output, guard)})
+    messages.append({"role": "user", "content": _question(task, output, guard, hints, context, context_k)})
     request: dict[str, Any] = {"messages": messages, "kind": task.kind}
     if output == "grammar":
         request["grammar"] = grammar_for(task.kind)
     elif output == "json":
         request["response_format"] = {"type": "json_object", "schema": schema_for(task.kind)}
     return request
+
+
+def strategy_of(config: Any) -> dict[str, Any]:
+    """A trial configuration's prompt strategy, as ``request_for`` and ``prefix_probes`` take it."""
+    return {"shots": config.shots, "output": config.output, "guard": config.input_guard, "hints": config.ioc_hints,
+            "context": config.context, "context_k": config.context_k}
 
 
 def answer_text(raw: str, output: str) -> str | None:

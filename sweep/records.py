@@ -60,6 +60,9 @@ class TrialConfig:
     backend: Literal["python", "server"] = "python"  # llama-cpp-python in the worker, or llama-server (sweep.server)
     # How attacker-written input is kept from steering the answer (sweep.prompts.GUARDS).
     input_guard: Literal["none", "escape", "delimit", "sandwich"] = "none"
+    ioc_hints: Literal["none", "regex"] = "none"  # IOC items: the regex's candidates shown to the model
+    context: Literal["none", "attack-catalog"] = "none"  # ATT&CK items: retrieved techniques in the prompt
+    context_k: int = 5
     # llama.cpp's own threadpool knobs, server backend only; None leaves llama.cpp's default.
     poll: int | None = None  # --poll: busy-wait level 0..100 (no effect on OpenMP builds)
     prio: int | None = None  # --prio: -1 low, 0 normal

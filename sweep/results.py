@@ -53,8 +53,10 @@ def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
         if t.state.name not in ("COMPLETE", "FAIL"):
             continue
         row = {**trial_row(t), "verified": None}
-        if t.number in checked and t.state.name == "COMPLETE":
-            _apply_verification(row, checked[t.number], meta.objectives, meta.budgets)
+        # A reused copy holds its original's measurement, so it stands or falls with its verification.
+        v = checked.get(t.number) or checked.get(t.user_attrs.get("reused_from", -1))
+        if v is not None and t.state.name == "COMPLETE":
+            _apply_verification(row, v, meta.objectives, meta.budgets)
         out.append(row)
     return out
 

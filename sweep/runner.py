@@ -27,8 +27,8 @@ from .metrics import probe_figures, provably_over
 from .metrics import figures as compute_figures
 from .monitor import Monitor, Series, noise_guard
 from .probe import Probe
-from .procs import kill_group, killer, reap, signal_name, stay_off, tail
-from .prompts import answer_text, prefix_probes, request_for
+from .procs import kill_group, killer, owned_prefix, reap, signal_name, stay_off, sweep_dead, tail
+from .prompts import answer_text, prefix_probes, request_for, strategy_of
 from .protocol import problem
 from .server import figures as server_figures
 from .server import verify as verify_server_knobs
@@ -192,13 +192,13 @@ class _Measurement:
         s = self.settings
         c = self.config
         job: dict[str, Any] = {"config": c.to_dict(), "idle_seconds": s.idle_seconds,
-                               "prompts": [request_for(t, c.shots, c.output, c.input_guard) for t in self.tasks]}
+                               "prompts": [request_for(t, **strategy_of(c)) for t in self.tasks]}
         kinds = {t.kind for t in self.tasks}
         if s.injection_items:  # each clean item, then its injected variant
-            job["injection"] = [request_for(t, c.shots, c.output, c.input_guard) for t in self.injection_tasks]
+            job["injection"] = [request_for(t, **strategy_of(c)) for t in self.injection_tasks]
             kinds |= {t.kind for t in self.injection_tasks}
         if c.prefix_cache == "shared":
-            job["prefixes"] = {k: prefix_probes(k, c.shots, c.output, c.input_guard) for k in sorted(kinds)}
+            job["prefixes"] = {k: prefix_probes(k, **strategy_of(c)) for k in sorted(kinds)}
         if self.load:
             job["contended"] = True
         monitor = Monitor(s.window_ms / 1000, self._on_sample).start()
@@ -212,7 +212,8 @@ class _Measurement:
                     self.cgroup = TrialCgroup.create(limits)
                 except OSError as exc:
                     self.cgroup_problems = [f"its cgroup could not be made ({exc.strerror or exc})"]
-            with tempfile.TemporaryDirectory(prefix="sweep-trial-") as tmp:
+            sweep_dead(tempfile.gettempdir(), "sweep-trial-")  # what killed trials left behind
+            with tempfile.TemporaryDirectory(prefix=owned_prefix("sweep-trial-")) as tmp:
                 log_path = os.path.join(tmp, "worker.log")
                 r, w = os.pipe()
                 if self.load:  # the uncontended pass is measured without it; the baseline ends here

@@ -6,7 +6,8 @@ The loop that asks and measures is the orchestrator's (``sweep.orchestrator``).
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from . import _optuna
 from .errors import StudyError
@@ -197,38 +198,37 @@ def _outcome_attrs(outcome: Outcome, budgets: dict[str, dict[str, float]],
 
 
 def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budgets: dict[str, dict[str, float]],
-           objectives: list[str], extra: dict[str, Any] | None = None) -> bool:
+           objectives: list[str], url: str, extra: dict[str, Any] | None = None,
+           on_wait: Callable[[str], None] | None = None) -> bool:
     """Store everything measured on the trial and tell Optuna. Returns whether budgets were met.
 
-    If another orchestrator failed the trial meanwhile (its heartbeat looked stale), the
-    measurement is not lost: it is recorded as a new trial with the same parameters,
+    The measurement goes to the spool first (``sweep.spool``), then to the database, retried with
+    backoff while the database is unreachable (``on_wait`` is told, once a try); the spool file goes
+    once the record is complete. If another orchestrator failed the trial meanwhile (its heartbeat
+    looked stale), the measurement is not lost: it becomes a new trial with the same parameters,
     marked ``recorded_late_for``.
+
+    Raises:
+        DatabaseUnavailable: the database stayed unreachable past the retry window; the
+            measurement is in the spool, and the next run records it.
     """
-    import optuna
-    from optuna.trial import TrialState
+    from . import spool
 
     attrs, values, cv = _outcome_attrs(outcome, budgets, objectives)
     attrs.update(extra or {})
-    payload = {"series": outcome.series, "answers": outcome.answers}
+    pending = spool.Pending.of(url, study, trial, attrs, values, cv, {"series": outcome.series, "answers": outcome.answers})
     try:
-        series.put(_optuna.study_id(study), _optuna.trial_id(trial), payload)
-        _optuna.set_user_attrs(study, trial, attrs)
-        if values is None:
-            study.tell(trial, state=TrialState.FAIL)
-            return False
-        _optuna.set_constraints(study, trial, cv)
-        study.tell(trial, values)
-        return not attrs["violations"]
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-        current = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-        if not current.state.is_finished():
-            raise
-    user_attrs = {k: v for k, v in current.user_attrs.items() if k != "fail_reason"}
-    user_attrs.update(attrs, recorded_late_for=trial.number)
-    late = optuna.trial.create_trial(
-        params=trial.params, distributions=trial.distributions, values=values,
-        state=TrialState.FAIL if values is None else TrialState.COMPLETE, user_attrs=user_attrs,
-        system_attrs={"constraints": cv} if values is not None else {})
-    tid = _optuna.add_trial(study, late)
-    series.put(_optuna.study_id(study), tid, payload)
-    return values is not None and not attrs["violations"]
+        path: Path | None = spool.write(pending)
+        where = str(path)
+    except OSError as exc:  # a full disk, say: the database may still take it
+        path, where = None, f"memory only (the spool could not be written: {exc.strerror or exc})"
+    feasible = spool.with_retries(
+        lambda: spool.apply(study, series, pending),
+        lambda s: f"database unreachable since {s:.0f} s, retrying; the measurement of trial {trial.number} "
+                  f"is safe in {where}", on_wait,
+        gone=lambda s: f"the database has been unreachable for {s:.0f} s; the measurement of trial {trial.number} "
+                       f"is kept in {where}, and the next sweep run records it")
+    spool._kill_at("unspool")
+    if path is not None:
+        path.unlink(missing_ok=True)
+    return bool(feasible)

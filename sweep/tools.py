@@ -148,6 +148,7 @@ def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print
             or the build failed (with the tail of its log).
     """
     from .hostlock import measurement_lock
+    from .procs import owned_prefix, sweep_dead
 
     version = bindings_version()
     done = manifest(version)
@@ -164,7 +165,8 @@ def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print
         done = manifest(version)  # another process may have built them while this one waited
         if done and not force and all((target / "bin" / p).is_file() for p in PROGRAMS):
             return done
-        with tempfile.TemporaryDirectory(prefix="sweep-tools-", dir=target.parent) as tmp:
+        sweep_dead(target.parent, "sweep-tools-")  # build trees of builds that were killed
+        with tempfile.TemporaryDirectory(prefix=owned_prefix("sweep-tools-"), dir=target.parent) as tmp:
             return _build_in(Path(tmp), sdist, version, target, jobs, log)
 
 

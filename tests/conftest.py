@@ -55,6 +55,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def isolated(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEP_STORAGE", f"sqlite:///{tmp_path / 'studies.db'}")
+    monkeypatch.setenv("SWEEP_SPOOL_DIR", str(tmp_path / "spool"))
     monkeypatch.delenv("SWEEP_MODELS_DIR", raising=False)
     return tmp_path
 

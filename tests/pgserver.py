@@ -55,3 +55,16 @@ def new_database(template: str) -> str:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     admin.dispose()
     return template.format(db=name)
+
+
+def pg_ctl(template: str, action: str) -> None:
+    """Stop (``-m fast``: connections are cut, as in a restart or failover) or start the server that
+    ``template`` (or a database URL on it) points at."""
+    root = Path(template.rsplit("host=", 1)[1].split("&")[0])
+    bindir = postgres_bin()
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    args = ["-m", "fast", "stop"] if action == "stop" else \
+        ["-l", str(root / "server.log"), "-o", f"-k {root} -c listen_addresses='' -c fsync=off -c max_connections=200",
+         "start"]
+    subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-w", *args], check=True,
+                   capture_output=True)

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import TINY_SPACE, stray_processes, sweep_cli, wait_for, write_space
+from conftest import QUICK_TAIL, TINY_SPACE, stray_processes, sweep_cli, wait_for, write_space
 from sweep.host import allowed_cpus
 
 TWO_CPUS = pytest.mark.skipif(len(allowed_cpus()) < 2, reason="two simulated hosts need a CPU each")
@@ -319,4 +319,37 @@ def test_sigterm_finishes_the_trial_and_sighup_records_it(sig: int, state: str, 
     assert [t.state.name for t in ts] == [state]
     if state == "FAIL":
         assert ts[0].user_attrs["fail_reason"] == "interrupted"
+    assert not stray_processes()
+
+
+ONE_CONFIGURATION = """\
+version: 1
+name: tiny
+models:
+  smollm2-135m: [Q4_1]
+fixed:
+  n_threads: 1
+  n_threads_batch: 1
+  n_ctx: 512
+  max_tokens: 16
+""" + QUICK_TAIL
+
+
+@TWO_CPUS
+def test_two_hosts_asking_for_one_configuration_at_once_break_the_tie(isolated: Path, pg_url: str) -> None:
+    # Both hold at the barrier with their trial asked and the one configuration drawn, then look at
+    # each other at once: the lower trial number measures, the other waits and reuses its figures.
+    space = write_space(isolated / "one.yaml", ONE_CONFIGURATION)
+    barrier = isolated / "go"
+    runs = [start(space, 2, host(name, isolated, SWEEP_TEST_BARRIER=str(barrier)), cpu=cpu)
+            for name, cpu in (("a", allowed_cpus()[0]), ("b", allowed_cpus()[1]))]
+    wait_for(lambda: _running_on(pg_url, "a") and _running_on(pg_url, "b"))
+    barrier.touch()
+    for p in runs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    ts = trials(pg_url)
+    assert len(ts) == 2 and all(t.state.name == "COMPLETE" for t in ts)
+    (first,) = measured(ts)
+    assert first.number == 0 and ts[1].user_attrs["reused_from"] == 0
     assert not stray_processes()

@@ -190,3 +190,43 @@ def test_a_models_directory_with_odd_entries_lists_each_as_broken(tmp_path: Path
     broken = {p.name: why for p, why in registry.broken.items()}
     assert "not a regular file" in broken["pipe.gguf"] and "not a regular file" in broken["folder.gguf"]
     assert "nested more than" in broken["deep.gguf"]
+
+
+def test_two_first_runs_assembling_one_model_at_once_leave_a_whole_file(tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    parts = []
+    for i in range(4):  # 32 MB in all: long enough for the two to overlap
+        part = tmp_path / f"part{i}"
+        part.write_bytes(bytes([i]) * (8 << 20))
+        parts.append(part)
+    whole = b"".join(p.read_bytes() for p in parts)
+    size, sha = len(whole), hashlib.sha256(whole).hexdigest()
+    target = tmp_path / "m" / "model.Q4_K_M.gguf"
+    code = ("import sys; from pathlib import Path; from sweep.models import assemble_parts; "
+            f"assemble_parts([Path(p) for p in {[str(p) for p in parts]!r}], Path({str(target)!r}), {size}, {sha!r})")
+    runs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for r in runs:
+        assert r.wait(timeout=120) == 0, r.stderr.read()
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.Q4_K_M.gguf", "model.Q4_K_M.gguf.lock",
+                                                               "model.Q4_K_M.gguf.sha256"]
+
+
+def test_what_a_killed_process_left_is_swept_and_a_live_ones_is_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from sweep.procs import owned_prefix, sweep_dead
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"sweep-trial-{dead.pid}-abc").mkdir()
+    (tmp_path / f"sweep-trial-{dead.pid}-abc" / "worker.log").write_text("x")
+    mine = tmp_path / (owned_prefix("sweep-trial-") + "def")
+    mine.mkdir()
+    (tmp_path / "sweep-trial-notapid").mkdir()
+    assert sweep_dead(tmp_path, "sweep-trial-") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "sweep-trial-notapid"])

@@ -145,3 +145,30 @@ def test_a_shared_prefix_gives_the_same_answers_and_still_prefills_every_item(sm
         assert o["prompt_tokens"] == s["prompt_tokens"]
         assert o["prefill_tokens"] >= o["prompt_tokens"] - 1  # cold: the whole prompt
         assert 0 < s["prefill_tokens"] < s["prompt_tokens"] // 2  # only the item and its lead-in
+
+
+def test_ioc_hints_show_the_regex_candidates_on_ioc_items_only() -> None:
+    from sweep.tasks import ioc_candidates
+
+    ioc = next(t for t in load_tasks() if t.kind == "iocs" and ioc_candidates(t.input))
+    verdict = next(t for t in load_tasks() if t.kind == "verdict")
+    hinted = request_for(ioc, 3, "grammar", hints="regex")["messages"]
+    assert all(c in hinted[-1]["content"] for c in ioc_candidates(ioc.input))
+    assert "A pattern match found" in hinted[1]["content"]  # the worked examples are asked the same way
+    assert "A pattern match found" not in request_for(ioc, 3, "grammar")["messages"][-1]["content"]
+    assert request_for(verdict, 0, hints="regex") == request_for(verdict, 0)
+
+
+def test_the_attack_catalog_puts_retrieved_techniques_in_the_prompt() -> None:
+    import re
+
+    from sweep.catalog import retrieve, techniques
+
+    assert len(techniques()) > 600 and all(re.fullmatch(r"T\d{4}(\.\d{3})?", t["id"]) for t in techniques())
+    lsass = next(t for t in load_tasks() if t.kind == "attack" and "lsass" in t.input)
+    assert "T1003.001" in [t["id"] for t in retrieve(lsass.input, 5)]  # LSASS Memory, by BM25 on the catalog
+    asked = request_for(lsass, 0, "grammar", context="attack-catalog", context_k=4)["messages"][-1]["content"]
+    listed = re.findall(r"^(T\d{4}(?:\.\d{3})?) ", asked, re.M)
+    assert len(listed) == 4 and "T1003.001" in listed
+    mcq = next(t for t in load_tasks() if t.kind == "mcq")
+    assert request_for(mcq, 0, context="attack-catalog") == request_for(mcq, 0)

@@ -73,6 +73,16 @@ def test_a_failed_verification_is_never_feasible() -> None:
     assert choose(study)["number"] == 0
 
 
+def test_a_reused_copy_of_a_trial_whose_verification_failed_is_never_picked() -> None:
+    study = _synthetic_study()
+    best = study.get_trials()[0]  # the pick, and then reused by a later trial of the same configuration
+    study.add_trial(optuna.trial.create_trial(values=list(best.values),
+                                              user_attrs={**best.user_attrs, "reused_from": 0}))
+    study.set_user_attr("verified:0", {"n_items": 82, "repeats": 2, "correctness_ci": None, "failed": "crashed",
+                                       "detail": "SIGSEGV", "at": "now", "by_kind": {}, "figures": {}})
+    assert choose(study)["number"] == 1  # neither trial 0 nor its copy, trial 3
+
+
 SMALL_TASKS = 10
 
 
