@@ -102,16 +102,18 @@ def main() -> None:
     every = [s for k in kinds for s in constants[k][1]]
     print("| best constant answer | - | " + " | ".join(row) + f" | {cell(mean_interval(every))} | - | - |")
     # No model at all for IOCs: every IP, domain, hash and path the regex finds in the log line.
-    iocs = mean_interval([score(t, "\n".join(ioc_candidates(t.input))).value for t in tasks if t.kind == "iocs"])
-    print("| regex over the log line (no model) | - | " + " | ".join(
-        cell(iocs) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
+    if "iocs" in kinds:
+        iocs = mean_interval([score(t, "\n".join(ioc_candidates(t.input))).value for t in tasks if t.kind == "iocs"])
+        print("| regex over the log line (no model) | - | " + " | ".join(
+            cell(iocs) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
     # No model at all for ATT&CK: the catalog's best match (BM25), as the retrieval alone would answer.
-    from sweep.catalog import retrieve
+    if "attack" in kinds:
+        from sweep.catalog import retrieve
 
-    top = mean_interval([score(t, (retrieve(t.input, 1) or [{"id": ""}])[0]["id"]).value
-                         for t in tasks if t.kind == "attack"])
-    print("| the catalog's first match (no model) | - | " + " | ".join(
-        cell(top) if k == "attack" else "-" for k in kinds) + " | - | - | - |")
+        top = mean_interval([score(t, (retrieve(t.input, 1) or [{"id": ""}])[0]["id"]).value
+                             for t in tasks if t.kind == "attack"])
+        print("| the catalog's first match (no model) | - | " + " | ".join(
+            cell(top) if k == "attack" else "-" for k in kinds) + " | - | - | - |")
 
 
 if __name__ == "__main__":
