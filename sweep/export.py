@@ -154,15 +154,15 @@ def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
 
     out: dict[str, Any] = {"shots": config.shots, "output": config.output, "max_tokens": config.max_tokens,
                            "temperature": config.temperature, "prefix_cache": config.prefix_cache,
-                           "input_guard": config.input_guard, "ioc_hints": config.ioc_hints,
-                           "context": config.context}
+                           "input_guard": config.input_guard}
     if config.context == "attack-catalog":
         from .catalog import ATTRIBUTION
 
-        out["context_k"] = config.context_k
+        out["context"], out["context_k"] = config.context, config.context_k
         out["context_how"] = (f"on ATT&CK items, append the {config.context_k} most similar techniques "
                               f"(sweep.catalog.block: BM25 over {ATTRIBUTION})")
     if config.ioc_hints == "regex":
+        out["ioc_hints"] = config.ioc_hints
         out["ioc_hints_how"] = ("on IOC items, append to the question the regex's candidates "
                                 "(sweep.tasks.ioc_candidates) as sweep.prompts._HINT words it")
     if config.input_guard in ("delimit", "sandwich"):

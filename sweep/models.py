@@ -99,7 +99,9 @@ def assemble_parts(parts: list[Path], target: Path, size: int, sha256: str) -> P
 def _target_lock(target: Path) -> Iterator[None]:
     import fcntl
 
-    fd = os.open(target.with_name(target.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    locks = cache_dir() / "locks"  # beside the cache's files, not among the models
+    locks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks / (target.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -215,9 +215,12 @@ class _Run:
 
     def _abandon(self, trial: Any) -> None:
         """A step that failed (the database went away, say) leaves no trial RUNNING behind it where
-        it can help it: the trial is failed as ``storage_error``. A measurement is in the spool."""
+        it can help it: the trial is failed as ``storage_error``, which does not count towards
+        ``--trials``, and its parameters are queued again. A measurement is in the spool."""
         try:
-            _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "storage_error"})
+            if _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "storage_error"}) \
+                    and trial.params:
+                self.study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
         except Exception:  # noqa: BLE001 - the database is still away: its heartbeat goes stale, it is reaped
             pass
 

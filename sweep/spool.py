@@ -190,6 +190,8 @@ def transient(exc: BaseException) -> bool:
     SQLite's "database is locked", a full disk under the database."""
     import sqlalchemy.exc as sa_exc
 
+    if isinstance(exc, DatabaseUnavailable):
+        return False  # the wait is over: it ends the sweep, however transient its cause was
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -145,9 +145,12 @@ def save_dashboard_note(study: Any) -> None:
 
 
 def finished_count(study: Any) -> int:
+    """The trials that count towards ``--trials``: finished ones, less those the database would not
+    let start (``storage_error``: nothing was measured, and its parameters were queued again)."""
     from optuna.trial import TrialState
 
-    return sum(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+    return sum(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+               and t.user_attrs.get("fail_reason") != "storage_error" for t in study.get_trials(deepcopy=False))
 
 
 def measured_before(study: Any, config: dict[str, Any]) -> Any:

@@ -86,9 +86,9 @@ def _run_in_background(space: Path, trials: int, env: dict[str, str]) -> subproc
                             env={**os.environ, **env})
 
 
-def _first_trial_running(url: str) -> bool:
+def _measuring(url: str) -> bool:
     try:
-        return any(t.state.name == "RUNNING" for t in _trials(url))
+        return any(t.state.name == "RUNNING" and t.user_attrs.get("measuring") for t in _trials(url))
     except Exception:  # noqa: BLE001 - the study is not made yet
         return False
 
@@ -99,7 +99,7 @@ def test_a_postgresql_restart_during_a_sweep_loses_nothing(pg_url: str, tmp_path
     space = _one_trial_space(tmp_path)
     proc = _run_in_background(space, 2, {})
     try:
-        wait_for(lambda: _first_trial_running(pg_url), timeout=120)
+        wait_for(lambda: _measuring(pg_url), timeout=120)
         pg_ctl(pg_url, "stop")  # the trial measures on; its record finds no server
         time.sleep(12)
         pg_ctl(pg_url, "start")
@@ -120,7 +120,7 @@ def test_a_database_away_past_the_window_stops_with_the_spool_named(pg_url: str,
     space = _one_trial_space(tmp_path)
     proc = _run_in_background(space, 1, {"SWEEP_DB_RETRY_S": "4"})
     try:
-        wait_for(lambda: _first_trial_running(pg_url), timeout=120)
+        wait_for(lambda: _measuring(pg_url), timeout=120)
         pg_ctl(pg_url, "stop")
         out, err = proc.communicate(timeout=300)
     finally:
@@ -152,7 +152,7 @@ def test_sqlite_locked_across_a_record_is_waited_out(tmp_path: Path, cache_dir: 
         conn.close()
 
     try:
-        wait_for(lambda: _first_trial_running(url), timeout=120)
+        wait_for(lambda: _measuring(url), timeout=120)  # locked from the measurement on, across its record
         locker = threading.Thread(target=hold_the_lock)
         locker.start()
         out, err = proc.communicate(timeout=300)
