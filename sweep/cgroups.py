@@ -239,9 +239,10 @@ def systemd_lines(config: dict[str, Any], ncpu: int | None = None) -> list[str]:
                   f"CPUQuotaPeriodSec={limits['cpu_period_ms']:g}ms"]
     if limits.get("cpu_weight") is not None:
         lines.append(f"CPUWeight={limits['cpu_weight']}")
-    for knob, directive in (("memory_high_gb", "MemoryHigh"), ("memory_max_gb", "MemoryMax")):
-        if limits.get(knob) is not None:
-            lines.append(f"{directive}={int(limits[knob] * 2**30) // 4096 * 4096}")
+    sizes = dict(_files(2, limits, ncpu).get("memory", []))  # the bytes the trial's cgroup was given
+    for file, directive in (("memory.high", "MemoryHigh"), ("memory.max", "MemoryMax")):
+        if sizes.get(file, "max") != "max":
+            lines.append(f"{directive}={sizes[file]}")
     return lines
 
 

@@ -26,7 +26,7 @@ def _trials(url: str, name: str = "tiny") -> list:
     return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
-def _spooled(_: Path) -> list[Path]:
+def _spooled() -> list[Path]:
     d = Path(os.environ["SWEEP_SPOOL_DIR"])  # each test's own (conftest.isolated)
     return sorted(d.glob("*.json")) if d.is_dir() else []
 
@@ -42,14 +42,14 @@ def test_a_kill_at_any_step_of_a_record_loses_nothing_and_records_once(step: str
     space, url = _one_trial_space(tmp_path), os.environ["SWEEP_STORAGE"]
     killed = sweep_cli("run", str(space), "--study", "tiny", "--trials", "1", "--quiet", env={"SWEEP_TEST_KILL_AT": step})
     assert killed.returncode == -9, killed.stderr
-    assert len(_spooled(cache_dir)) == 1  # the measurement was on disk before the database saw any of it
+    assert len(_spooled()) == 1  # the measurement was on disk before the database saw any of it
     again = sweep_cli("run", str(space), "--study", "tiny", "--trials", "1", "--quiet")
     assert again.returncode == 0, again.stderr
     trials = _trials(url)
     assert len(trials) == 1 and trials[0].state.name == "COMPLETE"  # recorded once, nothing measured again
     t = trials[0]
     assert "correctness" in t.user_attrs and t.user_attrs["spool_id"] and t.system_attrs["constraints"] is not None
-    assert _spooled(cache_dir) == []
+    assert _spooled() == []
     from sweep import _optuna
     from sweep.storage import SeriesStore
 
@@ -110,7 +110,7 @@ def test_a_postgresql_restart_during_a_sweep_loses_nothing(pg_url: str, tmp_path
     assert proc.returncode == 0, err
     assert "database unreachable since" in out + err
     trials = _trials(pg_url)
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and _spooled(cache_dir) == []
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and _spooled() == []
 
 
 def test_a_database_away_past_the_window_stops_with_the_spool_named(pg_url: str, tmp_path: Path,
@@ -128,12 +128,12 @@ def test_a_database_away_past_the_window_stops_with_the_spool_named(pg_url: str,
             proc.kill()
         pg_ctl(pg_url, "start")
     assert proc.returncode == 5, err
-    (spooled,) = _spooled(cache_dir)
+    (spooled,) = _spooled()
     last = err.strip().splitlines()[-1]
     assert str(spooled) in last and "next sweep run records it" in last
     upgraded = sweep_cli("db", "upgrade")
     assert upgraded.returncode == 0 and "recorded 1 spooled measurement" in upgraded.stdout, upgraded.stderr
-    assert [t.state.name for t in _trials(pg_url)] == ["COMPLETE"] and _spooled(cache_dir) == []
+    assert [t.state.name for t in _trials(pg_url)] == ["COMPLETE"] and _spooled() == []
 
 
 @pytest.mark.slow
@@ -162,4 +162,4 @@ def test_sqlite_locked_across_a_record_is_waited_out(tmp_path: Path, cache_dir: 
             proc.kill()
     assert held.is_set() and proc.returncode == 0, err
     assert "database unreachable since" in out + err
-    assert [t.state.name for t in _trials(url)] == ["COMPLETE"] and _spooled(cache_dir) == []
+    assert [t.state.name for t in _trials(url)] == ["COMPLETE"] and _spooled() == []
