@@ -8,11 +8,16 @@ EXPORT ?= demo-config.json
 
 .PHONY: sweep verify test test-fast install lock clean-study tools docs
 
-# Exact versions from requirements.lock (pip constraints); `make lock` refreshes it.
+# Exact versions from requirements.lock (pip constraints); `make lock` refreshes it. llama-cpp-python
+# is built for this CPU less Intel AMX: sweep.tools.NO_AMX says why (and builds llama-server the same).
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "installing (the first install builds llama-cpp-python from source: about 5 minutes on 2 cores)"
+	@# First and without pip's cache: a wheel cached from a build with other flags would be reused.
+	CMAKE_ARGS="$(if $(NO_AMX),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')" \
+		$(BIN)/python -m pip install --quiet --no-cache-dir -c requirements.lock llama-cpp-python
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
@@ -46,11 +51,13 @@ test: $(VENV)/.installed
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo "*** postgresql is not installed: the fleet tests will be SKIPPED (apt-get install postgresql; .ci/run installs it) ***"
 	@$(BIN)/sweep tools list 2>/dev/null | grep -q "^llama-server" || echo "*** llama-server is not built: the server-backend tests will be SKIPPED (make tools; .ci/run builds it) ***"
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 # The inner loop: everything but the tests that run a real model, server or calibrated load.
 test-fast: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The docs site (mkdocs.yml, docs/): --strict fails on a broken link. Never with -q: mkdocs 1.6.1's

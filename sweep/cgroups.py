@@ -115,7 +115,7 @@ def make(limits, name, ncpu=None, exist_ok=False):
     for controller, site in sites.items():
         if isinstance(site, str):
             raise OSError(errno.ENOENT, site)
-    made = {}
+    made: dict[str, str] = {}
     try:
         for controller in sorted(wanted):
             version, parent = sites[controller]

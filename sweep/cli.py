@@ -32,10 +32,10 @@ _PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EN
 
 
 class _Group(click.Group):
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
         debug = "--debug" in sys.argv
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:  # click turns KeyboardInterrupt into Abort
             click.echo("interrupted; a trial in flight was recorded as failed (interrupted)", err=True)
             sys.exit(130)
@@ -107,61 +107,30 @@ def main(debug: bool) -> None:
 def run(space: Path, study_name: str | None, trials: int, timeout: str | None, tasks_file: Path | None,
         quiet: bool, hardware_class: str | None, no_lock: bool, storage: str | None, models_dir: str | None) -> None:
     """Run (or continue) a sweep of SPACE into the study."""
-    from .display import front_table
-    from .errors import ExportError
+    from .display import sweep_summary
+    from .orchestrator import RunOptions, run_study
     from .progress import make_progress
-    from .results import choose, pareto_front, rows
     from .space import load_space
     from .storage import safe_url, storage_url
-    from .orchestrator import run_study
     from .tasks import load_tasks, task_set_name
 
     timeout_s = parse_duration(timeout) if timeout else None
     sp = load_space(space, models_dir)  # everything is validated before the study is touched
     tasks = load_tasks(tasks_file)
     url = storage_url(storage)
-    name = study_name or sp.name
+    opts = RunOptions(url, study_name or sp.name, trials, tasks, task_set_name(tasks_file), timeout_s, not no_lock,
+                      hardware_class)
     display = make_progress(quiet)
     try:
-        result = run_study(sp, url, name, trials, tasks, timeout_s=timeout_s, on_progress=display,
-                           task_set=task_set_name(tasks_file), lock=not no_lock,
-                           hardware_class=hardware_class)
+        result = run_study(sp, opts, on_progress=display)
     finally:
         if display:
             display.close()
-    study = result.study
-    all_rows = rows(study)
-    failed = [r for r in all_rows if r["state"] == "FAIL"]
-    click.echo(f"\nstudy {name!r} in {safe_url(url)}: {len(all_rows)} finished trials, {len(failed)} failed, "
-               f"{sum(r['feasible'] for r in all_rows)} meet every budget")
-    front, feasible = pareto_front(study)
-    if front:
-        click.echo("Pareto front" + ("" if feasible else " (no trial meets every budget; front ignoring budgets)") + ":")
-        click.echo(front_table(front, StudyMeta.of(study).objectives))
-        try:
-            pick = choose(study, allow_infeasible=True)
-        except ExportError:
-            pick = None
-        if pick and pick["feasible"]:
-            click.echo(f"Export policy's pick: trial {pick['number']} (meets every budget; best on the objectives, "
-                       "in the space's order).")
-        elif pick:
-            click.echo(f"Export policy's pick: trial {pick['number']}, the closest to meeting every budget (smallest "
-                       f"total overshoot; it breaks {', '.join(pick['violations'])}). It can sit off the front above: "
-                       "the front weighs only the objectives, the pick weighs every budget.")
-        unverified = [r for r in front if not r["verified"]]
-        if unverified:
-            click.echo(f"{len(unverified)} front trial(s) rest on a subset of {sp.settings.prompts} tasks and one run; "
-                       f"`sweep verify --study {name}` re-runs them on all {len(tasks)}.")
+    click.echo(sweep_summary(result.study, safe_url(url), sp.settings.prompts, len(tasks)))
     if result.stopped_by_user:
         click.echo("stopped at your request; run the same command again to carry on", err=True)
         sys.exit(130)
-    if result.measured and len(result.failed or []) == result.measured:
-        from collections import Counter
-
-        reasons = ", ".join(f"{r} x{n}" for r, n in Counter(result.failed).most_common())
-        raise WorkFailed(f"every trial this run measured failed ({reasons}); `sweep show N --study {name}` "
-                         "says why")
+    result.check()
 
 
 @main.command()
@@ -347,35 +316,11 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
     from dataclasses import replace
 
     from .display import figures_table
-    from .records import TrialSettings
     from .runner import run_trial
+    from .space import load_trial
     from .tasks import load_tasks, stratified_subset
 
-    import yaml
-
-    from .host import allowed_cpus
-
-    from .space import check_config
-
-    try:
-        data = yaml.safe_load(config_file.read_text())  # a JSON export is YAML too
-        config = check_config(data.get("config", data), str(config_file))
-    except FileNotFoundError:
-        raise SweepError(f"{config_file}: no such file") from None
-    except (yaml.YAMLError, TypeError, AttributeError) as exc:
-        raise SweepError(f"{config_file}: not a trial configuration ({str(exc).splitlines()[0]})") from None
-    if not Path(config.model_path).is_file():
-        raise SweepError(f"{config_file}: model file {config.model_path} does not exist")
-    missing = sorted(set(config.cpus or ()) - set(allowed_cpus()))
-    if missing:
-        raise SweepError(f"{config_file}: config.cpus: CPU {', '.join(map(str, missing))} not available on this host "
-                         f"(allowed CPUs: {', '.join(map(str, allowed_cpus()))})")
-    from .server import config_problem
-
-    wrong = config_problem(config.to_dict())  # llama-server not built included: one line saying how, exit 2
-    if wrong:
-        raise SweepError(f"{config_file}: {wrong}")
-    settings = TrialSettings.from_dict(data["settings"]) if data.get("settings") else TrialSettings()
+    config, settings = load_trial(config_file)
     settings = replace(settings, prompts=prompts or settings.prompts,
                        idle_seconds=settings.idle_seconds if idle_seconds is None else idle_seconds)
     outcome = run_trial(config, settings, stratified_subset(load_tasks(tasks_file), settings.prompts),
@@ -476,6 +421,40 @@ def tasks_check(file: Path) -> None:
     loaded = load_tasks(file)
     kinds = Counter(t.kind for t in loaded)
     click.echo(f"{file}: {len(loaded)} tasks ok ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
+
+
+@tasks.command("import")
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["cybermetric", "cti-mcq", "cti-ate", "cti-rcm"]))
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="The JSONL task file to write (whole, or not at all).")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Keep N items, with equal counts of each answer (letter, CWE) where the labels allow; "
+                   "cti-ate's technique lists have no one label and are sampled uniformly.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The seed of --sample's draw.")
+@click.option("--skip-bad", is_flag=True, help="Leave out a bad item, naming it on stderr, instead of refusing the "
+                                               "file (a file that cannot be read as FORMAT is still refused).")
+def tasks_import(fmt: str, file: Path, out: Path, sample: int | None, seed: int, skip_bad: bool) -> None:
+    """Turn a published benchmark FILE into a task file. FORMAT is cybermetric (CyberMetric's JSON),
+    or cti-mcq, cti-ate or cti-rcm (CTIBench's TSV files). A bad item gives its file and row, exit 2,
+    and nothing is written."""
+    from collections import Counter
+
+    from .importers import balanced_sample, import_tasks, write_tasks
+
+    skipped: list[str] = []
+
+    def skip(message: str) -> None:
+        skipped.append(message)
+        click.echo(f"skipped: {message}", err=True)
+
+    loaded = import_tasks(fmt, file, skip if skip_bad else None)
+    chosen = balanced_sample(loaded, sample, seed) if sample else loaded
+    write_tasks(chosen, out)
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(Counter(t.kind for t in chosen).items()))
+    notes = [f"{len(chosen)} of {len(loaded)} drawn with seed {seed}"] if sample else []
+    notes += [f"{len(skipped)} bad item{'s' if len(skipped) > 1 else ''} left out"] if skipped else []
+    click.echo(f"{out}: {len(chosen)} tasks from {file} ({kinds}){''.join(f'; {n}' for n in notes)}")
 
 
 @tasks.command("baseline")

@@ -62,7 +62,10 @@ def progress_line(p: Progress) -> str:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip()
+
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -120,6 +123,41 @@ def verification_table(study: Any) -> str:
 def figures_table(figures: dict[str, float]) -> str:
     body = [[name, f"{figures[name]:.4g}", METRICS[name].unit, METRICS[name].help] for name in METRICS if name in figures]
     return table(body, ["figure", "value", "unit", "meaning"])
+
+
+def sweep_summary(study: Any, where: str, n_prompts: int, n_tasks: int) -> str:
+    """What ``sweep run`` says at the end: the counts, the front, the export policy's pick and why,
+    and what ``sweep verify`` would add."""
+    from .errors import ExportError
+    from .records import StudyMeta
+    from .results import choose, pareto_front, rows
+
+    name = study.study_name
+    all_rows = rows(study)
+    failed = [r for r in all_rows if r["state"] == "FAIL"]
+    lines = [f"\nstudy {name!r} in {where}: {len(all_rows)} finished trials, {len(failed)} failed, "
+             f"{sum(r['feasible'] for r in all_rows)} meet every budget"]
+    front, feasible = pareto_front(study)
+    if not front:
+        return "\n".join(lines)
+    lines.append("Pareto front" + ("" if feasible else " (no trial meets every budget; front ignoring budgets)") + ":")
+    lines.append(front_table(front, StudyMeta.of(study).objectives))
+    try:
+        pick = choose(study, allow_infeasible=True)
+    except ExportError:
+        pick = None
+    if pick and pick["feasible"]:
+        lines.append(f"Export policy's pick: trial {pick['number']} (meets every budget; best on the objectives, "
+                     "in the space's order).")
+    elif pick:
+        lines.append(f"Export policy's pick: trial {pick['number']}, the closest to meeting every budget (smallest "
+                     f"total overshoot; it breaks {', '.join(pick['violations'])}). It can sit off the front above: "
+                     "the front weighs only the objectives, the pick weighs every budget.")
+    unverified = [r for r in front if not r["verified"]]
+    if unverified:
+        lines.append(f"{len(unverified)} front trial(s) rest on a subset of {n_prompts} tasks and one run; "
+                     f"`sweep verify --study {name}` re-runs them on all {n_tasks}.")
+    return "\n".join(lines)
 
 
 def status_text(study: Any, policy_pick: dict[str, Any] | None) -> str:

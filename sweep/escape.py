@@ -29,7 +29,8 @@ class Escape:
         return [{**m, "content": f"{self.open}{m['content']}{self.close}"} for m in messages]
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        rest, out = text.decode("utf-8", errors="surrogatepass"), []
+        rest = text.decode("utf-8", errors="surrogatepass")
+        out: list[int] = []
         while rest:
             head, found, tail = rest.partition(self.open)
             content, _, rest = tail.partition(self.close) if found else ("", "", "")

@@ -6,8 +6,10 @@ live orchestrator on another host. It is lost only when
 - its heartbeat is older than the storage's grace period (Optuna's RDB heartbeat), or
 - it was run on this host (hostname, machine id and PID namespace alike), in this boot, by a
   pid that is gone: then it is reaped at once, without waiting out the grace period, or
-- it carries no owner at all (a sweep before heartbeats) and began longer ago than the
-  grace period.
+- it carries no owner (asked, its owner not yet written, or a sweep before heartbeats): the first
+  reaper to see it gives it a heartbeat, at the database's clock, and it is lost once that is
+  older than the grace period. Optuna's ``datetime_start`` is never compared with a clock here:
+  it is the asking host's local time, in its own time zone.
 
 Whoever sees a lost trial first fails it as ``orchestrator_lost`` and re-queues its
 parameters once; the storage lets only one of several reapers win.
@@ -15,12 +17,12 @@ parameters once; the storage lets only one of several reapers win.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
 import socket
 import threading
+import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
@@ -202,13 +204,18 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
 
-def _lost(t: Any, me: Owner, stale: set[int], grace_s: float) -> bool:
+_first_seen: dict[int, float] = {}  # owner-less trials, where the storage keeps no heartbeats
+
+
+def _lost(study: Any, t: Any, me: Owner, stale: set[int], grace_s: float) -> bool:
     owner = t.user_attrs.get("owner")
-    if _optuna.trial_id(t) in stale:
+    tid = _optuna.trial_id(t)
+    if tid in stale:
         return True
     if owner is None:
-        started = t.datetime_start or dt.datetime.now()
-        return (dt.datetime.now() - started).total_seconds() > grace_s
+        if _optuna.first_heartbeat(study, tid) is None:  # no heartbeats: this process's own clock
+            return time.monotonic() - _first_seen.setdefault(tid, time.monotonic()) > grace_s
+        return False  # its heartbeat, ours or its owner's, ages it by the database's clock
     return me.same_host(owner) and owner.get("pid") != me.pid and me.gone(owner)
 
 
@@ -226,7 +233,7 @@ def reap_lost(study: Any, me: Owner) -> list[int]:
     grace_s = _optuna.grace_seconds(study)
     reaped = []
     for t in running:
-        if not _lost(t, me, stale, grace_s):
+        if not _lost(study, t, me, stale, grace_s):
             continue
         if not _optuna.fail_if_running(study, _optuna.trial_id(t), {"fail_reason": "orchestrator_lost"}):
             continue

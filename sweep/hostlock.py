@@ -35,7 +35,8 @@ def holder(path: str | None = None) -> dict[str, object]:
     """Who holds (or last held) the lock, as written in the lock file."""
     try:
         with open(path or lock_path()) as f:
-            return json.loads(f.read() or "{}")
+            held: dict[str, object] = json.loads(f.read() or "{}")
+            return held
     except (OSError, ValueError):
         return {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from .monitor import Series
 
@@ -112,7 +112,7 @@ METRICS: dict[str, Metric] = {
     "machine_busy_active": Metric("flag", "minimize", "1 if others' CPU while answering was over the noise guard's "
                                   "threshold: the figures were measured under load (with probe: cpu, also in the "
                                   "contended pass, or the foreground's baseline was short of the machine)"),
-    "busy_repeats": Metric("count", "minimize", "times the trial was measured again because the machine was busy"),
+    "busy_repeats": Metric("count", "minimize", "times the trial started again because the machine was busy (before it, or while it answered under busy_trials: repeat); at most noise_retries in all"),
     "memory_limit_sampled": Metric("flag", "minimize", "1: the memory limit was enforced by sampling each window "
                                    "(then checked against the kernel's high-water mark), not by a cgroup"),
     # The trial's own cgroup (cgroup knobs; sweep.cgroups): what the kernel counted over its whole life.
@@ -318,7 +318,7 @@ def contended_span(events: list[dict[str, Any]]) -> tuple[float, float] | None:
     return (start, marks.get("done", math.inf)) if start is not None else None
 
 
-def unit_seconds(samples: list[tuple[float, ...]], start: float, end: float) -> list[float]:
+def unit_seconds(samples: Sequence[tuple[float, ...]], start: float, end: float) -> list[float]:
     """The time of each foreground unit that ran wholly within [start, end]."""
     return [dt for t, dt, *_ in samples if start <= t and t + dt <= end]
 

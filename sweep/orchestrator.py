@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from . import _optuna
+from .errors import WorkFailed
 from .fleet import Heartbeat, Owner, others_running, reap_lost
 from .hostlock import LockWaitStopped, measurement_lock
 from .metrics import METRICS
@@ -99,37 +100,51 @@ class SweepResult:
     measured: int = 0  # trials this run measured (not reused)
     failed: list[str] | None = None  # the failure reason of each of them that failed
 
+    def check(self) -> None:
+        """Raises WorkFailed when every trial this run measured failed (exit 3), naming the reasons."""
+        if self.measured and len(self.failed or []) == self.measured:
+            from collections import Counter
 
-def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: list[Task],
-              timeout_s: float | None = None, on_progress: Callable[[Progress], None] | None = None,
-              worker_cmd: list[str] | None = None, task_set: str = TASK_SET_VERSION, lock: bool = True,
-              hardware_class: str | None = None) -> SweepResult:
-    """Run trials until the study holds ``n_trials`` finished trials or ``timeout_s`` passes.
+            reasons = ", ".join(f"{r} x{n}" for r, n in Counter(self.failed).most_common())
+            raise WorkFailed(f"every trial this run measured failed ({reasons}); `sweep show N --study "
+                             f"{self.study.study_name}` says why")
 
-    The timeout is checked between trials: the trial in flight always finishes. A first
-    Ctrl-C or SIGTERM stops after the trial in flight; a second (or SIGHUP) aborts it,
+
+@dataclass(frozen=True)
+class RunOptions:
+    """One ``sweep run``: where the study is, how many trials it should hold, for how long, on what."""
+
+    storage_url: str
+    study: str
+    n_trials: int  # finished trials (complete or failed) the study should hold at the end
+    tasks: list[Task]
+    task_set: str = TASK_SET_VERSION  # the name the tasks are recorded under
+    timeout_s: float | None = None  # checked between trials: the trial in flight always finishes
+    lock: bool = True  # take the host's measurement lock (False: ``--no-lock``; each trial says so)
+    hardware_class: str | None = None  # join a study of another hardware class under this, its name
+
+
+def run_study(space: Space, opts: RunOptions, on_progress: Callable[[Progress], None] | None = None) -> SweepResult:
+    """Run trials until the study holds ``opts.n_trials`` finished trials or ``opts.timeout_s`` passes.
+
+    A first Ctrl-C or SIGTERM stops after the trial in flight; a second (or SIGHUP) aborts it,
     records it as failed with reason ``interrupted`` and raises KeyboardInterrupt.
-
-    Args:
-        lock: take the host's measurement lock (False: ``--no-lock``; each trial says so).
-        hardware_class: join a study of another hardware class under this, its name.
 
     Raises:
         StudyError: the study cannot be continued by this space or on this host.
     """
-    study, series, index = open_or_create(space, storage_url, name, task_set, hardware_class)
+    study, series, index = open_or_create(space, opts.storage_url, opts.study, opts.task_set, opts.hardware_class)
     # What an earlier run measured but could not record (the database was away, or it was killed).
     def say(line: str) -> None:
         if on_progress:
-            on_progress(Progress(0, n_trials, None, None, None, False, 0.0, study=study, waiting=line))
+            on_progress(Progress(0, opts.n_trials, None, None, None, False, 0.0, study=study, waiting=line))
 
-    replay(study, series, storage_url, on_wait=say)
+    replay(study, series, opts.storage_url, on_wait=say)
     study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)), orchestrator=index)
-    run = _Run(study, space, series, storage_url, stratified_subset(tasks, space.settings.prompts), n_trials,
-               worker_cmd, on_progress, lock)
+    run = _Run(study, space, series, opts, stratified_subset(opts.tasks, space.settings.prompts), on_progress)
     with StopOnInterrupt() as run.stop:
         while not run.stop.requested:
-            if timeout_s is not None and time.monotonic() - run.started >= timeout_s:
+            if opts.timeout_s is not None and time.monotonic() - run.started >= opts.timeout_s:
                 break
             # Between measurements (reaping, counting, asking) an unreachable database is waited for;
             # a measurement has its own wait, with its copy in the spool (study.record).
@@ -142,11 +157,10 @@ def run_study(space: Space, storage_url: str, name: str, n_trials: int, tasks: l
 class _Run:
     """One orchestrator's pass over a study."""
 
-    def __init__(self, study: Any, space: Space, series: SeriesStore, url: str, subset: list[Task],
-                 n_trials: int, worker_cmd: list[str] | None, on_progress: Callable[[Progress], None] | None,
-                 lock: bool) -> None:
-        self.study, self.space, self.series, self.url, self.subset = study, space, series, url, subset
-        self.n_trials, self.worker_cmd, self.on_progress, self.lock = n_trials, worker_cmd, on_progress, lock
+    def __init__(self, study: Any, space: Space, series: SeriesStore, opts: RunOptions, subset: list[Task],
+                 on_progress: Callable[[Progress], None] | None) -> None:
+        self.study, self.space, self.series, self.url, self.subset = study, space, series, opts.storage_url, subset
+        self.n_trials, self.on_progress, self.lock = opts.n_trials, on_progress, opts.lock
         meta = StudyMeta.of(study)
         self.budgets = meta.budgets
         self.me = Owner.me()
@@ -232,7 +246,7 @@ class _Run:
         if original is not None:
             if self.space.settings.duplicates == "reuse":
                 with self.stop.shield():
-                    feasible = reuse(self.study, trial, original)
+                    feasible = reuse(self.study, self.series, self.url, trial, original)
                 self._report(trial, config, Outcome(ok=True, figures={k: v for k, v in original.user_attrs.items()
                                                                       if k in METRICS}), feasible,
                              reused_from=original.number)
@@ -247,7 +261,7 @@ class _Run:
         latency_budget = self.budgets.get("latency_p95_s", {}).get("max")
         trial.set_user_attr("measuring", True)  # from here on, another asking for this configuration waits
         start = time.time()
-        outcome = run_trial(config, self.space.settings, self.subset, worker_cmd=self.worker_cmd,
+        outcome = run_trial(config, self.space.settings, self.subset,
                             latency_budget_s=latency_budget, on_event=on_event if self.on_progress else None)
         extra = {"measured_at": [round(start, 3), round(time.time(), 3)], "hardware_class": self.hardware,
                  "lock_wait_s": round(waited, 3)}

@@ -157,7 +157,7 @@ PARAMS: dict[str, Param] = {
 }
 
 # Kernel limits on the trial's whole process tree, in a cgroup of its own (sweep.cgroups).
-_CG = dict(nullable=True, recorded_at_default=False)
+_CG: dict[str, Any] = dict(nullable=True, recorded_at_default=False)
 PARAMS.update({
     "cpu_quota_pct": Param("float", None, "cgroup", "a hard CPU cap, in % of the whole machine, over each period "
                            "(cpu.max; CPUQuota=)", low=0.5, high=100, why="cpu_quota_pct must be a share of the "

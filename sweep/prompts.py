@@ -26,7 +26,7 @@ import json
 from functools import cache
 from typing import Any, Literal
 
-from .tasks import LETTERS, SEVERITIES, VERDICTS, Task, ioc_candidates, load_tasks
+from .tasks import LETTERS, SEVERITIES, VERDICTS, Kind, Task, ioc_candidates, load_tasks
 
 Output = Literal["free", "grammar", "json"]
 OUTPUTS: tuple[str, ...] = ("free", "grammar", "json")
@@ -42,6 +42,8 @@ _ASK = {
     "mcq": "Answer this multiple-choice question with the letter of the correct option only.\n\n{input}",
     "attack": ("Which MITRE ATT&CK technique ID best describes this behaviour? Answer with the ID only, "
                "in the form Tnnnn or Tnnnn.nnn.\n\nBehaviour: {input}"),
+    "cwe": ("Which CWE weakness does this vulnerability description show? Answer with the CWE ID only, "
+            "in the form CWE-n.\n\nVulnerability: {input}"),
 }
 _JSON_ASK = {
     "verdict": 'Reply as JSON: {"answer": "malicious" | "suspicious" | "benign"}.',
@@ -49,16 +51,26 @@ _JSON_ASK = {
     "mcq": 'Reply as JSON: {"answer": "A" | "B" | "C" | "D"}.',
     "attack": 'Reply as JSON: {"answer": ["Tnnnn.nnn", ...]}.',
     "iocs": 'Reply as JSON: {"answer": ["indicator", ...]}.',
+    "cwe": 'Reply as JSON: {"answer": "CWE-n"}.',
 }
 _LABELS = {"verdict": VERDICTS, "severity": SEVERITIES, "mcq": LETTERS}
 OUTPUT_KINDS = tuple(_ASK)
 # "[.]", not "\.": llama-cpp-python turns "\." into a GBNF escape llama.cpp rejects, and the worker segfaults.
 _TECHNIQUE_PATTERN = r"^T[0-9]{4}([.][0-9]{3})?$"
-MAX_LIST = {"attack": 3, "iocs": 8}  # the most items a constrained answer may list
+_CWE_PATTERN = r"^CWE-[1-9][0-9]{0,4}$"
+# The most items a constrained answer may list: MAX_LIST, or as many as the item expects (see
+# list_limit), up to LIST_CEILING. The bundled items all fit under MAX_LIST, so their requests
+# stay as they were measured.
+MAX_LIST = {"attack": 3, "iocs": 8}
+LIST_CEILING = 20
+# Asked after the item (so the lead-in a shared prefix caches stays the same) when it allows more than MAX_LIST.
+_MORE = {"attack": "Several techniques may apply: list every one the text shows, up to {n} IDs, one per line.",
+         "iocs": "List at most {n}."}
 
 # The grammars accept exactly what the scorers in tasks.py parse, so a constrained
 # answer can be wrong but never unparseable (unless max_tokens cuts it short).
 _TECHNIQUE_GBNF = 'id ::= "T" [0-9]{4} ("." [0-9]{3})?'
+_CWE_GBNF = 'root ::= "CWE-" [1-9] [0-9]{0,4}'
 _IOC_GBNF = r"""ioc ::= ipv4 | domain | hash | winpath | posixpath
 ipv4 ::= [0-9]{1,3} "." [0-9]{1,3} "." [0-9]{1,3} "." [0-9]{1,3}
 domain ::= label ("." label)* "." [a-zA-Z]{2,24}
@@ -68,22 +80,35 @@ winpath ::= [A-Za-z] ":\\" [^ \t\n"',;]{1,200}
 posixpath ::= ("/" [a-zA-Z0-9._-]{1,64}){2,16}"""
 
 
-def grammar_for(kind: str) -> str:
-    """The GBNF grammar of a constrained answer of ``kind``."""
+def list_limit(task: Task) -> int:
+    """The most items a constrained answer to ``task`` may list: as many as it expects, at least
+    ``MAX_LIST`` of its kind, at most ``LIST_CEILING`` (an item expecting more cannot reach full recall)."""
+    return max(MAX_LIST[task.kind], min(len(task.expected), LIST_CEILING))
+
+
+def grammar_for(kind: str, limit: int | None = None) -> str:
+    """The GBNF grammar of a constrained answer of ``kind``; a list holds at most ``limit`` items
+    (default ``MAX_LIST``)."""
     if kind in _LABELS:
         return "root ::= " + " | ".join(f'"{label}"' for label in _LABELS[kind])
+    if kind == "cwe":
+        return _CWE_GBNF
+    more = (limit or MAX_LIST[kind]) - 1
     if kind == "attack":
-        return f'root ::= id ("\\n" id){{0,{MAX_LIST["attack"] - 1}}}\n{_TECHNIQUE_GBNF}'
-    return f'root ::= ioc ("\\n" ioc){{0,{MAX_LIST["iocs"] - 1}}}\n{_IOC_GBNF}'
+        return f'root ::= id ("\\n" id){{0,{more}}}\n{_TECHNIQUE_GBNF}'
+    return f'root ::= ioc ("\\n" ioc){{0,{more}}}\n{_IOC_GBNF}'
 
 
-def schema_for(kind: str) -> dict[str, Any]:
-    """The JSON schema of an answer of ``kind``: one object with an ``answer`` key."""
+def schema_for(kind: str, limit: int | None = None) -> dict[str, Any]:
+    """The JSON schema of an answer of ``kind``: one object with an ``answer`` key; a list holds at
+    most ``limit`` items (default ``MAX_LIST``)."""
     if kind in _LABELS:
         answer: dict[str, Any] = {"type": "string", "enum": list(_LABELS[kind])}
+    elif kind == "cwe":
+        answer = {"type": "string", "pattern": _CWE_PATTERN}
     else:
         item = {"type": "string", "pattern": _TECHNIQUE_PATTERN} if kind == "attack" else {"type": "string"}
-        answer = {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_LIST[kind]}
+        answer = {"type": "array", "items": item, "minItems": 1, "maxItems": limit or MAX_LIST[kind]}
     return {"type": "object", "properties": {"answer": answer}, "required": ["answer"]}
 
 
@@ -157,6 +182,8 @@ def _question(task: Task, output: str, guard: str = "none", hints: str = "none",
     else:
         text = ask.format(input=task.input)
     text += _hint(task, hints) + _context(task, context, context_k)
+    if task.kind in MAX_LIST and list_limit(task) > MAX_LIST[task.kind]:
+        text += "\n\n" + _MORE[task.kind].format(n=list_limit(task))
     return f"{text}\n\n{_JSON_ASK[task.kind]}" if output == "json" else text
 
 
@@ -167,7 +194,7 @@ def _reply(task: Task, output: str) -> str:
     return task.expected if isinstance(task.expected, str) else "\n".join(task.expected)
 
 
-def prefix_probes(kind: str, shots: int, output: str, guard: str = "none", hints: str = "none",
+def prefix_probes(kind: Kind, shots: int, output: str, guard: str = "none", hints: str = "none",
                   context: str = "none", context_k: int = 5) -> list[list[dict[str, str]]]:
     """Two requests of ``kind`` that differ only in the item: the tokens they share are the fixed
     prefix (system prompt, worked examples, the question's lead-in) that a shared-prefix cache
@@ -188,10 +215,11 @@ def request_for(task: Task, shots: int = 0, output: str = "free", guard: str = "
                      {"role": "assistant", "content": _reply(example, output)}]
     messages.append({"role": "user", "content": _question(task, output, guard, hints, context, context_k)})
     request: dict[str, Any] = {"messages": messages, "kind": task.kind}
+    limit = list_limit(task) if task.kind in MAX_LIST else None
     if output == "grammar":
-        request["grammar"] = grammar_for(task.kind)
+        request["grammar"] = grammar_for(task.kind, limit)
     elif output == "json":
-        request["response_format"] = {"type": "json_object", "schema": schema_for(task.kind)}
+        request["response_format"] = {"type": "json_object", "schema": schema_for(task.kind, limit)}
     return request
 
 

@@ -68,16 +68,16 @@ def problem(msg: Any) -> str | None:
     return None
 
 
-def serve(argv: list[str], run: Callable[[dict[str, Any], Channel], int],
-          before: Callable[[Channel], None] | None = None) -> int:
-    """A worker program's main (``sweep.worker``, ``sweep.server_worker``): die with the parent, take
+def serve(argv: list[str], run: Callable[[dict[str, Any], Channel], int]) -> int:
+    """A worker program's main (``sweep.worker``, ``sweep.server_worker``): die with the parent, fault where the fault suite asks (``sweep.faults``), take
     the job (one line on stdin; a contended trial's "go" follows it), run it, and report an
     exception as a ``crashed`` error before it propagates."""
+    from .faults import inject
+
     die_with_parent()
     chan = Channel(int(argv[0]))
+    inject(chan.fd)  # the fault suite's one hook (SWEEP_TEST_FAULT); nothing when unset
     job = json.loads(sys.stdin.readline())
-    if before:
-        before(chan)
     try:
         return run(job, chan)
     except Exception as exc:

@@ -59,10 +59,15 @@ def _importance_charts(study: Any) -> list[Any] | str:
     for i, name in enumerate(StudyMeta.of(study).objectives):
         # Optuna's default evaluator (PED-ANOVA) ranks what leads to *low* target values.
         sign = -1.0 if METRICS[name].direction == "maximize" else 1.0
+
+        def target(t: optuna.trial.FrozenTrial, i: int = i, s: float = sign) -> float:
+            value: float = t.values[i]  # FrozenTrial.values is a bare property(), so Any to mypy
+            return s * value
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+                imp = optuna.importance.get_param_importances(study, target=target)
         except (RuntimeError, ValueError) as exc:
             return f"Parameter importance needs more complete trials with varied parameters ({exc})."
         items = sorted(imp.items(), key=lambda kv: kv[1])

@@ -22,7 +22,7 @@ from .errors import ExportError, StudyError
 # Figures against budgets (metrics) and a study's verifications (records) live below the writer
 # (sweep.study), which needs them too; the views import them from here as before.
 from .metrics import METRICS, MISSING_FIGURE, constraint_values  # noqa: F401
-from .records import VERIFIED_PREFIX, StudyMeta, verifications  # noqa: F401
+from .records import VERIFIED_PREFIX as VERIFIED_PREFIX, StudyMeta, verifications as verifications
 
 
 def trial_row(t: Any) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def free_port() -> int:
     once on this host, as the measurement lock serialises them)."""
     with socket.socket() as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _log_tail(lines: int = 12) -> str:
@@ -107,7 +107,8 @@ class Server:
             data = resp.read()
             if resp.status != 200:
                 raise BackendFailed("protocol", f"llama-server answered {path} with HTTP {resp.status}: {data[:300]!r}")
-            return json.loads(data)
+            answer: dict[str, Any] = json.loads(data)
+            return answer
         finally:
             conn.close()
 
@@ -115,7 +116,8 @@ class Server:
         """The tokens the server prefills for a chat request of ``messages``: its own template, then
         its tokenizer with special tokens, as its chat endpoint does."""
         text = self.post("/apply-template", {"messages": messages})["prompt"]
-        return self.post("/tokenize", {"content": text, "add_special": True, "parse_special": True})["tokens"]
+        return [int(t) for t in self.post("/tokenize", {"content": text, "add_special": True,
+                                                        "parse_special": True})["tokens"]]
 
     def escaped_tokens(self, messages: list[dict[str, str]]) -> list[int]:
         """``input_guard: escape``: the prompt's tokens with every message's content tokenized as text

@@ -23,7 +23,7 @@ from .metrics import METRICS
 from .models import Registry
 from .records import TrialConfig, TrialSettings
 from .params import CGROUP_KNOBS, CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
-from .server import tools_problem
+from .server import config_problem, tools_problem
 
 # The seed study's budgets (experiment-learnings.md), as metric -> bound.
 SEED_BUDGETS: dict[str, dict[str, float]] = {
@@ -264,7 +264,8 @@ def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     """Refuse an objective or budget on a figure these settings (or this host) can never produce:
     each trial would be scored as hugely infeasible (``MISSING_FIGURE``), which misleads the sampler."""
     needs = METRICS[name].probe if name in METRICS else None
-    probe = TrialSettings(probe=trial.probe).probe  # a bool from YAML reads as interactive / off
+    # TrialSettings.__post_init__ reads a bool from YAML as interactive / off; its field says str.
+    probe = TrialSettings(probe=trial.probe).probe  # type: ignore[arg-type]
     if needs and probe != needs:
         raise SpaceError(f"{where}: {name} comes from the {needs} foreground workload, but trial.probe is {probe} "
                          f"(set trial.probe: {needs})")
@@ -330,10 +331,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name == "cpus":
             if not isinstance(value, list) or not value or not all(isinstance(c, int) for c in value):
                 raise SpaceError(f"{where}: expected a non-empty list of CPU ids")
-            missing = sorted(set(value) - set(host_cpus))
-            if missing:
-                raise SpaceError(f"{where}: CPU {', '.join(map(str, missing))} not available on this host "
-                                 f"(allowed CPUs: {', '.join(map(str, host_cpus))})")
+            check_cpus_here(value, where)
         elif name == "temperature":
             if not isinstance(value, (int, float)) or value < 0:
                 raise SpaceError(f"{where}: expected a number >= 0")
@@ -386,6 +384,43 @@ def _field_types() -> dict[str, Any]:
     from pydantic import TypeAdapter
 
     return {name: TypeAdapter(kind) for name, kind in get_type_hints(TrialConfig).items()}
+
+
+def check_cpus_here(cpus: Any, where: str) -> None:
+    """Refuse CPU ids this process may not run on.
+
+    Raises:
+        SpaceError: ``where: CPU N not available on this host (allowed CPUs: ...)``.
+    """
+    host_cpus = allowed_cpus()
+    missing = sorted(set(cpus or ()) - set(host_cpus))
+    if missing:
+        raise SpaceError(f"{where}: CPU {', '.join(map(str, missing))} not available on this host "
+                         f"(allowed CPUs: {', '.join(map(str, host_cpus))})")
+
+
+def load_trial(path: Path) -> tuple[TrialConfig, TrialSettings]:
+    """A trial file (a trial config, or a file ``sweep export`` wrote) checked for this host: its
+    configuration as ``check_config`` checks it, its model file present, its CPUs here, its backend
+    able to run (llama-server built), and its settings (the defaults where it has none).
+
+    Raises:
+        SpaceError: one line naming the file and what is wrong.
+    """
+    try:
+        data = yaml.safe_load(path.read_text())  # a JSON export is YAML too
+        config = check_config(data.get("config", data), str(path))
+    except FileNotFoundError:
+        raise SpaceError(f"{path}: no such file") from None
+    except (yaml.YAMLError, TypeError, AttributeError) as exc:
+        raise SpaceError(f"{path}: not a trial configuration ({str(exc).splitlines()[0]})") from None
+    if not Path(config.model_path).is_file():
+        raise SpaceError(f"{path}: model file {config.model_path} does not exist")
+    check_cpus_here(config.cpus, f"{path}: config.cpus")
+    wrong = config_problem(config.to_dict())  # llama-server not built included: one line saying how
+    if wrong:
+        raise SpaceError(f"{path}: {wrong}")
+    return config, TrialSettings.from_dict(data["settings"]) if data.get("settings") else TrialSettings()
 
 
 def check_config(data: Any, where: str) -> TrialConfig:

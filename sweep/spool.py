@@ -63,11 +63,11 @@ class Pending:
     attrs: dict[str, Any]
     values: list[float] | None  # None: a failed trial
     constraints: list[float]
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None  # the series and answers (None: a reused trial, which has none of its own)
 
     @classmethod
     def of(cls, url: str, study: Any, trial: Any, attrs: dict[str, Any], values: list[float] | None,
-           constraints: list[float], payload: dict[str, Any]) -> Pending:
+           constraints: list[float], payload: dict[str, Any] | None) -> Pending:
         from optuna.distributions import distribution_to_json
 
         return cls(uuid.uuid4().hex, safe_url(url), study.study_name, _optuna.trial_id(trial), trial.number,
@@ -142,7 +142,8 @@ def apply(study: Any, series: SeriesStore, p: Pending) -> bool:
     if current.state == TrialState.RUNNING:
         try:
             _kill_at("series")
-            series.put(_optuna.study_id(study), p.trial_id, p.payload)
+            if p.payload is not None:
+                series.put(_optuna.study_id(study), p.trial_id, p.payload)
             _kill_at("attrs")
             _optuna.set_user_attrs(study, current, attrs)
             if p.values is None:
@@ -181,7 +182,8 @@ def _record_late(study: Any, series: SeriesStore, p: Pending, current: Any, attr
         values=p.values, state=TrialState.FAIL if p.values is None else TrialState.COMPLETE, user_attrs=user_attrs,
         system_attrs={"constraints": p.constraints} if p.values is not None else {})
     tid = _optuna.add_trial(study, late)
-    series.put(_optuna.study_id(study), tid, p.payload)
+    if p.payload is not None:
+        series.put(_optuna.study_id(study), tid, p.payload)
     return p.feasible
 
 
@@ -193,13 +195,14 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, DatabaseUnavailable):
         return False  # the wait is over: it ends the sweep, however transient its cause was
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (sa_exc.OperationalError, sa_exc.InterfaceError)):
             return True
-        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        if isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated:
             return True
-        exc = exc.__cause__ or exc.__context__
+        cause = cause.__cause__ or cause.__context__
     return False
 
 

@@ -57,7 +57,7 @@ def _v3_key_by_trial_id(conn: sa.Connection) -> None:
 
 
 # Each migration takes a database at the previous version to the next. Append only.
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [
+MIGRATIONS: list[Callable[[sa.Connection], object]] = [
     lambda conn: conn.execute(sa.text(
         "CREATE TABLE sweep_trial_series (study_name TEXT NOT NULL, trial_number INTEGER NOT NULL, "
         "payload TEXT NOT NULL, PRIMARY KEY (study_name, trial_number))")),
@@ -104,7 +104,7 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def _connect_error(url: str, exc: Exception) -> StudyError:
+def _connect_error(url: str, exc: BaseException) -> StudyError:
     return StudyError(f"cannot open the study storage {safe_url(url)}: {str(exc).splitlines()[0]}")
 
 
@@ -137,9 +137,10 @@ def open_optuna_storage(url: str, write: bool = True) -> Any:
     quiet()
     interval, grace = heartbeat_settings()
     try:
-        make = lambda: optuna.storages.RDBStorage(  # noqa: E731
-            url, engine_kwargs=engine_kwargs(url), heartbeat_interval=interval, grace_period=grace,
-            skip_table_creation=not write)
+        def make() -> optuna.storages.RDBStorage:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), heartbeat_interval=interval,
+                                              grace_period=grace, skip_table_creation=not write)
+
         if not write:
             return make()
         with schema_lock(url):

@@ -18,7 +18,16 @@ from .records import Outcome, StudyMeta, verifications
 from .space import Space
 from .storage import SeriesStore, open_optuna_storage, safe_url, schema_lock
 
-SWEEP_VERSION = "0.1.0"
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("sweep")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+SWEEP_VERSION = _version()  # the installed package's, from pyproject.toml
 _SEED_STRIDE = 7919  # between the sampler seeds of a study's successive orchestrators
 
 
@@ -163,24 +172,20 @@ def measured_before(study: Any, config: dict[str, Any]) -> Any:
     return None
 
 
-def reuse(study: Any, trial: Any, original: Any) -> bool:
-    """Tell the trial the original's measurement, marked as reused (never as a new measurement)."""
-    for key, value in original.user_attrs.items():
-        if key in METRICS or key == "by_kind":
-            trial.set_user_attr(key, value)
-    trial.set_user_attr("reused_from", original.number)
-    return _tell_complete(study, trial, list(original.values), original.user_attrs.get("constraint_values", []),
-                          list(StudyMeta.of(study).budgets))
+def reuse(study: Any, series: SeriesStore, url: str, trial: Any, original: Any) -> bool:
+    """Tell the trial the original's measurement, marked as reused (never as a new measurement),
+    by the one path every record takes (``spool.apply``). Returns whether every budget was met."""
+    from . import spool
+
+    attrs = {k: v for k, v in original.user_attrs.items() if k in METRICS or k == "by_kind"}
+    cv = list(original.user_attrs.get("constraint_values", []))
+    attrs.update(reused_from=original.number, constraint_values=cv, violations=_violations(StudyMeta.of(study).budgets, cv))
+    return spool.apply(study, series, spool.Pending.of(url, study, trial, attrs, list(original.values), cv, None))
 
 
-def _tell_complete(study: Any, trial: Any, values: list[float], cv: list[float], budget_names: list[str]) -> bool:
-    """Record the constraint values, tell Optuna the objectives, return whether every budget was met."""
-    # The names of the constraints are the study's "budgets" attribute, in this order.
-    _optuna.set_constraints(study, trial, cv)
-    trial.set_user_attr("constraint_values", cv)
-    trial.set_user_attr("violations", [name for name, c in zip(budget_names, cv) if c > 0])
-    study.tell(trial, values)
-    return all(c <= 0 for c in cv)
+def _violations(budgets: dict[str, Any], cv: list[float]) -> list[str]:
+    """The budgets a trial broke, by name; the constraint values are in the budgets' order."""
+    return [name for name, c in zip(budgets, cv) if c > 0]
 
 
 def _outcome_attrs(outcome: Outcome, budgets: dict[str, dict[str, float]],
@@ -195,8 +200,7 @@ def _outcome_attrs(outcome: Outcome, budgets: dict[str, dict[str, float]],
                      stderr_tail=outcome.stderr_tail[-4000:])
         return attrs, None, []
     cv = constraint_values(outcome.figures, budgets)
-    attrs.update(by_kind=outcome.by_kind, constraint_values=cv,
-                 violations=[name for name, c in zip(budgets, cv) if c > 0])
+    attrs.update(by_kind=outcome.by_kind, constraint_values=cv, violations=_violations(budgets, cv))
     return attrs, values, cv
 
 

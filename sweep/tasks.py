@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import TaskFileError
 
-Kind = Literal["verdict", "iocs", "attack", "severity", "mcq"]
+Kind = Literal["verdict", "iocs", "attack", "severity", "mcq", "cwe"]
 VERDICTS = ("malicious", "suspicious", "benign")
 SEVERITIES = ("low", "medium", "high", "critical")
 LETTERS = ("A", "B", "C", "D")
 _LABELS = {"verdict": VERDICTS, "severity": SEVERITIES, "mcq": LETTERS}
+LIST_KINDS = ("iocs", "attack")  # kinds whose answer is a list, scored by set F1
 TASK_SET_VERSION = "tasks-v2"  # the default; every bundled set stays loadable by name
 BUNDLED_SETS = ("tasks-v1", "tasks-v2", "injection-v1")
 INJECTION_SET = "injection-v1"  # attacker-written variants of tasks-v2's items (bench/make_injection_set.py)
@@ -65,7 +66,7 @@ def load_tasks(path: str | Path | None = None) -> list[Task]:
         where = f"bundled {name}.jsonl"
     else:
         try:
-            text = Path(path).read_text()
+            text = Path(name).read_text()
         except OSError as exc:
             raise TaskFileError(f"{path}: cannot read task file ({exc.strerror})") from None
         where = str(path)
@@ -87,8 +88,13 @@ def load_tasks(path: str | Path | None = None) -> list[Task]:
         if task.kind in _LABELS and task.expected not in _LABELS[task.kind]:
             raise TaskFileError(f"{where}:{lineno}: field 'expected': a {task.kind} answer must be one of "
                                 f"{', '.join(_LABELS[task.kind])}")
-        if task.kind not in _LABELS and not isinstance(task.expected, list):
+        if task.kind in LIST_KINDS and not isinstance(task.expected, list):
             raise TaskFileError(f"{where}:{lineno}: field 'expected': a {task.kind} task expects a list")
+        if task.kind == "attack" and not all(TECHNIQUE_ID.fullmatch(e) for e in task.expected):
+            raise TaskFileError(f"{where}:{lineno}: field 'expected': an attack answer is a list of ATT&CK "
+                                "technique IDs (Tnnnn or Tnnnn.nnn)")
+        if task.kind == "cwe" and not (isinstance(task.expected, str) and CWE_ID.fullmatch(task.expected)):
+            raise TaskFileError(f"{where}:{lineno}: field 'expected': a cwe answer is one CWE ID like CWE-79")
         seen[task.id] = lineno
         tasks.append(task)
     if not tasks:
@@ -117,6 +123,9 @@ def stratified_subset(tasks: list[Task], n: int) -> list[Task]:
 
 
 _TECHNIQUE = re.compile(r"\bT\d{4}(?:\.\d{3})?\b")
+TECHNIQUE_ID = re.compile(r"T\d{4}(?:\.\d{3})?")  # an expected ATT&CK answer, whole
+CWE_ID = re.compile(r"CWE-[1-9]\d{0,4}")  # an expected CWE answer, whole and normalised
+_CWE = re.compile(r"\bCWE[-_ ]?0*([1-9]\d{0,4})\b", re.I)  # a CWE named in an answer
 _IOC = re.compile(
     r"(?:[A-Za-z]:\\[^\s\"',;]+)"          # Windows path
     r"|(?:/[\w.\-]+(?:/[\w.\-]+)+)"        # POSIX path
@@ -150,18 +159,36 @@ def _norm(s: str) -> str:
     return s.strip().strip(".,;:'\"`()[]<>").lower()
 
 
-def _f1(predicted: set[str], expected: set[str], credit) -> float:
+def _f1(predicted: set[str], expected: set[str], parent: Callable[[str], str] | None = None) -> float:
+    """Set F1 over a one-to-one matching: each item, predicted or expected, is matched at most once.
+
+    With ``parent``, a predicted item that is not exact earns half for an expected one of the same
+    parent (ATT&CK: the right technique, another sub-technique). Matched one to one, listing
+    every sub-technique of one parent earns one half, not a half each: on a long list an extra
+    item counts against precision like any wrong one. Exact pairs first, then pairs within each
+    parent, is a maximum matching, as half credit joins every item of a parent to every other.
+    """
     if not predicted or not expected:
         return 0.0
-    precision = sum(max(credit(p, e) for e in expected) for p in predicted) / len(predicted)
-    recall = sum(max(credit(p, e) for p in predicted) for e in expected) / len(expected)
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    exact = predicted & expected
+    matched = float(len(exact))
+    if parent is not None:
+        left = Counter(parent(e) for e in expected - exact)
+        matched += 0.5 * sum(min(n, left[k]) for k, n in Counter(parent(p) for p in predicted - exact).items())
+    return 2 * matched / (len(predicted) + len(expected))  # 2PR / (P + R), P = m/|predicted|, R = m/|expected|
 
 
-def _technique_credit(p: str, e: str) -> float:
-    if p == e:
-        return 1.0
-    return 0.5 if p.split(".")[0] == e.split(".")[0] else 0.0  # right technique, other sub-technique
+def _technique(technique_id: str) -> str:
+    return technique_id.split(".")[0]
+
+
+def cwe_id(answer: str) -> str | None:
+    """The CWE an answer chooses, normalised ("cwe-079" is CWE-79): a leading one, or the only one named."""
+    lead = re.match(r"\W*CWE[-_ ]?0*([1-9]\d{0,4})\b", answer, re.I)
+    if lead:
+        return f"CWE-{lead.group(1)}"
+    named = set(_CWE.findall(answer))
+    return f"CWE-{named.pop()}" if len(named) == 1 else None  # several: an echo or a hedge, not an answer
 
 
 def score(task: Task, answer: str | None) -> Score:
@@ -186,19 +213,21 @@ def score(task: Task, answer: str | None) -> Score:
     if task.kind == "mcq":
         letter = _letter(answer)
         return Score(0.0, False) if letter is None else Score(1.0 if letter == task.expected else 0.0, True)
+    if task.kind == "cwe":
+        chosen = cwe_id(answer)
+        return Score(0.0, False) if chosen is None else Score(1.0 if chosen == task.expected else 0.0, True)
     if task.kind == "attack":
         predicted = {m.upper() for m in _TECHNIQUE.findall(answer)}
         if not predicted:
             return Score(0.0, False)
-        return Score(_f1(predicted, {e.upper() for e in task.expected}, _technique_credit), True)
+        return Score(_f1(predicted, {e.upper() for e in task.expected}, _technique), True)
     if task.input[:_ECHO_CHARS] in answer:
         # The log line copied back: the regex would find its indicators, but the model extracted nothing.
         return Score(0.0, False)
     predicted = {_norm(m) for m in ioc_candidates(answer)} - {""}
     if not predicted:
         return Score(0.0, False)
-    exact = lambda p, e: 1.0 if p == e else 0.0  # noqa: E731
-    return Score(_f1(predicted, {_norm(e) for e in task.expected}, exact), True)
+    return Score(_f1(predicted, {_norm(e) for e in task.expected}), True)
 
 
 def best_constants(tasks: list[Task]) -> dict[str, tuple[str, list[float]]]:
@@ -211,24 +240,30 @@ def best_constants(tasks: list[Task]) -> dict[str, tuple[str, list[float]]]:
     out: dict[str, tuple[str, list[float]]] = {}
     for kind in sorted({t.kind for t in tasks}):
         items = [t for t in tasks if t.kind == kind]
-        candidates = _LABELS.get(kind) or sorted({e for t in items for e in t.expected})
+        candidates = _LABELS.get(kind) or sorted({e for t in items for e in _answers(t)})
         scored = [(c, [score(t, c).value for t in items]) for c in candidates]
         out[kind] = max(scored, key=lambda cs: sum(cs[1]))  # ties: the first candidate
     return out
 
 
-def score_answers(tasks: list[Task], raw: list[str], texts: list[str],
+def _answers(task: Task) -> list[str]:
+    return [task.expected] if isinstance(task.expected, str) else list(task.expected)
+
+
+def score_answers(tasks: list[Task], raw: list[str], texts: list[str | None],
                   latencies: list[float]) -> tuple[list[dict[str, object]], dict[str, float], float]:
     """Score each answer (``texts``: what the scorer reads of the model's ``raw`` output) against
     its task: the per-answer records, the mean by kind, and the overall mean (0 for no answers)."""
     answers: list[dict[str, object]] = []
+    values: list[float] = []
     by_kind: dict[str, list[float]] = defaultdict(list)
     for task, answer, text, latency in zip(tasks, raw, texts, latencies):
         s = score(task, text)
+        values.append(s.value)
         by_kind[task.kind].append(s.value)
         answers.append({"id": task.id, "kind": task.kind, "answer": answer, "score": s.value, "parsed": s.parsed,
                         "latency_s": round(latency, 4)})
-    mean = sum(float(a["score"]) for a in answers) / len(answers) if answers else 0.0  # type: ignore[arg-type]
+    mean = sum(values) / len(values) if values else 0.0
     return answers, {k: sum(v) / len(v) for k, v in by_kind.items()}, mean
 
 

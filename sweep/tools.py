@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -23,20 +24,25 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeGuard
 
 from .errors import SweepError
 from .models import cache_dir
 
 PROGRAMS = ("llama-server", "llama-bench")
-# The bindings are built by pip with llama.cpp's defaults: GGML_NATIVE (this CPU's features) and
-# OpenMP. The programs are built the same way, static, and without what a measurement never uses:
-# no curl or TLS (nothing is downloaded), no web UI (its assets are not in the sdist, and the
-# prebuilt ones would be downloaded), no tests or examples.
+# The bindings are built by pip with llama.cpp's defaults, GGML_NATIVE (this CPU's features) and
+# OpenMP, less Intel AMX (the Makefile passes the same NO_AMX in CMAKE_ARGS): CPUID reports AMX in
+# virtual machines whose kernel never enables its tile state, and there ggml's first batched matrix
+# product (``ldtilecfg``) dies with a general protection fault, so every trial would crash. Laptops
+# have no AMX; a Xeon's prefill loses it. The programs are built the same way, static, and without
+# what a measurement never uses: no curl or TLS (nothing is downloaded), no web UI (its assets are
+# not in the sdist, and the prebuilt ones would be downloaded), no tests or examples.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" if platform.machine() in ("x86_64", "AMD64") else ""
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DGGML_OPENMP=ON",
     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+    *((f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}") if NO_AMX else ()),
 )
 MANIFEST = "tools.json"
 
@@ -66,7 +72,8 @@ def manifest(version: str | None = None) -> dict[str, Any] | None:
     """What was built for ``version`` (default: the installed one), or None."""
     path = tools_dir(version) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        built: dict[str, Any] = json.loads(path.read_text())
+        return built
     except (OSError, ValueError):
         return None
 
@@ -81,6 +88,10 @@ def binary(program: str, version: str | None = None) -> Path:
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise ToolsError(f"{program} is not built for llama-cpp-python {version or bindings_version()} "
                          f"(looked in {path.parent}): run `sweep tools build`")
+    built = (manifest(version) or {}).get("cmake_flags")
+    if built is not None and list(built) != list(CMAKE_FLAGS):
+        raise ToolsError(f"{program} in {path.parent} was built with other flags than this sweep builds with "
+                         f"({' '.join(sorted(set(built) ^ set(CMAKE_FLAGS)))}): run `sweep tools build`")
     return path
 
 
@@ -139,6 +150,12 @@ def program_version(path: Path) -> str:
     return lines[0].removeprefix("version:").strip() if lines else "(no version line)"
 
 
+def _current(done: dict[str, Any] | None, target: Path, force: bool) -> TypeGuard[dict[str, Any]]:
+    """Built already, with this sweep's flags (a build with other flags, one with AMX say, is redone)."""
+    return bool(done and not force and list(done.get("cmake_flags", CMAKE_FLAGS)) == list(CMAKE_FLAGS) and
+                all((target / "bin" / p).is_file() for p in PROGRAMS))
+
+
 def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print, lock: bool = True,
           on_wait: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build ``PROGRAMS`` for the installed llama-cpp-python, unless already built; the manifest.
@@ -152,7 +169,7 @@ def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print
 
     version = bindings_version()
     done = manifest(version)
-    if done and not force and all((tools_dir(version) / "bin" / p).is_file() for p in PROGRAMS):
+    if _current(done, tools_dir(version), force):
         return done
     missing = missing_toolchain()
     if missing:
@@ -163,7 +180,7 @@ def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print
     target.parent.mkdir(parents=True, exist_ok=True)
     with measurement_lock(f"building llama.cpp tools for llama-cpp-python {version}", on_wait=on_wait, enabled=lock):
         done = manifest(version)  # another process may have built them while this one waited
-        if done and not force and all((target / "bin" / p).is_file() for p in PROGRAMS):
+        if _current(done, target, force):
             return done
         sweep_dead(target.parent, "sweep-tools-")  # build trees of builds that were killed
         with tempfile.TemporaryDirectory(prefix=owned_prefix("sweep-tools-"), dir=target.parent) as tmp:

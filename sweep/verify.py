@@ -177,11 +177,11 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
                     if o.ok else f"FAILED ({o.reason}: {o.detail[:160]})")
             say(f"  trial {n}, run {i + 1}/{repeats} in {o.wall_seconds:.1f} s: {what}")
 
-        def on_event(msg: dict[str, Any], n: int = n) -> None:
+        def on_message(msg: dict[str, Any], n: int = n) -> None:
             if msg.get("type") == "prompt" and (msg["index"] + 1) % 20 == 0:
                 say(f"  trial {n}: {msg['index'] + 1}/{len(tasks)} answered")
 
-        record, runs = verify_trial(config, settings, tasks, repeats, on_run, on_event, lock, say)
+        record, runs = verify_trial(config, settings, tasks, repeats, on_run, on_message, lock, say)
         record["task_set"] = task_set
         save_verification(study, url, n, record, runs)
         save_dashboard_note(study)

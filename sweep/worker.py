@@ -138,10 +138,10 @@ class PythonBackend:
         self.prefixes = shared_prefixes(self.llm, probes, self.escape)
 
     def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
-        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         # llama.cpp parses the grammar for each request, as a deployment would.
-        grammar = llama_cpp.LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
+        grammar = LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
         return _run_prompt(self.llm, request, grammar, self.cfg, chan, index, self.prefixes.get(request["kind"]),
                            self.escape, tokens)
 
@@ -162,45 +162,5 @@ def run(job: dict[str, Any], chan: Channel) -> int:
     return drive(job, chan, PythonBackend())
 
 
-def _injected_fault(chan: Channel) -> None:
-    """Test hook: ``SWEEP_TEST_FAULT=MODE:FLAGFILE`` faults the first worker that finds no FLAGFILE.
-
-    Lets the fault-injection suite run whole sweeps in which one trial faults and
-    the next runs for real. MODE is segfault, abort, hang, garbage, memory (a steady climb) or
-    memory_spike (1.5 GB touched and freed at once).
-    """
-    spec = os.environ.get("SWEEP_TEST_FAULT")
-    if not spec:
-        return
-    mode, flag = spec.split(":", 1)
-    try:
-        os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return
-    import ctypes
-    import signal
-
-    if mode == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    elif mode == "abort":
-        ctypes.CDLL(None).abort()
-    elif mode == "hang":
-        time.sleep(3600)
-    elif mode == "garbage":
-        os.write(chan.fd, b"garbage instead of a result\n")
-        os._exit(0)
-    elif mode == "memory":
-        hog = []
-        while True:
-            hog.append(bytearray(32 * 1024 * 1024))
-            time.sleep(0.01)
-    elif mode == "memory_spike":
-        # Touch 1.5 GB at once and free it within a few tens of ms, between two of the monitor's
-        # samples, then carry on as a normal trial: only the kernel's high-water mark sees it.
-        spike = bytearray(b"\x01") * (1536 * 1024 * 1024)
-        del spike
-        return
-
-
 if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1:], run, before=_injected_fault))
+    sys.exit(serve(sys.argv[1:], run))

@@ -84,7 +84,7 @@ def stray_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if cmd.startswith(mine) and any(name in cmd for name in (b"fake_worker", b"sweep.worker", b"sweep.probe",
+        if cmd.startswith(mine) and any(name in cmd for name in (b"sweep.worker", b"sweep.probe",
                                                            b"sweep.foreground")):
             found.append(cmd.decode(errors="replace"))
     return found

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import optuna
+import pytest
 
 from sweep import _optuna
 from sweep.fleet import Owner
@@ -48,3 +49,32 @@ def test_the_reaper_leaves_a_completed_trial_as_it_is(tmp_path: Path) -> None:
     assert _optuna.fail_if_running(study, _optuna.trial_id(running), {"fail_reason": "orchestrator_lost"})
     t = study.get_trials()[1]
     assert t.state.name == "FAIL" and t.user_attrs["fail_reason"] == "orchestrator_lost"
+
+
+def test_a_trial_without_an_owner_is_aged_by_the_database_clock_not_the_askers(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna's datetime_start is the asking host's local clock. A host five hours behind (or in
+    another time zone) must not get its trial reaped between ask and the owner write, and one
+    ahead must not keep an abandoned trial alive forever."""
+    import datetime as dt
+    import sqlite3
+    import time
+
+    from sweep.fleet import reap_lost
+    from sweep.storage import open_optuna_storage
+
+    monkeypatch.setenv("SWEEP_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("SWEEP_GRACE_SECONDS", "3")
+    db = tmp_path / "s.db"
+    study = optuna.create_study(storage=open_optuna_storage(f"sqlite:///{db}"), study_name="s")
+    behind, ahead = study.ask(), study.ask()
+    with sqlite3.connect(db) as conn:
+        for trial, hours in ((behind, -5), (ahead, 5)):
+            start = (dt.datetime.now() + dt.timedelta(hours=hours)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            conn.execute("UPDATE trials SET datetime_start = ? WHERE trial_id = ?", (start, _optuna.trial_id(trial)))
+    me = Owner.me()
+    assert reap_lost(study, me) == []  # just asked, by the database's clock
+    time.sleep(1.5)
+    assert reap_lost(study, me) == []  # still within the grace period of its first heartbeat
+    time.sleep(3)
+    assert sorted(reap_lost(study, me)) == [behind.number, ahead.number]  # nobody came to own them

@@ -17,7 +17,8 @@ def test_worked_examples_are_never_scored_items() -> None:
     assert {t.id for t in pool}.isdisjoint({t.id for t in tasks})
     scored_inputs = {t.input for t in tasks}
     assert not [t.id for t in pool if t.input in scored_inputs]
-    assert Counter(t.kind for t in pool) == {k: max_shots() for k in ("verdict", "iocs", "attack", "severity", "mcq")}
+    kinds = ("verdict", "iocs", "attack", "severity", "mcq", "cwe")
+    assert Counter(t.kind for t in pool) == {k: max_shots() for k in kinds}
 
 
 def test_worked_examples_cover_different_labels() -> None:

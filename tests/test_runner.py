@@ -21,7 +21,6 @@ from sweep.records import TrialConfig, TrialSettings
 from sweep.runner import run_trial
 from sweep.tasks import load_tasks, stratified_subset
 
-FAKE = [sys.executable, str(Path(__file__).with_name("fake_worker.py"))]
 TASKS = stratified_subset(load_tasks(), 3)
 QUICK = TrialSettings(prompts=3, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=60, noise_retries=0)
 
@@ -49,17 +48,21 @@ def test_worker_faults_become_reasons(mode: str, reason: str, detail: str, smoll
 @pytest.mark.parametrize("mode, detail", [("exit_nonzero", "status 7"), ("wrong_version", "protocol version 99"),
                                           ("not_an_object", "must be a JSON object, got list"),
                                           ("missing_field", "prompt message without a valid 'latency_s'")])
-def test_protocol_and_exit_faults(mode: str, detail: str, smollm2_path: Path) -> None:
-    outcome = run_trial(config(smollm2_path), QUICK, TASKS, worker_cmd=FAKE + [mode])
+def test_protocol_and_exit_faults(mode: str, detail: str, smollm2_path: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_TEST_FAULT", f"{mode}:{tmp_path / 'flag'}")
+    outcome = run_trial(config(smollm2_path), QUICK, TASKS)
     assert not outcome.ok and detail in outcome.detail
     assert outcome.reason == ("crashed" if mode == "exit_nonzero" else "protocol")
     assert not stray_processes()
 
 
-def test_hanging_worker_times_out_and_its_group_is_killed(smollm2_path: Path) -> None:
+def test_hanging_worker_times_out_and_its_group_is_killed(smollm2_path: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_TEST_FAULT", f"hang:{tmp_path / 'flag'}")
     settings = TrialSettings(prompts=3, idle_seconds=0, baseline_seconds=0.1, timeout_seconds=1.5, noise_retries=0)
-    outcome = run_trial(config(smollm2_path), settings, TASKS, worker_cmd=FAKE + ["hang"])
-    # The fake worker hangs forever: returning at all means the runner killed it at its deadline.
+    outcome = run_trial(config(smollm2_path), settings, TASKS)
+    # The worker hangs forever: returning at all means the runner killed it at its deadline.
     assert (outcome.reason, outcome.detail) == ("timeout", "no result within 1.5 s")
     assert outcome.wall_seconds >= 1.5
     assert not stray_processes()
@@ -232,20 +235,24 @@ def test_a_trial_measured_under_others_load_is_flagged_and_repeated(smollm2_path
     assert f["busy_repeats"] == 1  # measured again once (noise_retries), the last one kept
 
 
-def test_a_worker_killed_by_a_real_time_signal_is_a_recorded_crash(smollm2_path: Path) -> None:
-    outcome = run_trial(config(smollm2_path), QUICK, TASKS, worker_cmd=FAKE + ["rt_signal"])
+def test_a_worker_killed_by_a_real_time_signal_is_a_recorded_crash(smollm2_path: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_TEST_FAULT", f"rt_signal:{tmp_path / 'flag'}")
+    outcome = run_trial(config(smollm2_path), QUICK, TASKS)
     assert (outcome.reason, outcome.detail) == ("crashed", "worker killed by SIGRTMIN+3")
     assert not stray_processes()
 
 
-def test_a_worker_that_never_reads_a_large_job_is_still_timed_out(smollm2_path: Path) -> None:
+def test_a_worker_that_never_reads_a_large_job_is_still_timed_out(smollm2_path: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEP_TEST_FAULT", f"never_read:{tmp_path / 'flag'}")
     # The whole task set, 3-shot: a job of several hundred KB, far beyond a pipe's 64 KB buffer.
     tasks = load_tasks()
     settings = TrialSettings(prompts=len(tasks), idle_seconds=0, baseline_seconds=0.1, timeout_seconds=2,
                              noise_retries=0)
     done: list = []
-    runner = threading.Thread(target=lambda: done.append(run_trial(config(smollm2_path, shots=3), settings, tasks,
-                                                                   worker_cmd=FAKE + ["never_read"])), daemon=True)
+    runner = threading.Thread(target=lambda: done.append(run_trial(config(smollm2_path, shots=3), settings, tasks)),
+                              daemon=True)
     runner.start()
     runner.join(timeout=120)  # a bound on the test, not a speed: before the fix it never returned
     assert done, "run_trial blocked writing the job to a worker that never reads it"
