@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from sweep import _optuna
     from sweep.errors import SweepError
     from sweep.host import host_info
-    from sweep.orchestrator import run_study
+    from sweep.orchestrator import RunOptions, run_study
     from sweep.progress import make_progress
     from sweep.records import StudyMeta
     from sweep.space import load_space
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 target = _count(study, "COMPLETE", "FAIL", "PRUNED", "WAITING", "RUNNING")
                 display = make_progress(False)
                 try:
-                    result = run_study(space, url, name, target, tasks, on_progress=display,
-                                       task_set=task_set_name(None))
+                    result = run_study(space, RunOptions(url, name, target, tasks, task_set_name(None)),
+                                       on_progress=display)
                 finally:
                     if display:
                         display.close()

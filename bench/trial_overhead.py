@@ -59,7 +59,8 @@ def main() -> None:
         path.write_text(yaml.safe_dump(spec))
         space = load_space(path)
         url = f"sqlite:///{tmp}/studies.db"
-        study = orchestrator.run_study(space, url, "overhead", args.trials, load_tasks()).study
+        study = orchestrator.run_study(space, orchestrator.RunOptions(url, "overhead", args.trials,
+                                                                      load_tasks())).study
         figs = [t.user_attrs for t in study.trials if "spawn_import_s" in t.user_attrs]
         marks = [trial_series(study, t.number, url)["series"]["marks"] for t in study.trials
                  if "spawn_import_s" in t.user_attrs]
