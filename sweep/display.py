@@ -12,17 +12,21 @@ from .records import Progress
 
 
 def config_summary(c: dict[str, Any] | None) -> str:
+    """A trial's configuration in one line: the usual knobs always, every other one (the knob table's
+    ``shown``) where it is not at its default."""
+    from .params import PARAMS
+
     if not c:
         return "?"
     cpus = ",".join(map(str, c["cpus"])) if c.get("cpus") else "any"
     out = (f"{c['model']}:{c['quant']} t={c['n_threads']}/{c['n_threads_batch']} b={c['n_batch']}/{c['n_ubatch']} "
            f"ctx={c['n_ctx']} cpus={cpus} nice={c['nice']} {c['sched_policy']}")
-    out += f" omp={c['omp_wait_policy']}" if c.get("omp_wait_policy") else ""
-    out += f" duty={c['pace_duty']:g}" if c.get("pace_duty") else ""
-    out += " prefix=shared" if c.get("prefix_cache") == "shared" else ""
-    out += f" cap={c['pace_tps']:g}tok/s" if c.get("pace_tps") else ""
-    out += f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
-    return out + (f" guard={c['input_guard']}" if c.get("input_guard", "none") != "none" else "")
+    for name, p in PARAMS.items():
+        value = c.get(name)
+        if p.shown and value is not None and value != p.default and not (name == "context_k" and c.get("context") in
+                                                                           (None, "none")):
+            out += " " + p.shown.format(value)
+    return out + f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
 
 
 def figures_summary(f: dict[str, float]) -> str:

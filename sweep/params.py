@@ -1,10 +1,11 @@
 """The knob table: every parameter a search space may sweep or fix, described once.
 
 Each entry gives the knob's type and bounds, its default, the backends that take it, whether it
-may be swept or only fixed, where it takes effect (``applied``), and, for knobs added after the
-first records, that a record leaves it out at its default. The space (validation, defaults,
-sampling), the records, the server backend's own knobs and the refusals all read this table; a
-test holds ``records.TrialConfig`` to it.
+may be swept or only fixed, where it takes effect (``applied``), how a trial's one-line summary
+shows it (``shown``) and, for knobs added after the first records, that a record leaves it out at
+its default. The space (validation, defaults, sampling), the records, the server backend's own
+knobs, the refusals and ``display.config_summary`` all read this table; a test holds
+``records.TrialConfig`` to it.
 
 Adding a knob: one entry here, its ``TrialConfig`` field, and the code that applies it at the place
 ``applied`` names (``knobs`` for the OS, ``server.server_args`` for llama.cpp's flags,
@@ -45,6 +46,7 @@ class Param:
     recorded_at_default: bool = True  # False: added after the first records, left out at its default
     why: str = ""  # the refusal of an out-of-bounds value, with {value}
     check: Union[Callable[[Any], Union[str, None]], None] = None  # bounds that low and high cannot say
+    shown: str = ""  # how a trial's one-line summary names a value other than the default (a format of {})
 
     def upper(self) -> float | None:
         return self.high() if callable(self.high) else self.high
@@ -108,16 +110,17 @@ PARAMS: dict[str, Param] = {
                   why="nice must be 0..19 (raising priority needs root and is never polite), got {value}"),
     "sched_policy": Param("choice", "normal", "os", "scheduling policy", choices=_POLICIES),
     "omp_wait_policy": Param("choice", None, "env", "OpenMP's spin: OMP_WAIT_POLICY", choices=("passive", "active"),
-                             nullable=True),
-    "gomp_spincount": Param("int", None, "env", "GNU OpenMP's spin count: GOMP_SPINCOUNT", low=0, nullable=True),
+                             nullable=True, shown="omp={}"),
+    "gomp_spincount": Param("int", None, "env", "GNU OpenMP's spin count: GOMP_SPINCOUNT", low=0, nullable=True,
+                            shown="spin={}"),
     # How it answers.
     "max_tokens": Param("int", 48, "worker", "the longest answer", low=1),
     "temperature": Param("number", 0.0, "worker", "sampling temperature", low=0, fixed_only=True,
                          why="expected a number >= 0, got {value!r}"),
     "pace_tps": Param("float", None, "worker", "decode pacing: at most this many tokens per second",
-                      nullable=True, backends=("python",), why=_PACE, check=_pace),
+                      nullable=True, backends=("python",), why=_PACE, check=_pace, shown="cap={:g}tok/s"),
     "pace_duty": Param("float", None, "worker", "decode pacing: compute at most this share of decode time",
-                       nullable=True, backends=("python",), why=_PACE, check=_duty),
+                       nullable=True, backends=("python",), why=_PACE, check=_duty, shown="duty={:g}"),
     # Prompt strategy (sweep.prompts).
     "shots": Param("int", 0, "prompt", "worked examples before each question", low=0, high=_max_shots,
                    why="the worked-example pool has {high} examples of each kind; shots must be 0..{high}, "
@@ -125,35 +128,37 @@ PARAMS: dict[str, Param] = {
     "output": Param("choice", "free", "prompt", "free text, or the answer's form forced by a grammar or JSON schema",
                     choices=("free", "grammar", "json")),
     "prefix_cache": Param("choice", "off", "worker", "shared: each kind's fixed prefix prefilled once, at load",
-                          choices=("off", "shared")),
+                          choices=("off", "shared"), shown="prefix={}"),
     "input_guard": Param("choice", "none", "prompt", "how attacker-written input is kept from steering the answer",
-                         choices=("none", "escape", "delimit", "sandwich"), recorded_at_default=False),
+                         choices=("none", "escape", "delimit", "sandwich"), recorded_at_default=False,
+                         shown="guard={}"),
     "ioc_hints": Param("choice", "none", "prompt", "IOC items: the regex's candidates shown to the model to keep, "
-                       "drop or complete", choices=("none", "regex"), recorded_at_default=False),
+                       "drop or complete", choices=("none", "regex"), recorded_at_default=False, shown="hints={}"),
     "context": Param("choice", "none", "prompt", "ATT&CK items: the catalog's most similar techniques (BM25) in the "
-                     "prompt", choices=("none", "attack-catalog"), recorded_at_default=False),
+                     "prompt", choices=("none", "attack-catalog"), recorded_at_default=False, shown="context={}"),
     "context_k": Param("int", 5, "prompt", "how many techniques the catalog gives", low=1, high=20,
-                       recorded_at_default=False, why="context_k must be 1..20 techniques, got {value}"),
+                       recorded_at_default=False, why="context_k must be 1..20 techniques, got {value}", shown="k={}"),
     # Which program computes.
     "backend": Param("choice", "python", "worker", "llama-cpp-python in the worker, or llama-server",
-                     choices=("python", "server"), recorded_at_default=False),
+                     choices=("python", "server"), recorded_at_default=False, shown="backend={}"),
     # llama.cpp's own threadpool knobs (llama-server's flags; sweep.server.server_args).
     "poll": Param("int", None, "server", "--poll: a busy-wait level", low=0, high=100, nullable=True,
-                  backends=_SERVER, recorded_at_default=False, why="poll must be a busy-wait level 0..100" + _NULL_LLAMA),
+                  backends=_SERVER, recorded_at_default=False, why="poll must be a busy-wait level 0..100" + _NULL_LLAMA,
+                  shown="poll={}"),
     "poll_batch": Param("int", None, "server", "--poll-batch (default: as poll)", low=0, high=100, nullable=True,
                         backends=_SERVER, recorded_at_default=False,
-                        why="poll_batch must be a busy-wait level 0..100" + _NULL_LLAMA),
+                        why="poll_batch must be a busy-wait level 0..100" + _NULL_LLAMA, shown="poll_batch={}"),
     "prio": Param("int", None, "server", "--prio: -1 low, 0 normal", low=-1, high=0, nullable=True, backends=_SERVER,
                   recorded_at_default=False,
                   why="prio must be -1 (low) or 0 (normal); llama.cpp's higher levels are SCHED_FIFO, never polite"
-                      + _NULL_LLAMA),
+                      + _NULL_LLAMA, shown="prio={}"),
     "prio_batch": Param("int", None, "server", "--prio-batch: 0 normal", low=0, high=0, nullable=True,
                         backends=_SERVER, recorded_at_default=False,
                         why="prio_batch must be 0 (normal): llama.cpp has no low level for it, and its higher "
-                            "levels are SCHED_FIFO" + _NULL_LLAMA),
+                            "levels are SCHED_FIFO" + _NULL_LLAMA, shown="prio_batch={}"),
     "cpu_strict": Param("int", None, "server", "--cpu-strict: 1 pins each thread to one CPU of the mask", low=0,
                         high=1, nullable=True, backends=_SERVER, recorded_at_default=False,
-                        why="cpu_strict must be 0 or 1" + _NULL_LLAMA),
+                        why="cpu_strict must be 0 or 1" + _NULL_LLAMA, shown="cpu_strict={}"),
 }
 
 # Kernel limits on the trial's whole process tree, in a cgroup of its own (sweep.cgroups).
@@ -161,18 +166,21 @@ _CG: dict[str, Any] = dict(nullable=True, recorded_at_default=False)
 PARAMS.update({
     "cpu_quota_pct": Param("float", None, "cgroup", "a hard CPU cap, in % of the whole machine, over each period "
                            "(cpu.max; CPUQuota=)", low=0.5, high=100, why="cpu_quota_pct must be a share of the "
-                           "machine in (0, 100] (or null for no cap), got {value!r}", **_CG),
+                           "machine in (0, 100] (or null for no cap), got {value!r}", **_CG, shown="quota={:g}%"),
     "cpu_period_ms": Param("number", 100, "cgroup", "the period the quota is counted over (cpu.max; CPUQuotaPeriodSec=)",
                            low=1, high=1000, recorded_at_default=False,
-                           why="cpu_period_ms must be 1..1000 ms (the kernel's bounds), got {value!r}"),
+                           why="cpu_period_ms must be 1..1000 ms (the kernel's bounds), got {value!r}",
+                           shown="period={:g}ms"),
     "cpu_weight": Param("weight", None, "cgroup", "the cgroup's CPU weight 1..10000 (100 normal), or idle "
                         "(cpu.weight / cpu.idle; CPUWeight=)", low=1, high=10000,
-                        why="cpu_weight must be 1..10000 or idle (or null), got {value!r}", **_CG),
+                        why="cpu_weight must be 1..10000 or idle (or null), got {value!r}", **_CG, shown="weight={}"),
     "memory_high_gb": Param("float", None, "cgroup", "memory above this is reclaimed hard (memory.high; MemoryHigh=)",
-                            low=0.01, why="memory_high_gb must be a size in GB above 0 (or null), got {value!r}", **_CG),
+                            low=0.01, why="memory_high_gb must be a size in GB above 0 (or null), got {value!r}", **_CG,
+                            shown="mem_high={:g}GB"),
     "memory_max_gb": Param("float", None, "cgroup", "the kernel's OOM killer ends the trial above this "
                            "(memory.max; MemoryMax=)", low=0.01,
-                           why="memory_max_gb must be a size in GB above 0 (or null), got {value!r}", **_CG),
+                           why="memory_max_gb must be a size in GB above 0 (or null), got {value!r}", **_CG,
+                           shown="mem_max={:g}GB"),
 })
 CGROUP_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied == "cgroup")
 

@@ -135,6 +135,25 @@ def test_prompt_strategy_is_a_search_dimension(isolated: Path) -> None:
     assert (plain.shots, plain.output) == (0, "free")
 
 
+def test_every_knob_off_its_default_is_shown_in_the_trial_line_by_the_knob_table() -> None:
+    from sweep.display import config_summary
+    from sweep.params import PARAMS
+    from sweep.records import TrialConfig
+
+    base = TrialConfig(model="m", quant="Q4_0", model_path="/m.gguf", chat_format=None, n_threads=1, n_threads_batch=1,
+                       n_batch=64, n_ubatch=64, n_ctx=512).to_dict()
+    line = config_summary({**base, "cpu_quota_pct": 35.0, "memory_max_gb": 1.5, "cpu_weight": "idle",
+                           "input_guard": "escape", "context": "attack-catalog", "context_k": 8})
+    assert "quota=35% weight=idle mem_max=1.5GB" in line and "guard=escape" in line and "context=attack-catalog k=8" in line
+    assert "quota" not in config_summary(base) and "k=" not in config_summary({**base, "context_k": 8})
+    # A knob that is neither in the line's head nor shown is one the table forgot (cores and placement
+    # are shown as the CPUs they chose; the temperature is fixed, never swept).
+    head = {"model", "quant", "n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "cpus", "nice",
+            "sched_policy", "shots", "output", "max_tokens"}
+    unshown = {n for n, p in PARAMS.items() if not p.shown and n not in head}
+    assert unshown == {"cores", "placement", "temperature"}, unshown
+
+
 def test_the_knob_table_and_the_trial_config_agree() -> None:
     from dataclasses import MISSING, fields
 
