@@ -357,7 +357,7 @@ def check(url: str, seen: set[str]) -> dict[str, Any]:
     for t in trials:
         if "spool_id" in t.user_attrs and "reused_from" not in t.user_attrs:  # a reuse measured nothing
             ids[t.user_attrs["spool_id"]] = ids.get(t.user_attrs["spool_id"], 0) + 1
-    measured_configs: dict[str, int] = {}
+    measured_configs: dict[str, list[Any]] = {}
     problems = []
     for t in trials:
         a = t.user_attrs
@@ -369,18 +369,29 @@ def check(url: str, seen: set[str]) -> dict[str, Any]:
             if "spool_id" not in a or series.get(t._trial_id) is None:
                 problems.append(f"trial {t.number}: complete without its spool id or series")
             if "recorded_late_for" not in a:
-                key = json.dumps(a["config"], sort_keys=True)
-                measured_configs[key] = measured_configs.get(key, 0) + 1
+                measured_configs.setdefault(json.dumps(a["config"], sort_keys=True), []).append(t)
         elif t.state.name == "FAIL" and not a.get("fail_reason"):
             problems.append(f"trial {t.number}: failed without a reason")
     recorded = set(ids)
     return {"measured": len(seen | recorded), "recorded": len(recorded), "lost": len(seen - recorded),
             "recorded_without_spool": len(recorded - seen),
-            "measured_twice": sum(n - 1 for n in ids.values()) + sum(n - 1 for n in measured_configs.values()),
+            "measured_twice": sum(n - 1 for n in ids.values()) + sum(len(v) - 1 for v in measured_configs.values()),
+            "twice": [[_who(t, trials) for t in v] for v in measured_configs.values() if len(v) > 1] +
+                     [f"spool id {i} on {n} trials" for i, n in ids.items() if n > 1],
             "running_left": sum(t.state.name == "RUNNING" for t in trials), "trials": len(trials),
             "complete": sum(t.state.name == "COMPLETE" for t in trials),
             "failed_by_reason": _count(t.user_attrs.get("fail_reason") for t in trials if t.state.name == "FAIL"),
             "late": sum("recorded_late_for" in t.user_attrs for t in trials), "problems": problems}
+
+
+def _who(t: Any, trials: list[Any]) -> str:
+    """One trial measured again, and the story around it: who ran it, when, where its parameters came from."""
+    a = t.user_attrs
+    history = [f"{o.number} {o.state.name} {o.user_attrs.get('fail_reason', '')}".strip() for o in trials
+               if o.user_attrs.get("config") == a.get("config") and o.number != t.number]
+    return (f"trial {t.number} by {(a.get('owner') or {}).get('host')} pid {(a.get('owner') or {}).get('pid')} "
+            f"{t.datetime_start:%H:%M:%S}-{t.datetime_complete:%H:%M:%S} requeued_from {a.get('requeued_from')} "
+            f"measured_at {a.get('measured_at')}; others with its config: {history}")
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -417,6 +428,8 @@ def main() -> None:
           f"{r['failed_by_reason']}; late records {r['late']}; recorded with the spool full {r['recorded_without_spool']})")
     for p in r["problems"]:
         print("  " + p)
+    for pair in r["twice"]:
+        print("  measured twice: " + " | ".join(map(str, pair)) if isinstance(pair, list) else "  " + pair)
     if args.json:
         print(json.dumps(r))
     if r["lost"] or r["measured_twice"] or r["running_left"] or r["stray_processes"] or r["problems"] \

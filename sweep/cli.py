@@ -126,7 +126,15 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     finally:
         if display:
             display.close()
-    click.echo(sweep_summary(result.study, safe_url(url), sp.settings.prompts, len(tasks)))
+    try:
+        click.echo(sweep_summary(result.study, safe_url(url), sp.settings.prompts, len(tasks)))
+    except Exception as exc:  # noqa: BLE001 - every trial is recorded by now: only the summary is missing
+        from .spool import transient
+
+        if not transient(exc):
+            raise
+        click.echo(f"\nthe study's summary could not be read: the database went away ({type(exc).__name__}); "
+                   f"`sweep status --study {opts.study}` shows it", err=True)
     if result.stopped_by_user:
         click.echo("stopped at your request; run the same command again to carry on", err=True)
         sys.exit(130)

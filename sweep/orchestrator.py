@@ -133,12 +133,17 @@ def run_study(space: Space, opts: RunOptions, on_progress: Callable[[Progress], 
     Raises:
         StudyError: the study cannot be continued by this space or on this host.
     """
-    study, series, index = open_or_create(space, opts.storage_url, opts.study, opts.task_set, opts.hardware_class)
-    # What an earlier run measured but could not record (the database was away, or it was killed).
+    study = None
+
     def say(line: str) -> None:
         if on_progress:
             on_progress(Progress(0, opts.n_trials, None, None, None, False, 0.0, study=study, waiting=line))
 
+    # A server down or restarting at the start is waited out like one that goes away later.
+    study, series, index = with_retries(
+        lambda: open_or_create(space, opts.storage_url, opts.study, opts.task_set, opts.hardware_class),
+        lambda s: f"database unreachable since {s:.0f} s, retrying (nothing has been measured yet)", say)
+    # What an earlier run measured but could not record (the database was away, or it was killed).
     replay(study, series, opts.storage_url, on_wait=say)
     study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)), orchestrator=index)
     run = _Run(study, space, series, opts, stratified_subset(opts.tasks, space.settings.prompts), on_progress)

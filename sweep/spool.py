@@ -29,7 +29,7 @@ from typing import Any, Callable
 from . import _optuna
 from .errors import SweepError
 from .procs import owned_prefix, sweep_dead
-from .storage import SeriesStore, safe_url
+from .storage import SeriesStore, StorageUnreachable, safe_url
 
 SPOOL_VERSION = 1
 RETRY_ENV = "SWEEP_DB_RETRY_S"  # how long a record waits for the database before the sweep stops
@@ -194,6 +194,8 @@ def transient(exc: BaseException) -> bool:
 
     if isinstance(exc, DatabaseUnavailable):
         return False  # the wait is over: it ends the sweep, however transient its cause was
+    if isinstance(exc, StorageUnreachable):
+        return True  # the server did not answer when the storage was opened
     seen = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:

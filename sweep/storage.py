@@ -104,8 +104,14 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
+class StorageUnreachable(StudyError):
+    """The database server did not answer (down, restarting, its socket gone): bad input to a
+    command that only reads, but something a sweep waits out (``spool.transient``)."""
+
+
 def _connect_error(url: str, exc: BaseException) -> StudyError:
-    return StudyError(f"cannot open the study storage {safe_url(url)}: {str(exc).splitlines()[0]}")
+    kind = StorageUnreachable if isinstance(exc, sa.exc.OperationalError) else StudyError
+    return kind(f"cannot open the study storage {safe_url(url)}: {str(exc).splitlines()[0]}")
 
 
 def safe_url(url: str) -> str:

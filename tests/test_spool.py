@@ -163,3 +163,22 @@ def test_sqlite_locked_across_a_record_is_waited_out(tmp_path: Path, cache_dir: 
     assert held.is_set() and proc.returncode == 0, err
     assert "database unreachable since" in out + err
     assert [t.state.name for t in _trials(url)] == ["COMPLETE"] and _spooled() == []
+
+
+def test_a_database_down_when_a_sweep_starts_is_waited_for_then_exit_5(tmp_path: Path, pg_url: str) -> None:
+    """A server that is down or restarting when `sweep run` starts is not bad input (exit 2): the
+    sweep waits for it as for one that goes away later, and stops with exit 5 past the window. A
+    command that only reads still refuses at once (tests/test_refusals.py)."""
+    from pgserver import pg_ctl
+
+    space = _one_trial_space(tmp_path)
+    pg_ctl(pg_url, "stop")
+    try:
+        proc = sweep_cli("run", str(space), "--trials", "1", env={"SWEEP_STORAGE": pg_url, "SWEEP_DB_RETRY_S": "3"})
+    finally:
+        pg_ctl(pg_url, "start")
+    assert proc.returncode == 5, proc.stderr
+    assert "database unreachable since" in proc.stdout + proc.stderr
+    assert "has been unreachable for" in proc.stderr.strip().splitlines()[-1]
+    proc = sweep_cli("run", str(space), "--trials", "1", env={"SWEEP_STORAGE": pg_url})
+    assert proc.returncode == 0, proc.stderr  # once it is back, the same command runs
