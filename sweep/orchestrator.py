@@ -264,7 +264,6 @@ class _Run:
                                                                   if "prompt" in msg else ""))
 
         latency_budget = self.budgets.get("latency_p95_s", {}).get("max")
-        trial.set_user_attr("measuring", True)  # from here on, another asking for this configuration waits
         start = time.time()
         outcome = run_trial(config, self.space.settings, self.subset,
                             latency_budget_s=latency_budget, on_event=on_event if self.on_progress else None)
@@ -289,10 +288,16 @@ class _Run:
         while True:
             # The tie is broken by number: of two trials that asked for it at once, the lower one
             # measures and the higher one waits (and one already measuring is always waited for).
-            busy = [t for t in others_running(self.study, self.me) if t.user_attrs.get("config") == config
-                    and (t.number < trial.number or t.user_attrs.get("measuring"))]
-            if not busy:
-                return measured_before(self.study, config)
+            # The look and the claim are one step under the study's lock: two orchestrators that
+            # look at once would each find the other not yet measuring, and both measure.
+            with study_lock(self.url, _optuna.study_id(self.study)):
+                busy = [t for t in others_running(self.study, self.me) if t.user_attrs.get("config") == config
+                        and (t.number < trial.number or t.user_attrs.get("measuring"))]
+                if not busy:
+                    original = measured_before(self.study, config)
+                    if original is None or self.space.settings.duplicates == "repeat":
+                        trial.set_user_attr("measuring", True)  # from here on, another asking for it waits
+                    return original
             if self.stop.requested:  # nothing measures here yet: stop now, the trial failed as interrupted
                 raise KeyboardInterrupt
             self._report(trial, waiting=f"trial {busy[0].number} measures this configuration now; waiting for it")
