@@ -434,7 +434,8 @@ def main() -> None:
         print(json.dumps(r))
     if r["lost"] or r["measured_twice"] or r["running_left"] or r["stray_processes"] or r["problems"] \
             or r["left_in_spool"]:
-        print(f"the orchestrators' logs are kept in {work}")
+        (work / "result.json").write_text(json.dumps(r, indent=1, default=str))
+        print(f"the orchestrators' logs and the result (result.json) are kept in {work}")
         sys.exit(1)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -50,9 +50,9 @@ def stale_trial_ids(study: Any) -> list[int]:
     return list(st._get_stale_trial_ids(study._study_id))
 
 
-def first_heartbeat(study: Any, tid: int) -> bool | None:
-    """Give a RUNNING trial a heartbeat at the database's clock unless it has one already; True when
-    this call gave it. None: the storage keeps no heartbeats.
+def first_heartbeat(study: Any, tid: int) -> None:
+    """Give a RUNNING trial a heartbeat at the database's clock unless it has one already (nothing
+    where the storage keeps no heartbeats).
 
     A trial that carries no owner yet is aged by this beat, as an owned one is by its owner's, and
     never by Optuna's ``datetime_start``: that is the asker's local clock, in its own time zone.
@@ -63,7 +63,7 @@ def first_heartbeat(study: Any, tid: int) -> bool | None:
 
     st = study._storage
     if st.get_heartbeat_interval() is None:
-        return None
+        return
     backend = getattr(st, "_backend", st)
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -72,23 +72,14 @@ def first_heartbeat(study: Any, tid: int) -> bool | None:
     if dialect not in ("sqlite", "postgresql"):
         with _create_scoped_session(backend.scoped_session) as session:
             if models.TrialHeartbeatModel.where_trial_id(tid, session) is not None:
-                return False
+                return
         st.record_heartbeat(tid)
-        return True
+        return
     table = models.TrialHeartbeatModel.__table__
     stmt = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert(table).values(
         trial_id=tid, heartbeat=sa.func.current_timestamp()).on_conflict_do_nothing(index_elements=[table.c.trial_id])
     with _create_scoped_session(backend.scoped_session) as session:
-        result: Any = session.execute(stmt)  # a CursorResult: an INSERT's, with its rowcount
-        return bool(result.rowcount)
-
-
-def grace_seconds(study: Any) -> float:
-    """The storage's grace period (Optuna's default: twice the heartbeat interval)."""
-    st = study._storage
-    backend = getattr(st, "_backend", st)
-    interval = st.get_heartbeat_interval() or 0
-    return float(getattr(backend, "grace_period", None) or 2 * interval)
+        session.execute(stmt)
 
 
 def fail_if_running(study: Any, tid: int, user_attrs: dict[str, Any]) -> bool:

@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import threading
-import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
@@ -204,18 +203,16 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
 
-_first_seen: dict[int, float] = {}  # owner-less trials, where the storage keeps no heartbeats
-
-
-def _lost(study: Any, t: Any, me: Owner, stale: set[int], grace_s: float) -> bool:
+def _lost(study: Any, t: Any, me: Owner, stale: set[int]) -> bool:
     owner = t.user_attrs.get("owner")
     tid = _optuna.trial_id(t)
     if tid in stale:
         return True
     if owner is None:
-        if _optuna.first_heartbeat(study, tid) is None:  # no heartbeats: this process's own clock
-            return time.monotonic() - _first_seen.setdefault(tid, time.monotonic()) > grace_s
-        return False  # its heartbeat, ours or its owner's, ages it by the database's clock
+        # Its first heartbeat (ours, or its owner's) ages it by the database's clock; a storage
+        # without heartbeats (never one sweep opens) judges no trial stale.
+        _optuna.first_heartbeat(study, tid)
+        return False
     return me.same_host(owner) and owner.get("pid") != me.pid and me.gone(owner)
 
 
@@ -230,10 +227,9 @@ def reap_lost(study: Any, me: Owner) -> list[int]:
     if not running:
         return []
     stale = set(_optuna.stale_trial_ids(study))
-    grace_s = _optuna.grace_seconds(study)
     reaped = []
     for t in running:
-        if not _lost(study, t, me, stale, grace_s):
+        if not _lost(study, t, me, stale):
             continue
         if not _optuna.fail_if_running(study, _optuna.trial_id(t), {"fail_reason": "orchestrator_lost"}):
             continue

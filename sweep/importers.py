@@ -8,7 +8,6 @@ item, with the file and the item or line, as ``load_tasks`` refuses a bad task f
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections import defaultdict
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import TaskFileError
+from .procs import write_atomically
 from .tasks import LETTERS, TECHNIQUE_ID, Task
 
 FORMATS = ("cybermetric", "cti-mcq", "cti-ate", "cti-rcm")
@@ -223,15 +223,5 @@ def write_tasks(tasks: list[Task], out: str | Path) -> None:
     out = Path(out)
     if not out.parent.is_dir():
         raise TaskFileError(f"{out}: no such directory {str(out.parent)!r}")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            for task in tasks:
-                f.write(json.dumps(task.model_dump(exclude_none=True), ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(out, "".join(json.dumps(t.model_dump(exclude_none=True), ensure_ascii=False) + "\n"
+                                  for t in tasks))

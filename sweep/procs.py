@@ -182,3 +182,31 @@ def sweep_dead(directory: str | os.PathLike[str], prefix: str) -> int:
         except OSError:
             pass  # another user's, or gone already
     return removed
+
+
+def write_atomically(path: str | os.PathLike[str], text: str, durable: bool = False) -> None:
+    """``text`` into ``path`` whole or not at all: a temp file beside it under this process's
+    ``owned_prefix(".partial-")`` (so ``sweep_dead`` removes one a SIGKILL left), renamed over it.
+    ``durable``: the file and then its directory are fsync'd before this returns, so the rename
+    survives a power loss."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=owned_prefix(".partial-"), suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

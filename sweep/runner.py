@@ -87,18 +87,16 @@ def run_trial(config: TrialConfig, settings: TrialSettings, tasks: list[Task], *
         while True:
             retry = repeats < settings.noise_retries
             try:
-                obs = _Watch(config, settings, tasks, latency_budget_s, on_event).observe(retry)
-            except _Busy:
-                repeats += 1
-                time.sleep(settings.noise_wait_seconds)
-                continue
-            outcome = outcome_of(obs, settings, tasks)
-            if retry and settings.busy_trials == "repeat" and outcome.figures.get("machine_busy_active"):
-                repeats += 1
-                time.sleep(settings.noise_wait_seconds)
-                continue
-            outcome.figures["busy_repeats"] = float(repeats)
-            return outcome
+                outcome: Outcome | None = outcome_of(
+                    _Watch(config, settings, tasks, latency_budget_s, on_event).observe(retry), settings, tasks)
+            except _Busy:  # busy before the worker started
+                outcome = None
+            if outcome is not None and not (retry and settings.busy_trials == "repeat"
+                                            and outcome.figures.get("machine_busy_active")):
+                outcome.figures["busy_repeats"] = float(repeats)
+                return outcome
+            repeats += 1
+            time.sleep(settings.noise_wait_seconds)
 
 
 class _Busy(Exception):

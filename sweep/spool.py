@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from typing import Any, Callable
 
 from . import _optuna
 from .errors import SweepError
-from .procs import owned_prefix, sweep_dead
+from .procs import sweep_dead, write_atomically
 from .storage import SeriesStore, StorageUnreachable, safe_url
 
 SPOOL_VERSION = 1
@@ -80,29 +79,12 @@ class Pending:
 
 
 def write(p: Pending, directory: Path | None = None) -> Path:
-    """The record, atomically on disk (a temp file, fsync, rename, fsync of the directory)."""
+    """The record, atomically and durably on disk (a temp file, fsync, rename, fsync of the directory)."""
     directory = directory or spool_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', p.study)}-t{p.trial_number}-{p.id}.json"
     sweep_dead(directory, ".partial-")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=owned_prefix(".partial-"), suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"spool_version": SPOOL_VERSION, **asdict(p)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomically(path, json.dumps({"spool_version": SPOOL_VERSION, **asdict(p)}), durable=True)
     return path
 
 

@@ -88,10 +88,11 @@ def binary(program: str, version: str | None = None) -> Path:
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise ToolsError(f"{program} is not built for llama-cpp-python {version or bindings_version()} "
                          f"(looked in {path.parent}): run `sweep tools build`")
-    built = (manifest(version) or {}).get("cmake_flags")
-    if built is not None and list(built) != list(CMAKE_FLAGS):
+    done = manifest(version)
+    if done is not None and not _same_flags(done):
+        differ = " ".join(sorted(set(done["cmake_flags"]) ^ set(CMAKE_FLAGS)))
         raise ToolsError(f"{program} in {path.parent} was built with other flags than this sweep builds with "
-                         f"({' '.join(sorted(set(built) ^ set(CMAKE_FLAGS)))}): run `sweep tools build`")
+                         f"({differ}): run `sweep tools build`")
     return path
 
 
@@ -150,10 +151,14 @@ def program_version(path: Path) -> str:
     return lines[0].removeprefix("version:").strip() if lines else "(no version line)"
 
 
+def _same_flags(done: dict[str, Any] | None) -> bool:
+    """Whether a build (its manifest) used this sweep's flags; one that recorded none is taken as is."""
+    return list((done or {}).get("cmake_flags", CMAKE_FLAGS)) == list(CMAKE_FLAGS)
+
+
 def _current(done: dict[str, Any] | None, target: Path, force: bool) -> TypeGuard[dict[str, Any]]:
     """Built already, with this sweep's flags (a build with other flags, one with AMX say, is redone)."""
-    return bool(done and not force and list(done.get("cmake_flags", CMAKE_FLAGS)) == list(CMAKE_FLAGS) and
-                all((target / "bin" / p).is_file() for p in PROGRAMS))
+    return bool(done and not force and _same_flags(done) and all((target / "bin" / p).is_file() for p in PROGRAMS))
 
 
 def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print, lock: bool = True,
