@@ -3,7 +3,8 @@ that nothing was lost: ``python bench/chaos.py [--minutes 20] [--seed 1] [--json
 
 Two simulated hosts (their own host id, lock file and spool, each pinned to one CPU, as in
 ``bench/fleet.py``) measure SmolLM2 trials on a throwaway PostgreSQL server. At random moments
-(a fixed seed) one fault at a time is injected, drawn from a shuffled deck of every kind:
+(a fixed seed) one fault at a time is injected, drawn from a shuffled deck of every kind, until
+the time is up and every kind has been injected at least once:
 
 - ``kill``: SIGKILL of an orchestrator, which is then restarted;
 - ``pg_restart``: PostgreSQL stopped (``-m fast``: connections cut) and started again;
@@ -237,13 +238,17 @@ def soak(minutes: float, seed: int, tmp: Path, template: str) -> dict[str, Any]:
         for h in hosts:
             h.start()
         pause(15)  # both measuring before the first fault
-        while time.monotonic() < end:
+        # Until the time is up and every kind has been injected once (a short soak on a slow
+        # machine would otherwise end before its first deck is dealt), within a hard limit.
+        while time.monotonic() < end or (set(faults) != set(kinds) and time.monotonic() < end + 600):
             if not deck:
                 deck = list(kinds)
                 rnd.shuffle(deck)
             kind, h = deck.pop(), rnd.choice(hosts)
             if _inject(kind, h, hosts, disks, url, pause, rnd, pg_ctl):
                 faults[kind] = faults.get(kind, 0) + 1
+            else:
+                deck.append(kind)  # not possible now (that host is restarting, say): it comes next
             pause(rnd.uniform(4, 10))
         for h in hosts:  # what a user does at the end: Ctrl-C (SIGTERM here), then waits
             h.stopped = True

@@ -147,9 +147,15 @@ def test_sqlite_locked_across_a_record_is_waited_out(tmp_path: Path, cache_dir: 
         conn = sqlite3.connect(db, timeout=60)
         conn.execute("BEGIN EXCLUSIVE")
         held.set()
-        time.sleep(65)  # longer than the 60 s busy timeout: the record sees "database is locked"
-        conn.rollback()
-        conn.close()
+        try:
+            # Held from the measurement on until its record has begun (its spool file is written
+            # just before), then longer than the 60 s busy timeout: the record sees "database is
+            # locked" however long the measurement took on a loaded machine.
+            wait_for(lambda: bool(_spooled()), timeout=200)
+            time.sleep(65)
+        finally:
+            conn.rollback()
+            conn.close()
 
     try:
         wait_for(lambda: _measuring(url), timeout=120)  # locked from the measurement on, across its record
