@@ -9,7 +9,7 @@ EXPORT ?= demo-config.json
 .PHONY: sweep verify test test-fast install lock clean-study tools docs
 
 # Exact versions from requirements.lock (pip constraints); `make lock` refreshes it. llama-cpp-python
-# is built for this CPU less Intel AMX: sweep.tools.NO_AMX says why (and builds llama-server the same).
+# is built for this CPU less Intel AMX: sweep.models.tools.NO_AMX says why (and builds llama-server the same).
 NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)

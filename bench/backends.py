@@ -14,11 +14,11 @@ import argparse
 import statistics
 import sys
 
-from sweep.host import allowed_cpus
-from sweep.models import Registry
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.measure.host import allowed_cpus
+from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
+from sweep.trial.runner import run_trial
 
 FIGURES = (("cpu_active_p99_share_pct", "active p99 %"), ("cpu_idle_share_pct", "idle %"),
            ("latency_p95_s", "p95 s"), ("decode_tps", "decode t/s"), ("fg_p95_ratio", "probe p95 ratio"))

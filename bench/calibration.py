@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sweep.host import allowed_cpus
-from sweep.metrics import percentile
-from sweep.monitor import Monitor
+from sweep.measure.host import allowed_cpus
+from sweep.measure.metrics import percentile
+from sweep.measure.monitor import Monitor
 
 CHILD = Path(__file__).resolve().parent.parent / "tests" / "calibration_child.py"
 

@@ -171,7 +171,7 @@ class Host:
             kids = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [k.pid for k in kids if "sweep.worker" in " ".join(_cmdline(k))]
+        return [k.pid for k in kids if "sweep.trial.worker" in " ".join(_cmdline(k))]
 
 
 def _cmdline(p: Any) -> list[str]:
@@ -344,7 +344,7 @@ def _strays() -> list[str]:
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if p.info["pid"] != me and cmd.startswith(sys.executable) and \
-                any(s in cmd for s in ("-m sweep ", "sweep.worker", "sweep.probe", "sweep.foreground")):
+                any(s in cmd for s in ("-m sweep ", "sweep.trial.worker", "sweep.measure.probe", "sweep.measure.foreground")):
             out.append(cmd)
     return out
 
@@ -353,7 +353,7 @@ def check(url: str, seen: set[str]) -> dict[str, Any]:
     """What the database holds against what was measured."""
     import optuna
 
-    from sweep.storage import SeriesStore
+    from sweep.study.storage import SeriesStore
 
     study = optuna.load_study(study_name="chaos", storage=url)
     trials = study.get_trials(deepcopy=False)

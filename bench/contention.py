@@ -19,11 +19,11 @@ import math
 import time
 from dataclasses import replace
 
-from sweep.host import machine_cpus
-from sweep.models import Registry
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.measure.host import machine_cpus
+from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
+from sweep.trial.runner import run_trial
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import sys
 import time
 
-from sweep.models import Registry
+from sweep.correctness.tasks import best_constants, ioc_candidates, load_tasks, score
+from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import best_constants, ioc_candidates, load_tasks, score
+from sweep.trial.runner import run_trial
 from sweep.verify import correctness_summary, item_scores, mean_interval
 
 MODELS = [("smollm2-135m", "Q4_1"), ("gemma3-270m", "Q4_K_M")]
@@ -108,7 +108,7 @@ def main() -> None:
             cell(iocs) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
     # No model at all for ATT&CK: the catalog's best match (BM25), as the retrieval alone would answer.
     if "attack" in kinds:
-        from sweep.catalog import retrieve
+        from sweep.correctness.catalog import retrieve
 
         top = mean_interval([score(t, (retrieve(t.input, 1) or [{"id": ""}])[0]["id"]).value
                              for t in tasks if t.kind == "attack"])

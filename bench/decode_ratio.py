@@ -16,12 +16,12 @@ import subprocess
 import sys
 from dataclasses import replace
 
-from sweep.host import allowed_cpus
-from sweep.models import Registry
+from sweep.correctness.prompts import request_for
+from sweep.correctness.tasks import load_tasks
+from sweep.measure.host import allowed_cpus
+from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.prompts import request_for
-from sweep.tasks import load_tasks
+from sweep.trial.runner import run_trial
 
 BARE = r"""
 import json, sys, time, llama_cpp

@@ -7,7 +7,7 @@ time, how many trials were over the latency budget, and the saving.
 
 ``--table`` (default file: bench/data/grid-smollm2.json, from bench/record_grid.py, which
 runs with early abort off): replayed on the recorded grid instead. For each trial, the
-runner's own test (``sweep.metrics.provably_over``) is applied to its answers' latencies in
+runner's own test (``sweep.measure.metrics.provably_over``) is applied to its answers' latencies in
 order; where it fires after answer k, the time from then to the worker's last answer is
 saved. The time between answers (reset, scoring overhead) is spread evenly over them, and
 the worker's few milliseconds after its last answer are not counted, so the saving is a
@@ -63,7 +63,7 @@ DEFAULT_TABLE = Path(__file__).resolve().parent / "data" / "grid-smollm2.json"
 
 def replay(table: dict, budget_s: float) -> tuple[int, int, float]:
     """(trials early abort would stop, trials it could judge, seconds it would save) at this p95 budget."""
-    from sweep.metrics import provably_over
+    from sweep.measure.metrics import provably_over
 
     stopped, judged, saved = 0, 0, 0.0
     for r in table["rows"]:
@@ -83,7 +83,7 @@ def replay(table: dict, budget_s: float) -> tuple[int, int, float]:
 
 
 def print_replay(path: Path, extra_budgets: list[float]) -> None:
-    from sweep.table import load_table
+    from sweep.results.table import load_table
 
     table = load_table(path)
     meta = table["meta"]

@@ -25,8 +25,8 @@ import os
 import statistics
 import sys
 
-from sweep.foreground import calibrate
 from sweep.hostlock import measurement_lock
+from sweep.measure.foreground import calibrate
 
 
 def busy(cpu: int | None, idle: bool = False) -> list[str]:

@@ -22,12 +22,12 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from sweep.host import machine_cpus
-from sweep.metrics import ACTIVE_TAGS
-from sweep.models import Registry
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.measure.host import machine_cpus
+from sweep.measure.metrics import ACTIVE_TAGS
+from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
+from sweep.trial.runner import run_trial
 
 QUIET = [("none", {}),
          ("quota 50% / 100 ms", {"cpu_quota_pct": 50.0, "cpu_period_ms": 100}),

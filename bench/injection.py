@@ -16,11 +16,11 @@ import json
 import time
 from collections import Counter
 
-from sweep.metrics import verdict_rank
-from sweep.models import Registry
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.measure.metrics import verdict_rank
+from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
+from sweep.trial.runner import run_trial
 from sweep.verify import wilson
 
 

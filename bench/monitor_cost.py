@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from sweep.monitor import Monitor
+from sweep.measure.monitor import Monitor
 
 CHILD = """
 import threading, time

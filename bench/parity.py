@@ -25,12 +25,12 @@ import statistics
 import subprocess
 import sys
 
-from sweep.host import allowed_cpus
-from sweep.models import Registry
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.measure.host import allowed_cpus
+from sweep.models.registry import Registry
+from sweep.models.tools import binary
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
-from sweep.tools import binary
+from sweep.trial.runner import run_trial
 
 BARE = r"""
 import json, sys, time

@@ -19,12 +19,12 @@ import time
 
 import llama_cpp
 
-from sweep.metrics import percentile
-from sweep.models import Registry
-from sweep.prompts import request_for
+from sweep.correctness.prompts import request_for
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.measure.metrics import percentile
+from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
+from sweep.trial.runner import run_trial
 
 
 def main() -> None:

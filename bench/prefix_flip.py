@@ -14,13 +14,13 @@ import os
 import sys
 import tempfile
 
-from sweep.models import Registry
-from sweep.prompts import prefix_probes, request_for
+from sweep.correctness.prompts import prefix_probes, request_for
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.models.registry import Registry
+from sweep.models.tools import binary
 from sweep.records import TrialConfig
-from sweep.server import request_body, server_args
-from sweep.server_worker import HOST, Server, free_port, shared_prefixes
-from sweep.tasks import load_tasks, stratified_subset
-from sweep.tools import binary
+from sweep.trial.server import request_body, server_args
+from sweep.trial.server_worker import HOST, Server, free_port, shared_prefixes
 
 
 def ask(server: Server, body: dict, cached: bool, kind: str) -> tuple[str, list[dict]]:

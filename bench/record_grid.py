@@ -34,14 +34,14 @@ from pathlib import Path
 from typing import Any
 
 # A failure that says nothing of the configuration (NOT_THE_CONFIG) is measured again.
-from sweep.table import NOT_THE_CONFIG, config_key, params_key
+from sweep.results.table import NOT_THE_CONFIG, config_key, params_key
 
 HERE = Path(__file__).resolve().parent
 
 
 def product_points(space: Any) -> list[dict[str, Any]]:
     """Every point of the space's product, named as ``Space.sample`` suggests them, in its order."""
-    from sweep.space import IntRange
+    from sweep.study.space import IntRange
 
     axes: list[tuple[str, list[Any]]] = []
     for name, dist in space.spec.params.items():
@@ -116,16 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from sweep import _optuna
+    from sweep.correctness.tasks import load_tasks, task_set_name
     from sweep.errors import SweepError
-    from sweep.host import host_info
-    from sweep.orchestrator import RunOptions, run_study
-    from sweep.progress import make_progress
+    from sweep.measure.host import host_info
     from sweep.records import StudyMeta
-    from sweep.space import load_space
-    from sweep.storage import redact_argv, safe_url, storage_url
-    from sweep.study import open_or_create
-    from sweep.table import TABLE_META_ATTR, export_table, save_table
-    from sweep.tasks import load_tasks, task_set_name
+    from sweep.results.progress import make_progress
+    from sweep.results.table import TABLE_META_ATTR, make_table, save_table
+    from sweep.study.orchestrator import RunOptions, run_study
+    from sweep.study.space import load_space
+    from sweep.study.storage import redact_argv, safe_url, storage_url
+    from sweep.study.writer import open_or_create
 
     command = shlex.join(redact_argv([Path(sys.executable).name, *sys.argv] if argv is None else argv))
     started, t0 = time.time(), time.monotonic()
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped at your request; run the same command again to carry on", file=sys.stderr)
         return 130
     output.parent.mkdir(parents=True, exist_ok=True)
-    table = export_table(study, url, command=["sweep", "table", "--study", name, "--storage", safe_url(url),
+    table = make_table(study, url, command=["sweep", "table", "--study", name, "--storage", safe_url(url),
                                               "-o", str(output)])
     save_table(table, output)
     print(f"{len(table['rows'])} trials in {wall:.0f} s; table written to {output} "

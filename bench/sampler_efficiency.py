@@ -23,7 +23,7 @@ own (``optuna._hypervolume.compute_hypervolume``, exact WFG, the one behind
 depends on no draw, so its IQR is nil.
 
 Samplers: ``grid`` (the table's order: the baseline), ``random``, ``tpe`` (sweep's default,
-built by ``sweep.study.make_sampler``), ``tpe-startupN`` (fewer random startup trials:
+built by ``sweep.study.writer.make_sampler``), ``tpe-startupN`` (fewer random startup trials:
 ``--tpe-startup``, default 4), ``tpe-startup10`` (the default before this benchmark),
 ``tpe-multivariate-startup10`` and ``-startupN``, ``nsga2`` (Optuna's population of 50),
 ``nsga2-popN`` (sweep's default population) and ``gp`` (``GPSampler``: only where torch and
@@ -52,7 +52,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sweep.table import NOT_THE_CONFIG, params_key
+from sweep.results.table import NOT_THE_CONFIG, params_key
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_TABLE = HERE / "data" / "grid-smollm2.json"
@@ -82,7 +82,7 @@ def _choices(d: dict[str, Any]) -> list[Any]:
 
 def parse_budgets(table_budgets: dict[str, dict[str, float]], overrides: list[str]) -> dict[str, dict[str, float]]:
     """The table's budgets with ``NAME=VALUE`` (same bound), ``NAME=max:V``/``min:V`` or ``NAME=none`` applied."""
-    from sweep.metrics import METRICS
+    from sweep.measure.metrics import METRICS
 
     budgets = {k: dict(v) for k, v in table_budgets.items()}
     for text in overrides:
@@ -107,7 +107,7 @@ class Grid:
     """A recorded grid: the space, where each point leads, the repeats, and the truth to score against."""
 
     def __init__(self, table: dict[str, Any], budgets: dict[str, dict[str, float]], where: str) -> None:
-        from sweep.results import constraint_values
+        from sweep.results.front import constraint_values
 
         meta = table["meta"]
         self.objectives = [o["name"] for o in meta["objectives"]]
@@ -176,8 +176,8 @@ def sampler_factories(tpe_startup: int) -> tuple[dict[str, Callable[[int], Any] 
     """The samplers by name (``grid`` is None: no sampler), those skipped with the reason, and sweep's default."""
     import optuna
 
-    from sweep.space import SamplerBlock
-    from sweep.study import make_sampler
+    from sweep.study.space import SamplerBlock
+    from sweep.study.writer import make_sampler
 
     default = SamplerBlock()
 
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         from sweep.errors import SweepError
-        from sweep.table import load_table
+        from sweep.results.table import load_table
 
         try:
             table = load_table(args.table)

@@ -8,7 +8,7 @@ runs them. ``duplicates: repeat`` so every trial is measured. Medians over the t
 - ``load_s``: from then until the model is loaded and ready;
 - ``pre_trial_s``: from the trial's start until the worker is spawned (noise check, baseline);
 - ``idle_s``: the idle window, from the trial's phase marks (idle to active);
-- ``record_s``: recording the trial in the database (``sweep.study.record``, timed around it).
+- ``record_s``: recording the trial in the database (``sweep.study.writer.record``, timed around it).
 ``--json`` prints those medians as one object.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import yaml
 
-from sweep import orchestrator
-from sweep.results import trial_series
-from sweep.space import load_space
-from sweep.tasks import load_tasks
+from sweep.correctness.tasks import load_tasks
+from sweep.results.front import trial_series
+from sweep.study import orchestrator
+from sweep.study.space import load_space
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"n_threads": 1, "n_threads_batch": 1, "n_batch": 512, "n_ubatch": 512, "cores": 1, "placement": "first",

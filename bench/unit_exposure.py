@@ -6,10 +6,16 @@ passive) with the built llama-server, and prints ``systemd-analyze security --of
 export now requires. ``old`` renders with whatever ``sweep`` is on PYTHONPATH as it is: run it
 against a checkout of an older commit to score the unit that commit exported.
 """
-import os, subprocess, sys, tempfile, shlex
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
-from sweep.export import render
-from sweep.models import _bundled_path
+
+from sweep.models.registry import _bundled_path
+from sweep.results.export import render
+
 server = str(Path.home() / ".cache/sweep/tools/llama-cpp-python-0.3.36/bin/llama-server")
 model = str(_bundled_path("smollm2-135m"))
 args = shlex.join([server, "-m", model, "--threads", "1", "--threads-batch", "1", "--batch-size", "512",
@@ -23,7 +29,7 @@ rec = {"config": {"model": "smollm2-135m", "quant": "Q4_1", "model_path": model,
        "metrics": {"cpu_active_p99_core_pct": 51.3},
        "llama_server": "env OMP_WAIT_POLICY=PASSIVE taskset -c 0 " + args, "llama_server_args": args}
 if sys.argv[1] == "new":
-    from sweep.export import install
+    from sweep.results.export import install
     opt = tempfile.mkdtemp(prefix="sweep-opt-"); os.chmod(opt, 0o755)
     rec = install(rec, opt)
     text = render(rec, "systemd")

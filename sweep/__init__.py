@@ -9,37 +9,38 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import ExportError, ModelError, SpaceError, StudyError, SweepError, TableError, TaskFileError
+from sweep.errors import ExportError, ModelError, SpaceError, StudyError, SweepError, TableError, TaskFileError
 
 if TYPE_CHECKING:  # the names _LAZY serves, so that mypy and IDEs see them; never run
-    from .export import export_record, render
-    from .importers import import_tasks
-    from .models import ModelFile, Registry
-    from .orchestrator import run_study
-    from .records import Outcome, StudyMeta, TrialConfig, TrialSettings
-    from .results import choose, pareto_front, rows, trial_series
-    from .runner import run_trial
-    from .space import Space, load_space
-    from .study import load_study
-    from .table import export_table, load_table, save_table
-    from .tasks import Task, load_tasks, score, stratified_subset
+    from sweep.correctness.importers import import_tasks
+    from sweep.correctness.tasks import Task, load_tasks, score, stratified_subset
+    from sweep.models.registry import ModelFile, Registry
+    from sweep.records import Outcome, StudyMeta, TrialConfig, TrialSettings
+    from sweep.results.export import export_record, render
+    from sweep.results.front import choose, pareto_front, rows, trial_series
+    from sweep.results.table import load_table, make_table, save_table
+    from sweep.study.orchestrator import run_study
+    from sweep.study.space import Space, load_space
+    from sweep.study.writer import load_study
+    from sweep.trial.runner import run_trial
 
 _LAZY = {
-    "ModelFile": "models", "Registry": "models",
+    "ModelFile": "models.registry", "Registry": "models.registry",
     "Outcome": "records", "StudyMeta": "records", "TrialConfig": "records", "TrialSettings": "records",
-    "choose": "results", "export_record": "export", "render": "export", "pareto_front": "results", "rows": "results",
-    "trial_series": "results",
-    "export_table": "table", "load_table": "table", "save_table": "table",
-    "run_trial": "runner",
-    "Space": "space", "load_space": "space",
-    "load_study": "study", "run_study": "orchestrator",
-    "Task": "tasks", "load_tasks": "tasks", "score": "tasks", "stratified_subset": "tasks",
-    "import_tasks": "importers",
+    "choose": "results.front", "export_record": "results.export", "render": "results.export",
+    "pareto_front": "results.front", "rows": "results.front", "trial_series": "results.front",
+    "make_table": "results.table", "load_table": "results.table", "save_table": "results.table",
+    "run_trial": "trial.runner",
+    "Space": "study.space", "load_space": "study.space",
+    "load_study": "study.writer", "run_study": "study.orchestrator",
+    "Task": "correctness.tasks", "load_tasks": "correctness.tasks", "score": "correctness.tasks",
+    "stratified_subset": "correctness.tasks",
+    "import_tasks": "correctness.importers",
 }
 
 __all__ = [
     "ExportError", "ModelError", "ModelFile", "Outcome", "Registry", "Space", "SpaceError", "StudyError", "StudyMeta",
-    "SweepError", "TableError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record", "export_table",
+    "SweepError", "TableError", "Task", "TaskFileError", "TrialConfig", "TrialSettings", "choose", "export_record", "make_table",
     "import_tasks", "load_space", "load_study", "load_table", "load_tasks", "pareto_front", "render", "rows", "run_study", "run_trial",
     "save_table", "score", "stratified_subset", "trial_series",
 ]

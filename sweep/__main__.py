@@ -1,3 +1,3 @@
-from .cli import main
+from sweep.cli import main
 
 main()

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from .errors import SweepError, WorkFailed
-from .records import StudyMeta
+from sweep.errors import SweepError, WorkFailed
+from sweep.records import StudyMeta
 
 
 def parse_duration(text: str) -> float:
@@ -67,8 +67,8 @@ class _Group(click.Group):
 
 def _open_study(storage: str | None, name: str) -> tuple[Any, str]:
     """The named study in an existing database, and the storage URL it came from."""
-    from .storage import require_existing, storage_url
-    from .study import load_study
+    from sweep.study.storage import require_existing, storage_url
+    from sweep.study.writer import load_study
 
     url = storage_url(storage)
     require_existing(url)
@@ -107,12 +107,12 @@ def main(debug: bool) -> None:
 def run(space: Path, study_name: str | None, trials: int, timeout: str | None, tasks_file: Path | None,
         quiet: bool, hardware_class: str | None, no_lock: bool, storage: str | None, models_dir: str | None) -> None:
     """Run (or continue) a sweep of SPACE into the study."""
-    from .display import sweep_summary
-    from .orchestrator import RunOptions, run_study
-    from .progress import make_progress
-    from .space import load_space
-    from .storage import safe_url, storage_url
-    from .tasks import load_tasks, task_set_name
+    from sweep.correctness.tasks import load_tasks, task_set_name
+    from sweep.results.display import sweep_summary
+    from sweep.results.progress import make_progress
+    from sweep.study.orchestrator import RunOptions, run_study
+    from sweep.study.space import load_space
+    from sweep.study.storage import safe_url, storage_url
 
     timeout_s = parse_duration(timeout) if timeout else None
     sp = load_space(space, models_dir)  # everything is validated before the study is touched
@@ -129,7 +129,7 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
     try:
         click.echo(sweep_summary(result.study, safe_url(url), sp.settings.prompts, len(tasks)))
     except Exception as exc:  # noqa: BLE001 - every trial is recorded by now: only the summary is missing
-        from .spool import transient
+        from sweep.study.spool import transient
 
         if not transient(exc):
             raise
@@ -146,9 +146,9 @@ def run(space: Path, study_name: str | None, trials: int, timeout: str | None, t
 @storage_option
 def status(study_name: str, storage: str | None) -> None:
     """Summarise a running or finished study (safe to run beside a sweep)."""
-    from .display import status_text
-    from .errors import ExportError
-    from .results import choose
+    from sweep.errors import ExportError
+    from sweep.results.display import status_text
+    from sweep.results.front import choose
     study, url = _open_study(storage, study_name)
     try:
         pick = choose(study, allow_infeasible=True)
@@ -163,8 +163,8 @@ def status(study_name: str, storage: str | None) -> None:
 @storage_option
 def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
     """Print the study's Pareto front."""
-    from .display import front_table
-    from .results import pareto_front
+    from sweep.results.display import front_table
+    from sweep.results.front import pareto_front
     study, url = _open_study(storage, study_name)
     front, feasible = pareto_front(study)
     if as_json:
@@ -191,10 +191,10 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
 def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_file: Path | None, again: bool,
            no_lock: bool, storage: str | None) -> None:
     """Re-run the Pareto front on the whole task set, with repeats, and show what moves."""
-    from .display import verification_table
-    from .results import front_moves
-    from .tasks import load_tasks, task_set_name
-    from .verify import verify_study
+    from sweep.correctness.tasks import load_tasks, task_set_name
+    from sweep.results.display import verification_table
+    from sweep.results.front import front_moves
+    from sweep.verify import verify_study
 
     study, url = _open_study(storage, study_name)
     source = task_set_name(tasks_file) if tasks_file else StudyMeta.of(study).task_set
@@ -208,7 +208,7 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
     click.echo(verification_table(study))
     moves = front_moves(study)
     click.echo("\n".join(moves) if moves else "The front holds: no trial moves on the verified figures.")
-    from .results import verifications
+    from sweep.results.front import verifications
 
     broke = [n for n in verified if verifications(study)[n]["failed"]]
     if broke:
@@ -233,8 +233,8 @@ def verify(study_name: str, repeats: int, trial_numbers: tuple[int, ...], tasks_
 def export(study_name: str, output: Path, fmt: str, trial_number: int | None, allow_infeasible: bool,
            server_binary: str | None, install_dir: Path | None, user: str | None, storage: str | None) -> None:
     """Write the chosen configuration, with provenance, to a file."""
-    from .export import budget_lines, export_record, install, render
-    from .results import choose
+    from sweep.results.export import budget_lines, export_record, install, render
+    from sweep.results.front import choose
     if (install_dir or user) and fmt != "systemd":
         raise SweepError("--install and --user shape the systemd unit: use them with --format systemd")
     study, url = _open_study(storage, study_name)
@@ -254,10 +254,10 @@ def export(study_name: str, output: Path, fmt: str, trial_number: int | None, al
 @storage_option
 def table(study_name: str, output: Path, storage: str | None) -> None:
     """Write every trial of the study, with its figures, as a JSON table (for replays and notebooks)."""
-    from .table import export_table, save_table
+    from sweep.results.table import make_table, save_table
 
     study, url = _open_study(storage, study_name)
-    data = export_table(study, url, command=["sweep", *sys.argv[1:]])
+    data = make_table(study, url, command=["sweep", *sys.argv[1:]])
     save_table(data, output)
     meta = data["meta"]
     click.echo(f"wrote {meta['n_rows']} trials ({meta['n_configs']} configurations) of study {study_name!r} to {output}")
@@ -269,7 +269,7 @@ def table(study_name: str, output: Path, storage: str | None) -> None:
 @storage_option
 def report(study_name: str, output: Path, storage: str | None) -> None:
     """Write a self-contained HTML report with the front, importances and timelines."""
-    from .report import write_report
+    from sweep.results.report import write_report
     study, url = _open_study(storage, study_name)
     click.echo(f"report written to {write_report(study, url, output)}")
 
@@ -281,10 +281,10 @@ def report(study_name: str, output: Path, storage: str | None) -> None:
 @storage_option
 def show(trial_number: int, study_name: str, png: Path | None, storage: str | None) -> None:
     """Print one trial's figures and draw its CPU timeline."""
-    from .display import config_summary, figures_table
-    from .metrics import METRICS
-    from .results import trial_by_number, trial_series
-    from .timeline import ascii_timeline, png_timeline
+    from sweep.measure.metrics import METRICS
+    from sweep.results.display import config_summary, figures_table
+    from sweep.results.front import trial_by_number, trial_series
+    from sweep.results.timeline import ascii_timeline, png_timeline
 
     study, url = _open_study(storage, study_name)
     t = trial_by_number(study, trial_number)
@@ -323,10 +323,10 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
     """Run one configuration (a trial config or an exported file) outside any study."""
     from dataclasses import replace
 
-    from .display import figures_table
-    from .runner import run_trial
-    from .space import load_trial
-    from .tasks import load_tasks, stratified_subset
+    from sweep.correctness.tasks import load_tasks, stratified_subset
+    from sweep.results.display import figures_table
+    from sweep.study.space import load_trial
+    from sweep.trial.runner import run_trial
 
     config, settings = load_trial(config_file)
     settings = replace(settings, prompts=prompts or settings.prompts,
@@ -346,9 +346,9 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
 @storage_option
 def fleet(storage: str | None) -> None:
     """Every study in the database, by hardware class: trials done, meeting budgets, the pick."""
-    from .display import fleet_table
-    from .results import fleet_summary
-    from .storage import require_existing, safe_url, storage_url
+    from sweep.results.display import fleet_table
+    from sweep.results.front import fleet_summary
+    from sweep.study.storage import require_existing, safe_url, storage_url
 
     url = storage_url(storage)
     require_existing(url)
@@ -368,9 +368,8 @@ def db() -> None:
 def db_upgrade(storage: str | None) -> None:
     """Bring sweep's tables in the database up to this version's schema, and record what the spool
     holds for it (writes)."""
-    from .storage import SCHEMA_VERSION, SeriesStore, open_optuna_storage, safe_url, storage_url
-
-    from .spool import replay_storage
+    from sweep.study.spool import replay_storage
+    from sweep.study.storage import SCHEMA_VERSION, SeriesStore, open_optuna_storage, safe_url, storage_url
 
     url = storage_url(storage)
     open_optuna_storage(url)
@@ -390,15 +389,15 @@ def models() -> None:
 @models_dir_option
 def models_list(models_dir: str | None) -> None:
     """Show every model and quantization available."""
-    from .display import table
-    from .models import Registry, hash_status, model_name_of
+    from sweep.models.registry import Registry, hash_status, model_name_of
+    from sweep.results.display import grid
 
     registry = Registry(models_dir)
     files = registry.files()
     body = [[n, q, m.source, m.chat_format or "(from GGUF)", f"{m.size_bytes / 1e6:.0f} MB", hash_status(m.path),
              str(m.path)] for (n, q), m in sorted(files.items())]
     body += [[model_name_of(path), "BROKEN", "", reason[:80], "", "", str(path)] for path, reason in registry.broken.items()]
-    click.echo(table(body, ["model", "quant", "source", "chat format", "size", "hash", "path"]))
+    click.echo(grid(body, ["model", "quant", "source", "chat format", "size", "hash", "path"]))
 
 
 @models.command("quantize")
@@ -407,7 +406,7 @@ def models_list(models_dir: str | None) -> None:
 @models_dir_option
 def models_quantize(name: str, to: str, models_dir: str | None) -> None:
     """Derive quantized variants of NAME with llama.cpp's quantize API."""
-    from .models import Registry
+    from sweep.models.registry import Registry
 
     for m in Registry(models_dir).quantize(name, [q.strip() for q in to.split(",") if q.strip()]):
         click.echo(f"{m.name}:{m.quant}  {m.size_bytes / 1e6:.0f} MB  {m.path}")
@@ -424,7 +423,7 @@ def tasks_check(file: Path) -> None:
     """Validate a JSONL task file."""
     from collections import Counter
 
-    from .tasks import load_tasks
+    from sweep.correctness.tasks import load_tasks
 
     loaded = load_tasks(file)
     kinds = Counter(t.kind for t in loaded)
@@ -448,7 +447,7 @@ def tasks_import(fmt: str, file: Path, out: Path, sample: int | None, seed: int,
     and nothing is written."""
     from collections import Counter
 
-    from .importers import balanced_sample, import_tasks, write_tasks
+    from sweep.correctness.importers import balanced_sample, import_tasks, write_tasks
 
     skipped: list[str] = []
 
@@ -469,9 +468,9 @@ def tasks_import(fmt: str, file: Path, out: Path, sample: int | None, seed: int,
 @click.argument("file", type=click.Path(path_type=Path), required=False)
 def tasks_baseline(file: Path | None) -> None:
     """What a constant answer scores on FILE (default: the bundled set): the bar a model must clear."""
-    from .display import table
-    from .tasks import best_constants, load_tasks
-    from .verify import mean_interval
+    from sweep.correctness.tasks import best_constants, load_tasks
+    from sweep.results.display import grid
+    from sweep.verify import mean_interval
 
     def cell(scores: list[float]) -> str:
         m = mean_interval(scores)
@@ -481,7 +480,7 @@ def tasks_baseline(file: Path | None) -> None:
     body = [[kind, str(len(scores)), repr(answer), cell(scores)] for kind, (answer, scores) in best.items()]
     every = [s for _, scores in best.values() for s in scores]
     body.append(["all", str(len(every)), "(each kind's best)", cell(every)])
-    click.echo(table(body, ["kind", "items", "best constant answer", "correctness (95% CI)"]))
+    click.echo(grid(body, ["kind", "items", "best constant answer", "correctness (95% CI)"]))
 
 
 @main.group()
@@ -496,7 +495,7 @@ def tools() -> None:
 def tools_build(jobs: int, force: bool, no_lock: bool) -> None:
     """Compile llama-server and llama-bench from the llama.cpp vendored in the installed
     llama-cpp-python's sdist (cached per version; holds the measurement lock while compiling)."""
-    from .tools import build
+    from sweep.models.tools import build
 
     info = build(jobs=jobs, force=force, log=lambda line: click.echo(line, err=True), lock=not no_lock,
                  on_wait=lambda line: click.echo(line, err=True))
@@ -508,8 +507,8 @@ def tools_build(jobs: int, force: bool, no_lock: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def tools_list(as_json: bool) -> None:
     """Show the built programs, their llama.cpp commit and build flags."""
-    from .display import table
-    from .tools import bindings_version, listing
+    from sweep.models.tools import bindings_version, listing
+    from sweep.results.display import grid
 
     found = listing()
     if as_json:
@@ -522,4 +521,4 @@ def tools_list(as_json: bool) -> None:
         click.echo(f"llama-cpp-python {t['llama_cpp_python']}{' (installed)' if t['installed'] else ''}: llama.cpp "
                    f"{t['llama_cpp_commit']}, built {t['built_at']} in {t['build_seconds']:.0f} s")
         click.echo(f"  flags: {' '.join(t['cmake_flags'])}")
-        click.echo(table(body, ["program", "version", "path"]))
+        click.echo(grid(body, ["program", "version", "path"]))

@@ -98,7 +98,7 @@ def _open_lock(path: str) -> tuple[int, bool]:
     writable: ``flock`` needs only a read descriptor, so a file another user left 0644 still locks."""
     import errno
 
-    from .errors import SweepError
+    from sweep.errors import SweepError
 
     for _ in range(3):
         try:

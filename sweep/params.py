@@ -75,7 +75,7 @@ class Param:
 
 
 def _max_shots() -> int:
-    from .prompts import max_shots
+    from sweep.correctness.prompts import max_shots
 
     return max_shots()
 
@@ -101,7 +101,7 @@ PARAMS: dict[str, Param] = {
     "n_batch": Param("int", 512, "bindings", "logical batch: a long prompt is prefilled in chunks of this", low=1),
     "n_ubatch": Param("int", 512, "bindings", "physical batch (clamped to n_batch)", low=1),
     "n_ctx": Param("int", 1024, "bindings", "context size", low=1),
-    # Where and how politely it runs (sweep.knobs: applied before llama_cpp loads, read back from /proc).
+    # Where and how politely it runs (sweep.trial.knobs: applied before llama_cpp loads, read back from /proc).
     "cores": Param("int", DERIVED, "sampling", "how many CPUs the trial is pinned to", low=1),
     "placement": Param("choice", "first", "sampling", "which CPUs: the first, the last or spread",
                        choices=("first", "last", "spread")),
@@ -121,7 +121,7 @@ PARAMS: dict[str, Param] = {
                       nullable=True, backends=("python",), why=_PACE, check=_pace, shown="cap={:g}tok/s"),
     "pace_duty": Param("float", None, "worker", "decode pacing: compute at most this share of decode time",
                        nullable=True, backends=("python",), why=_PACE, check=_duty, shown="duty={:g}"),
-    # Prompt strategy (sweep.prompts).
+    # Prompt strategy (sweep.correctness.prompts).
     "shots": Param("int", 0, "prompt", "worked examples before each question", low=0, high=_max_shots,
                    why="the worked-example pool has {high} examples of each kind; shots must be 0..{high}, "
                        "got {value}"),
@@ -141,7 +141,7 @@ PARAMS: dict[str, Param] = {
     # Which program computes.
     "backend": Param("choice", "python", "worker", "llama-cpp-python in the worker, or llama-server",
                      choices=("python", "server"), recorded_at_default=False, shown="backend={}"),
-    # llama.cpp's own threadpool knobs (llama-server's flags; sweep.server.server_args).
+    # llama.cpp's own threadpool knobs (llama-server's flags; sweep.trial.server.server_args).
     "poll": Param("int", None, "server", "--poll: a busy-wait level", low=0, high=100, nullable=True,
                   backends=_SERVER, recorded_at_default=False, why="poll must be a busy-wait level 0..100" + _NULL_LLAMA,
                   shown="poll={}"),
@@ -161,7 +161,7 @@ PARAMS: dict[str, Param] = {
                         why="cpu_strict must be 0 or 1" + _NULL_LLAMA, shown="cpu_strict={}"),
 }
 
-# Kernel limits on the trial's whole process tree, in a cgroup of its own (sweep.cgroups).
+# Kernel limits on the trial's whole process tree, in a cgroup of its own (sweep.trial.cgroups).
 _CG: dict[str, Any] = dict(nullable=True, recorded_at_default=False)
 PARAMS.update({
     "cpu_quota_pct": Param("float", None, "cgroup", "a hard CPU cap, in % of the whole machine, over each period "

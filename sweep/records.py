@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-from .errors import SweepError
-from .params import NEW_KEYS, PARAMS
+from sweep.errors import SweepError
+from sweep.params import NEW_KEYS, PARAMS
 
 SCHEMA_VERSION = 1
 SchedPolicy = Literal["normal", "batch", "idle"]
@@ -57,8 +57,8 @@ class TrialConfig:
     pace_tps: float | None = None  # decode pacing: at most this many tokens per second
     pace_duty: float | None = None  # decode pacing: compute at most this fraction of decode time
     prefix_cache: Literal["off", "shared"] = "off"  # "shared": each kind's fixed prefix is prefilled once, at load
-    backend: Literal["python", "server"] = "python"  # llama-cpp-python in the worker, or llama-server (sweep.server)
-    # How attacker-written input is kept from steering the answer (sweep.prompts.GUARDS).
+    backend: Literal["python", "server"] = "python"  # llama-cpp-python in the worker, or llama-server (sweep.trial.server)
+    # How attacker-written input is kept from steering the answer (sweep.correctness.prompts.GUARDS).
     input_guard: Literal["none", "escape", "delimit", "sandwich"] = "none"
     ioc_hints: Literal["none", "regex"] = "none"  # IOC items: the regex's candidates shown to the model
     context: Literal["none", "attack-catalog"] = "none"  # ATT&CK items: retrieved techniques in the prompt
@@ -69,7 +69,7 @@ class TrialConfig:
     poll_batch: int | None = None  # --poll-batch (default: as poll)
     prio_batch: int | None = None  # --prio-batch: 0 normal
     cpu_strict: int | None = None  # --cpu-strict (and -batch): 1 pins each thread to one CPU of the mask
-    # Kernel limits on the trial's process tree, in a cgroup of its own (sweep.cgroups); None: no limit.
+    # Kernel limits on the trial's process tree, in a cgroup of its own (sweep.trial.cgroups); None: no limit.
     cpu_quota_pct: float | None = None  # % of the whole machine, over each period
     cpu_period_ms: float = 100
     cpu_weight: int | Literal["idle"] | None = None  # 1..10000 (100 normal), or idle
@@ -96,7 +96,7 @@ class TrialConfig:
 
     def environment(self) -> dict[str, str]:
         """Variables the worker needs before ``llama_cpp`` is imported (OpenMP reads them at load)."""
-        from .knobs import environment
+        from sweep.trial.knobs import environment
 
         return environment(self.to_dict())
 
@@ -173,7 +173,7 @@ class TrialSettings:
 class Outcome:
     """What one trial produced: figures when it ran, a reason when it did not.
 
-    ``figures`` maps metric names (see ``sweep.metrics.METRICS``) to numbers;
+    ``figures`` maps metric names (see ``sweep.measure.metrics.METRICS``) to numbers;
     ``series`` is the monitor's window-by-window record; ``answers`` holds what
     the model said to each task.
     """

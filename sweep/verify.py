@@ -23,14 +23,14 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import _optuna
-from .errors import ModelError, StudyError
-from .metrics import ACTIVE_TAGS, METRICS, cpu_window_figures, latency_figures
-from .records import Outcome, StudyMeta, TrialConfig, TrialSettings
-from .results import VERIFIED_PREFIX, pareto_front, rows, trial_by_number, verifications
-from .runner import run_trial
-from .storage import VERIFICATION, SeriesStore
-from .tasks import Task
+from sweep import _optuna
+from sweep.correctness.tasks import Task
+from sweep.errors import ModelError, StudyError
+from sweep.measure.metrics import ACTIVE_TAGS, METRICS, cpu_window_figures, latency_figures
+from sweep.records import Outcome, StudyMeta, TrialConfig, TrialSettings
+from sweep.results.front import VERIFIED_PREFIX, pareto_front, rows, trial_by_number, verifications
+from sweep.study.storage import VERIFICATION, SeriesStore
+from sweep.trial.runner import run_trial
 
 Z95 = 1.959964
 
@@ -157,8 +157,8 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
     """
     from pathlib import Path
 
-    from .display import config_summary
-    from .study import save_dashboard_note
+    from sweep.results.display import config_summary
+    from sweep.study.writer import save_dashboard_note
 
     say = on_event or (lambda _: None)
     targets, skipped = front_to_verify(study, trials, again, len(tasks), repeats)

@@ -35,7 +35,7 @@ def _no_export_cgroups_left() -> Iterator[None]:
     """The exports (and the unit stand-in) keep a cgroup between starts, as a service does; the
     tests leave none behind."""
     yield
-    from sweep import cgroups
+    from sweep.trial import cgroups
 
     for site in cgroups._own_dirs(["cpu", "memory"]).values():
         for name in ("sweep-llm", "sweep-unit"):
@@ -62,7 +62,7 @@ def isolated(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    from sweep.models import _bundled_path
+    from sweep.models.registry import _bundled_path
 
     return _bundled_path("smollm2-135m")
 
@@ -84,8 +84,8 @@ def stray_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if cmd.startswith(mine) and any(name in cmd for name in (b"sweep.worker", b"sweep.probe",
-                                                           b"sweep.foreground")):
+        if cmd.startswith(mine) and any(name in cmd for name in (b"sweep.trial.worker", b"sweep.measure.probe",
+                                                           b"sweep.measure.foreground")):
             found.append(cmd.decode(errors="replace"))
     return found
 
@@ -146,7 +146,7 @@ fixed:
 def server_tools() -> Path:
     """The llama-server ``sweep tools build`` made. Skipped where it is not built, unless
     ``SWEEP_REQUIRE_TOOLS`` is set (CI sets it: there the server tests must run)."""
-    from sweep.tools import ToolsError, binary
+    from sweep.models.tools import ToolsError, binary
 
     try:
         return binary("llama-server")
@@ -176,7 +176,7 @@ def serving(start: Any) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     import signal
     import urllib.request
 
-    from sweep.server_worker import free_port
+    from sweep.trial.server_worker import free_port
 
     port = free_port()
     proc = start(port)

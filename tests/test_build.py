@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep import tools
+from sweep.models import tools
 
 ROOT = Path(__file__).resolve().parent.parent
 x86_only = pytest.mark.skipif(platform.machine() != "x86_64", reason="AMX is an x86-64 extension")

@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from test_runner import config
+
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.records import TrialSettings
+from sweep.trial import cgroups
+from sweep.trial.runner import run_trial
 
 from conftest import stray_processes, sweep_cli, write_space
-from sweep import cgroups
-from sweep.records import TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
-from test_runner import config
 
 TASKS = stratified_subset(load_tasks(), 4)
 SETTINGS = TrialSettings(prompts=4, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=120, noise_retries=0,
@@ -57,17 +58,17 @@ def test_the_cgroup_holds_the_worker_and_a_limit_that_did_not_hold_is_refused(sm
               "memory_max_gb": 2.0}
     cg = cgroups.TrialCgroup.create(limits)
     try:
-        assert cg.verify() == []
+        assert cg.check_applied() == []
         proc = subprocess.Popen(cg.join(["sleep", "30"]))
         try:
             deadline = time.monotonic() + 10
-            while cg.verify(proc.pid) and time.monotonic() < deadline:
+            while cg.check_applied(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.01)  # the shell moves itself in, then becomes sleep
-            assert cg.verify(proc.pid) == []
+            assert cg.check_applied(proc.pid) == []
             quota_file = "cpu.max" if cg.version["cpu"] == 2 else "cpu.cfs_quota_us"
             with open(os.path.join(cg.dirs["cpu"], quota_file), "w") as f:
                 f.write("-1" if cg.version["cpu"] == 1 else "max 10000")
-            assert any(quota_file in p for p in cg.verify(proc.pid))
+            assert any(quota_file in p for p in cg.check_applied(proc.pid))
         finally:
             proc.kill()
             proc.wait()

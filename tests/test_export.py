@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_SPACE, sweep_cli, write_space
+from sweep.trial import knobs
 
-from sweep import knobs
+from conftest import TINY_SPACE, sweep_cli, write_space
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_json_and_yaml_are_the_same_record(study_env: dict) -> None:
 def _python_export(study_env: dict) -> Path:
     script = study_env["work"] / "run_llm.py"
     script.write_text(export(study_env, "python") + "\nprint(llm.n_ctx(), os.sched_getaffinity(0))\n"
-                      "from sweep.knobs import read_autogroup\nprint('autogroup', read_autogroup())\n")
+                      "from sweep.trial.knobs import read_autogroup\nprint('autogroup', read_autogroup())\n")
     return script
 
 
@@ -110,7 +110,7 @@ def test_status_summarises_the_study(study_env: dict) -> None:
 
 
 def test_server_exports_warn_when_the_sweep_paced_decoding() -> None:
-    from sweep.export import render
+    from sweep.results.export import render
 
     record = {"config": {"model": "m", "quant": "Q4_0", "cpus": None, "nice": 0, "sched_policy": "normal",
                          "pace_duty": 0.5, "pace_tps": None},

@@ -6,7 +6,7 @@ every swept parameter at least once, through ``Space.sample`` as a sweep does. E
 in every format and run: the llama-server script, the python export and the systemd unit's
 service (under ``unitrun``, as no systemd runs here) each answer one request on SmolLM2, and the
 knobs are read back from the running process as a trial reads them (``knobs.read_threads``,
-``knobs.verify``), with the OpenMP environment.
+``knobs.check_applied``), with the OpenMP environment.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
+from sweep.trial import cgroups, knobs
+
 from conftest import REPO, api_key, ask, serving, sweep_cli, write_space
-from sweep import cgroups, knobs
 
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
 SEED = 20261202
@@ -39,7 +40,7 @@ def _on_smollm2(space_file: Path, work: Path) -> Path:
 
 def covering_params(space: Any, seed: int) -> list[dict[str, Any]]:
     """Optuna parameters, drawn with ``seed``, that take every choice of every swept knob at least once."""
-    from sweep.space import IntRange
+    from sweep.study.space import IntRange
 
     rng = random.Random(seed)
     choices = {name: list(range(dist.low, space._high(dist) + 1, dist.step)) if isinstance(dist, IntRange)
@@ -58,10 +59,10 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     """A real study of the shipped space holding the covering configurations, and their export records."""
     import optuna
 
-    from sweep.export import export_record
-    from sweep.results import rows
-    from sweep.space import load_space
-    from sweep.study import open_or_create
+    from sweep.results.export import export_record
+    from sweep.results.front import rows
+    from sweep.study.space import load_space
+    from sweep.study.writer import open_or_create
 
     work = tmp_path_factory.mktemp("matrix")
     space = load_space(_on_smollm2(REPO / "search_spaces" / request.param, work))
@@ -86,12 +87,12 @@ def _knob_problems(record: dict[str, Any], pid: int, env: dict[str, str] | None 
     """What did not hold in the running process, read back as a trial reads its worker (``limits``:
     the kernel limits it runs under, where they are more than the trial's own)."""
     c = {**record["config"], **(limits or {})}
-    problems = knobs.verify(c, knobs.read_threads(pid), knobs.read_autogroup(pid))
+    problems = knobs.check_applied(c, knobs.read_threads(pid), knobs.read_autogroup(pid))
     env = _environ(pid) if env is None else env
     problems += [f"{k}={env.get(k)!r}, not {v!r}" for k, v in knobs.environment(c).items() if env.get(k) != v]
     if cgroups.limits_of(c):  # the kernel limits, read back from the cgroup the process is in
         held = cgroups.TrialCgroup.of_process(c, pid)
-        problems += held.verify()
+        problems += held.check_applied()
         problems += [f"{d} is not the export's own cgroup" for d in held.dirs.values()
                      if os.path.basename(d) not in ("sweep-llm", "sweep-unit")]
     return problems
@@ -105,7 +106,7 @@ def _label(record: dict[str, Any]) -> str:
 
 
 def _render(exported: dict[str, Any], record: dict[str, Any], fmt: str, name: str) -> Path:
-    from sweep.export import render
+    from sweep.results.export import render
 
     path = exported["work"] / name
     # The unit runs the binary its (installed) record names; the scripts run the built one.
@@ -115,7 +116,7 @@ def _render(exported: dict[str, Any], record: dict[str, Any], fmt: str, name: st
 
 
 def test_json_and_yaml_carry_each_configuration(exported: dict[str, Any]) -> None:
-    from sweep.export import render
+    from sweep.results.export import render
 
     for record in exported["records"]:
         assert json.loads(render(record, "json"))["config"] == record["config"]
@@ -189,8 +190,9 @@ def opt_dir() -> Path:
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_unit_verifies_and_its_service_answers_with_every_knob(exported: dict[str, Any], opt_dir: Path) -> None:
+    from sweep.results.export import API_KEY_SOURCE, install
+
     import unitrun
-    from sweep.export import API_KEY_SOURCE, install
 
     key = exported["key"].read_text().strip()
     for i, record in enumerate(exported["records"]):
@@ -224,7 +226,7 @@ def _exposure(unit: Path) -> float:
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_the_unit_is_rated_ok_by_systemd(exported: dict[str, Any], opt_dir: Path) -> None:
-    from sweep.export import install
+    from sweep.results.export import install
 
     record = install(exported["records"][0], opt_dir, exported["server"])
     unit = _render(exported, record, "systemd", "sweep-llm.service")
@@ -235,7 +237,7 @@ def test_the_unit_is_rated_ok_by_systemd(exported: dict[str, Any], opt_dir: Path
     # 1.0 is that it listens on loopback and runs in the host's root directory.
     assert _exposure(unit) <= 2.0
     named = _render(exported, record, "systemd", "sweep-llm-user.service")
-    from sweep.export import render
+    from sweep.results.export import render
 
     named.write_text(render(record, "systemd", user="nobody"))
     assert "User=nobody" in named.read_text() and "DynamicUser" not in named.read_text()
@@ -243,7 +245,7 @@ def test_the_unit_is_rated_ok_by_systemd(exported: dict[str, Any], opt_dir: Path
 
 def test_a_unit_never_runs_what_a_user_can_rewrite(exported: dict[str, Any], tmp_path: Path) -> None:
     from sweep.errors import ExportError
-    from sweep.export import render, service_path_problem
+    from sweep.results.export import render, service_path_problem
 
     # The built llama-server is in root's ~/.cache here: hidden from a service and the user's to change.
     with pytest.raises(ExportError, match="--install DIR"):
@@ -261,7 +263,7 @@ def test_a_unit_never_runs_what_a_user_can_rewrite(exported: dict[str, Any], tmp
 @pytest.mark.parametrize("bad", ["a\nb", "50%", "$HOME", "it's", 'say "x"', "back\\slash", "`id`"])
 def test_a_path_a_shell_or_unit_would_misread_is_refused(bad: str) -> None:
     from sweep.errors import ExportError
-    from sweep.export import pasteable
+    from sweep.results.export import pasteable
 
     with pytest.raises(ExportError, match="rename the file"):
         pasteable("config.model_path", f"/models/{bad}.gguf")

@@ -20,8 +20,9 @@ from typing import Any
 import optuna
 import pytest
 
+from sweep.measure.host import allowed_cpus
+
 from conftest import QUICK_TAIL, TINY_SPACE, stray_processes, sweep_cli, wait_for, write_space
-from sweep.host import allowed_cpus
 
 TWO_CPUS = pytest.mark.skipif(len(allowed_cpus()) < 2, reason="two simulated hosts need a CPU each")
 FAST_HEARTBEAT = {"SWEEP_HEARTBEAT_SECONDS": "1", "SWEEP_GRACE_SECONDS": "4"}
@@ -60,7 +61,7 @@ def test_postgres_study_completes_and_every_reader_works(isolated: Path, pg_url:
     assert proc.returncode == 0, proc.stderr
     ts = trials(pg_url)
     assert [t.state.name for t in ts] == ["COMPLETE", "COMPLETE"]
-    from sweep.results import trial_series
+    from sweep.results.front import trial_series
 
     study = optuna.load_study(study_name="tiny", storage=pg_url)
     for t in ts:
@@ -91,7 +92,7 @@ def test_two_orchestrators_on_one_postgres_study(isolated: Path, pg_url: str) ->
             tuple(t.user_attrs["measured_at"]))
     for spans in by_config.values():
         assert not overlaps(spans)  # one configuration is never measured twice at once
-    from sweep.results import trial_series
+    from sweep.results.front import trial_series
 
     study = optuna.load_study(study_name="tiny", storage=pg_url)
     for t in ts:
@@ -244,7 +245,7 @@ def test_a_host_of_another_hardware_class_is_refused(isolated: Path) -> None:
 
 
 def test_a_study_made_again_under_its_name_inherits_nothing(isolated: Path) -> None:
-    from sweep.results import trial_series
+    from sweep.results.front import trial_series
 
     space = write_space(isolated / "s.yaml", TINY_SPACE)
     url = os.environ["SWEEP_STORAGE"]
@@ -279,7 +280,7 @@ def test_an_old_database_is_upgraded_with_its_rows(isolated: Path) -> None:
     ``sweep db upgrade`` moves every row to its trial."""
     import sqlalchemy as sa
 
-    from sweep.results import trial_series
+    from sweep.results.front import trial_series
 
     url = os.environ["SWEEP_STORAGE"]
     study = optuna.create_study(study_name="old", storage=url, directions=["maximize"])

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPACE, stray_processes, sweep_cli, write_space
-from sweep.foreground import calibrate
+from sweep.correctness.tasks import load_tasks, stratified_subset
 from sweep.hostlock import measurement_lock
+from sweep.measure.foreground import calibrate
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
+from sweep.trial.runner import run_trial
+
+from conftest import TINY_SPACE, stray_processes, sweep_cli, write_space
 
 SPIN_ON_CPU0 = [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{sorted(os.sched_getaffinity(0))[0]}}})\n"
                 "while True: pass\n"]
@@ -69,7 +70,7 @@ def test_a_real_trial_under_the_cpu_workload_stores_both_latencies_and_the_slowd
     assert len(units) == len(outcome.series["t"])
     phases = {p for p, u in zip(outcome.series["phase"], units) if u is not None}
     assert "baseline" in phases and "contended" in phases, phases
-    from sweep.display import figures_summary
+    from sweep.results.display import figures_summary
 
     assert "under a build: build x" in figures_summary(f)  # progress lines and `sweep show` say it
     assert stray_processes() == []

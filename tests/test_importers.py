@@ -11,12 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sweep_cli
+from sweep.correctness.importers import FORMATS, balanced_sample, import_tasks
+from sweep.correctness.prompts import (
+    LIST_CEILING,
+    MAX_LIST,
+    OUTPUTS,
+    _reply,
+    answer_text,
+    grammar_for,
+    list_limit,
+    request_for,
+    schema_for,
+    shot_pool,
+)
+from sweep.correctness.tasks import Task, best_constants, load_tasks, score
 from sweep.errors import TaskFileError
-from sweep.importers import FORMATS, balanced_sample, import_tasks
-from sweep.prompts import (LIST_CEILING, MAX_LIST, OUTPUTS, _reply, answer_text, grammar_for, list_limit,
-                           request_for, schema_for, shot_pool)
-from sweep.tasks import Task, best_constants, load_tasks, score
+
+from conftest import sweep_cli
 
 MCQ_HEADER = ["URL", "Question", "Option A", "Option B", "Option C", "Option D", "Prompt", "GT"]
 ATE_HEADER = ["URL", "Platform", "Description", "Prompt", "GT"]

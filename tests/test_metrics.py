@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.metrics import figures, percentile, probe_figures, tag_windows
-from sweep.monitor import Series, Window
+from sweep.measure.metrics import percentile, probe_figures, series_figures, tag_windows
+from sweep.measure.monitor import Series, Window
 
 
 def series(edges: list[float], core_pct: float = 50.0) -> Series:
@@ -40,7 +40,7 @@ def test_active_figures_exclude_load_and_transitions() -> None:
     # Make load a burst: if load leaked into the active figures, the peak would show it.
     for w in s.windows[2:4]:
         w.tree_cpu_s = 2.0 * (w.t1 - w.t0)
-    f, _ = figures(s, EVENTS, [], 0)
+    f, _ = series_figures(s, EVENTS, [], 0)
     assert f["n_windows_active"] == 8
     assert f["cpu_active_peak_core_pct"] == pytest.approx(50)
     assert f["cpu_active_peak_share_pct"] == pytest.approx(25)  # 50% of one core on 2 CPUs

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPACE, sweep_cli, write_space
 from sweep.errors import ModelError
-from sweep.gguf import FILE_TYPES, quant_of, read_metadata
-from sweep.models import Registry, model_name_of
+from sweep.models.gguf import FILE_TYPES, quant_of, read_metadata
+from sweep.models.registry import Registry, model_name_of
+
+from conftest import TINY_SPACE, sweep_cli, write_space
 
 
 def test_file_type_table_matches_llama_cpp() -> None:
@@ -99,7 +100,7 @@ def test_file_cut_inside_the_vocabulary_is_refused(tmp_path: Path, smollm2_path:
 def test_the_qwen_model_assembles_to_its_published_hash(cache_dir: Path) -> None:
     import hashlib
 
-    from sweep.models import QWEN_PARTS, hash_status
+    from sweep.models.registry import QWEN_PARTS, hash_status
 
     path = Registry().resolve("qwen2.5-coder-1.5b", "Q4_K_M").path
     assert path.stat().st_size == QWEN_PARTS.size
@@ -120,7 +121,7 @@ def test_sweep_run_refuses_a_corrupt_installed_part_and_leaves_the_study_alone(t
     # ahead of the venv's on PYTHONPATH holds part 22's package with one byte flipped.
     from importlib import metadata
 
-    from sweep.models import QWEN_PARTS
+    from sweep.models.registry import QWEN_PARTS
 
     dist_name, file = QWEN_PARTS.parts[-1]
     dist = metadata.distribution(dist_name)
@@ -150,7 +151,7 @@ def test_a_corrupt_part_is_refused_and_leaves_nothing_behind(tmp_path: Path) -> 
     from importlib import metadata
 
     from sweep.errors import SweepError
-    from sweep.models import QWEN_PARTS, assemble_parts
+    from sweep.models.registry import QWEN_PARTS, assemble_parts
 
     parts = [Path(str(metadata.distribution(d).locate_file(f))) for d, f in QWEN_PARTS.parts]
     bad = tmp_path / "part22.bin"
@@ -206,7 +207,7 @@ def test_two_first_runs_assembling_one_model_at_once_leave_a_whole_file(tmp_path
     whole = b"".join(p.read_bytes() for p in parts)
     size, sha = len(whole), hashlib.sha256(whole).hexdigest()
     target = tmp_path / "m" / "model.Q4_K_M.gguf"
-    code = ("import sys; from pathlib import Path; from sweep.models import assemble_parts; "
+    code = ("import sys; from pathlib import Path; from sweep.models.registry import assemble_parts; "
             f"assemble_parts([Path(p) for p in {[str(p) for p in parts]!r}], Path({str(target)!r}), {size}, {sha!r})")
     runs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for r in runs:

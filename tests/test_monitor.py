@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sweep.host import allowed_cpus
-from sweep.metrics import percentile
-from sweep.monitor import Monitor
+from sweep.measure.host import allowed_cpus
+from sweep.measure.metrics import percentile
+from sweep.measure.monitor import Monitor
 
 CHILD = Path(__file__).with_name("calibration_child.py")
 CPU = allowed_cpus()[-1]

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from sweep.monitor import Series, Window
-from sweep.outcome import Observation, classify, figures, outcome_of, score
+from sweep.correctness.tasks import Task
+from sweep.measure.monitor import Series, Window
 from sweep.records import TrialConfig, TrialSettings
-from sweep.tasks import Task
+from sweep.trial.outcome import Observation, classify, figures, outcome_of, score
 
 SETTINGS = TrialSettings(prompts=2, noise_max_pct=30, memory_limit_gb=1.0)
 TASKS = [Task(id="v1", kind="verdict", input="powershell -enc ...", expected="malicious", source="test"),

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from sweep import _optuna
-from sweep.fleet import Owner
+from sweep.study.fleet import Owner
 
 
 def _dead_pid() -> int:
@@ -60,8 +60,8 @@ def test_a_trial_without_an_owner_is_aged_by_the_database_clock_not_the_askers(t
     import sqlite3
     import time
 
-    from sweep.fleet import reap_lost
-    from sweep.storage import open_optuna_storage
+    from sweep.study.fleet import reap_lost
+    from sweep.study.storage import open_optuna_storage
 
     monkeypatch.setenv("SWEEP_HEARTBEAT_SECONDS", "1")
     monkeypatch.setenv("SWEEP_GRACE_SECONDS", "3")

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from sweep.prompts import OUTPUTS, answer_text, grammar_for, max_shots, request_for, schema_for, shot_pool
-from sweep.tasks import load_tasks, score
+from sweep.correctness.prompts import OUTPUTS, answer_text, grammar_for, max_shots, request_for, schema_for, shot_pool
+from sweep.correctness.tasks import load_tasks, score
 
 
 def test_worked_examples_are_never_scored_items() -> None:
@@ -72,7 +72,7 @@ def test_json_replies_are_read_before_scoring() -> None:
 
 def _run(model_path, tasks, output: str, max_tokens: int, model: str = "smollm2-135m", quant: str = "Q4_1"):
     from sweep.records import TrialConfig, TrialSettings
-    from sweep.runner import run_trial
+    from sweep.trial.runner import run_trial
 
     config = TrialConfig(model=model, quant=quant, model_path=str(model_path), chat_format=None,
                          n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=1024,
@@ -83,7 +83,7 @@ def _run(model_path, tasks, output: str, max_tokens: int, model: str = "smollm2-
 
 
 def test_smollm2_with_a_grammar_gives_a_parseable_answer_to_every_item(smollm2_path) -> None:
-    from sweep.tasks import stratified_subset
+    from sweep.correctness.tasks import stratified_subset
 
     tasks = stratified_subset(load_tasks(), 10)
     assert {t.kind for t in tasks} == {"verdict", "iocs", "attack", "severity", "mcq"}
@@ -94,7 +94,7 @@ def test_smollm2_with_a_grammar_gives_a_parseable_answer_to_every_item(smollm2_p
 
 
 def test_smollm2_answers_in_json_for_every_kind(smollm2_path) -> None:
-    from sweep.tasks import stratified_subset
+    from sweep.correctness.tasks import stratified_subset
 
     # One item of each kind; the attack schema's pattern once made llama.cpp reject the grammar and crash.
     outcome = _run(smollm2_path, stratified_subset(load_tasks(), 5), "json", 96)
@@ -111,8 +111,8 @@ def test_smollm2_answers_in_json_for_every_kind(smollm2_path) -> None:
 def test_the_qwen_model_with_a_grammar_parses_on_every_item(cache_dir) -> None:
     """The 1.5B model, the one bundled model that beats a constant answer, on a stratified subset:
     every answer has the scorer's form."""
-    from sweep.models import Registry
-    from sweep.tasks import stratified_subset
+    from sweep.correctness.tasks import stratified_subset
+    from sweep.models.registry import Registry
 
     tasks = stratified_subset(load_tasks(), 5)
     path = Registry().resolve("qwen2.5-coder-1.5b", "Q4_K_M").path
@@ -125,9 +125,9 @@ def test_a_shared_prefix_gives_the_same_answers_and_still_prefills_every_item(sm
     """prefix_cache: shared against off, 3-shot, on SmolLM2: the same answers, and llama.cpp's own
     count of prefilled tokens shows every item prefilled fresh (more than nothing, less than the
     whole prompt), where off prefills the whole prompt each time."""
+    from sweep.correctness.tasks import stratified_subset
     from sweep.records import TrialConfig, TrialSettings
-    from sweep.runner import run_trial
-    from sweep.tasks import stratified_subset
+    from sweep.trial.runner import run_trial
 
     tasks = stratified_subset(load_tasks(), 5)
     settings = TrialSettings(prompts=5, idle_seconds=0, baseline_seconds=0.1, probe=False, early_abort=False,
@@ -149,7 +149,7 @@ def test_a_shared_prefix_gives_the_same_answers_and_still_prefills_every_item(sm
 
 
 def test_ioc_hints_show_the_regex_candidates_on_ioc_items_only() -> None:
-    from sweep.tasks import ioc_candidates
+    from sweep.correctness.tasks import ioc_candidates
 
     ioc = next(t for t in load_tasks() if t.kind == "iocs" and ioc_candidates(t.input))
     verdict = next(t for t in load_tasks() if t.kind == "verdict")
@@ -163,7 +163,7 @@ def test_ioc_hints_show_the_regex_candidates_on_ioc_items_only() -> None:
 def test_the_attack_catalog_puts_retrieved_techniques_in_the_prompt() -> None:
     import re
 
-    from sweep.catalog import retrieve, techniques
+    from sweep.correctness.catalog import retrieve, techniques
 
     assert len(techniques()) > 600 and all(re.fullmatch(r"T\d{4}(\.\d{3})?", t["id"]) for t in techniques())
     lsass = next(t for t in load_tasks() if t.kind == "attack" and "lsass" in t.input)

@@ -21,8 +21,8 @@ GRID = REPO / "bench" / "grid.yaml"
 def test_every_point_leads_to_its_effective_configuration() -> None:
     import optuna
 
-    from sweep.space import load_space
-    from sweep.table import config_key
+    from sweep.results.table import config_key
+    from sweep.study.space import load_space
 
     space = load_space(GRID)
     configs, points = record_grid.plan(space)

@@ -10,9 +10,10 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sweep.measure.host import allowed_cpus
+from sweep.results.front import choose
+
 from conftest import TINY_SPACE, sweep_cli, write_space
-from sweep.host import allowed_cpus
-from sweep.results import choose
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_other_tasks_cannot_continue_a_study(one_trial: Path, isolated: Path) ->
 
 
 def test_a_broken_gguf_is_listed_and_fails_only_the_space_that_uses_it(isolated: Path) -> None:
-    from sweep.space import load_space
+    from sweep.study.space import load_space
 
     models = isolated / "models"
     models.mkdir()

@@ -113,7 +113,7 @@ def _workers_of(pid: int) -> list[int]:
                 cmd = f.read()
         except (OSError, ValueError):
             continue
-        if ppid == pid and b"sweep.worker" in cmd:
+        if ppid == pid and b"sweep.trial.worker" in cmd:
             found.append(int(entry))
     return found
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stray_processes
-from sweep.host import allowed_cpus
+from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.measure.host import allowed_cpus
 from sweep.records import TrialConfig, TrialSettings
-from sweep.runner import run_trial
-from sweep.tasks import load_tasks, stratified_subset
+from sweep.trial.runner import run_trial
+
+from conftest import stray_processes
 
 TASKS = stratified_subset(load_tasks(), 3)
 QUICK = TrialSettings(prompts=3, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=60, noise_retries=0)
@@ -159,7 +160,7 @@ def test_decode_pacing_caps_rate_and_cpu(smollm2_path: Path) -> None:
 
 
 def test_noise_guard_flags_a_busy_machine() -> None:
-    from sweep.monitor import noise_guard
+    from sweep.measure.monitor import noise_guard
 
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in allowed_cpus()]
     try:
@@ -263,7 +264,7 @@ def test_a_worker_that_never_reads_a_large_job_is_still_timed_out(smollm2_path: 
 def test_the_memory_sampler_survives_a_process_that_exits_while_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
-    from sweep import monitor
+    from sweep.measure import monitor
 
     real_open = builtins.open
 
@@ -279,12 +280,12 @@ def test_the_memory_sampler_survives_a_process_that_exits_while_it_reads(monkeyp
 def test_a_worker_whose_parent_died_during_its_start_up_exits_at_once(smollm2_path: Path) -> None:
     import json
 
-    from sweep.prompts import request_for
+    from sweep.correctness.prompts import request_for
 
     job = {"config": config(smollm2_path).to_dict(), "idle_seconds": 0, "prompts": [request_for(t) for t in TASKS]}
     r, w = os.pipe()
     # Its named parent (pid 1 stands in for an orchestrator already gone) is not the one it has.
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.worker", str(w)], stdin=subprocess.PIPE, pass_fds=(w,),
+    proc = subprocess.Popen([sys.executable, "-m", "sweep.trial.worker", str(w)], stdin=subprocess.PIPE, pass_fds=(w,),
                             env={**os.environ, "SWEEP_PARENT_PID": "1"})
     os.close(w)
     proc.communicate(json.dumps(job).encode() + b"\n", timeout=120)

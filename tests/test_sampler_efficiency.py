@@ -64,7 +64,7 @@ def table(tmp_path: Path) -> Path:
 
 
 def test_json_reports_every_sampler_within_bounds(table: Path, tmp_path: Path) -> None:
-    from sweep.space import SamplerBlock
+    from sweep.study.space import SamplerBlock
 
     png = tmp_path / "curves.png"
     proc = run("--table", str(table), "--seeds", "2", "--json", "--png", str(png))

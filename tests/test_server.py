@@ -53,7 +53,7 @@ def _settings(**kw: object):
 
 
 def _tasks(n: int = 3):
-    from sweep.tasks import load_tasks, stratified_subset
+    from sweep.correctness.tasks import load_tasks, stratified_subset
 
     return stratified_subset(load_tasks(), n)
 
@@ -67,7 +67,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_server_trial_answers_with_figures(server_tools: Path, smollm2_path: Path) -> None:
-    from sweep.runner import run_trial
+    from sweep.trial.runner import run_trial
 
     events: list[dict] = []
     outcome = run_trial(_config(smollm2_path), _settings(), _tasks(), on_event=events.append)
@@ -95,7 +95,7 @@ def test_a_shared_prefix_on_the_server_prefills_every_item_and_answers_the_same(
     the whole, and off took nothing from it. A split prefill can round differently from a whole one,
     so one answer in five may flip where the model's top two are nearly tied (the 1.5B model: 8 of
     10 the same in bench/prefix_cache.py); wrong cache contents would change far more."""
-    from sweep.runner import run_trial
+    from sweep.trial.runner import run_trial
 
     runs = {}
     for mode in ("off", "shared"):
@@ -116,7 +116,7 @@ def test_a_shared_prefix_on_the_server_prefills_every_item_and_answers_the_same(
 
 
 def test_server_killed_mid_trial_is_crashed_and_the_next_trial_runs(server_tools: Path, smollm2_path: Path) -> None:
-    from sweep.runner import run_trial
+    from sweep.trial.runner import run_trial
 
     pid: list[int] = []
 
@@ -136,7 +136,7 @@ def test_server_killed_mid_trial_is_crashed_and_the_next_trial_runs(server_tools
 
 
 def test_prio_and_poll_are_read_back(server_tools: Path, smollm2_path: Path) -> None:
-    from sweep.runner import run_trial
+    from sweep.trial.runner import run_trial
 
     outcome = run_trial(_config(smollm2_path, prio=-1, poll=0, n_threads=2, n_threads_batch=2, cpus=None),
                         _settings(), _tasks())
@@ -187,8 +187,9 @@ def test_systemd_export_verifies_and_its_service_answers(server_study: dict, ser
                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     import tempfile
 
+    from sweep.results.export import API_KEY_SOURCE
+
     import unitrun
-    from sweep.export import API_KEY_SOURCE
 
     # The built llama-server lives under /root: a unit may only run root's copy of it (--install).
     refused = sweep_cli("export", "--study", "s", "-o", str(server_study["work"] / "u.service"), "--format", "systemd",
@@ -213,7 +214,7 @@ def test_systemd_export_verifies_and_its_service_answers(server_study: dict, ser
 # --- no server needed ---
 
 def test_server_args_carry_llama_cpp_knobs() -> None:
-    from sweep.server import server_args
+    from sweep.trial.server import server_args
 
     c = {"model_path": "m.gguf", "n_threads": 2, "n_threads_batch": 1, "n_batch": 64, "n_ubatch": 32, "n_ctx": 512,
          "cpus": [1, 3], "cpu_strict": 1, "prio": -1, "poll": 0, "chat_format": "chatml"}
@@ -286,15 +287,15 @@ def test_a_server_trial_without_tools_is_refused(tmp_path: Path) -> None:
 
 
 def test_prio_read_back_rules() -> None:
-    from sweep.server import verify
+    from sweep.trial.server import check_applied
 
     c = {"cpus": [0], "nice": 19, "sched_policy": "normal", "prio": -1}
     ok = [{"tid": 1, "nice": 19, "policy": "batch", "cpus": "0"}, {"tid": 2, "nice": 19, "policy": "normal", "cpus": "0"}]
-    assert verify(c, ok) == []
+    assert check_applied(c, ok) == []
     raised = [{"tid": 1, "nice": 5, "policy": "normal", "cpus": "0"}]
-    assert verify(c, raised) == ["thread 1 has nice 5, not 19: --prio -1 raised it"]
+    assert check_applied(c, raised) == ["thread 1 has nice 5, not 19: --prio -1 raised it"]
     ignored = [{"tid": 1, "nice": 19, "policy": "normal", "cpus": "0-1"}]
-    assert verify(c, ignored) == ["thread 1 may run on CPUs 0-1, not [0]",
+    assert check_applied(c, ignored) == ["thread 1 may run on CPUs 0-1, not [0]",
                                   "--prio -1 took effect on no thread of llama-server (no SCHED_BATCH, no nice changed)"]
-    assert verify({**c, "sched_policy": "idle"}, [{"tid": 1, "nice": 19, "policy": "batch", "cpus": "0"}]) == \
+    assert check_applied({**c, "sched_policy": "idle"}, [{"tid": 1, "nice": 19, "policy": "batch", "cpus": "0"}]) == \
         ["thread 1 has policy batch, not idle"]

@@ -7,10 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import REPO, TINY_SPACE, sweep_cli, write_space
 from sweep.errors import SpaceError
-from sweep.host import allowed_cpus
-from sweep.space import load_space
+from sweep.measure.host import allowed_cpus
+from sweep.study.space import load_space
+
+from conftest import REPO, TINY_SPACE, sweep_cli, write_space
 
 BAD_CPU = max(allowed_cpus()) + 64
 
@@ -81,7 +82,7 @@ def test_missing_space_file(isolated: Path) -> None:
 
 @pytest.mark.slow
 def test_shipped_demo_space_loads(cache_dir: Path) -> None:
-    from sweep.models import Registry
+    from sweep.models.registry import Registry
 
     Registry().quantize("smollm2-135m", ["Q8_0"])
     Registry().quantize("qwen2.5-coder-1.5b", ["Q4_0"])
@@ -136,9 +137,9 @@ def test_prompt_strategy_is_a_search_dimension(isolated: Path) -> None:
 
 
 def test_every_knob_off_its_default_is_shown_in_the_trial_line_by_the_knob_table() -> None:
-    from sweep.display import config_summary
     from sweep.params import PARAMS
     from sweep.records import TrialConfig
+    from sweep.results.display import config_summary
 
     base = TrialConfig(model="m", quant="Q4_0", model_path="/m.gguf", chat_format=None, n_threads=1, n_threads_batch=1,
                        n_batch=64, n_ubatch=64, n_ctx=512).to_dict()

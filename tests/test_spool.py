@@ -51,7 +51,7 @@ def test_a_kill_at_any_step_of_a_record_loses_nothing_and_records_once(step: str
     assert "correctness" in t.user_attrs and t.user_attrs["spool_id"] and t.system_attrs["constraints"] is not None
     assert _spooled() == []
     from sweep import _optuna
-    from sweep.storage import SeriesStore
+    from sweep.study.storage import SeriesStore
 
     assert SeriesStore(url).get(_optuna.trial_id(t))["series"]["t"]  # the series row is there
 
@@ -60,8 +60,9 @@ def test_a_kill_at_any_step_of_a_record_loses_nothing_and_records_once(step: str
 def test_a_trial_failed_meanwhile_gets_its_measurement_as_a_late_trial_once(tmp_path: Path, cache_dir: Path) -> None:
     import optuna
 
-    from sweep import _optuna, spool
-    from sweep.storage import SeriesStore
+    from sweep import _optuna
+    from sweep.study import spool
+    from sweep.study.storage import SeriesStore
 
     space, url = _one_trial_space(tmp_path), os.environ["SWEEP_STORAGE"]
     assert sweep_cli("run", str(space), "--study", "tiny", "--trials", "1", "--quiet",

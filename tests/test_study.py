@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from sweep.measure.metrics import provably_over
+from sweep.results.front import MISSING_FIGURE, constraint_values
+
 from conftest import TINY_SPACE, sweep_cli, write_space
-from sweep.metrics import provably_over
-from sweep.results import MISSING_FIGURE, constraint_values
 
 ONE_CONFIG = TINY_SPACE.replace('''params:
   n_threads: {low: 1, high: all}

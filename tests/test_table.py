@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sweep.measure.metrics import percentile
+
 from conftest import TINY_SPACE, sweep_cli, write_space
-from sweep.metrics import percentile
 
 # Two configurations (nice 0 or 19), each measured again rather than reused: three trials
 # repeat at least one of them.
@@ -39,7 +40,7 @@ def tabled(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
 
 
 def _trials(env: dict, name: str) -> list:
-    from sweep.study import load_study
+    from sweep.study.writer import load_study
 
     return load_study(env["SWEEP_STORAGE"], name).get_trials()
 
@@ -117,7 +118,7 @@ def test_missing_database_is_exit_2_and_is_not_created(tmp_path: Path) -> None:
 
 def test_load_table_refuses_another_version(tmp_path: Path) -> None:
     from sweep.errors import TableError
-    from sweep.table import load_table
+    from sweep.results.table import load_table
 
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"format": "sweep-table", "version": 99, "meta": {}, "rows": []}))
@@ -129,7 +130,7 @@ def test_load_table_refuses_another_version(tmp_path: Path) -> None:
 
 
 def test_no_password_is_stored_with_the_command_line() -> None:
-    from sweep.storage import redact_argv
+    from sweep.study.storage import redact_argv
 
     argv = ["sweep", "table", "--storage", "postgresql+psycopg://sweep:hunter2@db/sweep", "-o", "t.json",
             "--storage=postgresql+psycopg://u:s3cret@h:5432/d"]

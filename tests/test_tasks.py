@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sweep.correctness.prompts import shot_pool
+from sweep.correctness.tasks import Task, load_tasks, score, stratified_subset
 from sweep.errors import TaskFileError
-from sweep.prompts import shot_pool
-from sweep.tasks import Task, load_tasks, score, stratified_subset
 
 
 def task(kind: str, expected) -> Task:
@@ -123,7 +123,7 @@ def test_tasks_check_cli(tmp_path: Path) -> None:
 
 
 def test_best_constant_answer_is_the_most_rewarded_single_answer() -> None:
-    from sweep.tasks import best_constants
+    from sweep.correctness.tasks import best_constants
 
     def make(i: int, kind: str, expected) -> Task:
         return Task(id=f"{kind}{i}", kind=kind, input="...", expected=expected, source="test")
@@ -152,7 +152,7 @@ def test_tasks_baseline_cli_on_the_bundled_set() -> None:
 def test_every_items_own_answer_scores_full_marks(name: str) -> None:
     """An item whose own expected answer does not score 1.0 through the scorer (in every answer form)
     would mark a right model wrong: the scorer and the item must agree."""
-    from sweep.prompts import OUTPUTS, _reply, answer_text
+    from sweep.correctness.prompts import OUTPUTS, _reply, answer_text
 
     for task in load_tasks(name) + [t for pool in shot_pool().values() for t in pool]:
         for output in OUTPUTS:

@@ -12,9 +12,10 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import TINY_SPACE, sweep_cli, write_space
-from sweep.results import choose, front_moves, pareto_front
+from sweep.results.front import choose, front_moves, pareto_front
 from sweep.verify import correctness_summary, wilson
+
+from conftest import TINY_SPACE, sweep_cli, write_space
 
 BUDGETS = {"cpu_active_p99_share_pct": {"max": 50.0}, "correctness": {"min": 0.5}}
 OBJECTIVES = ["correctness", "cpu_active_p99_share_pct"]
@@ -98,7 +99,7 @@ def verified(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, smollm2_
     space = write_space(work / "s.yaml", body)
     tasks = work / "tasks.jsonl"
     bundled = (Path(__file__).parent.parent / "sweep" / "data" / "tasks-v1.jsonl").read_text().splitlines()
-    from sweep.tasks import load_tasks, stratified_subset
+    from sweep.correctness.tasks import load_tasks, stratified_subset
 
     keep = {t.id for t in stratified_subset(load_tasks(), SMALL_TASKS)}
     tasks.write_text("\n".join(line for line in bundled if json.loads(line)["id"] in keep) + "\n")
@@ -122,8 +123,8 @@ def test_verify_stores_pooled_figures_with_an_interval(verified: dict) -> None:
     assert records, proc.stdout
     note = "".join(str(v) for v in study._storage.get_study_system_attrs(study._study_id).values())
     assert "Verified on the whole task set" in note  # optuna-dashboard's note on the study
-    from sweep.results import trial_by_number
-    from sweep.storage import VERIFICATION, SeriesStore
+    from sweep.results.front import trial_by_number
+    from sweep.study.storage import VERIFICATION, SeriesStore
 
     store = SeriesStore(f"sqlite:///{verified['db']}", write=False)
     for key, record in records.items():
@@ -180,9 +181,9 @@ def test_verify_again_skips_what_is_verified_and_refuses_bad_input(verified: dic
 def test_verify_without_the_lock_does_not_wait_for_it(smollm2_path: Path) -> None:
     import threading
 
+    from sweep.correctness.tasks import load_tasks, stratified_subset
     from sweep.hostlock import measurement_lock
     from sweep.records import TrialConfig, TrialSettings
-    from sweep.tasks import load_tasks, stratified_subset
     from sweep.verify import verify_trial
 
     config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2_path), chat_format=None,

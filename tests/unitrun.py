@@ -99,7 +99,7 @@ CGROUP_NAME = "sweep-unit"
 
 def _cgroup(s: dict[str, list[str]]) -> list[str]:
     """The unit's cgroup, made beneath ours with its limits: the cgroup.procs files to join."""
-    from sweep import cgroups
+    from sweep.trial import cgroups
 
     wanted = limits(s)
     if not cgroups.limits_of(wanted):

@@ -1,0 +1,430 @@
+"""Exports that deploy: the full record with provenance, and renderings of it.
+
+Formats: ``json`` and ``yaml`` (the full record), ``python`` (a script that
+applies the OS knobs and builds ``Llama(**kwargs)``), ``llama-server`` (a shell
+command line) and ``systemd`` (a service unit). Every rendering says which
+budgets the trial met and by what margin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pprint
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sweep.errors import ExportError, StudyError
+from sweep.records import StudyMeta, TrialConfig
+from sweep.results.front import trial_by_number
+from sweep.study.space import check_config
+from sweep.study.storage import safe_url
+from sweep.trial import cgroups, knobs
+from sweep.trial.server import server_args
+
+FORMATS = ("json", "yaml", "python", "llama-server", "systemd")
+
+
+def budget_report(row: dict[str, Any], budgets: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per budget: the bound, the measured value, whether it was met and by what margin."""
+    out = {}
+    for name, bound in budgets.items():
+        value = row["figures"].get(name)
+        kind, limit = ("max", bound["max"]) if "max" in bound else ("min", bound["min"])
+        margin = None if value is None else (limit - value if kind == "max" else value - limit)
+        out[name] = {kind: limit, "value": value, "met": margin is not None and margin >= 0, "margin": margin}
+    return out
+
+
+def default_server_binary() -> str:
+    """The llama-server ``sweep tools build`` made for the installed bindings (the program a server
+    trial measured), else the bare name for PATH."""
+    from sweep.models.tools import ToolsError, binary
+
+    try:
+        return str(binary("llama-server"))
+    except ToolsError:
+        return "llama-server"
+
+
+def llama_server_command(config: TrialConfig, server_binary: str = "llama-server") -> str:
+    """The llama-server command line (llama.cpp's own argument names), as a server trial runs it:
+    the same argv, from ``sweep.trial.server.server_args``."""
+    return shlex.join(server_args(config.to_dict(), server_binary))
+
+
+def launcher_prefix(config: TrialConfig) -> str:
+    """Shell prefix that applies the OS knobs llama-server itself does not set."""
+    return knobs.shell_prefix(config.to_dict())
+
+
+# Characters that mean something to a shell, to systemd (``%`` specifiers, ``$`` variables, its own
+# quoting and C escapes) or break a line: a path or name with one is refused, never pasted.
+_UNSAFE = set("%$'\"\\`") | {chr(c) for c in range(32)} | {chr(127)}
+
+
+def pasteable(where: str, text: str) -> str:
+    """``text``, if it can be pasted into a shell line, a systemd unit and Python source as it is.
+
+    Raises:
+        ExportError: naming ``where`` and the character.
+    """
+    bad = next((ch for ch in text if ch in _UNSAFE), None)
+    if bad is not None:
+        raise ExportError(f"{where}: {text!r} holds {bad!r}, which a shell line or a systemd unit would read as "
+                          "more than a name: rename the file (or link it from a plain path) and use that")
+    return text
+
+
+def checked_config(row: dict[str, Any], study_name: str) -> TrialConfig:
+    """The trial's stored configuration, re-validated before any of it is rendered: a database is
+    not trusted to hold what sweep wrote.
+
+    Raises:
+        SweepError: naming the trial and the key (exit 2).
+    """
+    where = f"trial {row['number']} of study {study_name!r}"
+    if row["config"] is None:
+        raise StudyError(f"{where} has no stored configuration")
+    config = check_config(row["config"], where)
+    for key in ("model", "quant", "model_path", "chat_format"):
+        if getattr(config, key) is not None:
+            pasteable(f"{where}: config.{key}", getattr(config, key))
+    return config
+
+
+def export_record(study: Any, row: dict[str, Any], storage_url: str, server_binary: str | None = None) -> dict[str, Any]:
+    """The full exported configuration, with where it came from. ``server_binary`` (default: the
+    built tools' llama-server) is the program the llama-server line runs."""
+    config = checked_config(row, study.study_name)
+    meta = StudyMeta.of(study)
+    budgets = meta.budgets
+    report = budget_report(row, budgets)
+    prefix = launcher_prefix(config)
+    command = llama_server_command(config, pasteable("--server-binary", server_binary or default_server_binary()))
+    return {
+        "schema": "sweep.export/1",
+        "config": config.to_dict(),
+        "settings": meta.settings.to_dict(),
+        "llama_kwargs": config.llama_kwargs(),
+        "environment": config.environment(),
+        "llama_server": (prefix + " " if prefix else "") + command,
+        "llama_server_args": command,
+        "budgets": report,
+        "meets_all_budgets": all(b["met"] for b in report.values()),
+        "metrics": row["figures"],
+        "figures_from": _figures_from(row, study),
+        "prompt_strategy": prompt_strategy(config),
+        "provenance": {
+            "study": study.study_name, "trial": row["number"], "storage": safe_url(storage_url),
+            "space_file": meta.space_file, "task_set": meta.task_set,
+            "host": _measured_by(study, row["number"]), "hardware_class": meta.hardware_class,
+            "sweep_version": meta.sweep_version,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def _measured_by(study: Any, number: int) -> dict[str, Any]:
+    """The host that measured the trial (for a study from before per-trial owners: the creating host)."""
+    owner = trial_by_number(study, number).user_attrs.get("owner")
+    info = dict(StudyMeta.of(study).host)
+    if owner:
+        info = {"hostname": owner["host"], "boot_id": owner["boot_id"], "pid": owner["pid"]}
+    return info
+
+
+def _figures_from(row: dict[str, Any], study: Any) -> str:
+    v = row.get("verified")
+    if v and not v["failed"]:
+        lo, hi = v["correctness_ci"]
+        return (f"verification: {v['n_items']} tasks x {v['repeats']} runs on {v['at']}; "
+                f"correctness 95% CI [{lo:.3f}, {hi:.3f}]")
+    prompts = StudyMeta.of(study).settings.prompts
+    failed = f" (its verification failed: {v['failed']})" if v else " (not verified: run sweep verify)"
+    return f"the sweep: a subset of {prompts} tasks, one run{failed}"
+
+
+def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
+    """How the trial asked its questions, so a deployment can ask the same way."""
+    from sweep.correctness.prompts import OUTPUT_KINDS, SHOTS_FILE, grammar_for, schema_for
+
+    out: dict[str, Any] = {"shots": config.shots, "output": config.output, "max_tokens": config.max_tokens,
+                           "temperature": config.temperature, "prefix_cache": config.prefix_cache,
+                           "input_guard": config.input_guard}
+    if config.context == "attack-catalog":
+        from sweep.correctness.catalog import ATTRIBUTION
+
+        out["context"], out["context_k"] = config.context, config.context_k
+        out["context_how"] = (f"on ATT&CK items, append the {config.context_k} most similar techniques "
+                              f"(sweep.correctness.catalog.block: BM25 over {ATTRIBUTION})")
+    if config.ioc_hints == "regex":
+        out["ioc_hints"] = config.ioc_hints
+        out["ioc_hints_how"] = ("on IOC items, append to the question the regex's candidates "
+                                "(sweep.correctness.tasks.ioc_candidates) as sweep.correctness.prompts._HINT words it")
+    if config.input_guard in ("delimit", "sandwich"):
+        from sweep.correctness.prompts import request_for
+        from sweep.correctness.tasks import Task
+
+        example = Task(id="example", kind="verdict", input="INPUT", expected="benign", source="example")
+        out["input_guard_how"] = ("ask each item as this example asks INPUT (sweep.correctness.prompts.request_for); the fence's "
+                                  "name is the first 8 hex digits of the input's sha256")
+        out["input_guard_example"] = request_for(example, 0, config.output, config.input_guard)["messages"]
+    elif config.input_guard == "escape":
+        out["input_guard_how"] = ("tokenize every message's content with special-token parsing off and only the "
+                                  "template's own markers with it on (the python export's Escape does this; with "
+                                  "llama-server, apply the template, tokenize the pieces with /tokenize "
+                                  "parse_special false for contents, and send the tokens to /completion)")
+    if config.prefix_cache == "shared":
+        out["prefix_cache_how"] = ("prefill each kind's fixed prefix (system prompt and worked examples) once and "
+                                   "restore it before each request: with llama-cpp-python Llama.save_state and "
+                                   "load_state; with llama-server, start it with "
+                                   "--slot-save-path DIR, fill the slot with the prefix (/completion, cache_prompt: "
+                                   "true), save it (POST /slots/0?action=save), and restore it (action=restore) "
+                                   "before each request sent with cache_prompt: true")
+    if config.shots:
+        out["worked_examples"] = f"the first {config.shots} of each kind in sweep/{SHOTS_FILE}"
+    if config.output == "grammar":
+        out["grammars"] = {kind: grammar_for(kind) for kind in OUTPUT_KINDS}
+    elif config.output == "json":
+        out["response_formats"] = {kind: {"type": "json_object", "schema": schema_for(kind)} for kind in OUTPUT_KINDS}
+    return out
+
+
+def budget_lines(record: dict[str, Any], comment: str) -> list[str]:
+    lines = [f"{comment} sweep study {record['provenance']['study']!r}, trial {record['provenance']['trial']}; "
+             f"{'meets every budget' if record['meets_all_budgets'] else 'DOES NOT meet every budget'}",
+             f"{comment} figures from {record.get('figures_from', 'the sweep')}:"]
+    for name, b in record["budgets"].items():
+        bound = f"<= {b['max']:g}" if "max" in b else f">= {b['min']:g}"
+        value = "not measured" if b["value"] is None else f"{b['value']:.4g} (margin {b['margin']:+.4g})"
+        lines.append(f"{comment}   {'met ' if b['met'] else 'OVER'} {name} {bound}: {value}")
+    return lines
+
+
+def _pacing_warning(record: dict[str, Any], comment: str) -> list[str]:
+    c = record["config"]
+    if not (c.get("pace_tps") or c.get("pace_duty")):
+        return []
+    return [f"{comment} WARNING: the sweep paced decoding (pace_tps={c.get('pace_tps')}, pace_duty={c.get('pace_duty')}),",
+            f"{comment} which llama-server cannot do: expect more CPU while decoding than was measured.",
+            f"{comment} To keep the measured figures, pace in the client (see the python export)."]
+
+
+def _cache_lines(record: dict[str, Any], comment: str) -> list[str]:
+    """How to send requests so that the server's prompt cache does what it did in the trial."""
+    if record["config"].get("prefix_cache") != "shared":
+        return [f"{comment} Send cache_prompt: false in a request to ask it cold, as the sweep measured it."]
+    return [f"{comment} The sweep restored each kind's prefilled prefix before each request (prefix_cache: shared):",
+            f"{comment} add --slot-save-path DIR, fill and save a slot per kind, and restore it before each request",
+            f"{comment} sent with cache_prompt: true (prompt_strategy.prefix_cache_how in the JSON export)."]
+
+
+def _python(record: dict[str, Any]) -> str:
+    c = record["config"]
+    lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "from __future__ import annotations", "",
+             "import os", "", *knobs.python_lines(c), "", *cgroups.python_lines(c)]
+    lines += ["", "from llama_cpp import Llama  # noqa: E402", "",
+              f"LLAMA_KWARGS = {pprint.pformat(record['llama_kwargs'], sort_dicts=False)}",
+              "llm = Llama(**LLAMA_KWARGS)", ""]
+    if c.get("input_guard") == "escape":
+        import inspect
+
+        from sweep.correctness.escape import Escape
+
+        lines += ["# input_guard: escape, as the trial ran it: pass each request's messages through",
+                  "# escape.messages(...) so no input text can become a template token.",
+                  inspect.getsource(Escape), "escape = Escape(llm)", ""]
+    elif c.get("input_guard") in ("delimit", "sandwich"):
+        lines += [f"# input_guard: {c['input_guard']}: ask each item as prompt_strategy.input_guard_example in the "
+                  "JSON export shows.", ""]
+    if c.get("pace_tps") or c.get("pace_duty"):
+        lines.insert(-1, f"# The sweep also paced decoding (pace_tps={c.get('pace_tps')}, pace_duty={c.get('pace_duty')}):"
+                         " sleep between streamed tokens to keep that.")
+    return "\n".join(lines)
+
+
+def _own_session(c: dict[str, Any]) -> list[str]:
+    """Shell lines that set the trial's nice on the session's autogroup, as the trial ran: where the
+    kernel groups by session, that is what yields to the user's programs. Only a session of its own
+    is the script's to renice (under systemd, or started with ``setsid``), never the terminal's."""
+    if not c.get("nice"):
+        return []
+    return ["# The trial ran in a session of its own, with that session's (autogroup's) nice set too: start",
+            "# this with setsid (or as a service) for the same; the terminal's session is never reniced.",
+            "if [ \"$(awk '{print $6}' /proc/$$/stat)\" = \"$$\" ] && [ -w /proc/self/autogroup ]; then",
+            f"  echo {c['nice']} > /proc/self/autogroup",
+            "fi"]
+
+
+def _cpu_quota(record: dict[str, Any]) -> str | None:
+    """A CPUQuota= from the measured active p99, in percent of one CPU, rounded up to 10."""
+    p99 = record["metrics"].get("cpu_active_p99_core_pct")
+    return None if p99 is None else f"{max(10, math.ceil(p99 / 10) * 10)}%"
+
+
+# The unit's sandbox. What keeps its exposure above 1.0 (systemd-analyze security) is what it is
+# for: it listens on loopback (AF_INET, no PrivateNetwork=) and runs in the host's root directory.
+# @resources stays allowed: llama.cpp sets its threads' affinity (and, with --prio, their priority).
+_SANDBOX = """NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateUsers=yes
+PrivateIPC=yes
+ProtectHostname=yes
+ProtectClock=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectProc=invisible
+ProcSubset=pid
+CapabilityBoundingSet=
+AmbientCapabilities=
+RestrictAddressFamilies=AF_INET AF_UNIX
+RestrictNamespaces=yes
+IPAddressDeny=any
+IPAddressAllow=localhost
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallArchitectures=native
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RemoveIPC=yes
+UMask=0077
+DevicePolicy=closed
+KeyringMode=private""".splitlines()
+API_KEY_SOURCE = "/etc/sweep-llm/api-key"
+API_KEY_VARIABLE = "SWEEP_LLM_API_KEY_FILE"  # where the llama-server script finds its key  # the unit's credential; only root reads it, the service gets a copy
+_HIDDEN = ("/home/", "/root/", "/run/user/")  # ProtectHome=yes hides these from the service
+
+
+def service_path_problem(path: str) -> str | None:
+    """Why a system service must not run or read ``path``: a place the unit hides, or a file that
+    a user other than root could replace (it, or a directory above it, not root's or writable by
+    others; a sticky directory such as /tmp protects root's entries in it). None when it is safe."""
+    import stat
+
+    real = Path(path).resolve()
+    hidden = next((h for h in _HIDDEN if str(real).startswith(h)), None)
+    if hidden:
+        return f"{real} lies under {hidden}, which the unit hides (ProtectHome=yes) and a user may rewrite"
+    for node in (real, *real.parents):
+        try:
+            st = node.stat()
+        except OSError as exc:
+            return f"{node}: {exc.strerror}"
+        if st.st_uid != 0:
+            return f"{node} belongs to uid {st.st_uid}, who could replace what the service runs as another user"
+        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+            return f"{node} is writable by {'group' if st.st_mode & 0o020 else 'others'}"
+    return None
+
+
+def install(record: dict[str, Any], directory: str | Path, server_binary: str | None = None) -> dict[str, Any]:
+    """Copy llama-server and the model into ``directory`` (root's, modes 0755 and 0644), and return
+    the record with its command line pointing at the copies: what a system unit may run.
+
+    Raises:
+        ExportError: not root, or the directory lies somewhere a user could rewrite.
+    """
+    import shutil
+
+    if os.geteuid() != 0:
+        raise ExportError(f"--install {directory}: the copies must belong to root: run the export as root (sudo)")
+    argv = shlex.split(record["llama_server_args"])
+    sources = {"bin": server_binary or argv[0], "models": record["config"]["model_path"]}
+    if shutil.which(sources["bin"]):
+        sources["bin"] = shutil.which(sources["bin"]) or sources["bin"]
+    copies = {}
+    for sub, source in sources.items():
+        target_dir = Path(directory) / sub
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for d in (Path(directory), target_dir):
+            os.chown(d, 0, 0)
+            d.chmod(0o755)
+        target = target_dir / Path(source).name
+        if not target.exists() or target.stat().st_size != Path(source).stat().st_size:
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(source, partial)
+            partial.chmod(0o755 if sub == "bin" else 0o644)
+            partial.replace(target)
+        copies[sub] = pasteable(f"--install {directory}", str(target))
+    wrong = service_path_problem(copies["bin"]) or service_path_problem(copies["models"])
+    if wrong:
+        raise ExportError(f"--install {directory}: {wrong}: choose a directory under one only root can write "
+                          "(for example /opt/sweep-llm)")
+    argv[0], argv[argv.index("-m") + 1] = copies["bin"], copies["models"]
+    out = {**record, "config": {**record["config"], "model_path": copies["models"]},
+           "llama_server_args": shlex.join(argv)}
+    prefix = record["llama_server"][: -len(record["llama_server_args"])]
+    out["llama_server"] = prefix + out["llama_server_args"]
+    return out
+
+
+def _systemd(record: dict[str, Any], server_binary: str, user: str | None = None, port: int = 8080) -> str:
+    c = record["config"]
+    argv = shlex.split(record["llama_server_args"])
+    argv[0] = server_binary
+    for path in (argv[0], argv[argv.index("-m") + 1]):
+        wrong = service_path_problem(path)
+        if wrong:
+            raise ExportError(f"the systemd unit would run as a service what a user can change ({wrong}): "
+                              "pass --install DIR to copy llama-server and the model into a directory of root's")
+    # %d is the credentials directory: the service reads its own copy of the key, made by systemd.
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--api-key-file", "%d/api-key"]
+    lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *budget_lines(record, "#"),
+             *_pacing_warning(record, "#"), *_cache_lines(record, "#"),
+             "# The API key every request must send (Authorization: Bearer KEY), readable by root only:",
+             f"#   install -d -m 0700 {Path(API_KEY_SOURCE).parent} && "
+             f"head -c 32 /dev/urandom | base64 > {API_KEY_SOURCE} && chmod 0600 {API_KEY_SOURCE}",
+             "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv),
+             f"User={pasteable('--user', user)}" if user else "DynamicUser=yes",
+             f"LoadCredential=api-key:{API_KEY_SOURCE}"]
+    lines += knobs.systemd_lines(c)
+    lines += cgroups.systemd_lines(c)  # the kernel limits the trial was measured under
+    quota = _cpu_quota(record)
+    if quota and c.get("cpu_quota_pct") is None:  # no measured quota: a ceiling from the measured p99
+        lines.append(f"CPUQuota={quota}")
+    ram = record["budgets"].get("rss_peak_gb", {}).get("max")
+    if ram and c.get("memory_max_gb") is None:
+        lines.append(f"MemoryMax={ram:g}G")
+    lines += ["IOWeight=10", *_SANDBOX, "Restart=on-failure", "", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def render(record: dict[str, Any], fmt: str, server_binary: str | None = None, user: str | None = None) -> str:
+    """The export in ``fmt`` (one of ``FORMATS``)."""
+    if fmt == "json":
+        return json.dumps(record, indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(record, sort_keys=False)
+    if fmt == "python":
+        return _python(record)
+    if fmt == "llama-server":
+        return "\n".join(["#!/bin/sh", *budget_lines(record, "#"), *_pacing_warning(record, "#"),
+                          "# It listens on 127.0.0.1 only, and every request must carry the API key in KEY_FILE",
+                          "# (Authorization: Bearer KEY). Extra arguments go to llama-server (--port; default 8080).",
+                          *_cache_lines(record, "#"),
+                          f'KEY_FILE="${{{API_KEY_VARIABLE}:-$HOME/.config/sweep-llm/api-key}}"',
+                          'if [ ! -r "$KEY_FILE" ]; then',
+                          '  echo "no API key in $KEY_FILE: create it with: install -d -m 0700 \"$(dirname '
+                          '\"$KEY_FILE\")\" && head -c 32 /dev/urandom | base64 > \"$KEY_FILE\" && chmod 0600 '
+                          '\"$KEY_FILE\"" >&2',
+                          "  exit 2",
+                          "fi",
+                          *_own_session(record["config"]),
+                          *cgroups.shell_lines(record["config"]),
+                          "exec " + record["llama_server"] + ' --host 127.0.0.1 --api-key-file "$KEY_FILE" "$@"', ""])
+    if fmt == "systemd":
+        return _systemd(record, server_binary or shlex.split(record["llama_server_args"])[0], user)
+    raise ValueError(f"unknown export format {fmt!r}")

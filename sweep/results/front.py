@@ -1,0 +1,250 @@
+"""From a finished study to a decision: rows, the Pareto front, the export policy, exports.
+
+Verified figures: where ``sweep verify`` has re-run a trial on the whole task set,
+its verified figures replace the sweep's in every row, so the front, the
+feasibility and the export policy all rest on the larger sample.
+
+Export policy: trials that meet every budget first; among them the best on the space's
+first objective, then its second, and so on (by default: the highest correctness, then the
+lowest active p99 CPU, then the lowest p95 latency). If no
+trial meets every budget, nothing is exported unless asked (``allow_infeasible``),
+and then the *closest* trial is chosen: the smallest sum of budget overshoots,
+each relative to its budget.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sweep import _optuna
+from sweep.errors import ExportError, StudyError
+
+# Figures against budgets (metrics) and a study's verifications (records) live below the writer
+# (sweep.study.writer), which needs them too; the views import them from here as before.
+from sweep.measure.metrics import METRICS, MISSING_FIGURE, constraint_values  # noqa: F401
+from sweep.records import VERIFIED_PREFIX as VERIFIED_PREFIX
+from sweep.records import StudyMeta
+from sweep.records import verifications as verifications
+
+
+def trial_row(t: Any) -> dict[str, Any]:
+    """A finished trial's own record, as stored: number, state, config, figures, feasibility."""
+    a = t.user_attrs
+    return {
+        "number": t.number, "state": t.state.name, "config": a.get("config"),
+        "figures": {k: v for k, v in a.items() if k in METRICS},
+        "values": list(t.values) if t.values else None,
+        "constraint_values": a.get("constraint_values"), "violations": a.get("violations", []),
+        "feasible": t.state.name == "COMPLETE" and not a.get("violations"),
+        "fail_reason": a.get("fail_reason"), "fail_detail": a.get("fail_detail"),
+        "reused_from": a.get("reused_from"),
+    }
+
+
+def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
+    """One dict per finished trial: number, state, config, figures, feasibility.
+
+    With ``prefer_verified``, a verified trial's figures, objective values and
+    feasibility come from its verification (``row["verified"]`` says so); the
+    sweep's own figures stay under ``sweep_figures``.
+    """
+    meta = StudyMeta.of(study)
+    checked = verifications(study) if prefer_verified else {}
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name not in ("COMPLETE", "FAIL"):
+            continue
+        row = {**trial_row(t), "verified": None}
+        # A reused copy holds its original's measurement, so it stands or falls with its verification.
+        v = checked.get(t.number) or checked.get(t.user_attrs.get("reused_from", -1))
+        if v is not None and t.state.name == "COMPLETE":
+            _apply_verification(row, v, meta.objectives, meta.budgets)
+        out.append(row)
+    return out
+
+
+def _apply_verification(row: dict[str, Any], v: dict[str, Any], objectives: list[str],
+                        budgets: dict[str, dict[str, float]]) -> None:
+    row["verified"] = {k: v[k] for k in ("n_items", "repeats", "correctness_ci", "failed", "detail", "at")}
+    row["sweep_figures"] = row["figures"]
+    if v["failed"]:
+        # The configuration did not survive the larger run: keep its sweep figures, never call it feasible.
+        row["feasible"] = False
+        row["violations"] = [*row["violations"], f"verification ({v['failed']})"]
+        return
+    row["figures"] = {**row["figures"], **v["figures"]}
+    row["values"] = [row["figures"].get(m, math.nan) for m in objectives]
+    row["constraint_values"] = constraint_values(row["figures"], budgets)
+    row["violations"] = [name for name, c in zip(budgets, row["constraint_values"]) if c > 0]
+    row["feasible"] = not row["violations"]
+
+
+def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
+    better = False
+    for x, y, s in zip(a, b, signs):
+        if s * x < s * y:
+            return False
+        better |= s * x > s * y
+    return better
+
+
+def _failed_verification(r: dict[str, Any]) -> bool:
+    return bool(r["verified"] and r["verified"]["failed"])
+
+
+def _signs(study: Any) -> list[int]:
+    return [1 if METRICS[m].direction == "maximize" else -1 for m in StudyMeta.of(study).objectives]
+
+
+def _pool(all_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The trials a front is drawn from: feasible ones if any, else every complete one."""
+    complete = [r for r in all_rows if r["state"] == "COMPLETE" and r["reused_from"] is None
+                and not _failed_verification(r)]
+    feasible = [r for r in complete if r["feasible"]]
+    return feasible or complete, bool(feasible)
+
+
+def pareto_front(study: Any, prefer_verified: bool = True) -> tuple[list[dict[str, Any]], bool]:
+    """The non-dominated complete trials, among feasible ones if any exist.
+
+    Returns the front and whether it is the feasible front (False: no trial met
+    every budget, and the front shown ignores the budgets).
+    """
+    signs = _signs(study)
+    pool, feasible = _pool(rows(study, prefer_verified))
+    front = [r for r in pool if not any(_dominates(o["values"], r["values"], signs) for o in pool if o is not r)]
+    return sorted(front, key=policy_key(study)), feasible
+
+
+def front_moves(study: Any) -> list[str]:
+    """How the verified figures change the front, one sentence per trial that moves."""
+    before = {r["number"] for r in pareto_front(study, prefer_verified=False)[0]}
+    after_rows = rows(study)
+    after = {r["number"] for r in pareto_front(study)[0]}
+    pool, _ = _pool(after_rows)
+    by_number = {r["number"]: r for r in after_rows}
+    signs = _signs(study)
+    moves = []
+    for n in sorted(before - after):
+        r = by_number[n]
+        if _failed_verification(r):
+            why = f"its verification failed ({r['verified']['failed']})"
+        elif r not in pool:
+            why = "on verified figures it breaks " + ", ".join(r["violations"])
+        else:
+            dominators = [o["number"] for o in pool if _dominates(o["values"], r["values"], signs)]
+            why = "on verified figures it is dominated by trial " + ", ".join(map(str, dominators))
+        moves.append(f"trial {n} leaves the front: {why}")
+    for n in sorted(after - before):
+        label = "verified" if by_number[n]["verified"] else "not verified"
+        moves.append(f"trial {n} joins the front ({label}): on the verified figures no trial dominates it any more")
+    return moves
+
+
+def policy_key(study: Any) -> Any:
+    """The export policy's order: feasible first, then the study's objectives in the space's
+    order, each best first; the trial number breaks ties."""
+    objectives = StudyMeta.of(study).objectives
+    signs = _signs(study)
+
+    def key(r: dict[str, Any]) -> tuple[float, ...]:
+        f = r["figures"]
+        return (not r["feasible"], *(-s * f.get(m, -s * math.inf) for m, s in zip(objectives, signs)), r["number"])
+    return key
+
+
+def _overshoot(r: dict[str, Any], budgets: dict[str, dict[str, float]]) -> float:
+    total = 0.0
+    for bound, c in zip(budgets.values(), r["constraint_values"] or []):
+        limit = bound.get("max", bound.get("min")) or 1.0
+        total += max(c, 0.0) / abs(limit)
+    return total
+
+
+def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None) -> dict[str, Any]:
+    """The trial the export policy picks (or ``trial`` when given).
+
+    Raises:
+        ExportError: no complete trial, the named trial is not complete, or no
+            trial meets every budget and ``allow_infeasible`` is False.
+    """
+    complete = [r for r in rows(study) if r["state"] == "COMPLETE"]
+    if trial is not None:
+        match = [r for r in complete if r["number"] == trial]
+        if not match:
+            raise ExportError(f"trial {trial} of study {study.study_name!r} is not a complete trial")
+        return match[0]
+    if not complete:
+        raise ExportError(f"study {study.study_name!r} has no complete trial to export")
+    complete = [r for r in complete if not _failed_verification(r)] or complete
+    feasible = [r for r in complete if r["feasible"]]
+    if feasible:
+        return min(feasible, key=policy_key(study))
+    budgets = StudyMeta.of(study).budgets
+    key = policy_key(study)
+    closest = min(complete, key=lambda r: (_overshoot(r, budgets), key(r)))
+    if not allow_infeasible:
+        raise ExportError(
+            f"no trial of study {study.study_name!r} meets every budget; the closest, trial {closest['number']}, "
+            f"breaks {', '.join(closest['violations'])}. Pass --allow-infeasible to export it anyway."
+        )
+    return closest
+
+
+def trial_by_number(study: Any, number: int) -> Any:
+    """The study's trial numbered ``number``.
+
+    Raises:
+        StudyError: the study has no such trial.
+    """
+    for t in study.get_trials(deepcopy=False):
+        if t.number == number:
+            return t
+    raise StudyError(f"study {study.study_name!r} has no trial {number}")
+
+
+def trial_series(study: Any, number: int, storage_url: str) -> dict[str, Any] | None:
+    """A sweep trial's monitor series (``series``: windows, phase tags, phase marks) and its
+    answers (``answers``), as stored by the sweep; None when nothing was stored. Reads only."""
+    from sweep.study.storage import SeriesStore
+
+    return SeriesStore(storage_url, write=False).get(_optuna.trial_id(trial_by_number(study, number)))
+
+
+def fleet_summary(storage_url: str) -> list[dict[str, Any]]:
+    """One row per hardware class in the database: its studies, the trials done and meeting every
+    budget, and the export policy's pick across them (feasible first, then the policy's order).
+    Reads only."""
+    import optuna
+
+    from sweep.study.fleet import hosts
+    from sweep.study.storage import open_optuna_storage
+
+    storage = open_optuna_storage(storage_url, write=False)
+    classes: dict[str, dict[str, Any]] = {}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        if "budgets" not in study.user_attrs:
+            continue  # not a sweep study
+        hc = study.user_attrs.get("hardware_class") or {"name": "(unrecorded)", "fingerprint": {}}
+        entry = classes.setdefault(hc["name"], {"class": hc["name"], "fingerprint": hc["fingerprint"],
+                                                "studies": [], "hosts": set(), "done": 0, "feasible": 0, "picks": []})
+        finished = rows(study)
+        entry["studies"].append(study.study_name)
+        entry["hosts"].update(hosts(study))
+        entry["done"] += len(finished)
+        entry["feasible"] += sum(r["feasible"] for r in finished)
+        try:
+            pick = choose(study, allow_infeasible=True)
+        except ExportError:
+            continue
+        entry["picks"].append({**pick, "study": study.study_name})
+    out = []
+    for entry in classes.values():
+        picks = sorted(entry.pop("picks"), key=lambda r: (not r["feasible"], -r["figures"].get("correctness", 0.0),
+                                                         r["figures"].get("cpu_active_p99_share_pct", 1e9)))
+        entry["hosts"] = sorted(entry["hosts"])
+        entry["pick"] = picks[0] if picks else None
+        out.append(entry)
+    return sorted(out, key=lambda e: e["class"])

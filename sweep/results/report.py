@@ -1,0 +1,166 @@
+"""One self-contained HTML report of a study, with plotly charts.
+
+The Pareto front (correctness against active p99 CPU, coloured by p95 latency,
+infeasible trials faded), parameter importance per objective, the CPU timeline
+and latency distribution of each front trial, and a table of the front.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sweep.measure.metrics import METRICS
+from sweep.records import StudyMeta
+from sweep.results.display import budget_cell, config_summary
+from sweep.results.front import pareto_front, rows, trial_series
+from sweep.results.timeline import (
+    _PHASE_COLOUR,
+    cpu_budgets,
+    fg_label,
+    fg_points,
+    phase_spans,
+    seconds,
+    share_of_machine,
+)
+from sweep.study.fleet import describe_class
+
+
+def _front_chart(study: Any) -> Any:
+    import plotly.graph_objects as go
+
+    complete = [r for r in rows(study) if r["state"] == "COMPLETE" and r["reused_from"] is None]
+    front, _ = pareto_front(study)
+    on_front = {r["number"] for r in front}
+    fig = go.Figure()
+    for label, keep, opacity in (("meets every budget", True, 1.0), ("over budget", False, 0.3)):
+        pts = [r for r in complete if r["feasible"] == keep]
+        if not pts:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r["figures"]["cpu_active_p99_share_pct"] for r in pts],
+            y=[r["figures"]["correctness"] for r in pts],
+            mode="markers", name=label, opacity=opacity,
+            marker=dict(size=[16 if r["number"] in on_front else 9 for r in pts],
+                        color=[r["figures"].get("latency_p95_s") for r in pts], colorscale="Viridis",
+                        showscale=keep or not any(r["feasible"] for r in complete),
+                        colorbar=dict(title="p95 latency (s)"), line=dict(width=1, color="black")),
+            text=[f"trial {r['number']}<br>{config_summary(r['config'])}" for r in pts], hoverinfo="text+x+y",
+        ))
+    budgets = StudyMeta.of(study).budgets
+    if "cpu_active_p99_share_pct" in budgets:
+        fig.add_vline(x=budgets["cpu_active_p99_share_pct"]["max"], line_dash="dash", annotation_text="p99 CPU budget")
+    if "correctness" in budgets:
+        fig.add_hline(y=budgets["correctness"]["min"], line_dash="dash", annotation_text="correctness budget")
+    fig.update_layout(title="Pareto front (larger markers are on the front)",
+                      xaxis_title="active p99 CPU, % of the machine", yaxis_title="correctness", height=480)
+    return fig
+
+
+def _importance_charts(study: Any) -> list[Any] | str:
+    import optuna
+    import plotly.graph_objects as go
+
+    charts = []
+    for i, name in enumerate(StudyMeta.of(study).objectives):
+        # Optuna's default evaluator (PED-ANOVA) ranks what leads to *low* target values.
+        sign = -1.0 if METRICS[name].direction == "maximize" else 1.0
+
+        def target(t: optuna.trial.FrozenTrial, i: int = i, s: float = sign) -> float:
+            value: float = t.values[i]  # FrozenTrial.values is a bare property(), so Any to mypy
+            return s * value
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                imp = optuna.importance.get_param_importances(study, target=target)
+        except (RuntimeError, ValueError) as exc:
+            return f"Parameter importance needs more complete trials with varied parameters ({exc})."
+        items = sorted(imp.items(), key=lambda kv: kv[1])
+        charts.append(go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h"))
+                      .update_layout(title=f"parameter importance for {METRICS[name].direction.replace('ize', 'izing')} "
+                                           f"{name} (Optuna's default evaluator)", height=120 + 22 * len(items),
+                                     yaxis=dict(tickmode="linear")))
+    return charts
+
+
+def _timeline_chart(series: dict[str, Any], budgets: dict[str, Any], title: str) -> Any:
+    import plotly.graph_objects as go
+
+    ts = seconds(series)
+    fig = go.Figure()
+    for phase, start, end in phase_spans(series):
+        fig.add_vrect(x0=start, x1=end, fillcolor=_PHASE_COLOUR.get(phase, "white"), opacity=0.35, line_width=0)
+    fig.add_trace(go.Scatter(x=ts, y=share_of_machine(series), line_shape="hv", name="LLM (worker tree)"))
+    fig.add_trace(go.Scatter(x=ts, y=series["system_pct"], line_shape="hv", name="whole machine", opacity=0.6))
+    for name, limit in cpu_budgets(budgets).items():
+        fig.add_hline(y=limit, line_dash="dash", annotation_text=f"{name} ≤ {limit:g}%")
+    fts, fms = fg_points(series)
+    if fts:  # the user's side, on its own axis
+        fig.add_trace(go.Scatter(x=fts, y=fms, mode="markers", marker_size=4, yaxis="y2",
+                                 name=fg_label(series) + " (ms)"))
+        fig.update_layout(yaxis2=dict(title="foreground ms per unit", overlaying="y", side="right", rangemode="tozero"))
+    fig.update_layout(title=f"{title}: CPU timeline (W = {series['window_s'] * 1000:.0f} ms; shaded by phase)",
+                      xaxis_title="seconds", yaxis_title="% of machine", yaxis_range=[0, 105], height=360)
+    return fig
+
+
+def _latency_chart(front_answers: dict[int, list[dict[str, Any]]]) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for number, answers in front_answers.items():
+        fig.add_trace(go.Box(y=[a["latency_s"] for a in answers], name=f"trial {number}", boxpoints="all"))
+    return fig.update_layout(title="latency of each request, front trials", yaxis_title="seconds", height=380)
+
+
+def _front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(m)} ({html.escape(METRICS[m].unit)})</th>" for m in objectives)
+    body = []
+    for r in front:
+        cells = "".join(f"<td>{r['figures'].get(m, float('nan')):.3g}</td>" for m in objectives)
+        ok = budget_cell(r)
+        body.append(f"<tr><td>{r['number']}</td>{cells}<td>{html.escape(ok)}</td>"
+                    f"<td><code>{html.escape(config_summary(r['config']))}</code></td></tr>")
+    return (f"<table><tr><th>trial</th>{head}<th>budgets</th><th>configuration</th></tr>{''.join(body)}</table>")
+
+
+def write_report(study: Any, storage_url: str, path: Path) -> Path:
+    """Write the report to ``path`` (plotly.js is embedded: the file works offline)."""
+    import plotly.io as pio
+
+    front, feasible = pareto_front(study)
+    budgets = StudyMeta.of(study).budgets
+    parts: list[str] = [_front_chart(study)]
+    importance = _importance_charts(study)
+    parts += importance if isinstance(importance, list) else [f"<p>{html.escape(importance)}</p>"]
+    answers: dict[int, list[dict[str, Any]]] = {}
+    for r in front:
+        stored = trial_series(study, r["number"], storage_url)
+        if stored and stored["series"].get("t"):
+            parts.append(_timeline_chart(stored["series"], budgets, f"trial {r['number']}"))
+            answers[r["number"]] = stored["answers"]
+    if answers:
+        parts.append(_latency_chart(answers))
+    first = True
+    chunks = []
+    for part in parts:
+        if isinstance(part, str):
+            chunks.append(part)
+            continue
+        chunks.append(pio.to_html(part, full_html=False, include_plotlyjs=first))
+        first = False
+    measured_on = html.escape(describe_class(study))
+    note = "" if feasible else "<p><b>No trial meets every budget</b>; the front shown ignores the budgets.</p>"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sweep report: {html.escape(study.study_name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head><body>
+<h1>sweep report: study {html.escape(study.study_name)}</h1>
+<p>{len(rows(study))} finished trials, measured on {measured_on}.</p>
+{note}<h2>The front</h2>{_front_table(front, StudyMeta.of(study).objectives)}
+{''.join(chunks)}
+</body></html>"""
+    path.write_text(page)
+    return path

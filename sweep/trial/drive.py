@@ -1,0 +1,108 @@
+"""One trial's sequence, the same for every backend: the knobs, load, idle, the answers, the knob
+check, the injection pass, the contended pass, done.
+
+A backend (``sweep.trial.worker.PythonBackend``, ``sweep.trial.server_worker.ServerBackend``) supplies only what
+differs: how the model is loaded, how each kind's shared prefix is prepared, how one prompt is
+answered, and which process's threads carry the knobs. Everything it reports goes through the
+channel as ``sweep.trial.protocol`` messages, and each answer is a ``PromptResult``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Protocol
+
+from sweep.trial import knobs
+from sweep.trial.protocol import Channel, PromptResult
+
+
+class BackendFailed(Exception):
+    """The backend cannot go on: a recorded failure with its reason (``model_load_failed``,
+    ``crashed``, ``protocol``), not a crash of the worker."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class Backend(Protocol):
+    def load(self, config: dict[str, Any], chan: Channel) -> None:
+        """Load the model (raise ``BackendFailed`` when it cannot be)."""
+
+    def prepare(self, probes: dict[str, list[list[dict[str, str]]]]) -> None:
+        """Prefill each kind's fixed prefix once (``prefix_cache: shared``); counted in load."""
+
+    def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
+        """Answer one request, sending its prefill, decode and between marks; with ``tokens``, the
+        result carries the prompt's tokens."""
+
+    def knob_pid(self) -> int | str:
+        """The process whose threads carry the knobs (``self`` or the server's pid)."""
+
+    def check(self) -> None:
+        """Raise ``BackendFailed`` if the program that computes has died."""
+
+    def failure(self, exc: Exception) -> BackendFailed | None:
+        """What an exception from the backend means as a recorded failure, or None to let it crash."""
+
+    def close(self) -> None:
+        """Stop whatever the backend started, whatever state it is in."""
+
+
+def shared_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two probes' prompts share: the fixed prefix a cache may hold."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _answer_all(backend: Backend, prompts: list[dict[str, Any]], chan: Channel, passname: str | None = None) -> None:
+    extra = {"pass": passname} if passname else {}
+    for i, request in enumerate(prompts):
+        result = backend.answer(request, i, chan, tokens=passname == "injection")
+        chan.send("prompt", index=i, **extra, **result.to_message())
+
+
+def drive(job: dict[str, Any], chan: Channel, backend: Backend) -> int:
+    """Run the job's trial on ``backend``; the worker's exit status (3: a recorded failure)."""
+    cfg = job["config"]
+    # Per thread on Linux and inherited by every thread created later: set on this, the only
+    # thread, before the backend loads anything (or starts a server, which inherits them too).
+    knobs.apply(cfg)
+    chan.send("phase", phase="load", t=time.monotonic())
+    try:
+        try:
+            backend.load(cfg, chan)
+            if job.get("prefixes"):
+                backend.prepare(job["prefixes"])
+            chan.send("phase", phase="idle", t=time.monotonic())
+            time.sleep(job["idle_seconds"])
+            chan.send("phase", phase="active", t=time.monotonic())
+            _answer_all(backend, job["prompts"], chan)
+            backend.check()
+            # Read back after inference: compute threads are created lazily, on first use.
+            pid = backend.knob_pid()
+            chan.send("knobs", threads=knobs.read_threads(pid), autogroup=knobs.read_autogroup(pid))
+            if job.get("injection"):  # attacker-written items and their clean originals, out of the figures above
+                chan.send("phase", phase="injection", t=time.monotonic())
+                _answer_all(backend, job["injection"], chan, passname="injection")
+            if job.get("contended"):
+                # The same prompts again, under the user's CPU-bound foreground: the runner resumes it
+                # on this mark and says "go" on stdin once it runs.
+                chan.send("phase", phase="contended", t=time.monotonic())
+                sys.stdin.readline()
+                _answer_all(backend, job["prompts"], chan, passname="contended")
+            chan.send("phase", phase="done", t=time.monotonic())
+        except BackendFailed:
+            raise
+        except Exception as exc:
+            failed = backend.failure(exc)
+            if failed is None:
+                raise
+            raise failed from None
+    except BackendFailed as exc:
+        chan.send("error", reason=exc.reason, detail=exc.detail)
+        return 3
+    finally:
+        backend.close()
+    chan.send("result", ok=True)
+    return 0
