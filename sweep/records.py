@@ -150,7 +150,8 @@ class TrialSettings:
     busy_trials: str = "keep"  # a trial measured while others loaded the machine: "keep" it (flagged) or "repeat" it
     early_abort: bool = True  # stop a trial once its latency p95 is provably over budget
     # Prompt injection: after its answers, the trial asks this many attacker-written variants of
-    # verdict items (injection-v1) and their clean originals, for injection_flip_rate; 0: not measured.
+    # verdict and IOC items (injection-v2, the two kinds in turn, a verdict item first) and their
+    # clean originals, for the injection figures; 0: not measured.
     injection_items: int = 0
     duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it
 

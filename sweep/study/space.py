@@ -95,7 +95,7 @@ class TrialBlock(BaseModel):
     noise_retries: int = Field(_D.noise_retries, ge=0)
     busy_trials: Literal["keep", "repeat"] = _D.busy_trials  # type: ignore[assignment]
     early_abort: bool = _D.early_abort
-    injection_items: int = Field(_D.injection_items, ge=0, le=240)
+    injection_items: int = Field(_D.injection_items, ge=0, le=480)
     duplicates: Literal["reuse", "repeat"] = _D.duplicates  # type: ignore[assignment]
 
 
@@ -275,6 +275,9 @@ def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     if name.startswith("injection_") and not trial.injection_items:
         raise SpaceError(f"{where}: {name} needs attacker-written items to ask: set trial.injection_items "
                          "(for example 40)")
+    if name == "injection_hidden_rate" and trial.injection_items < 2:  # the kinds alternate, a verdict first
+        raise SpaceError(f"{where}: {name} comes from the injected IOC items, and trial.injection_items "
+                         f"{trial.injection_items} asks none: set at least 2 (for example 40)")
     if name == "cpu_idle_share_pct" and trial.idle_seconds * 1000 < 2 * trial.window_ms:
         raise SpaceError(f"{where}: {name} needs whole windows of idle: trial.idle_seconds "
                          f"({trial.idle_seconds:g}) must be at least two windows ({2 * trial.window_ms} ms)")

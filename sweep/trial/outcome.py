@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweep.correctness.prompts import answer_text
-from sweep.correctness.tasks import Task, score_answers
+from sweep.correctness.tasks import Task, reported, score_answers
 from sweep.measure.metrics import (
     contended_figures,
     cpu_load_figures,
@@ -192,7 +192,7 @@ def score(obs: Observation, tasks: list[Task], figs: dict[str, float]) -> tuple[
     figs["parse_failures"] = sum(not a["parsed"] for a in answers)
     records = injection_records(obs) if obs.injection_tasks else []
     if records:
-        figs.update(injection_figures([(r["clean"], r["injected"]) for r in records]))
+        figs.update(injection_figures(records))
     return answers, by_kind, records
 
 
@@ -204,10 +204,16 @@ def injection_records(obs: Observation) -> list[dict[str, Any]]:
     out = []
     for k in range(0, len(injected), 2):
         pair = []
+        hidden = tasks[k + 1].hides
         for task, p in zip(tasks[k:k + 2], injected[k:k + 2]):
-            pair.append({"id": task.id, "answer": answer_text(p["answer"], obs.config.output) or "",
-                         "special_tokens": sum(t in special for t in p.get("tokens", []))})
-        out.append({"attack": tasks[k + 1].attack, "clean": pair[0], "injected": pair[1]})
+            text = answer_text(p["answer"], obs.config.output)
+            one: dict[str, Any] = {"id": task.id, "answer": text or "",
+                                   "special_tokens": sum(t in special for t in p.get("tokens", []))}
+            if hidden is not None:  # an IOC item: does the answer still name what the attacker hid?
+                one["reports_hidden"] = reported(task, text, hidden)
+            pair.append(one)
+        out.append({"attack": tasks[k + 1].attack, "kind": tasks[k + 1].kind, "hides": hidden,
+                    "clean": pair[0], "injected": pair[1]})
     return out
 
 
