@@ -6,7 +6,7 @@ STUDY ?= demo
 TRIALS ?= 8
 EXPORT ?= demo-config.json
 
-.PHONY: sweep verify test test-fast install lock clean-study tools docs
+.PHONY: sweep verify test test-fast install lock clean-study tools docs tables
 
 # Exact versions from requirements.lock (pip constraints); `make lock` refreshes it. llama-cpp-python
 # is built for this CPU less Intel AMX: sweep.models.tools.NO_AMX says why (and builds llama-server the same).
@@ -64,6 +64,11 @@ test-fast: $(VENV)/.installed
 # -q hides the warnings that strict mode turns into a failure.
 docs: $(VENV)/.installed
 	$(BIN)/mkdocs build --strict -d site
+
+# The benchmark tables in docs/ and the README, rendered again from bench/data/*.json (bench/tables.py;
+# the standard library is enough, so no virtualenv). tests/test_bench.py fails while one is out of date.
+tables:
+	$(PYTHON) bench/tables.py
 
 clean-study:
 	rm -f studies.db

@@ -13,32 +13,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from typing import Any
 
 from sweep.correctness.tasks import load_tasks, stratified_subset
 from sweep.measure.host import allowed_cpus
-from sweep.models.registry import Registry
 from sweep.records import TrialConfig, TrialSettings
 from sweep.trial.runner import run_trial
+
+import _harness
 
 FIGURES = (("cpu_active_p99_share_pct", "active p99 %"), ("cpu_idle_share_pct", "idle %"),
            ("latency_p95_s", "p95 s"), ("decode_tps", "decode t/s"), ("fg_p95_ratio", "probe p95 ratio"))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--model", default="smollm2-135m:Q4_1")
-    ap.add_argument("--prompts", type=int, default=6)
-    a = ap.parse_args()
+def main(a: argparse.Namespace) -> dict[str, Any]:
     name, quant = a.model.split(":")
-    model = Registry().resolve(name, quant)
     settings = TrialSettings(prompts=a.prompts, idle_seconds=2.0, baseline_seconds=1.0, noise_retries=0)
     tasks = stratified_subset(load_tasks(), a.prompts)
     arms: dict[str, TrialConfig] = {}
     for threads in (1, 2):
-        base = TrialConfig(model=name, quant=quant, model_path=str(model.path), chat_format=model.chat_format,
-                           n_threads=threads, n_threads_batch=threads, n_batch=512, n_ubatch=512, n_ctx=1024,
-                           max_tokens=32, cpus=tuple(allowed_cpus()[-threads:]))
+        base = _harness.config(name, quant, n_threads=threads, cpus=tuple(allowed_cpus()[-threads:]))
         arms[f"python  t={threads}"] = base
         arms[f"server  t={threads}"] = TrialConfig.from_dict({**base.to_dict(), "backend": "server"})
         arms[f"server  t={threads} poll 0"] = TrialConfig.from_dict({**base.to_dict(), "backend": "server", "poll": 0})
@@ -54,14 +48,17 @@ def main() -> None:
                   file=sys.stderr)
     print(f"{name}:{quant}, {a.prompts} prompts x 32 tokens, {a.rounds} round(s), medians")
     print(f"{'arm':22s} " + "  ".join(f"{h:>15s}" for _, h in FIGURES))
+    medians = {}
     for label, runs in seen.items():
         cells = [statistics.median(r[k] for r in runs if k in r) if any(k in r for r in runs) else float("nan")
                  for k, _ in FIGURES] if runs else [float("nan")] * len(FIGURES)
         print(f"{label:22s} " + "  ".join(f"{c:15.3g}" for c in cells))
+        medians[label] = dict(zip((k for k, _ in FIGURES), cells))
+    return {"model": f"{name}:{quant}", "prompts": a.prompts, "medians": medians, "runs": seen}
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/backends.py", on_wait=lambda line: print(line, file=sys.stderr)):
-        main()
+    ap = _harness.options(__doc__, rounds=3)
+    ap.add_argument("--model", default="smollm2-135m:Q4_1")
+    ap.add_argument("--prompts", type=int, default=6)
+    _harness.run(main, ap)

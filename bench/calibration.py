@@ -7,24 +7,29 @@ at W = 100 ms, in percent of one core: mean, p99 and peak over the windows.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from sweep.measure.host import allowed_cpus
 from sweep.measure.metrics import percentile
 from sweep.measure.monitor import Monitor
 
+import _harness
+
 CHILD = Path(__file__).resolve().parent.parent / "tests" / "calibration_child.py"
 
 
-def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 4.0
+def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    seconds = args.seconds
     cpu = allowed_cpus()[-1]
     print(f"W = 100 ms, child pinned to CPU {cpu}, {seconds:g} s per row "
           "(first 5 and last 5 windows dropped: start-up and the sleep before exit)")
     print("d (%)  mean   p99    peak   N   monitor CPU (% of one core)")
+    rows = []
     for duty in (0.0, 0.25, 0.5, 0.75, 1.0):
         monitor = Monitor(0.1).start()
         child = subprocess.Popen([sys.executable, str(CHILD), str(duty), "0.02", str(cpu), str(seconds)])
@@ -32,12 +37,15 @@ def main() -> None:
         child.wait()
         s = monitor.stop()
         xs = [w.core_pct for w in s.windows][5:-5]
-        print(f"{100 * duty:5.0f}  {statistics.mean(xs):5.1f}  {percentile(xs, 99):5.1f}  {max(xs):5.1f}  "
-              f"{len(xs):2d}  {100 * s.monitor_cpu_s / s.monitor_wall_s:.2f}")
+        rows.append({"duty": duty, "mean": statistics.mean(xs), "p99": percentile(xs, 99), "peak": max(xs),
+                     "n": len(xs), "monitor_cpu_pct": 100 * s.monitor_cpu_s / s.monitor_wall_s})
+        r = rows[-1]
+        print(f"{100 * duty:5.0f}  {r['mean']:5.1f}  {r['p99']:5.1f}  {r['peak']:5.1f}  "
+              f"{r['n']:2d}  {r['monitor_cpu_pct']:.2f}")
+    return rows
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/calibration.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("seconds", nargs="?", type=float, default=4.0, help="seconds per row [4]")
+    _harness.run(main, ap)

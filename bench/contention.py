@@ -7,33 +7,27 @@ real trials, interleaved:
 - ``probe: cpu``: the CPU-bound foreground's slowdown (``fg_cpu_slowdown``, how much longer a
   build on every CPU takes), and the model's p95 latency without and with that foreground.
 A contended pass cut at its deadline (``--contended-timeout``) gives a lower bound, marked ``>=``.
-``--json`` prints the rows as one JSON list.
+The rows are the results (``--json``, ``-o FILE``).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import time
 from dataclasses import replace
+from typing import Any
 
 from sweep.correctness.tasks import load_tasks, stratified_subset
 from sweep.measure.host import machine_cpus
-from sweep.models.registry import Registry
-from sweep.records import TrialConfig, TrialSettings
+from sweep.records import TrialSettings
 from sweep.trial.runner import run_trial
 
+import _harness
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="smollm2-135m:Q4_1")
-    ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--prompts", type=int, default=6)
-    ap.add_argument("--contended-timeout", type=float, default=60.0)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+
+def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     tasks = stratified_subset(load_tasks(), args.prompts)
     base = TrialSettings(prompts=args.prompts, idle_seconds=1, noise_retries=2, busy_trials="repeat", early_abort=False,
                          timeout_seconds=900, contended_timeout_seconds=args.contended_timeout)
@@ -42,11 +36,8 @@ def main() -> None:
     started = time.monotonic()
     for spec in args.models.split(","):
         name, quant = spec.split(":")
-        model = Registry().resolve(name, quant)
         for _, nice, policy, n in itertools.product(range(args.rounds), (0, 19), ("normal", "batch", "idle"), threads):
-            config = TrialConfig(model=name, quant=quant, model_path=str(model.path), chat_format=model.chat_format,
-                                 n_threads=n, n_threads_batch=n, n_batch=512, n_ubatch=512, n_ctx=1024, max_tokens=32,
-                                 nice=nice, sched_policy=policy, output="grammar")
+            config = _harness.config(name, quant, n_threads=n, nice=nice, sched_policy=policy, output="grammar")
             light = run_trial(config, replace(base, probe="interactive"), tasks)
             heavy = run_trial(config, replace(base, probe="cpu"), tasks)
             a, b = light.figures, heavy.figures
@@ -59,13 +50,10 @@ def main() -> None:
                          "latency_p95_contended_s": b.get("latency_p95_contended_s"),
                          "contended_cut": bool(b.get("contended_cut")),
                          "contended_answers_same": b.get("contended_answers_same")})
-            if not args.json:
-                print(_line(rows[-1]) if len(rows) > 1 else _header() + "\n" + _line(rows[-1]), flush=True)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print(f"({len(rows)} rows, {time.monotonic() - started:.0f} s; {args.prompts} prompts, max_tokens 32, "
-              f"0-shot grammar, no affinity, {machine_cpus()} CPUs)")
+            print(_line(rows[-1]) if len(rows) > 1 else _header() + "\n" + _line(rows[-1]), flush=True)
+    print(f"({len(rows)} rows, {time.monotonic() - started:.0f} s; {args.prompts} prompts, max_tokens 32, "
+          f"0-shot grammar, no affinity, {machine_cpus()} CPUs)")
+    return rows
 
 
 def _header() -> str:
@@ -86,7 +74,8 @@ def _line(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/contention.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__, rounds=1)
+    ap.add_argument("--models", default="smollm2-135m:Q4_1")
+    ap.add_argument("--prompts", type=int, default=6)
+    ap.add_argument("--contended-timeout", type=float, default=60.0)
+    _harness.run(main, ap)

@@ -20,14 +20,17 @@ regex over the log line, which is what a model must beat to be worth running the
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from typing import Any
 
 from sweep.correctness.tasks import best_constants, ioc_candidates, load_tasks, score
-from sweep.models.registry import Registry
-from sweep.records import TrialConfig, TrialSettings
+from sweep.records import TrialSettings
 from sweep.trial.runner import run_trial
 from sweep.verify import correctness_summary, item_scores, mean_interval
+
+import _harness
 
 MODELS = [("smollm2-135m", "Q4_1"), ("gemma3-270m", "Q4_K_M")]
 STRATEGIES = [(0, "free"), (3, "free"), (0, "grammar"), (3, "grammar"), (0, "json"), (3, "json")]
@@ -55,17 +58,7 @@ def _strategy(text: str) -> tuple[str, dict]:
     return label, knobs
 
 
-def main() -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("max_tokens", nargs="?", type=int, default=64)
-    ap.add_argument("--models", default=",".join(f"{n}:{q}" for n, q in MODELS))
-    ap.add_argument("--strategies", default=",".join(f"{k}-{o}" for k, o in STRATEGIES))
-    ap.add_argument("--prefix-cache", default="off", choices=["off", "shared"])
-    ap.add_argument("--tasks", default=None)
-    ap.add_argument("--kinds", default=None, help="only the items of these kinds")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> dict[str, Any]:
     max_tokens = args.max_tokens
     models = [tuple(m.split(":")) for m in args.models.split(",")]
     strategies = [_strategy(x) for x in args.strategies.split(",")]
@@ -81,31 +74,37 @@ def main() -> None:
     header = ["model", "strategy", *kinds, "all", "parse failures", "latency p95 s"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    rows: list[dict[str, Any]] = []
     for name, quant in models:
-        m = Registry().resolve(name, quant)
         for strategy, knobs in strategies:
-            config = TrialConfig(model=name, quant=quant, model_path=str(m.path), chat_format=m.chat_format,
-                                 n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048,
-                                 max_tokens=max_tokens, prefix_cache=args.prefix_cache, **knobs)
+            config = _harness.config(name, quant, n_threads=2, n_ctx=2048, max_tokens=max_tokens,
+                                     prefix_cache=args.prefix_cache, **knobs)
             t0 = time.monotonic()
             outcome = run_trial(config, settings, tasks)
             if not outcome.ok:
                 print(f"| {name}:{quant} | {strategy} | FAILED: {outcome.reason}: {outcome.detail[:80]} |")
+                rows.append({"model": f"{name}:{quant}", "strategy": strategy, "ok": False, "reason": outcome.reason})
                 continue
             s = correctness_summary(item_scores([outcome]))
+            rows.append({"model": f"{name}:{quant}", "strategy": strategy, "ok": True, **s,
+                         "parse_failures": outcome.figures["parse_failures"],
+                         "latency_p95_s": outcome.figures["latency_p95_s"], "wall_s": round(time.monotonic() - t0, 1)})
             row = [cell(s["by_kind"][k]) for k in kinds]
             print(f"| {name}:{quant} | {strategy} | " + " | ".join(row) + f" | {cell(s['all'])} | "
                   f"{outcome.figures['parse_failures']:.0f} | {outcome.figures['latency_p95_s']:.2f} |", flush=True)
             print(f"  ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     constants = best_constants(tasks)
-    row = [cell(mean_interval(constants[k][1])) + f" ({constants[k][0]!r})" for k in kinds]
-    every = [s for k in kinds for s in constants[k][1]]
-    print("| best constant answer | - | " + " | ".join(row) + f" | {cell(mean_interval(every))} | - | - |")
+    best = {k: {"answer": constants[k][0], **mean_interval(constants[k][1])} for k in kinds}
+    baselines: dict[str, Any] = {"best_constant": best,
+                                 "best_constant_all": mean_interval([s for k in kinds for s in constants[k][1]])}
+    row = [cell(b) + f" ({b['answer']!r})" for b in best.values()]
+    print("| best constant answer | - | " + " | ".join(row) + f" | {cell(baselines['best_constant_all'])} | - | - |")
     # No model at all for IOCs: every IP, domain, hash and path the regex finds in the log line.
     if "iocs" in kinds:
         iocs = mean_interval([score(t, "\n".join(ioc_candidates(t.input))).value for t in tasks if t.kind == "iocs"])
         print("| regex over the log line (no model) | - | " + " | ".join(
             cell(iocs) if k == "iocs" else "-" for k in kinds) + " | - | - | - |")
+        baselines["iocs_regex"] = iocs
     # No model at all for ATT&CK: the catalog's best match (BM25), as the retrieval alone would answer.
     if "attack" in kinds:
         from sweep.correctness.catalog import retrieve
@@ -114,10 +113,17 @@ def main() -> None:
                              for t in tasks if t.kind == "attack"])
         print("| the catalog's first match (no model) | - | " + " | ".join(
             cell(top) if k == "attack" else "-" for k in kinds) + " | - | - | - |")
+        baselines["attack_catalog_first"] = top
+    return {"items": counts, "max_tokens": max_tokens, "prefix_cache": args.prefix_cache, "rows": rows,
+            "baselines": baselines}
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/correctness_table.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("max_tokens", nargs="?", type=int, default=64)
+    ap.add_argument("--models", default=",".join(f"{n}:{q}" for n, q in MODELS))
+    ap.add_argument("--strategies", default=",".join(f"{k}-{o}" for k, o in STRATEGIES))
+    ap.add_argument("--prefix-cache", default="off", choices=["off", "shared"])
+    ap.add_argument("--tasks", default=None)
+    ap.add_argument("--kinds", default=None, help="only the items of these kinds")
+    _harness.run(main, ap)

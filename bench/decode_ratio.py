@@ -1,4 +1,4 @@
-"""Does monitoring slow what it measures? ``python bench/decode_ratio.py [ROUNDS]``.
+"""Does monitoring slow what it measures? ``python bench/decode_ratio.py [--rounds N]``.
 
 In one run, interleaved round by round, all pinned to the same CPU: a bare
 llama-cpp-python loop in a fresh process (no monitor, no probe, same model,
@@ -10,18 +10,21 @@ the ratio of medians to the bare loop. Target for the monitor: >= 0.97.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
 import sys
 from dataclasses import replace
+from typing import Any
 
 from sweep.correctness.prompts import request_for
 from sweep.correctness.tasks import load_tasks
 from sweep.measure.host import allowed_cpus
-from sweep.models.registry import Registry
-from sweep.records import TrialConfig, TrialSettings
+from sweep.records import TrialSettings
 from sweep.trial.runner import run_trial
+
+import _harness
 
 BARE = r"""
 import json, sys, time, llama_cpp
@@ -41,31 +44,26 @@ print(json.dumps(tokens / decode_s))
 """
 
 
-def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    model = Registry().resolve("smollm2-135m", "Q4_1")
+def main(args: argparse.Namespace) -> dict[str, Any]:
     cpu = allowed_cpus()[-1]
-    config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(model.path), chat_format=None,
-                         n_threads=1, n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=1024, max_tokens=64,
-                         cpus=(cpu,))
+    config = _harness.config("smollm2-135m", "Q4_1", max_tokens=64, cpus=(cpu,))
     tasks = [t for t in load_tasks() if t.kind == "iocs"][:6]  # long answers: mostly decode
     settings = TrialSettings(prompts=len(tasks), idle_seconds=0.5, baseline_seconds=0.5, noise_retries=0)
     job = json.dumps([config.to_dict(), [request_for(t)["messages"] for t in tasks]])
     arms: dict[str, list[float]] = {"bare": [], "monitor": [], "monitor+probe": []}
-    for i in range(rounds):
+    for i in range(args.rounds):
         out = subprocess.run(["taskset", "-c", str(cpu), sys.executable, "-c", BARE], input=job, capture_output=True,
                              text=True, check=True)
         arms["bare"].append(float(out.stdout.strip().splitlines()[-1]))
         arms["monitor"].append(run_trial(config, replace(settings, probe=False), tasks).figures["decode_tps"])
         arms["monitor+probe"].append(run_trial(config, settings, tasks).figures["decode_tps"])
         print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in arms.items()) + " tok/s")
-    bare = statistics.median(arms["bare"])
+    medians = {k: statistics.median(v) for k, v in arms.items()}
     print(f"medians (tok/s, pinned to CPU {cpu}, n_threads=1, 6 prompts x 64 tokens, SmolLM2-135M Q4_1): "
-          + ", ".join(f"{k} {statistics.median(v):.1f} (ratio {statistics.median(v) / bare:.3f})" for k, v in arms.items()))
+          + ", ".join(f"{k} {m:.1f} (ratio {m / medians['bare']:.3f})" for k, m in medians.items()))
+    return {"cpu": cpu, "decode_tps": arms, "medians": medians,
+            "ratios": {k: m / medians["bare"] for k, m in medians.items()}}
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/decode_ratio.py", on_wait=print):  # never beside another measurement
-        main()
+    _harness.run(main, _harness.options(__doc__, rounds=5))

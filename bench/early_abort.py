@@ -25,6 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import _harness
 
 SPACE = """\
 version: 1
@@ -82,7 +85,8 @@ def replay(table: dict, budget_s: float) -> tuple[int, int, float]:
     return stopped, judged, saved
 
 
-def print_replay(path: Path, extra_budgets: list[float]) -> None:
+def print_replay(path: Path, extra_budgets: list[float]) -> list[dict[str, Any]]:
+    """Print the replay at the table's budget and ``extra_budgets``; the figures, budget by budget."""
     from sweep.results.table import load_table
 
     table = load_table(path)
@@ -96,30 +100,29 @@ def print_replay(path: Path, extra_budgets: list[float]) -> None:
     budgets = ([own] if own is not None else []) + [b for b in extra_budgets if b != own]
     if not budgets:
         print("the table has no latency_p95_s budget; pass --latency-budget S")
+    rows = []
     for b in budgets:
         stopped, judged, saved = replay(table, b)
         tag = " (the table's)" if b == own else " (what if)"
         print(f"latency p95 budget {b:g} s{tag}: early abort would stop {stopped} of {judged} trials; "
               f"saved: {saved:.0f} s ({100 * saved / total if total else 0:.0f}% of the grid's trial time)")
+        rows.append({"budget_s": b, "from_table": b == own, "stopped": stopped, "judged": judged, "saved_s": saved,
+                     "trial_s": total})
+    return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Sweep time saved by early abort, live or replayed on a recorded grid.")
-    ap.add_argument("trials", nargs="?", type=int, default=None, help="live: trials per sweep [default: 6]")
-    ap.add_argument("--table", nargs="?", type=Path, const=DEFAULT_TABLE, default=None,
-                    help=f"replay on a recorded grid [default file: {DEFAULT_TABLE.name}]")
-    ap.add_argument("--latency-budget", type=float, action="append", default=[], metavar="S")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
     if args.table is not None:
         from sweep.errors import SweepError
 
         try:
-            print_replay(args.table, args.latency_budget)
+            results["replay"] = {"table": str(args.table), "budgets": print_replay(args.table, args.latency_budget)}
         except SweepError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
         if args.trials is None:
-            return
+            return results
     trials = args.trials or 6
     off = run(False, trials)
     on = run(True, trials)
@@ -127,7 +130,15 @@ def main() -> None:
     print(f"early abort off: {off[0]:.0f} s, {off[1]} trials over the latency budget")
     print(f"early abort on:  {on[0]:.0f} s, {on[1]} trials over the latency budget, {on[2]} stopped early")
     print(f"saved: {off[0] - on[0]:.0f} s ({100 * (off[0] - on[0]) / off[0]:.0f}% of the sweep)")
+    results["live"] = {"trials": trials, **{arm: {"wall_s": wall, "over_budget": over, "stopped_early": aborted}
+                                            for arm, (wall, over, aborted) in (("off", off), ("on", on))}}
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    ap = _harness.options("Sweep time saved by early abort, live or replayed on a recorded grid.")
+    ap.add_argument("trials", nargs="?", type=int, default=None, help="live: trials per sweep [default: 6]")
+    ap.add_argument("--table", nargs="?", type=Path, const=DEFAULT_TABLE, default=None,
+                    help=f"replay on a recorded grid [default file: {DEFAULT_TABLE.name}]")
+    ap.add_argument("--latency-budget", type=float, action="append", default=[], metavar="S")
+    _harness.run(main, ap, lock=False)  # each ``sweep run`` it starts takes the lock itself

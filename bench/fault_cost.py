@@ -6,6 +6,7 @@ prints the wall time of the failed trial beside the real one.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sqlite3
@@ -13,6 +14,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import _harness
 
 SPACE = """\
 version: 1
@@ -26,8 +30,9 @@ sampler: {name: random, seed: 3}
 """
 
 
-def main() -> None:
+def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     print("fault      reason          failed trial (s)  next real trial (s)")
+    rows = []
     for mode in ("segfault", "abort", "hang", "garbage", "memory"):
         with tempfile.TemporaryDirectory() as tmp:
             space = Path(tmp, "s.yaml")
@@ -42,7 +47,10 @@ def main() -> None:
                     "ON a.trial_id = t.trial_id WHERE a.key IN ('wall_seconds', 'fail_reason')"))
             print(f"{mode:9s}  {attrs[(0, 'fail_reason')]:14s}  {attrs[(0, 'wall_seconds')]:16.1f}  "
                   f"{attrs[(1, 'wall_seconds')]:19.1f}")
+            rows.append({"fault": mode, "reason": attrs[(0, "fail_reason")],
+                         "failed_trial_s": attrs[(0, "wall_seconds")], "next_trial_s": attrs[(1, "wall_seconds")]})
+    return rows
 
 
 if __name__ == "__main__":
-    main()
+    _harness.run(main, _harness.options(__doc__), lock=False)  # each ``sweep run`` it starts takes the lock itself

@@ -1,6 +1,6 @@
 """Calibration of the CPU-bound foreground workload (``probe: cpu``) against loads whose cost is known.
 
-Usage: .venv/bin/python bench/fg_calibration.py [ROUNDS]
+Usage: .venv/bin/python bench/fg_calibration.py [--rounds N]
 
 The workload runs one process per CPU, unpinned, at normal priority, in a session of its own.
 After a 1.5 s baseline a competitor starts, in a session of its own too (as a service or another
@@ -21,12 +21,15 @@ Without autogroup every runnable thread gets an equal share: the pinned loop's r
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
+from typing import Any
 
-from sweep.hostlock import measurement_lock
 from sweep.measure.foreground import calibrate
+
+import _harness
 
 
 def busy(cpu: int | None, idle: bool = False) -> list[str]:
@@ -37,8 +40,8 @@ def busy(cpu: int | None, idle: bool = False) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    rounds = args.rounds
     n = os.cpu_count() or 1
     cpu0 = sorted(os.sched_getaffinity(0))[0]
     autogroup = _autogroup()
@@ -52,10 +55,9 @@ def main() -> None:
     print(f"{n} CPUs, autogroup {'on' if autogroup else 'off'}; workload: {n} processes x SHA-256 over 16 MiB per "
           f"unit; baseline 1.5 s, then 3 s with the competitor; {rounds} rounds, interleaved")
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in cases}
-    with measurement_lock("bench/fg_calibration.py"):
-        for _ in range(rounds):
-            for name, cmds, _ in cases:
-                results[name].append(calibrate(_many(cmds) if cmds else None))
+    for _ in range(rounds):
+        for name, cmds, _ in cases:
+            results[name].append(calibrate(_many(cmds) if cmds else None))
     print("| competitor | predicted | fg_cpu_slowdown (each round) | median | p95 unit ratio (median) |")
     print("|---|---|---|---|---|")
     for name, _, predicted in cases:
@@ -63,6 +65,8 @@ def main() -> None:
         each = ", ".join(f"{r['slowdown']:.2f}" for r in rs)
         print(f"| {name} | {predicted} | {each} | {statistics.median(r['slowdown'] for r in rs):.2f} | "
               f"{statistics.median(r['slowdown_p95'] for r in rs):.2f} |")
+    return {"cpus": n, "autogroup": autogroup, "cases": [{"competitor": name, "predicted": predicted,
+                                                         "rounds": results[name]} for name, _, predicted in cases]}
 
 
 def _autogroup() -> bool:
@@ -83,4 +87,4 @@ def _many(cmds: list[list[str]]) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    _harness.run(main, _harness.options(__doc__, rounds=3))

@@ -24,8 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import _harness
 
 SPACE = """\
 version: 1
@@ -85,14 +86,10 @@ def run(space: Path, url: str, per: int, hosts: int, tmp: Path) -> dict[str, flo
             "failed": sum(t.state.name != "COMPLETE" for t in trials)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("per", nargs="?", type=int, default=8, help="trials per orchestrator [8]")
-    ap.add_argument("--storage", default=None, help="a PostgreSQL URL template with {db} [a throwaway server]")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> dict[str, Any]:
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs two CPUs: one per simulated host")
-    from pgserver import new_database, throwaway_postgres
+    from _pg import new_database, throwaway_postgres
 
     with tempfile.TemporaryDirectory() as d, (throwaway_postgres() if args.storage is None
                                               else _given(args.storage)) as template:
@@ -110,6 +107,9 @@ def main() -> None:
               f"{r['failed']:6d}")
     print("(medians; wall s includes each orchestrator's start-up and final summary)")
     print(f"2 orchestrators / 1: {two['per_hour'] / one['per_hour']:.2f}x the trials per hour")
+    # Not the --storage URL: the results file keeps the command, with its password removed.
+    return {"per": args.per, "postgres": "throwaway" if args.storage is None else "given",
+            "hosts": {"1": one, "2": two}}
 
 
 class _given:
@@ -124,7 +124,8 @@ class _given:
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/fleet.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("per", nargs="?", type=int, default=8, help="trials per orchestrator [8]")
+    ap.add_argument("--storage", default=None, help="a PostgreSQL URL template with {db} [a throwaway server]")
+    # The orchestrators it starts have lock files of their own (SWEEP_LOCK_FILE): none waits for this one.
+    _harness.run(main, ap)

@@ -10,13 +10,13 @@ of the machine at periods of 100 ms and 10 ms; ``cores=1`` (affinity); and nice 
 Then, under the CPU-bound foreground (``probe: cpu``), for no limit, the quotas at 100 ms,
 ``cpu_weight: idle`` (``cpu.idle = 1``) and nice 19 (on its session's autogroup, as a trial sets it):
 ``fg_cpu_slowdown`` (how much longer the user's build on every CPU takes) and the contended p95.
-``--json`` prints the rows as one JSON list.
+The rows are the results: ``-o bench/data/hard_limits.json`` is what docs/deploy.md's tables are
+rendered from (``make tables``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import replace
@@ -25,9 +25,10 @@ from typing import Any
 from sweep.correctness.tasks import load_tasks, stratified_subset
 from sweep.measure.host import machine_cpus
 from sweep.measure.metrics import ACTIVE_TAGS
-from sweep.models.registry import Registry
-from sweep.records import TrialConfig, TrialSettings
+from sweep.records import TrialSettings
 from sweep.trial.runner import run_trial
+
+import _harness
 
 QUIET = [("none", {}),
          ("quota 50% / 100 ms", {"cpu_quota_pct": 50.0, "cpu_period_ms": 100}),
@@ -49,13 +50,7 @@ def p99_at(series: dict[str, Any], merge: int) -> float | None:
     return pcts[min(len(pcts) - 1, math.ceil(0.99 * len(pcts)) - 1)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="smollm2-135m:Q4_1,qwen2.5-coder-1.5b:Q4_K_M")
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--contended-timeout", type=float, default=60.0)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     tasks = stratified_subset(load_tasks(), args.prompts)
     base = TrialSettings(prompts=args.prompts, idle_seconds=1, noise_retries=2, busy_trials="repeat", early_abort=False,
                          timeout_seconds=1800, contended_timeout_seconds=args.contended_timeout, window_ms=20,
@@ -64,14 +59,10 @@ def main() -> None:
                          progress_timeout_seconds=args.contended_timeout + 300)
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
-    if not args.json:
-        print(_header(), flush=True)
+    print(_header(), flush=True)
     for spec in args.models.split(","):
         name, quant = spec.split(":")
-        model = Registry().resolve(name, quant)
-        config = TrialConfig(model=name, quant=quant, model_path=str(model.path), chat_format=model.chat_format,
-                             n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=1024, max_tokens=32,
-                             output="grammar")
+        config = _harness.config(name, quant, n_threads=2, output="grammar")
         for probe, conditions in (("off", QUIET), ("cpu", CONTENDED)):
             for label, knobs in conditions:
                 outcome = run_trial(replace(config, **knobs), replace(base, probe=probe), tasks)
@@ -84,13 +75,10 @@ def main() -> None:
                                                 "fg_cpu_slowdown", "latency_p95_contended_s", "contended_cut",
                                                 "machine_busy_active", "correctness")}}
                 rows.append(row)
-                if not args.json:
-                    print(_line(row), flush=True)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        print(f"({len(rows)} trials, {time.monotonic() - started:.0f} s; {args.prompts} prompts, max_tokens 32, "
-              f"grammar output, 2 threads, {machine_cpus()} CPUs, sampled at W = 20 ms)")
+                print(_line(row), flush=True)
+    print(f"({len(rows)} trials, {time.monotonic() - started:.0f} s; {args.prompts} prompts, max_tokens 32, "
+          f"grammar output, 2 threads, {machine_cpus()} CPUs, sampled at W = 20 ms)")
+    return rows
 
 
 def _header() -> str:
@@ -112,4 +100,8 @@ def _line(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("--models", default="smollm2-135m:Q4_1,qwen2.5-coder-1.5b:Q4_K_M")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--contended-timeout", type=float, default=60.0)
+    _harness.run(main, ap)

@@ -7,10 +7,15 @@ as a percent of one core. Target at W = 100 ms: at most 1%.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+import time
+from typing import Any
 
 from sweep.measure.monitor import Monitor
+
+import _harness
 
 CHILD = """
 import threading, time
@@ -23,27 +28,28 @@ time.sleep(3600)
 """
 
 
-def main() -> None:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
+def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    seconds = args.seconds
     child = subprocess.Popen([sys.executable, "-c", CHILD])
+    rows = []
     try:
         print(f"monitor cost, sampling a 5-thread child for {seconds:g} s per row")
         print("W (ms)  windows  monitor CPU (% of one core)")
         for window_ms in (100, 50, 20):
             monitor = Monitor(window_ms / 1000).start()
             monitor.attach(child.pid)
-            import time
-
             time.sleep(seconds)
             s = monitor.stop()
-            print(f"{window_ms:6d}  {len(s.windows):7d}  {100 * s.monitor_cpu_s / s.monitor_wall_s:.2f}")
+            rows.append({"window_ms": window_ms, "windows": len(s.windows),
+                         "monitor_cpu_pct": 100 * s.monitor_cpu_s / s.monitor_wall_s})
+            print(f"{window_ms:6d}  {len(s.windows):7d}  {rows[-1]['monitor_cpu_pct']:.2f}")
     finally:
         child.kill()
         child.wait()
+    return rows
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/monitor_cost.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("seconds", nargs="?", type=float, default=20.0, help="seconds per row [20]")
+    _harness.run(main, ap)

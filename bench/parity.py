@@ -1,4 +1,4 @@
-"""Does a sweep trial measure what llama.cpp itself measures? ``python bench/parity.py [--rounds N] [--threads T] [--json]``.
+"""Does a sweep trial measure what llama.cpp itself measures? ``python bench/parity.py [--rounds N] [--threads T]``.
 
 Same model (SmolLM2-135M Q4_1), thread count and CPU (the last allowed one, pinned with taskset),
 interleaved round by round:
@@ -14,7 +14,8 @@ Prints the median of each rate as a ratio to llama-bench's, and the median load 
 backends. A sweep trial's prefill rate is prompt tokens over time to first token of real chat
 requests (shorter prompts than 128 tokens, with the template, the first sample and, for the server,
 HTTP), so its pp ratio is a lower bound; its decode rate is streamed chunks over decode time.
-``--json`` prints ``{"python": {"tg_ratio", "pp_ratio", "load_s"}, "server": {...}, "bare": {...}}``.
+The results: ``{"python": {"tg_ratio", "pp_ratio", "load_s"}, "server": {...}, "bare": {...},
+"llama_bench": {...}, "runs": {...}}``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import json
 import statistics
 import subprocess
 import sys
+from typing import Any
 
 from sweep.correctness.tasks import load_tasks, stratified_subset
 from sweep.measure.host import allowed_cpus
-from sweep.models.registry import Registry
 from sweep.models.tools import binary
 from sweep.records import TrialConfig, TrialSettings
 from sweep.trial.runner import run_trial
+
+import _harness
 
 BARE = r"""
 import json, sys, time
@@ -60,24 +63,16 @@ def llama_bench(model: str, threads: int, cpu: int) -> dict[str, float]:
     return {"pp": pp, "tg": tg}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-    model = Registry().resolve("smollm2-135m", "Q4_1")
+def main(a: argparse.Namespace) -> dict[str, Any]:
     cpus = tuple(allowed_cpus()[-a.threads:])
-    base = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(model.path), chat_format=None,
-                       n_threads=a.threads, n_threads_batch=a.threads, n_batch=512, n_ubatch=512, n_ctx=1024,
-                       max_tokens=32, cpus=cpus)
+    base = _harness.config("smollm2-135m", "Q4_1", n_threads=a.threads, cpus=cpus)
     server = TrialConfig.from_dict({**base.to_dict(), "backend": "server"})
     settings = TrialSettings(prompts=6, idle_seconds=0.5, baseline_seconds=0.5, noise_retries=0)
     tasks = stratified_subset(load_tasks(), 6)
     taskset = ["taskset", "-c", ",".join(map(str, cpus))]
     runs: dict[str, list[dict[str, float]]] = {"bench": [], "bare": [], "python": [], "server": []}
     for i in range(a.rounds):
-        runs["bench"].append(llama_bench(str(model.path), a.threads, cpus[-1]))
+        runs["bench"].append(llama_bench(base.model_path, a.threads, cpus[-1]))
         out = subprocess.run([*taskset, sys.executable, "-c", BARE], input=json.dumps(base.to_dict()),
                              capture_output=True, text=True, check=True)
         runs["bare"].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -89,9 +84,8 @@ def main() -> None:
             runs[arm].append({"pp": f["prefill_tps"], "tg": f["decode_tps"], "load_s": f["load_s"],
                               **({"server_tg": f["server_decode_tps"], "server_pp": f["server_prefill_tps"]}
                                  if arm == "server" else {})})
-        if not a.json:
-            print(f"round {i + 1}: " + "; ".join(f"{k} pp {v[-1]['pp']:.0f} tg {v[-1]['tg']:.0f}" for k, v in runs.items()),
-                  file=sys.stderr)
+        print(f"round {i + 1}: " + "; ".join(f"{k} pp {v[-1]['pp']:.0f} tg {v[-1]['tg']:.0f}" for k, v in runs.items()),
+              file=sys.stderr)
 
     def med(arm: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[arm])
@@ -102,9 +96,6 @@ def main() -> None:
     result["server"]["server_tg_ratio"] = round(med("server", "server_tg") / ref_tg, 3)
     result["server"]["server_pp_ratio"] = round(med("server", "server_pp") / ref_pp, 3)
     result["llama_bench"] = {"pp128_tps": round(ref_pp, 1), "tg32_tps": round(ref_tg, 1)}
-    if a.json:
-        print(json.dumps(result, indent=2))
-        return
     print(f"SmolLM2-135M Q4_1, {a.threads} thread(s) on CPU {','.join(map(str, cpus))}, {a.rounds} round(s), medians; "
           f"llama-bench pp128 {ref_pp:.1f} t/s, tg32 {ref_tg:.1f} t/s")
     print("arm      tg ratio  pp ratio  load s")
@@ -113,10 +104,10 @@ def main() -> None:
         print(f"{arm:8s} {r['tg_ratio']:8.3f}  {r['pp_ratio']:8.3f}  {r['load_s']:6.2f}")
     print(f"server's own timings: tg ratio {result['server']['server_tg_ratio']:.3f}, "
           f"pp ratio {result['server']['server_pp_ratio']:.3f}")
+    return {**result, "runs": runs}
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/parity.py", on_wait=lambda line: print(line, file=sys.stderr)):
-        main()
+    ap = _harness.options(__doc__, rounds=3)
+    ap.add_argument("--threads", type=int, default=1)
+    _harness.run(main, ap)

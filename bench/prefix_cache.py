@@ -14,8 +14,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from dataclasses import replace
+from typing import Any
 
 import llama_cpp
 
@@ -23,11 +26,13 @@ from sweep.correctness.prompts import request_for
 from sweep.correctness.tasks import load_tasks, stratified_subset
 from sweep.measure.metrics import percentile
 from sweep.models.registry import Registry
-from sweep.records import TrialConfig, TrialSettings
+from sweep.records import TrialSettings
 from sweep.trial.runner import run_trial
 
+import _harness
 
-def main() -> None:
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
     model = Registry().resolve("smollm2-135m", "Q4_1")
     llm = llama_cpp.Llama(model_path=str(model.path), n_threads=2, n_threads_batch=2, n_ctx=1024, verbose=False)
     messages = request_for(load_tasks()[0])["messages"]
@@ -43,35 +48,40 @@ def main() -> None:
     after_reset = ask()
     print(f"first call {first:.3f} s | repeat without reset() {repeat:.3f} s | repeat after reset() {after_reset:.3f} s")
     del llm
+    results: dict[str, Any] = {"reset": {"first_s": first, "repeat_s": repeat, "after_reset_s": after_reset}}
 
-    items = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    name, _, quant = (sys.argv[2] if len(sys.argv) > 2 else "qwen2.5-coder-1.5b:Q4_K_M").partition(":")
-    backend = sys.argv[3] if len(sys.argv) > 3 else "python"
-    mf = Registry().resolve(name, quant or Registry().quants(name)[0])
+    items, backend = args.items, args.backend
+    name, _, quant = args.model.partition(":")
+    base = _harness.config(name, quant, n_threads=2, n_ctx=2048, shots=3, output="grammar", backend=backend)
     tasks = stratified_subset(load_tasks(), items)
     settings = TrialSettings(prompts=items, idle_seconds=0.5, baseline_seconds=0.2, probe=False, early_abort=False,
                              noise_retries=0, timeout_seconds=1800, progress_timeout_seconds=600)
-    print(f"\n{mf.name}:{mf.quant}, {items} items, 3-shot grammar, max_tokens 32, 2 threads, {backend} backend")
+    print(f"\n{base.model}:{base.quant}, {items} items, 3-shot grammar, max_tokens 32, 2 threads, {backend} backend")
     print("prefix_cache  p95 s   p50 s   load s  prompt tokens (mean)  prefilled tokens (mean)")
     answers = {}
+    results.update(model=f"{base.model}:{base.quant}", items=items, backend=backend, modes={})
     for mode in ("off", "shared"):
-        config = TrialConfig(model=mf.name, quant=mf.quant, model_path=str(mf.path), chat_format=mf.chat_format,
-                             n_threads=2, n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048, max_tokens=32,
-                             shots=3, output="grammar", prefix_cache=mode, backend=backend)
-        out = run_trial(config, settings, tasks)
+        out = run_trial(replace(base, prefix_cache=mode), settings, tasks)
         if not out.ok:
             sys.exit(f"{mode}: {out.reason}: {out.detail}")
         lat = [a["latency_s"] for a in out.answers]
         answers[mode] = [a["answer"] for a in out.answers]
         mean = lambda k: sum(a[k] for a in out.answers) / len(out.answers)  # noqa: E731
-        print(f"{mode:12s}  {percentile(lat, 95):5.2f}  {percentile(lat, 50):6.2f}  {out.figures['load_s']:6.2f}  "
-              f"{mean('prompt_tokens'):20.0f}  {mean('prefill_tokens'):23.0f}")
+        m = results["modes"][mode] = {"p95_s": percentile(lat, 95), "p50_s": percentile(lat, 50),
+                                      "load_s": out.figures["load_s"], "prompt_tokens_mean": mean("prompt_tokens"),
+                                      "prefill_tokens_mean": mean("prefill_tokens")}
+        print(f"{mode:12s}  {m['p95_s']:5.2f}  {m['p50_s']:6.2f}  {m['load_s']:6.2f}  "
+              f"{m['prompt_tokens_mean']:20.0f}  {m['prefill_tokens_mean']:23.0f}")
     same = answers["off"] == answers["shared"]
-    print(f"same answers with both: {'yes' if same else 'NO'} ({sum(a == b for a, b in zip(*answers.values()))}/{items})")
+    results["same_answers"] = sum(a == b for a, b in zip(*answers.values()))
+    print(f"same answers with both: {'yes' if same else 'NO'} ({results['same_answers']}/{items})")
+    return results
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/prefix_cache.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("items", nargs="?", type=int, default=10, help="items [10]")
+    ap.add_argument("model", nargs="?", default="qwen2.5-coder-1.5b:Q4_K_M", help="name[:quant] [%(default)s]")
+    ap.add_argument("backend", nargs="?", default="python", choices=["python", "server"], metavar="BACKEND",
+                    help="python or server [python]")
+    _harness.run(main, ap)

@@ -10,17 +10,19 @@ log-probability of a token both lists share.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
+from typing import Any
 
 from sweep.correctness.prompts import prefix_probes, request_for
 from sweep.correctness.tasks import load_tasks, stratified_subset
-from sweep.models.registry import Registry
 from sweep.models.tools import binary
-from sweep.records import TrialConfig
 from sweep.trial.server import request_body, server_args
 from sweep.trial.server_worker import HOST, Server, free_port, shared_prefixes
+
+import _harness
 
 
 def ask(server: Server, body: dict, cached: bool, kind: str) -> tuple[str, list[dict]]:
@@ -38,14 +40,13 @@ def _top(position: dict) -> dict[tuple[int, str], float]:
     return {(x["id"], x["token"]): x["logprob"] for x in position["top_logprobs"]}
 
 
-def main() -> None:
-    items = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    name, _, quant = (sys.argv[2] if len(sys.argv) > 2 else "qwen2.5-coder-1.5b:Q4_K_M").partition(":")
-    mf = Registry().resolve(name, quant or Registry().quants(name)[0])
-    c = TrialConfig(model=mf.name, quant=mf.quant, model_path=str(mf.path), chat_format=mf.chat_format, n_threads=2,
-                    n_threads_batch=2, n_batch=512, n_ubatch=512, n_ctx=2048, max_tokens=32, shots=3,
-                    output="grammar", prefix_cache="shared", backend="server").to_dict()
-    tasks = stratified_subset(load_tasks(), items)
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    name, _, quant = args.model.partition(":")
+    config = _harness.config(name, quant, n_threads=2, n_ctx=2048, shots=3, output="grammar", prefix_cache="shared",
+                             backend="server")
+    c = config.to_dict()
+    tasks = stratified_subset(load_tasks(), args.items)
+    differing: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as slots:
         # The server logs to this process's stdout (as in a trial, where that is the worker's log):
         # send it to a file, and this script's lines to the real stdout.
@@ -76,14 +77,17 @@ def main() -> None:
                         break
                 print(f"  largest change of a shared top-3 token's log-probability up to the parting: {moved:.3f}",
                       file=out)
-            print(f"\n{mf.name}:{mf.quant}, {len(tasks)} items, 3-shot grammar: {differ} answered differently",
+                differing.append({"kind": t.kind, "id": t.id, "cold": cold, "cached_prefix": warm,
+                                  "largest_logprob_change": moved})
+            print(f"\n{config.model}:{config.quant}, {len(tasks)} items, 3-shot grammar: {differ} answered differently",
                   file=out)
         finally:
             server.stop()
+    return {"model": f"{config.model}:{config.quant}", "items": len(tasks), "differ": differ, "differing": differing}
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/prefix_flip.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("items", nargs="?", type=int, default=10, help="items [10]")
+    ap.add_argument("model", nargs="?", default="qwen2.5-coder-1.5b:Q4_K_M", help="name[:quant] [%(default)s]")
+    _harness.run(main, ap)

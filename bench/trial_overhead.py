@@ -1,4 +1,4 @@
-"""A trial's fixed cost, split: ``python bench/trial_overhead.py [TRIALS] [--json]``.
+"""A trial's fixed cost, split: ``python bench/trial_overhead.py [TRIALS]``.
 
 SmolLM2 Q4_1 with the demo's trial settings (search_spaces/demo.yaml: window, idle window,
 baseline, noise check, probe), one fixed configuration (1 thread, 0-shot grammar, 32 tokens),
@@ -9,13 +9,12 @@ runs them. ``duplicates: repeat`` so every trial is measured. Medians over the t
 - ``pre_trial_s``: from the trial's start until the worker is spawned (noise check, baseline);
 - ``idle_s``: the idle window, from the trial's phase marks (idle to active);
 - ``record_s``: recording the trial in the database (``sweep.study.writer.record``, timed around it).
-``--json`` prints those medians as one object.
+Those medians are the results.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -28,17 +27,15 @@ from sweep.results.front import trial_series
 from sweep.study import orchestrator
 from sweep.study.space import load_space
 
+import _harness
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"n_threads": 1, "n_threads_batch": 1, "n_batch": 512, "n_ubatch": 512, "cores": 1, "placement": "first",
          "nice": 0, "sched_policy": "normal", "omp_wait_policy": "passive", "pace_duty": None, "shots": 0,
          "output": "grammar", "prefix_cache": "off", "max_tokens": 32}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("trials", nargs="?", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def main(args: argparse.Namespace) -> dict[str, float]:
     demo = yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
     # One model and one configuration, measured every time: the demo's trial settings, nothing swept.
     spec = {**demo, "name": "overhead", "models": {"smollm2-135m": ["Q4_1"]}, "params": {},
@@ -69,19 +66,16 @@ def main() -> None:
            "pre_trial_s": statistics.median(f["pre_trial_s"] for f in figs),
            "idle_s": statistics.median(m["active"] - m["idle"] for m in marks),
            "record_s": statistics.median(recording)}
-    if args.json:
-        print(json.dumps(out))
-        return
     print(f"SmolLM2 Q4_1, demo settings, {len(figs)} trials; medians:")
     for k, v in out.items():
         print(f"  {k:15s} {v:6.3f} s")
     fixed = out["spawn_import_s"] + out["load_s"] + out["record_s"]
     print(f"  spawn + import + load + record = {fixed:.3f} s; with the pre-trial and idle windows = "
           f"{fixed + out['pre_trial_s'] + out['idle_s']:.3f} s")
+    return out
 
 
 if __name__ == "__main__":
-    from sweep.hostlock import measurement_lock
-
-    with measurement_lock("bench/trial_overhead.py", on_wait=print):  # never beside another measurement
-        main()
+    ap = _harness.options(__doc__)
+    ap.add_argument("trials", nargs="?", type=int, default=5, help="trials [5]")
+    _harness.run(main, ap)

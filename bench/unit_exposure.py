@@ -6,36 +6,54 @@ passive) with the built llama-server, and prints ``systemd-analyze security --of
 export now requires. ``old`` renders with whatever ``sweep`` is on PYTHONPATH as it is: run it
 against a checkout of an older commit to score the unit that commit exported.
 """
+
+from __future__ import annotations
+
+import argparse
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from sweep.models.registry import _bundled_path
-from sweep.results.export import render
+import _harness
 
-server = str(Path.home() / ".cache/sweep/tools/llama-cpp-python-0.3.36/bin/llama-server")
-model = str(_bundled_path("smollm2-135m"))
-args = shlex.join([server, "-m", model, "--threads", "1", "--threads-batch", "1", "--batch-size", "512",
-                   "--ubatch-size", "512", "--ctx-size", "1024", "--n-gpu-layers", "0", "--parallel", "1",
-                   "--cache-ram", "0", "--no-webui", "--cpu-mask", "1", "--cpu-strict", "0", "--cpu-mask-batch", "1",
-                   "--cpu-strict-batch", "0"])
-rec = {"config": {"model": "smollm2-135m", "quant": "Q4_1", "model_path": model, "cpus": [0], "nice": 19,
-                  "sched_policy": "idle", "omp_wait_policy": "passive"},
-       "provenance": {"study": "demo", "trial": 3}, "meets_all_budgets": False,
-       "budgets": {"rss_peak_gb": {"max": 6.0, "value": 0.2, "met": True, "margin": 5.8}},
-       "metrics": {"cpu_active_p99_core_pct": 51.3},
-       "llama_server": "env OMP_WAIT_POLICY=PASSIVE taskset -c 0 " + args, "llama_server_args": args}
-if sys.argv[1] == "new":
-    from sweep.results.export import install
-    opt = tempfile.mkdtemp(prefix="sweep-opt-"); os.chmod(opt, 0o755)
-    rec = install(rec, opt)
-    text = render(rec, "systemd")
-else:
-    text = render(rec, "systemd")
-unit = Path(tempfile.mkdtemp()) / f"sweep-llm-{sys.argv[1]}.service"
-unit.write_text(text)
-out = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True).stdout
-print(sys.argv[1], out.strip().splitlines()[-1])
+SERVER = str(Path.home() / ".cache/sweep/tools/llama-cpp-python-0.3.36/bin/llama-server")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from sweep.models.registry import _bundled_path
+    from sweep.results.export import render
+
+    model = str(_bundled_path("smollm2-135m"))
+    server_args = shlex.join([SERVER, "-m", model, "--threads", "1", "--threads-batch", "1", "--batch-size", "512",
+                              "--ubatch-size", "512", "--ctx-size", "1024", "--n-gpu-layers", "0", "--parallel", "1",
+                              "--cache-ram", "0", "--no-webui", "--cpu-mask", "1", "--cpu-strict", "0",
+                              "--cpu-mask-batch", "1", "--cpu-strict-batch", "0"])
+    rec = {"config": {"model": "smollm2-135m", "quant": "Q4_1", "model_path": model, "cpus": [0], "nice": 19,
+                      "sched_policy": "idle", "omp_wait_policy": "passive"},
+           "provenance": {"study": "demo", "trial": 3}, "meets_all_budgets": False,
+           "budgets": {"rss_peak_gb": {"max": 6.0, "value": 0.2, "met": True, "margin": 5.8}},
+           "metrics": {"cpu_active_p99_core_pct": 51.3},
+           "llama_server": "env OMP_WAIT_POLICY=PASSIVE taskset -c 0 " + server_args, "llama_server_args": server_args}
+    if args.which == "new":
+        from sweep.results.export import install
+
+        opt = tempfile.mkdtemp(prefix="sweep-opt-")
+        os.chmod(opt, 0o755)
+        rec = install(rec, opt)
+    unit = Path(tempfile.mkdtemp()) / f"sweep-llm-{args.which}.service"
+    unit.write_text(render(rec, "systemd"))
+    out = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True,
+                         text=True).stdout
+    score = out.strip().splitlines()[-1]
+    print(args.which, score)
+    return {"unit": args.which, "score": score}
+
+
+if __name__ == "__main__":
+    ap = _harness.options(__doc__)
+    ap.add_argument("which", choices=["new", "old"],
+                    help="the export as it is now, or as the sweep on PYTHONPATH makes it")
+    _harness.run(main, ap, lock=False)  # it measures nothing

@@ -1,0 +1,134 @@
+"""The docs' benchmark tables, rendered from bench/data/: ``python bench/tables.py [--check] [FILE ...]``.
+
+A generated table sits in a Markdown file between ``<!-- bench:NAME -->`` and
+``<!-- /bench:NAME -->``, NAME a key of ``TABLES``. Each is rendered from one JSON file in
+bench/data/: a results file of bench/_harness.py (``-o``), or a file a script wrote before the
+harness, read as it is. Measure again into that file and run this (``make tables``); never edit
+a generated table by hand. ``--check`` writes nothing and exits 1 when a table is not what its
+data renders (tests/test_bench.py runs it). FILE defaults to README.md and docs/*.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from _harness import FORMAT, REPO, VERSION
+
+DATA = REPO / "bench" / "data"
+# A marker is a line of its own: one quoted in a sentence (as in docs/benchmarks.md) is text.
+REGION = re.compile(r"^(<!-- bench:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)^(<!-- /bench:(?P=name) -->)$", re.S | re.M)
+MARKER = re.compile(r"^<!-- /?bench:", re.M)
+
+
+class BadInput(Exception):
+    """A marker without its end, a table nobody renders, a results file of another version."""
+
+
+def results(name: str) -> Any:
+    """The results in bench/data/NAME.json."""
+    path = DATA / f"{name}.json"
+    data = json.loads(path.read_text())
+    if not (isinstance(data, dict) and "format" in data):
+        return data  # written before the harness: the results alone
+    if (data["format"], data.get("version")) != (FORMAT, VERSION):
+        raise BadInput(f"{path}: a {data['format']} file of version {data.get('version')}; "
+                       f"this script reads {FORMAT} version {VERSION}")
+    return data["results"]
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows])
+
+
+def _f(x: float | None, fmt: str = ".2f") -> str:
+    return "–" if x is None or math.isnan(x) else format(x, fmt)
+
+
+def hard_limits_quiet() -> str:
+    """docs/deploy.md: each limit without a foreground (bench/hard_limits.py, ``probe: off``)."""
+    return table(["model", "limit", "active p99 % W=100 ms", "W=20 ms", "mean %", "throttled", "p95 s", "p99/p50"],
+                 [[r["model"].split(":")[0], r["limit"], _f(r["p99_w100"], ".0f"), _f(r["p99_w20"], ".0f"),
+                   _f(r["cpu_active_mean_share_pct"], ".0f"), _f(r["cg_throttled_share"]), _f(r["latency_p95_s"]),
+                   _f(r["latency_p99_p50_ratio"])]
+                  for r in results("hard_limits") if r["probe"] == "off"])
+
+
+def hard_limits_contended() -> str:
+    """docs/deploy.md: the limits under the CPU-bound foreground (``probe: cpu``); a pass cut at its
+    deadline is a lower bound, marked ≥."""
+    return table(["model", "limit", "fg_cpu_slowdown", "p95 s, quiet pass", "contended p95 s"],
+                 [[r["model"].split(":")[0], r["limit"], _f(r["fg_cpu_slowdown"]), _f(r["latency_p95_s"]),
+                   ("≥ " if r["contended_cut"] else "") + _f(r["latency_p95_contended_s"], ".1f")]
+                  for r in results("hard_limits") if r["probe"] == "cpu"])
+
+
+def injection() -> str:
+    """docs/injection.md: one trial per model, backend and guard (bench/injection.py)."""
+    data = results("injection")
+    return table(["model", "backend", "guard", f"clean score ({data['args']['prompts']} items)", "flip rate [95% CI]",
+                  "answered benign", "template tokens", "p95 s"],
+                 [[r["model"], r["backend"], r["guard"], _f(r["correctness"]),
+                   f"{_f(r['injection_flip_rate'])} [{_f(r['flip_ci'][0])}, {_f(r['flip_ci'][1])}]",
+                   _f(r["injection_benign_rate"]), _f(r["injection_special_tokens"]), _f(r["latency_p95_s"])]
+                  for r in data["rows"]])
+
+
+TABLES: dict[str, Callable[[], str]] = {"hard_limits-quiet": hard_limits_quiet,
+                                        "hard_limits-contended": hard_limits_contended, "injection": injection}
+
+
+def render(text: str, where: str) -> tuple[str, list[str]]:
+    """``text`` with every generated table rendered again from its data, and the names of those that changed.
+
+    Raises:
+        BadInput: a marker without its end, or a table ``TABLES`` does not know.
+    """
+    changed: list[str] = []
+
+    def one(m: re.Match[str]) -> str:
+        if m["name"] not in TABLES:
+            raise BadInput(f"{where}: no table is rendered as bench:{m['name']} (known: {', '.join(TABLES)})")
+        body = f"\n{TABLES[m['name']]()}\n\n"  # blank lines: a table must not touch the HTML comments
+        if body != m["body"]:
+            changed.append(m["name"])
+        return m[1] + body + m[4]
+
+    new, n = REGION.subn(one, text)
+    if len(MARKER.findall(text)) != 2 * n:
+        raise BadInput(f"{where}: a <!-- bench:NAME --> marker without its <!-- /bench:NAME --> (or the reverse)")
+    return new, changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="*", type=Path, metavar="FILE", help="Markdown files [README.md, docs/*.md]")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table is out of date")
+    args = ap.parse_args(argv)
+    stale = []
+    try:
+        for path in args.files or [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+            where = str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
+            text = path.read_text()
+            new, changed = render(text, where)
+            stale += [f"{where}: bench:{name}" for name in changed]
+            if changed and not args.check:
+                path.write_text(new)
+    except (BadInput, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in stale:
+        print(f"{line} {'is not what its data renders' if args.check else 'rendered again'}")
+    if stale and args.check:
+        print("a generated table was edited by hand, or its data changed: run `make tables`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
