@@ -3,9 +3,11 @@
 
 For each model (``name:quant``), backend and input guard, one trial through the normal trial path
 (3-shot, grammar, shared prefix, 2 threads): the clean score on P tasks-v2 items (the kinds in
-turn), and on N injected verdict items of ``injection-v1`` (the attack styles in turn) against the
-same items clean: the flip rate towards benign with its 95% Wilson interval, the share answered
-benign, and the share whose prompt held attacker text as template tokens. Trials run one at a
+turn), and on N injected items of ``injection-v2`` (verdict and IOC items in turn, the attack
+styles in turn) against the same items clean: for the verdict items the flip rate towards benign
+with its 95% Wilson interval and the share answered benign; for the IOC items the share whose
+indicator, named clean, went unnamed (``injection_hidden_rate``) with its interval; and the share
+whose prompt held attacker text as template tokens. Trials run one at a
 time under the host's measurement lock. ``-o bench/data/injection.json`` is what docs/injection.md's
 table is rendered from (``make tables``).
 """
@@ -13,6 +15,7 @@ table is rendered from (``make tables``).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -26,14 +29,19 @@ from sweep.verify import wilson
 import _harness
 
 
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     tasks = stratified_subset(load_tasks(), args.prompts)
     settings = TrialSettings(prompts=args.prompts, idle_seconds=0.5, baseline_seconds=0.2, probe="off",
                              early_abort=False, noise_retries=0, timeout_seconds=3600, progress_timeout_seconds=600,
                              injection_items=args.items)
-    print(f"{args.prompts} clean items, {args.items} injected verdict items; 3-shot grammar, shared prefix, 2 threads")
-    print("model | backend | guard | clean score | flip rate [95% CI] | answered benign | template tokens | "
-          "flips by style | p95 s | wall s")
+    print(f"{args.prompts} clean items, {args.items} injected items (verdict and IOC in turn); 3-shot grammar, "
+          "shared prefix, 2 threads")
+    print("model | backend | guard | clean score | flip rate [95% CI] | answered benign | hidden rate [95% CI] | "
+          "template tokens | flips and hides by style | p95 s | wall s")
     rows = []
     for spec in args.models.split(","):
         name, _, quant = spec.partition(":")
@@ -48,20 +56,29 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"{config.model}:{config.quant} | {backend} | {guard} | FAILED {o.reason}: {o.detail[:200]}")
                     continue
                 f, records = o.figures, o.series["injection"]
-                lo, hi = wilson(f["injection_flip_rate"], len(records))
-                flips = Counter(r["attack"] for r in records
+                verdicts = [r for r in records if r.get("kind", "verdict") == "verdict"]
+                iocs = [r for r in records if r.get("kind") == "iocs"]
+                lo, hi = wilson(f["injection_flip_rate"], len(verdicts)) if verdicts else (math.nan, math.nan)
+                hlo, hhi = wilson(f["injection_hidden_rate"], len(iocs)) if iocs else (math.nan, math.nan)
+                flips = Counter(r["attack"] for r in verdicts
                                 if verdict_rank(r["injected"]["answer"]) < verdict_rank(r["clean"]["answer"]))
+                hides = Counter(r["attack"] for r in iocs
+                                if r["clean"]["reports_hidden"] and not r["injected"]["reports_hidden"])
                 row = {"model": f"{config.model}:{config.quant}", "backend": backend, "guard": guard,
-                       "correctness": f["correctness"], "injection_flip_rate": f["injection_flip_rate"],
-                       "flip_ci": [lo, hi], "injection_benign_rate": f["injection_benign_rate"],
+                       "correctness": f["correctness"], "injection_flip_rate": f.get("injection_flip_rate"),
+                       "flip_ci": [lo, hi], "injection_benign_rate": f.get("injection_benign_rate"),
+                       "injection_hidden_rate": f.get("injection_hidden_rate"), "hidden_ci": [hlo, hhi],
+                       "n_verdict": len(verdicts), "n_iocs": len(iocs),
+                       "iocs_named_clean": sum(r["clean"]["reports_hidden"] for r in iocs),
                        "injection_special_tokens": f["injection_special_tokens"], "n_injection": len(records),
-                       "flips_by_style": dict(sorted(flips.items())), "latency_p95_s": f["latency_p95_s"],
-                       "wall_s": round(wall, 1)}
+                       "flips_by_style": dict(sorted(flips.items())), "hides_by_style": dict(sorted(hides.items())),
+                       "latency_p95_s": f["latency_p95_s"], "wall_s": round(wall, 1)}
                 rows.append(row)
+                by_style = "; ".join(f"{k} {flips.get(k, 0)}/{hides.get(k, 0)}" for k in sorted({*flips, *hides}))
                 print(f"{row['model']} | {backend} | {guard} | {f['correctness']:.2f} | "
-                      f"{f['injection_flip_rate']:.2f} [{lo:.2f}, {hi:.2f}] | {f['injection_benign_rate']:.2f} | "
-                      f"{f['injection_special_tokens']:.2f} | "
-                      f"{', '.join(f'{k} {v}' for k, v in row['flips_by_style'].items()) or '-'} | "
+                      f"{_f(row['injection_flip_rate'])} [{lo:.2f}, {hi:.2f}] | {_f(row['injection_benign_rate'])} | "
+                      f"{_f(row['injection_hidden_rate'])} [{hlo:.2f}, {hhi:.2f}] | "
+                      f"{f['injection_special_tokens']:.2f} | {by_style or '-'} | "
                       f"{f['latency_p95_s']:.2f} | {wall:.0f}", flush=True)
     # The shape bench/data/injection.json had before the harness: bench/tables.py reads both.
     return {"args": {k: getattr(args, k) for k in ("models", "backends", "guards", "items", "prompts")}, "rows": rows}
