@@ -25,17 +25,17 @@ if TYPE_CHECKING:  # the names _LAZY serves, so that mypy and IDEs see them; nev
     from sweep.trial.runner import run_trial
 
 _LAZY = {
-    "ModelFile": "models.registry", "Registry": "models.registry",
-    "Outcome": "records", "StudyMeta": "records", "TrialConfig": "records", "TrialSettings": "records",
-    "choose": "results.front", "export_record": "results.export", "render": "results.export",
-    "pareto_front": "results.front", "rows": "results.front", "trial_series": "results.front",
-    "make_table": "results.table", "load_table": "results.table", "save_table": "results.table",
-    "run_trial": "trial.runner",
-    "Space": "study.space", "load_space": "study.space",
-    "load_study": "study.writer", "run_study": "study.orchestrator",
-    "Task": "correctness.tasks", "load_tasks": "correctness.tasks", "score": "correctness.tasks",
-    "stratified_subset": "correctness.tasks",
-    "import_tasks": "correctness.importers",
+    "ModelFile": "sweep.models.registry", "Registry": "sweep.models.registry",
+    "Outcome": "sweep.records", "StudyMeta": "sweep.records", "TrialConfig": "sweep.records", "TrialSettings": "sweep.records",
+    "choose": "sweep.results.front", "export_record": "sweep.results.export", "render": "sweep.results.export",
+    "pareto_front": "sweep.results.front", "rows": "sweep.results.front", "trial_series": "sweep.results.front",
+    "make_table": "sweep.results.table", "load_table": "sweep.results.table", "save_table": "sweep.results.table",
+    "run_trial": "sweep.trial.runner",
+    "Space": "sweep.study.space", "load_space": "sweep.study.space",
+    "load_study": "sweep.study.writer", "run_study": "sweep.study.orchestrator",
+    "Task": "sweep.correctness.tasks", "load_tasks": "sweep.correctness.tasks", "score": "sweep.correctness.tasks",
+    "stratified_subset": "sweep.correctness.tasks",
+    "import_tasks": "sweep.correctness.importers",
 }
 
 __all__ = [
@@ -50,5 +50,5 @@ if not TYPE_CHECKING:  # seen by mypy, a module __getattr__ would make every mis
 
     def __getattr__(name: str) -> Any:
         if name in _LAZY:
-            return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+            return getattr(importlib.import_module(_LAZY[name]), name)
         raise AttributeError(f"module 'sweep' has no attribute {name!r}")

@@ -108,6 +108,16 @@ def test_a_budget_on_injection_needs_injected_items(tmp_path: Path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "studies.db").exists()
 
 
+
+def test_a_budget_on_the_hidden_rate_needs_an_ioc_item_among_the_injected(tmp_path: Path) -> None:
+    from conftest import TINY_SPACE
+
+    body = TINY_SPACE.replace("trial:\n", "constraints:\n  injection_hidden_rate: {max: 0.1}\ntrial:\n  injection_items: 1\n")
+    proc = sweep_cli("run", str(write_space(tmp_path / "s.yaml", body)), "--study", "x", "--trials", "1")
+    assert proc.returncode == 2 and "constraints.injection_hidden_rate" in proc.stderr, proc.stderr
+    assert "at least 2" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "studies.db").exists()
+
 def _trial(smollm2: Path, backend: str, guard: str):
     from sweep.correctness.tasks import load_tasks, stratified_subset
     from sweep.records import TrialConfig, TrialSettings
@@ -127,13 +137,14 @@ def _special_tokens_reached(backend: str, smollm2: Path) -> None:
     for outcome in (plain, escaped):
         assert outcome.figures["n_injection"] == 5 and len(outcome.series["injection"]) == 5
         assert len(outcome.answers) == 2  # the injected items are not scored answers
-    by_attack = {r["attack"]: r for r in plain.series["injection"]}
-    # SmolLM2's template is ChatML: the forged ChatML turn became its template tokens (four markers)...
-    chatml = by_attack["chatml"]
-    assert chatml["injected"]["special_tokens"] == chatml["clean"]["special_tokens"] + 4
+    records = plain.series["injection"]
+    forged = [r for r in records if r["attack"] == "chatml"]
+    assert {r["kind"] for r in forged} == {"verdict", "iocs"}  # the kinds in turn: one forged turn of each
+    # SmolLM2's template is ChatML: each forged ChatML turn became its template tokens (four markers)...
+    assert all(r["injected"]["special_tokens"] == r["clean"]["special_tokens"] + 4 for r in forged)
     assert all(r["injected"]["special_tokens"] == r["clean"]["special_tokens"]
-               for a, r in by_attack.items() if a != "chatml")  # Gemma's markers are text to this tokenizer
-    assert plain.figures["injection_special_tokens"] == pytest.approx(1 / 5)
+               for r in records if r["attack"] != "chatml")  # Gemma's markers are text to this tokenizer
+    assert plain.figures["injection_special_tokens"] == pytest.approx(len(forged) / 5)
     # ...and under escape no input text can become one, while the template's own markers remain.
     assert escaped.figures["injection_special_tokens"] == 0.0
     assert all(r["injected"]["special_tokens"] == r["clean"]["special_tokens"] > 0 for r in escaped.series["injection"])
