@@ -23,8 +23,12 @@ SERVER = str(Path.home() / ".cache/sweep/tools/llama-cpp-python-0.3.36/bin/llama
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from sweep.models.registry import _bundled_path
-    from sweep.results.export import render
+    try:
+        from sweep.models.registry import _bundled_path
+        from sweep.results.export import render
+    except ImportError:  # ``old``: a sweep from before the sub-packages (0d6c6f4 is one)
+        from sweep.export import render  # type: ignore[no-redef]
+        from sweep.models import _bundled_path  # type: ignore[no-redef]
 
     model = str(_bundled_path("smollm2-135m"))
     server_args = shlex.join([SERVER, "-m", model, "--threads", "1", "--threads-batch", "1", "--batch-size", "512",
