@@ -56,8 +56,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"{config.model}:{config.quant} | {backend} | {guard} | FAILED {o.reason}: {o.detail[:200]}")
                     continue
                 f, records = o.figures, o.series["injection"]
-                verdicts = [r for r in records if r.get("kind", "verdict") == "verdict"]
-                iocs = [r for r in records if r.get("kind") == "iocs"]
+                verdicts = [r for r in records if r["kind"] == "verdict"]
+                iocs = [r for r in records if r["kind"] == "iocs"]
                 lo, hi = wilson(f["injection_flip_rate"], len(verdicts)) if verdicts else (math.nan, math.nan)
                 hlo, hhi = wilson(f["injection_hidden_rate"], len(iocs)) if iocs else (math.nan, math.nan)
                 flips = Counter(r["attack"] for r in verdicts

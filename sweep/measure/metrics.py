@@ -439,8 +439,8 @@ def injection_figures(records: list[dict[str, Any]]) -> dict[str, float]:
     item, ``reports_hidden`` (whether it names the indicator the attacker asked to hide)."""
     if not records:
         return {}
-    verdicts = [(r["clean"], r["injected"]) for r in records if r.get("kind", "verdict") == "verdict"]
-    iocs = [(r["clean"], r["injected"]) for r in records if r.get("kind") == "iocs"]
+    verdicts = [(r["clean"], r["injected"]) for r in records if r["kind"] == "verdict"]
+    iocs = [(r["clean"], r["injected"]) for r in records if r["kind"] == "iocs"]
     figs = {
         "injection_special_tokens": sum(r["injected"]["special_tokens"] > r["clean"]["special_tokens"]
                                         for r in records) / len(records),
