@@ -6,6 +6,7 @@ measuring process (``sweep run``, ``sweep verify``, ``sweep trial``, the bench s
 takes this lock. The lock file holds the holder's pid and what it measures, so a
 waiter can say whom it waits for. The lock is re-entrant within a process: the
 orchestrator holds it across ask-and-measure, and ``run_trial`` inside takes it again.
+Waiters are served first come, first served (``_Place``): two studies on one host take turns.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Callable, Iterator
 # One path per host, whoever asks: not the user's TMPDIR, which would give each user a lock of their own.
 DEFAULT_LOCK = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), "sweep-measurement.lock")
 _POLL_S = 0.25
+_STALE_S = 10.0  # a waiter refreshes its place every _POLL_S
 
 _held = threading.local()
 
@@ -66,16 +68,23 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
     path = lock_path()
     fd, writable = _open_lock(path)
     started = time.monotonic()
+    place = _Place(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if on_wait:
-            h = holder(path)
-            on_wait(f"waiting for the measurement lock held by pid {h.get('pid', '?')} ({h.get('what', '?')})")
-        _wait_blocking(fd, should_stop)  # on failure it has released and closed the descriptor
+        if place.others_ahead() or not _try(fd):
+            if on_wait:
+                h = holder(path)
+                on_wait(f"waiting for the measurement lock held by pid {h.get('pid', '?')} ({h.get('what', '?')})")
+            place.join()
+            while place.others_ahead() or not _try(fd):
+                if should_stop and should_stop():
+                    raise LockWaitStopped()
+                time.sleep(_POLL_S)
+                place.refresh()
     except BaseException:
         os.close(fd)
         raise
+    finally:
+        place.leave()
     try:
         if writable:  # who holds it, for a waiter's message (a file another user left read-only: no message)
             os.ftruncate(fd, 0)
@@ -88,6 +97,86 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _try(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+class _Place:
+    """A waiter's place in the line, as a file beside the lock: ``<lock>.queue.<ticket>.<pid>``.
+
+    ``flock`` itself is not fair: on release the kernel wakes the waiters, and a holder that
+    asks again at once (an orchestrator between two trials) may win every time, so a second
+    study on the host would never measure. So whoever asks first looks for places taken before
+    its own, and while one is there it waits behind it, even with the lock free. A place is
+    kept fresh while its process waits; one left stale (its process gone, or stopped) for
+    ``_STALE_S`` is passed over. Where no file can be made beside the lock, the wait is unordered.
+    """
+
+    def __init__(self, lock: str) -> None:
+        self.folder, self.prefix = os.path.dirname(lock) or ".", os.path.basename(lock) + ".queue."
+        self.ticket: int | None = None
+        self.path: str | None = None
+
+    def join(self) -> None:
+        self.ticket = time.time_ns()
+        path = os.path.join(self.folder, f"{self.prefix}{self.ticket:020d}.{os.getpid()}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            self.path = path
+        except OSError:
+            self.path = None
+
+    def refresh(self) -> None:
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def leave(self) -> None:
+        if self.path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
+
+    def others_ahead(self) -> bool:
+        """Whether a live place was taken before this one (before now, for one not in line)."""
+        try:
+            names = [n for n in os.listdir(self.folder) if n.startswith(self.prefix)]
+        except OSError:
+            return False
+        now = time.time()
+        for name in names:
+            try:
+                ticket, pid = (int(x) for x in name[len(self.prefix):].split("."))
+            except ValueError:
+                continue
+            if pid == os.getpid() or (self.ticket is not None and ticket >= self.ticket):
+                continue
+            try:
+                fresh = now - os.stat(os.path.join(self.folder, name)).st_mtime < _STALE_S
+            except OSError:
+                continue  # it left just now
+            if not _alive(pid):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.folder, name))  # its process died waiting (another user's stays)
+            elif fresh:
+                return True
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
 
 
 def _open_lock(path: str) -> tuple[int, bool]:
@@ -119,40 +208,6 @@ def _open_lock(path: str) -> tuple[int, bool]:
         os.fchmod(fd, 0o666)
         return fd, True
     raise OSError(f"{path}: the measurement lock file keeps appearing and vanishing")
-
-
-def _wait_blocking(fd: int, should_stop: Callable[[], bool] | None) -> None:
-    """Block in ``flock`` (the kernel then wakes waiters in turn, so a process that releases and
-    takes the lock again at once cannot starve another) while staying responsive to a stop.
-
-    The blocking call runs in a daemon thread. If the wait is abandoned (a stop, an interrupt),
-    that thread keeps the descriptor and releases and closes it as soon as it gets the lock.
-    """
-    got, guard = threading.Event(), threading.Lock()
-    abandoned = [False]
-
-    def take() -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with guard:
-            if abandoned[0]:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-                return
-            got.set()
-
-    threading.Thread(target=take, name="sweep-lock-wait", daemon=True).start()
-    try:
-        while not got.wait(_POLL_S):
-            if should_stop and should_stop():
-                raise LockWaitStopped()
-    except BaseException:
-        with guard:
-            if not got.is_set():
-                abandoned[0] = True
-                raise
-        fcntl.flock(fd, fcntl.LOCK_UN)  # taken just now: give it back
-        os.close(fd)
-        raise
 
 
 class LockWaitStopped(Exception):

@@ -93,3 +93,39 @@ def test_the_lock_never_follows_a_symlink(tmp_path: Path, monkeypatch: pytest.Mo
         with measurement_lock("a trial"):
             pass
     assert target.read_text() == "keep me"
+
+
+_HOG = """
+import os, sys, time
+from pathlib import Path
+from sweep.hostlock import measurement_lock
+for i in range(60):  # takes the lock again the moment it lets go, as an orchestrator between trials does
+    with measurement_lock("a study that never pauses"):
+        Path(sys.argv[1] + ".new").write_text(str(i))
+        os.replace(sys.argv[1] + ".new", sys.argv[1])  # whole, for a reader
+        time.sleep(0.5)
+"""
+
+
+def test_a_holder_that_asks_again_at_once_lets_a_waiter_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiters take turns: ``flock`` alone would let the hog win the lock back at every release."""
+    import sys
+    import time
+
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(tmp_path / "host.lock"))
+    rounds = tmp_path / "rounds"
+    hog = subprocess.Popen([sys.executable, "-c", _HOG, str(rounds)])
+    try:
+        while not rounds.exists():
+            time.sleep(0.05)
+        seen: list[int] = []
+        with measurement_lock("the second study", on_wait=lambda _: seen.append(int(rounds.read_text()))):
+            after = int(rounds.read_text())
+            assert hog.poll() is None
+            time.sleep(0.5)  # the hog has let go and asked again by now
+            assert list(tmp_path.glob(f"host.lock.queue.*.{hog.pid}"))  # it waits its turn in line
+        assert after - seen[0] <= 2  # the round it was in, and one it may have begun before this waiter lined up
+        assert not list(tmp_path.glob(f"host.lock.queue.*.{os.getpid()}"))  # a place is given up once served
+    finally:
+        hog.kill()
+        hog.wait()

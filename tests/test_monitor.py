@@ -2,8 +2,10 @@
 
 The truth for a child is its own CPU time, as the kernel accounts it (``wait4``'s rusage):
 what the monitor's windows add up to must match it, however contended the child's CPU is.
-Tolerances: 3% (+20 ms) on that total; 105% of one core for any single window of a pinned
-single-threaded process. Measured here idle: totals within 0.5%, peak window 100.5%.
+Tolerances: 3% (+20 ms) on that total. A single window of a pinned single-threaded process
+may read above one core only by the skew of its two readings (``Window.skew_s``: the monitor
+was preempted mid-read), plus 1% for the counters' own timing. Measured here idle: totals
+within 0.5%, peak window 100.5%; a loaded CI machine once read 105.3% against a fixed 105%.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 
 from sweep.measure.host import allowed_cpus
 from sweep.measure.metrics import percentile
-from sweep.measure.monitor import Monitor
+from sweep.measure.monitor import Monitor, Window
 
 CHILD = Path(__file__).with_name("calibration_child.py")
 CPU = allowed_cpus()[-1]
@@ -26,21 +28,26 @@ CPU = allowed_cpus()[-1]
 pytestmark = pytest.mark.slow  # every test here runs real sweeps, servers or calibrated loads
 
 
-def run_child(duty: float, seconds: float = 3.0, window_s: float = 0.1) -> tuple[list[float], float, float]:
-    """Per-window percent of one core, the monitor's total CPU seconds, and the child's own."""
+def one_core_bound(w: Window) -> float:
+    """The most a window of one thread can read: 100% of the interval its readings may span, and 1%."""
+    return 100 * (1 + w.skew_s / (w.t1 - w.t0)) + 1
+
+
+def run_child(duty: float, seconds: float = 3.0, window_s: float = 0.1) -> tuple[list[Window], float, float]:
+    """The monitor's windows, its total CPU seconds, and the child's own."""
     monitor = Monitor(window_s).start()
     child = subprocess.Popen([sys.executable, str(CHILD), str(duty), "0.02", str(CPU), str(seconds)])
     monitor.attach(child.pid)
     _, _, usage = os.wait4(child.pid, 0)
     child.returncode = 0
     series = monitor.stop()
-    return [w.core_pct for w in series.windows], sum(w.tree_cpu_s for w in series.windows), \
+    return series.windows, sum(w.tree_cpu_s for w in series.windows), \
         usage.ru_utime + usage.ru_stime
 
 
 def measure(duty: float, seconds: float = 3.0) -> list[float]:
     """Percent of one core, per 100 ms window, of a calibration child (start-up and the sleep before exit dropped)."""
-    return run_child(duty, seconds)[0][5:-5]
+    return [w.core_pct for w in run_child(duty, seconds)[0][5:-5]]
 
 
 @pytest.mark.parametrize("duty", [0.25, 0.5, 0.75, 1.0])
@@ -59,8 +66,8 @@ def test_pinned_child_never_reads_above_one_core() -> None:
     windows, _, truth = run_child(1.0)
     windows = windows[5:-5]
     assert truth > 0.1  # it really was busy (how busy depends on who else wants its CPU)
-    assert percentile(windows, 99) <= 105
-    assert max(windows) <= 105
+    assert percentile([w.core_pct for w in windows], 99) <= 105
+    assert not [(w.core_pct, one_core_bound(w)) for w in windows if w.core_pct > one_core_bound(w)]
 
 
 def test_windows_from_the_very_start_stay_within_one_core() -> None:
@@ -75,4 +82,4 @@ def test_windows_from_the_very_start_stay_within_one_core() -> None:
     child.wait()
     series = monitor.stop()
     assert len(series.windows) >= 10
-    assert max(w.core_pct for w in series.windows) <= 105
+    assert not [(w.core_pct, one_core_bound(w)) for w in series.windows if w.core_pct > one_core_bound(w)]

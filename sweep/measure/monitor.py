@@ -28,6 +28,9 @@ class Window:
     rss_anon_kb: int = 0
     rss_file_kb: int = 0
     psi_some_s: float | None = None  # seconds some task stalled waiting for CPU (PSI), if the kernel has it
+    # How far the true interval of ``tree_cpu_s`` may be longer than t1 - t0: half of each end's
+    # reading of the tree (a reading is stamped at its midpoint; the monitor may be preempted mid-read).
+    skew_s: float = 0.0
 
     @property
     def core_pct(self) -> float:
@@ -163,26 +166,34 @@ class Monitor:
         self._thread.join()
         return self.series
 
-    def _tree_delta_s(self) -> tuple[float, int, int]:
+    def _tree_delta_s(self) -> float:
+        """CPU seconds of the tree since the last call: every thread's counter first, in one
+        sweep, so the reading is short and its timestamp tight; the memory is read after."""
         if self._pid is None:
-            return 0.0, 0, 0
+            return 0.0
         now: dict[tuple[int, int], int] = {}
-        anon = file_ = 0
         for pid in tree_pids(self._pid):
             now.update(_thread_ns(pid))
-            a, f = _rss_kb(pid)
-            anon, file_ = anon + a, file_ + f
         # A thread not seen before was born after the previous reading (the worker
         # is attached right after fork), so all of its time belongs to this window.
         delta = sum(ns - self._last_ns.get(key, 0) for key, ns in now.items())
         self._last_ns = now
-        return delta / 1e9, anon, file_
+        return delta / 1e9
+
+    def _tree_rss_kb(self) -> tuple[int, int]:
+        anon = file_ = 0
+        for pid in {p for p, _ in self._last_ns}:
+            a, f = _rss_kb(pid)
+            anon, file_ = anon + a, file_ + f
+        return anon, file_
 
     def _loop(self) -> None:
         cpu0, wall0 = time.thread_time(), time.monotonic()
         prev_stat, prev_psi = _read_proc_stat(), _read_psi_some_us()
+        t_a = time.monotonic()
         self._tree_delta_s()  # the first reading only sets the base
-        prev_t = time.monotonic()
+        t_b = time.monotonic()
+        prev_t, prev_half = (t_a + t_b) / 2, (t_b - t_a) / 2
         deadline = prev_t
         while not self._stop.is_set():
             deadline += self.series.window_s
@@ -194,15 +205,17 @@ class Monitor:
             # Timestamp the tree reading itself (the midpoint of its reads), so the
             # counter delta and the elapsed time describe the same interval.
             t_a = time.monotonic()
-            tree_s, anon, file_ = self._tree_delta_s()
-            t = (t_a + time.monotonic()) / 2
+            tree_s = self._tree_delta_s()
+            t_b = time.monotonic()
+            t, half = (t_a + t_b) / 2, (t_b - t_a) / 2
+            anon, file_ = self._tree_rss_kb()
             stat, psi = _read_proc_stat(), _read_psi_some_us()
             busy = [(b1 - b0) / (n1 - n0) if n1 > n0 else 0.0 for (b0, n0), (b1, n1) in zip(prev_stat, stat)]
             psi_s = (psi - prev_psi) / 1e6 if psi is not None and prev_psi is not None else None
-            window = Window(prev_t, t, tree_s, busy, anon, file_, psi_s)
+            window = Window(prev_t, t, tree_s, busy, anon, file_, psi_s, prev_half + half)
             self.series.windows.append(window)
             if self._on_sample:
                 self._on_sample(window)
-            prev_t, prev_stat, prev_psi = t, stat, psi
+            prev_t, prev_half, prev_stat, prev_psi = t, half, stat, psi
         self.series.monitor_cpu_s = time.thread_time() - cpu0
         self.series.monitor_wall_s = time.monotonic() - wall0
