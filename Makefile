@@ -52,7 +52,7 @@ test: $(VENV)/.installed
 	@$(BIN)/sweep tools list 2>/dev/null | grep -q "^llama-server" || echo "*** llama-server is not built: the server-backend tests will be SKIPPED (make tools; .ci/run builds it) ***"
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # The inner loop: everything but the tests that run a real model, server or calibrated load.
 test-fast: $(VENV)/.installed

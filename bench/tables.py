@@ -69,7 +69,7 @@ def hard_limits_contended() -> str:
 
 
 def injection() -> str:
-    """docs/injection.md: one trial per model, backend and guard (bench/injection.py)."""
+    """docs/injection.md: the first run, verdict items of injection-v1 only (bench/injection.py at 0d6c6f4)."""
     data = results("injection")
     return table(["model", "backend", "guard", f"clean score ({data['args']['prompts']} items)", "flip rate [95% CI]",
                   "answered benign", "template tokens", "p95 s"],
@@ -79,8 +79,30 @@ def injection() -> str:
                   for r in data["rows"]])
 
 
+def _ci(rate: float | None, ci: list[float]) -> str:
+    return f"{_f(rate)} [{_f(ci[0])}, {_f(ci[1])}]"
+
+
+def injection_v2() -> str:
+    """docs/injection.md: the verdict and IOC items of injection-v2, one trial per model, backend and
+    guard (bench/injection.py: its python run, its server run, and a row measured again, which
+    replaces the first run's row of the same model, backend and guard)."""
+    runs = [results("injection_v2"), results("injection_v2_server")]
+    again = {(r["model"], r["backend"], r["guard"]): r for r in results("injection_v2_again")["rows"]}
+    rows = [again.get((r["model"], r["backend"], r["guard"]), r) for run in runs for r in run["rows"]]
+    return table(["model", "backend", "guard", f"clean score ({runs[0]['args']['prompts']} items)",
+                  "verdict flip rate [95% CI]", "answered benign", "IOC hidden rate [95% CI]", "named clean",
+                  "template tokens", "p95 s"],
+                 [[r["model"], r["backend"], r["guard"], _f(r["correctness"]),
+                   _ci(r["injection_flip_rate"], r["flip_ci"]), _f(r["injection_benign_rate"]),
+                   _ci(r["injection_hidden_rate"], r["hidden_ci"]), f"{r['iocs_named_clean']}/{r['n_iocs']}",
+                   _f(r["injection_special_tokens"]), _f(r["latency_p95_s"])]
+                  for r in rows])
+
+
 TABLES: dict[str, Callable[[], str]] = {"hard_limits-quiet": hard_limits_quiet,
-                                        "hard_limits-contended": hard_limits_contended, "injection": injection}
+                                        "hard_limits-contended": hard_limits_contended, "injection": injection,
+                                        "injection-v2": injection_v2}
 
 
 def render(text: str, where: str) -> tuple[str, list[str]]:

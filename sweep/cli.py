@@ -88,6 +88,9 @@ models_dir_option = click.option("--models-dir", envvar="SWEEP_MODELS_DIR", type
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(debug: bool) -> None:
     """sweep: find a local-LLM configuration that stays invisible and is still correct."""
+    from sweep import platforms
+
+    platforms.name()  # a bad SWEEP_PLATFORM is bad input for every command, before any work
 
 
 @main.command()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,37 @@ def _export(one_trial: Path, isolated: Path, fmt: str = "json") -> Path:
     proc = sweep_cli("export", "--study", "tiny", "-o", str(out), "--format", fmt, "--allow-infeasible")
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+def test_a_study_measured_on_linux_is_not_continued_on_the_portable_path_unasked(one_trial: Path, isolated: Path) -> None:
+    """The measurement path is part of the hardware class: the portable path's figures (psutil,
+    in clock ticks) are not the Linux path's. Named, the class is joined, and each trial says
+    how it was measured."""
+    db = isolated / "studies.db"
+    shutil.copy(one_trial, db)
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    portable = {"SWEEP_PLATFORM": "portable"}
+    _one_line(sweep_cli("run", str(space), "--trials", "2", env=portable), 2, "another hardware class",
+              "measurement_path 'portable' here, None in the study")
+    assert db.read_bytes() == one_trial.read_bytes()
+    name = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").user_attrs["hardware_class"]["name"]
+    joined = sweep_cli("run", str(space), "--trials", "2", "--hardware-class", name, env=portable)
+    assert joined.returncode == 0, joined.stderr
+    first, second = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
+    assert first.user_attrs.get("platform", {}).get("platform", "linux") == "linux"
+    assert second.state.name == "COMPLETE", second.user_attrs.get("fail_detail")
+    import psutil
+
+    assert second.user_attrs["platform"]["platform"] == "portable"
+    assert second.user_attrs["platform"]["psutil"] == psutil.__version__
+    assert second.user_attrs["cpu_active_mean_core_pct"] > 0  # the portable path measured it
+    assert math.isnan(second.user_attrs.get("psi_cpu_some_active_peak_pct", math.nan))  # missing, not zero
+    if Path("/proc/pressure/cpu").exists():  # where the kernel has PSI, the Linux path read it
+        assert not math.isnan(first.user_attrs.get("psi_cpu_some_active_peak_pct", math.nan))
+
+
+def test_an_unknown_measurement_path_is_bad_input(isolated: Path) -> None:
+    _one_line(sweep_cli("models", "list", env={"SWEEP_PLATFORM": "macos"}), 2, "SWEEP_PLATFORM='macos'", "linux, portable")
 
 
 def test_sweep_trial_refuses_cpus_this_host_lacks(one_trial: Path, isolated: Path) -> None:

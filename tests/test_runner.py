@@ -264,7 +264,7 @@ def test_a_worker_that_never_reads_a_large_job_is_still_timed_out(smollm2_path: 
 def test_the_memory_sampler_survives_a_process_that_exits_while_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
-    from sweep.measure import monitor
+    from sweep.platforms.linux import LinuxSampler
 
     real_open = builtins.open
 
@@ -274,7 +274,7 @@ def test_the_memory_sampler_survives_a_process_that_exits_while_it_reads(monkeyp
         return real_open(path, *a, **kw)
 
     monkeypatch.setattr(builtins, "open", vanishing)
-    assert monitor._rss_kb(os.getpid()) == (0, 0)
+    assert LinuxSampler().rss_kb(os.getpid()) == (0, 0)
 
 
 def test_a_worker_whose_parent_died_during_its_start_up_exits_at_once(smollm2_path: Path) -> None:

@@ -273,7 +273,8 @@ def series_figures(series: Series, events: list[dict[str, Any]], prompts: list[d
         "busiest_core_active_p99_pct": percentile(busiest, 99),
         "rss_peak_gb": rss_peak_kb / 1024**2,
         "rss_anon_peak_gb": max((w.rss_anon_kb for w in ws), default=0) / 1024**2,
-        "rss_file_peak_gb": max((w.rss_file_kb for w in ws), default=0) / 1024**2,
+        "rss_file_peak_gb": math.nan if any(w.rss_file_kb is None for w in ws)  # the OS does not split it
+        else max((w.rss_file_kb or 0 for w in ws), default=0) / 1024**2,
         "window_ms": series.window_s * 1000,
         "monitor_cpu_pct": 100 * series.monitor_cpu_s / series.monitor_wall_s if series.monitor_wall_s else math.nan,
     }

@@ -1,10 +1,10 @@
 """The monitor: samples the worker's process tree and the whole machine from the parent.
 
-CPU time of the tree comes from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds,
-no 10 ms tick quantization). Machine CPU comes from the per-core lines of
-``/proc/stat`` (ticks). Every rate divides a counter delta by the *actual*
-time between the two readings, never the nominal window: a late wake-up under
-load must not inflate a spike.
+The counters come from the measurement path (``sweep.platforms``). On Linux, CPU time of the
+tree comes from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds, no 10 ms tick
+quantization) and machine CPU from the per-core lines of ``/proc/stat`` (ticks). Every rate
+divides a counter delta by the *actual* time between the two readings, never the nominal
+window: a late wake-up under load must not inflate a spike.
 
 Threads that exit between two readings lose their last partial window, at most
 one window of one thread; llama.cpp's compute threads are long-lived.
@@ -12,11 +12,12 @@ one window of one thread; llama.cpp's compute threads are long-lived.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from sweep.platforms import Sampler, sampler
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Window:
     tree_cpu_s: float          # CPU seconds used by the worker tree in the window
     core_busy: list[float]     # per-core busy fraction of the machine, 0..1
     rss_anon_kb: int = 0
-    rss_file_kb: int = 0
+    rss_file_kb: int | None = 0  # None: the OS does not split resident memory (the portable path off Linux)
     psi_some_s: float | None = None  # seconds some task stalled waiting for CPU (PSI), if the kernel has it
     # How far the true interval of ``tree_cpu_s`` may be longer than t1 - t0: half of each end's
     # reading of the tree (a reading is stamped at its midpoint; the monitor may be preempted mid-read).
@@ -50,25 +51,15 @@ class Series:
     windows: list[Window] = field(default_factory=list)
     monitor_cpu_s: float = 0.0  # CPU the sampler thread itself used
     monitor_wall_s: float = 0.0
-
-
-def _read_proc_stat() -> list[tuple[int, int]]:
-    """(busy, total) ticks per core."""
-    out = []
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                v = [int(x) for x in line.split()[1:9]]
-                total = sum(v)
-                out.append((total - v[3] - v[4], total))  # idle and iowait are not busy
-    return out
+    platform: dict[str, Any] = field(default_factory=dict)  # the measurement path (``Sampler.describe``)
 
 
 def machine_busy_pct(seconds: float) -> float:
     """Whole-machine busy percent over the next ``seconds`` (blocks)."""
-    before = _read_proc_stat()
+    machine = sampler().machine
+    before = machine()
     time.sleep(seconds)
-    after = _read_proc_stat()
+    after = machine()
     busy = sum(b1 - b0 for (b0, _), (b1, _) in zip(before, after))
     total = sum(n1 - n0 for (_, n0), (_, n1) in zip(before, after))
     return 100 * busy / total if total else 0.0
@@ -81,62 +72,14 @@ def noise_guard(settings: Any) -> tuple[float, bool]:
     return pct, pct > settings.noise_max_pct
 
 
-def _read_psi_some_us() -> int | None:
-    """Cumulative microseconds in which some task waited for a CPU (``/proc/pressure/cpu``)."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return int(f.readline().rsplit("total=", 1)[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.extend(int(x) for x in f.read().split())
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return kids
-
-
-def tree_pids(pid: int) -> list[int]:
+def tree_pids(pid: int, source: Sampler | None = None) -> list[int]:
+    children = (source or sampler()).children
     pids, todo = [], [pid]
     while todo:
         p = todo.pop()
         pids.append(p)
-        todo.extend(_children(p))
+        todo.extend(children(p))
     return pids
-
-
-def _thread_ns(pid: int) -> dict[tuple[int, int], int]:
-    out: dict[tuple[int, int], int] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[(pid, int(tid))] = int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-    return out
-
-
-def _rss_kb(pid: int) -> tuple[int, int]:
-    anon = file_ = 0
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    anon = int(line.split()[1])
-                elif line.startswith("RssFile:"):
-                    file_ = int(line.split()[1])
-    except OSError:  # gone (ProcessLookupError when it exits between open and read): nothing to add
-        pass
-    return anon, file_
 
 
 class Monitor:
@@ -147,7 +90,8 @@ class Monitor:
     """
 
     def __init__(self, window_s: float = 0.1, on_sample: Callable[[Window], None] | None = None) -> None:
-        self.series = Series(window_s=window_s, ncpu=len(_read_proc_stat()))
+        self.source = sampler()
+        self.series = Series(window_s=window_s, ncpu=len(self.source.machine()), platform=self.source.describe())
         self._pid: int | None = None
         self._on_sample = on_sample
         self._stop = threading.Event()
@@ -172,24 +116,30 @@ class Monitor:
         if self._pid is None:
             return 0.0
         now: dict[tuple[int, int], int] = {}
-        for pid in tree_pids(self._pid):
-            now.update(_thread_ns(pid))
+        for pid in tree_pids(self._pid, self.source):
+            now.update(self.source.thread_ns(pid))
         # A thread not seen before was born after the previous reading (the worker
         # is attached right after fork), so all of its time belongs to this window.
         delta = sum(ns - self._last_ns.get(key, 0) for key, ns in now.items())
         self._last_ns = now
         return delta / 1e9
 
-    def _tree_rss_kb(self) -> tuple[int, int]:
-        anon = file_ = 0
+    def _tree_rss_kb(self) -> tuple[int, int | None]:
+        """Anonymous and file-backed KiB of the tree (file-backed None where the OS does not split them)."""
+        anon, file_ = 0, 0
+        known = True
         for pid in {p for p, _ in self._last_ns}:
-            a, f = _rss_kb(pid)
-            anon, file_ = anon + a, file_ + f
-        return anon, file_
+            a, f = self.source.rss_kb(pid)
+            anon += a or 0
+            if f is None:
+                known = False
+            else:
+                file_ += f
+        return anon, file_ if known else None
 
     def _loop(self) -> None:
         cpu0, wall0 = time.thread_time(), time.monotonic()
-        prev_stat, prev_psi = _read_proc_stat(), _read_psi_some_us()
+        prev_stat, prev_psi = self.source.machine(), self.source.psi_some_us()
         t_a = time.monotonic()
         self._tree_delta_s()  # the first reading only sets the base
         t_b = time.monotonic()
@@ -209,7 +159,7 @@ class Monitor:
             t_b = time.monotonic()
             t, half = (t_a + t_b) / 2, (t_b - t_a) / 2
             anon, file_ = self._tree_rss_kb()
-            stat, psi = _read_proc_stat(), _read_psi_some_us()
+            stat, psi = self.source.machine(), self.source.psi_some_us()
             busy = [(b1 - b0) / (n1 - n0) if n1 > n0 else 0.0 for (b0, n0), (b1, n1) in zip(prev_stat, stat)]
             psi_s = (psi - prev_psi) / 1e6 if psi is not None and prev_psi is not None else None
             window = Window(prev_t, t, tree_s, busy, anon, file_, psi_s, prev_half + half)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from typing import Any
 
-from sweep import _optuna
+from sweep import _optuna, platforms
 from sweep.errors import StudyError
 from sweep.measure.host import cpu_model, machine_cpus, mem_total_gb
 
@@ -117,7 +117,8 @@ class Owner:
 
 
 def hardware_fingerprint() -> dict[str, Any]:
-    """What makes figures comparable between hosts: CPU model, logical CPUs, memory, llama.cpp build.
+    """What makes figures comparable between hosts: CPU model, logical CPUs, memory, llama.cpp build,
+    and the measurement path where it is not Linux's own (``sweep.platforms``).
 
     ``SWEEP_TEST_HARDWARE`` (a JSON object) overrides fields, to simulate another class.
     """
@@ -127,6 +128,9 @@ def hardware_fingerprint() -> dict[str, Any]:
         llama = "absent"
     fp = {"cpu_model": cpu_model(), "logical_cpus": machine_cpus(), "mem_gb": round(mem_total_gb()),
           "llama_cpp_python": llama}
+    path = platforms.name()
+    if path != "linux":  # a field only off the Linux path, so the classes of studies made before it stand
+        fp["measurement_path"] = path
     override = os.environ.get("SWEEP_TEST_HARDWARE")
     if override:
         fp.update(json.loads(override))

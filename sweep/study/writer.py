@@ -194,7 +194,7 @@ def _outcome_attrs(outcome: Outcome, budgets: dict[str, dict[str, float]],
     """What a trial's outcome writes: its user attributes, its objective values (None: failed)
     and its constraint values."""
     attrs: dict[str, Any] = {**outcome.figures, "wall_seconds": round(outcome.wall_seconds, 3),
-                             "knobs": outcome.knobs}
+                             "knobs": outcome.knobs, "platform": outcome.series.get("platform", {})}
     values = [outcome.figures.get(m, math.nan) for m in objectives]
     if not outcome.ok or any(math.isnan(v) for v in values):
         attrs.update(fail_reason=outcome.reason or "no_measurement", fail_detail=outcome.detail[:2000],

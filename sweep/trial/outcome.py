@@ -227,6 +227,7 @@ def series_record(obs: Observation, tags: list[str]) -> dict[str, Any]:
         "marks": {name: round(t, 4) for name, t in major_marks(obs.events()).items()},
         "window_s": series.window_s,
         "ncpu": series.ncpu,
+        "platform": series.platform,
         "t": [round(w.t1, 4) for w in series.windows],
         "dt": [round(w.t1 - w.t0, 4) for w in series.windows],
         "tree_core_pct": [round(w.core_pct, 2) for w in series.windows],

@@ -130,7 +130,7 @@ class _Watch:
 
     def _on_sample(self, w: Any) -> None:
         limit = self.settings.memory_limit_gb
-        if limit and w.rss_anon_kb + w.rss_file_kb > limit * 1024**2:
+        if limit and w.rss_anon_kb + (w.rss_file_kb or 0) > limit * 1024**2:  # None: the whole RSS is in anon
             self.over_memory.set()
 
     def observe(self, retry_if_busy: bool) -> Observation:
