@@ -85,7 +85,8 @@ def test_pinned_child_never_reads_above_one_core() -> None:
     windows, _, truth = run_child(1.0)
     windows = windows[5:-5]
     assert truth > 0.1  # it really was busy (how busy depends on who else wants its CPU)
-    assert percentile([w.core_pct for w in windows], 99) <= 105
+    steps = 100 * 2 * last_platform["thread_cpu_resolution_s"] / 0.1  # the counters' steps, in points of a window
+    assert percentile([w.core_pct for w in windows], 99) <= 105 + steps
     assert not over_one_core(windows, last_platform)
 
 

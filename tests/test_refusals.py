@@ -93,15 +93,20 @@ def test_a_study_measured_on_linux_is_not_continued_on_the_portable_path_unasked
     name = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").user_attrs["hardware_class"]["name"]
     joined = sweep_cli("run", str(space), "--trials", "2", "--hardware-class", name, env=portable)
     assert joined.returncode == 0, joined.stderr
-    first, second = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
-    assert first.user_attrs.get("platform", {}).get("platform", "linux") == "linux"
-    assert second.state.name == "COMPLETE", second.user_attrs.get("fail_detail")
+    first = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials[0]
+    assert first.user_attrs["platform"]["platform"] == "linux"
+    # A study of its own on the portable path: its first trial is measured, never reused.
+    assert sweep_cli("run", str(space), "--study", "tiny-portable", "--trials", "1", env=portable).returncode == 0
+    study = optuna.load_study(study_name="tiny-portable", storage=f"sqlite:///{db}")
+    assert study.user_attrs["hardware_class"]["fingerprint"]["measurement_path"] == "portable"
+    (trial,) = study.trials
+    assert trial.state.name == "COMPLETE", trial.user_attrs.get("fail_detail")
     import psutil
 
-    assert second.user_attrs["platform"]["platform"] == "portable"
-    assert second.user_attrs["platform"]["psutil"] == psutil.__version__
-    assert second.user_attrs["cpu_active_mean_core_pct"] > 0  # the portable path measured it
-    assert math.isnan(second.user_attrs.get("psi_cpu_some_active_peak_pct", math.nan))  # missing, not zero
+    assert trial.user_attrs["platform"]["platform"] == "portable"
+    assert trial.user_attrs["platform"]["psutil"] == psutil.__version__
+    assert trial.user_attrs["cpu_active_mean_core_pct"] > 0  # the portable path measured it
+    assert math.isnan(trial.user_attrs.get("psi_cpu_some_active_peak_pct", math.nan))  # missing, not zero
     if Path("/proc/pressure/cpu").exists():  # where the kernel has PSI, the Linux path read it
         assert not math.isnan(first.user_attrs.get("psi_cpu_some_active_peak_pct", math.nan))
 

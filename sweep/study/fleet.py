@@ -157,8 +157,9 @@ def check_hardware(study: Any, mine: dict[str, Any], allow_name: str | None) -> 
     theirs = study.user_attrs.get("hardware_class")
     if not theirs or theirs["hash"] == mine["hash"] or allow_name == theirs["name"]:
         return
-    diffs = [f"{k} {mine['fingerprint'].get(k)!r} here, {v!r} in the study"
-             for k, v in theirs["fingerprint"].items() if mine["fingerprint"].get(k) != v]
+    ours, study_fp = mine["fingerprint"], theirs["fingerprint"]
+    diffs = [f"{k} {ours.get(k)!r} here, {study_fp.get(k)!r} in the study"
+             for k in [*study_fp, *(k for k in ours if k not in study_fp)] if ours.get(k) != study_fp.get(k)]
     raise StudyError(f"this host is of another hardware class than study {study.study_name!r} "
                      f"(class {theirs['name']!r}): {'; '.join(diffs)}. Its figures would not be comparable; "
                      f"pass --hardware-class {theirs['name']} if you know they are")
