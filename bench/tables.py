@@ -100,7 +100,22 @@ def injection_v2() -> str:
                   for r in rows])
 
 
-TABLES: dict[str, Callable[[], str]] = {"hard_limits-quiet": hard_limits_quiet,
+def calibration_paths() -> str:
+    """docs/platforms.md: the calibration loads on both measurement paths, duty by duty (bench/calibration.py)."""
+    return table(["path", "d (%)", "mean", "p99", "peak", "N", "monitor CPU %"],
+                 [[r["platform"], f"{100 * r['duty']:.0f}", _f(r["mean"], ".1f"), _f(r["p99"], ".1f"),
+                   _f(r["peak"], ".1f"), str(r["n"]), _f(r["monitor_cpu_pct"])] for r in results("calibration")])
+
+
+def monitor_cost_paths() -> str:
+    """docs/platforms.md: the monitor's own CPU on both measurement paths (bench/monitor_cost.py)."""
+    return table(["path", "W (ms)", "windows", "monitor CPU (% of one core)"],
+                 [[r["platform"], str(r["window_ms"]), str(r["windows"]), _f(r["monitor_cpu_pct"])]
+                  for r in results("monitor_cost")])
+
+
+TABLES: dict[str, Callable[[], str]] = {"calibration-paths": calibration_paths, "monitor-cost-paths": monitor_cost_paths,
+                                        "hard_limits-quiet": hard_limits_quiet,
                                         "hard_limits-contended": hard_limits_contended, "injection": injection,
                                         "injection-v2": injection_v2}
 
