@@ -107,6 +107,13 @@ def calibration_paths() -> str:
                    _f(r["peak"], ".1f"), str(r["n"]), _f(r["monitor_cpu_pct"])] for r in results("calibration")])
 
 
+def calibration_linux() -> str:
+    """docs/measuring.md: the calibration loads on the Linux path (bench/calibration.py's linux rows)."""
+    return table(["d", "mean", "p99", "peak", "N"],
+                 [[f"{100 * r['duty']:.0f}%", _f(r["mean"], ".1f"), _f(r["p99"], ".1f"), _f(r["peak"], ".1f"), str(r["n"])]
+                  for r in results("calibration") if r["platform"] == "linux"])
+
+
 def monitor_cost_paths() -> str:
     """docs/platforms.md: the monitor's own CPU on both measurement paths (bench/monitor_cost.py)."""
     return table(["path", "W (ms)", "windows", "monitor CPU (% of one core)"],
@@ -114,7 +121,7 @@ def monitor_cost_paths() -> str:
                   for r in results("monitor_cost")])
 
 
-TABLES: dict[str, Callable[[], str]] = {"calibration-paths": calibration_paths, "monitor-cost-paths": monitor_cost_paths,
+TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, "calibration-paths": calibration_paths, "monitor-cost-paths": monitor_cost_paths,
                                         "hard_limits-quiet": hard_limits_quiet,
                                         "hard_limits-contended": hard_limits_contended, "injection": injection,
                                         "injection-v2": injection_v2}
