@@ -80,11 +80,16 @@ def test_two_orchestrators_on_one_postgres_study(isolated: Path, pg_url: str) ->
     space = write_space(isolated / "s.yaml", TINY_SPACE)
     a = start(space, 6, host("a", isolated), cpu=allowed_cpus()[0])
     b = start(space, 6, host("b", isolated), cpu=allowed_cpus()[1])
+    errs = []
     for p in (a, b):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
+        errs.append(err)
     ts = trials(pg_url)
-    assert len(ts) == 6 and all(t.state.name in ("COMPLETE", "FAIL") for t in ts)
+    # Each trial's state and failure, and both orchestrators' last words, for a failure to name its cause.
+    why = ([(t.number, t.state.name, t.user_attrs.get("fail_reason"), str(t.user_attrs.get("fail_detail", ""))[:300])
+            for t in ts], [e[-1500:] for e in errs])
+    assert len(ts) == 6 and all(t.state.name in ("COMPLETE", "FAIL") for t in ts), why
     assert not [t.number for t in ts if t.user_attrs.get("fail_reason") == "orchestrator_lost"]
     by_config: dict[str, list[tuple[float, float]]] = {}
     for t in measured(ts):
