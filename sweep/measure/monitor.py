@@ -130,7 +130,7 @@ class Monitor:
         known = True
         for pid in {p for p, _ in self._last_ns}:
             a, f = self.source.rss_kb(pid)
-            anon += a or 0
+            anon += a
             if f is None:
                 known = False
             else:

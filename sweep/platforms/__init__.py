@@ -29,8 +29,6 @@ NAMES = ("linux", "portable")
 class Sampler(Protocol):
     """Counters the monitor turns into rates; every call is cheap and never blocks."""
 
-    name: str
-
     def machine(self) -> list[tuple[float, float]]:
         """(busy, total) CPU time per logical CPU since boot, in any one unit."""
 
@@ -40,8 +38,8 @@ class Sampler(Protocol):
     def children(self, pid: int) -> list[int]:
         """The direct children of ``pid``; [] once it is gone."""
 
-    def rss_kb(self, pid: int) -> tuple[int | None, int | None]:
-        """Anonymous and file-backed resident KiB of ``pid`` ((0, 0) once it is gone; None: not known here)."""
+    def rss_kb(self, pid: int) -> tuple[int, int | None]:
+        """Anonymous and file-backed resident KiB of ``pid`` ((0, 0) once it is gone; file-backed None: not known here)."""
 
     def psi_some_us(self) -> int | None:
         """Cumulative microseconds in which some task waited for a CPU, or None where the OS has no PSI."""

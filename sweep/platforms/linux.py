@@ -8,8 +8,6 @@ from typing import Any
 
 
 class LinuxSampler:
-    name = "linux"
-
     def machine(self) -> list[tuple[float, float]]:
         """(busy, total) ticks per core, from the per-core lines of ``/proc/stat``."""
         out: list[tuple[float, float]] = []
@@ -46,7 +44,7 @@ class LinuxSampler:
             pass
         return kids
 
-    def rss_kb(self, pid: int) -> tuple[int | None, int | None]:
+    def rss_kb(self, pid: int) -> tuple[int, int | None]:
         anon = file_ = 0
         try:
             with open(f"/proc/{pid}/status") as f:

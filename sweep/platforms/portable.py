@@ -19,7 +19,21 @@ import psutil
 
 
 class PortableSampler:
-    name = "portable"
+    def __init__(self) -> None:
+        # One psutil.Process per pid, kept across readings: making one reads the process's start
+        # time, which was three times per window per process.
+        self._procs: dict[int, psutil.Process] = {}
+
+    def _proc(self, pid: int) -> psutil.Process:
+        p = self._procs.get(pid)
+        if p is None:
+            if len(self._procs) > 256:  # the pids of earlier trials
+                self._procs.clear()
+            p = self._procs[pid] = psutil.Process(pid)
+        return p
+
+    def _gone(self, pid: int) -> None:
+        self._procs.pop(pid, None)
 
     def machine(self) -> list[tuple[float, float]]:
         out: list[tuple[float, float]] = []
@@ -30,27 +44,30 @@ class PortableSampler:
 
     def thread_ns(self, pid: int) -> dict[tuple[int, int], int]:
         try:
-            p = psutil.Process(pid)
+            p = self._proc(pid)
             try:
                 return {(pid, t.id): round((t.user_time + t.system_time) * 1e9) for t in p.threads()}
             except psutil.AccessDenied:
                 c = p.cpu_times()
                 return {(pid, 0): round((c.user + c.system) * 1e9)}
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            self._gone(pid)
             return {}
 
     def children(self, pid: int) -> list[int]:
         try:
-            return [c.pid for c in psutil.Process(pid).children()]
+            return [c.pid for c in self._proc(pid).children()]
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            self._gone(pid)
             return []
 
-    def rss_kb(self, pid: int) -> tuple[int | None, int | None]:
+    def rss_kb(self, pid: int) -> tuple[int, int | None]:
         """Linux's psutil gives the shared (file-backed and shmem) part, so anonymous = rss - shared;
         elsewhere only the total is known, recorded as anonymous, file-backed unknown (None)."""
         try:
-            m = psutil.Process(pid).memory_info()
+            m = self._proc(pid).memory_info()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            self._gone(pid)
             return 0, 0
         shared = getattr(m, "shared", None)
         if shared is None:
