@@ -1,10 +1,11 @@
-"""systemd's exposure score of the exported unit: ``python bench/unit_exposure.py new|old``.
+"""systemd's exposure score of the exported unit: ``python bench/unit_exposure.py new|old [--sweep DIR]``.
 
 Renders the systemd export of one SmolLM2 configuration (affinity, nice 19, SCHED_IDLE, OpenMP
 passive) with the built llama-server, and prints ``systemd-analyze security --offline=yes`` on it.
 ``new`` installs the binary and model into a directory of root's first (``--install``), as the
-export now requires. ``old`` renders with whatever ``sweep`` is on PYTHONPATH as it is: run it
-against a checkout of an older commit to score the unit that commit exported.
+export now requires. ``old`` renders with the sweep of another checkout (``--sweep DIR``, a worktree of an older
+commit; else whatever ``sweep`` is on PYTHONPATH) to score the unit that commit exported. The
+results file's own metadata is this checkout's; the older one's commit is in the results.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import os
 import shlex
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,13 @@ SERVER = str(Path.home() / ".cache/sweep/tools/llama-cpp-python-0.3.36/bin/llama
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    sweep_commit = None
+    if args.sweep is not None:
+        sweep_commit = subprocess.run(["git", "-C", str(args.sweep), "rev-parse", "--short", "HEAD"],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+        sys.path.insert(0, str(args.sweep.resolve()))
+        for name in [m for m in sys.modules if m == "sweep" or m.startswith("sweep.")]:
+            del sys.modules[name]  # the harness imported this checkout's sweep for the metadata
     try:
         from sweep.models.registry import _bundled_path
         from sweep.results.export import render
@@ -53,11 +62,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                          text=True).stdout
     score = out.strip().splitlines()[-1]
     print(args.which, score)
-    return {"unit": args.which, "score": score}
+    return {"unit": args.which, "score": score, "sweep_commit": sweep_commit}
 
 
 if __name__ == "__main__":
     ap = _harness.options(__doc__)
     ap.add_argument("which", choices=["new", "old"],
-                    help="the export as it is now, or as the sweep on PYTHONPATH makes it")
+                    help="the export as it is now, or as an older sweep makes it")
+    ap.add_argument("--sweep", type=Path, metavar="DIR", help="the checkout whose sweep renders the unit [PYTHONPATH's]")
     _harness.run(main, ap, lock=False)  # it measures nothing
