@@ -358,10 +358,15 @@ def check(url: str, seen: set[str]) -> dict[str, Any]:
     study = optuna.load_study(study_name="chaos", storage=url)
     trials = study.get_trials(deepcopy=False)
     series = SeriesStore(url)
-    ids: dict[str, int] = {}
+    ids: dict[str, list[Any]] = {}
+    # A failed trial whose figures were written before it was reaped, and whose measurement a late
+    # trial holds (recorded_late_for it, the same spool id), recorded it once, not twice.
+    moved = {(t.user_attrs["recorded_late_for"], t.user_attrs.get("spool_id")) for t in trials
+             if "recorded_late_for" in t.user_attrs}
     for t in trials:
-        if "spool_id" in t.user_attrs and "reused_from" not in t.user_attrs:  # a reuse measured nothing
-            ids[t.user_attrs["spool_id"]] = ids.get(t.user_attrs["spool_id"], 0) + 1
+        a = t.user_attrs
+        if "spool_id" in a and "reused_from" not in a and (t.number, a["spool_id"]) not in moved:  # a reuse measured nothing
+            ids.setdefault(a["spool_id"], []).append(t)
     measured_configs: dict[str, list[Any]] = {}
     problems = []
     for t in trials:
@@ -380,9 +385,8 @@ def check(url: str, seen: set[str]) -> dict[str, Any]:
     recorded = set(ids)
     return {"measured": len(seen | recorded), "recorded": len(recorded), "lost": len(seen - recorded),
             "recorded_without_spool": len(recorded - seen),
-            "measured_twice": sum(n - 1 for n in ids.values()) + sum(len(v) - 1 for v in measured_configs.values()),
-            "twice": [[_who(t, trials) for t in v] for v in measured_configs.values() if len(v) > 1] +
-                     [f"spool id {i} on {n} trials" for i, n in ids.items() if n > 1],
+            "measured_twice": sum(len(v) - 1 for v in ids.values()) + sum(len(v) - 1 for v in measured_configs.values()),
+            "twice": [[_who(t, trials) for t in v] for v in [*measured_configs.values(), *ids.values()] if len(v) > 1],
             "running_left": sum(t.state.name == "RUNNING" for t in trials), "trials": len(trials),
             "complete": sum(t.state.name == "COMPLETE" for t in trials),
             "failed_by_reason": _count(t.user_attrs.get("fail_reason") for t in trials if t.state.name == "FAIL"),
@@ -394,9 +398,11 @@ def _who(t: Any, trials: list[Any]) -> str:
     a = t.user_attrs
     history = [f"{o.number} {o.state.name} {o.user_attrs.get('fail_reason', '')}".strip() for o in trials
                if o.user_attrs.get("config") == a.get("config") and o.number != t.number]
-    return (f"trial {t.number} by {(a.get('owner') or {}).get('host')} pid {(a.get('owner') or {}).get('pid')} "
-            f"{t.datetime_start:%H:%M:%S}-{t.datetime_complete:%H:%M:%S} requeued_from {a.get('requeued_from')} "
-            f"measured_at {a.get('measured_at')}; others with its config: {history}")
+    span = "-".join(f"{d:%H:%M:%S}" if d else "?" for d in (t.datetime_start, t.datetime_complete))
+    return (f"trial {t.number} {t.state.name} {a.get('fail_reason', '')} by {(a.get('owner') or {}).get('host')} "
+            f"pid {(a.get('owner') or {}).get('pid')} {span} requeued_from {a.get('requeued_from')} "
+            f"late_for {a.get('recorded_late_for')} spool {a.get('spool_id')} measured_at {a.get('measured_at')}; "
+            f"others with its config: {history}")
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -57,7 +57,11 @@ def test_a_kill_at_any_step_of_a_record_loses_nothing_and_records_once(step: str
 
 
 @pytest.mark.slow
-def test_a_trial_failed_meanwhile_gets_its_measurement_as_a_late_trial_once(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize("step", ["attrs", "tell"])
+def test_a_trial_failed_meanwhile_gets_its_measurement_as_a_late_trial_once(step: str, tmp_path: Path,
+                                                                            cache_dir: Path) -> None:
+    """Killed before its figures were written, or after (then the failed trial carries them and
+    the spool id too, and says where its measurement went)."""
     import optuna
 
     from sweep import _optuna
@@ -66,7 +70,7 @@ def test_a_trial_failed_meanwhile_gets_its_measurement_as_a_late_trial_once(tmp_
 
     space, url = _one_trial_space(tmp_path), os.environ["SWEEP_STORAGE"]
     assert sweep_cli("run", str(space), "--study", "tiny", "--trials", "1", "--quiet",
-                     env={"SWEEP_TEST_KILL_AT": "attrs"}).returncode == -9
+                     env={"SWEEP_TEST_KILL_AT": step}).returncode == -9
     study = optuna.load_study(study_name="tiny", storage=url)
     (running,) = study.get_trials(deepcopy=False)
     # Another orchestrator reaps it first: its owner is dead.
@@ -79,6 +83,13 @@ def test_a_trial_failed_meanwhile_gets_its_measurement_as_a_late_trial_once(tmp_
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[1].user_attrs["recorded_late_for"] == 0 and "correctness" in trials[1].user_attrs
     assert series.get(_optuna.trial_id(trials[1]))["series"]["t"]
+    if step == "attrs":  # nothing of the measurement reached the failed trial
+        assert "spool_id" not in trials[0].user_attrs and "recorded_late_as" not in trials[0].user_attrs
+    else:  # its figures did, before it was failed: it names the trial that holds them
+        assert trials[0].user_attrs["spool_id"] == trials[1].user_attrs["spool_id"]
+        # Written past this process's cache of finished trials: read as another reader would.
+        (failed, _) = optuna.load_study(study_name="tiny", storage=url).get_trials(deepcopy=False)
+        assert failed.user_attrs["recorded_late_as"] == 1
 
 
 def _run_in_background(space: Path, trials: int, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -10,7 +10,8 @@ Recording is several writes (the series row, the user attributes, the constraint
 so ``apply`` is idempotent instead: every record carries the spool id, and a replay finds where the
 last attempt stopped. A trial still RUNNING is recorded; one that carries the id is already done;
 one failed meanwhile by another orchestrator (its owner looked lost) gets the measurement as a new
-trial marked ``recorded_late_for``, once.
+trial marked ``recorded_late_for``, once. A failed trial that already carried the figures (its
+owner stopped between writing them and the tell) is marked ``recorded_late_as`` that new trial.
 """
 
 from __future__ import annotations
@@ -166,6 +167,12 @@ def _record_late(study: Any, series: SeriesStore, p: Pending, current: Any, attr
     tid = _optuna.add_trial(study, late)
     if p.payload is not None:
         series.put(_optuna.study_id(study), tid, p.payload)
+    if current.user_attrs.get("spool_id") == p.id:
+        # Killed (or stopped) after its figures were written and before its tell, then failed by
+        # another orchestrator: the failed trial carries the figures too, and says where they count.
+        # The late trial's recorded_late_for is the link that always holds; this one is for readers.
+        _optuna._write_attrs(study._storage, current._trial_id,
+                             {"recorded_late_as": study._storage.get_trial_number_from_id(tid)}, running_only=False)
     return p.feasible
 
 
