@@ -121,10 +121,110 @@ def monitor_cost_paths() -> str:
                   for r in results("monitor_cost")])
 
 
+def _contention(name: str) -> str:
+    rows = results(name)
+    return table(["nice", "sched", "threads", "LLM active p99 % of machine", "probe p95 ratio", "fg_cpu_slowdown",
+                  "p95 latency s", "contended p95 latency s"],
+                 [[str(r["nice"]), r["sched"], str(r["threads"]), _f(r["cpu_active_p99_share_pct"], ".1f"),
+                   _f(r["fg_p95_ratio"]), _f(r["fg_cpu_slowdown"]), _f(r["latency_p95_s"]),
+                   ("≥ " if r["contended_cut"] else "") + _f(r["latency_p95_contended_s"])
+                   + ("" if r["ok"] else f" (failed: {r['reason']})")]
+                  for r in rows])
+
+
+def contention() -> str:
+    """docs/measuring.md: nice × policy × threads on SmolLM2 (bench/contention.py)."""
+    return _contention("contention")
+
+
+def contention_qwen() -> str:
+    """docs/measuring.md: the same on the 1.5B model (bench/contention.py --models qwen2.5-coder-1.5b:Q4_K_M)."""
+    return _contention("contention_qwen")
+
+
+def parity() -> str:
+    """docs/server.md: decode and prefill rates against llama-bench's, medians of the rounds (bench/parity.py)."""
+    r = results("parity")
+    ref = r["llama_bench"]
+    return table(["arm", "decode (tg) ratio", "prefill (pp) ratio", "load s"],
+                 [[f"llama-bench (tg32 {ref['tg32_tps']:.0f} t/s, pp128 {ref['pp128_tps']:.0f} t/s)", "1", "1", ""],
+                  *[[label, _f(r[arm]["tg_ratio"]), _f(r[arm]["pp_ratio"]), _f(r[arm]["load_s"])]
+                    for arm, label in (("bare", "bare llama-cpp-python loop"),
+                                       ("python", "sweep trial, python backend"),
+                                       ("server", "sweep trial, server backend"))],
+                  ["(llama-server's own timings)", _f(r["server"]["server_tg_ratio"]),
+                   _f(r["server"]["server_pp_ratio"]), ""]])
+
+
+def backends() -> str:
+    """docs/server.md: the two backends at 1 and 2 threads, medians of the rounds (bench/backends.py)."""
+    def arm(label: str) -> str:
+        backend, threads, *poll = label.split()
+        n = threads.removeprefix("t=")
+        return f"{backend}, {n} thread{'s' if n != '1' else ''}" + (", `--poll 0`" if poll else "")
+
+    medians = results("backends")["medians"]
+    order = sorted(medians, key=lambda k: (k.split()[1], k))
+    return table(["arm", "active p99 % of machine", "idle %", "p95 s", "decode t/s", "probe p95 ratio"],
+                 [[arm(k), _f(m["cpu_active_p99_share_pct"], ".1f"), _f(m["cpu_idle_share_pct"], ".3f"),
+                   _f(m["latency_p95_s"]), _f(m["decode_tps"], ".0f"), _f(m["fg_p95_ratio"])]
+                  for k in order for m in [medians[k]]])
+
+
+def fleet() -> str:
+    """docs/scale-out.md: trials per hour with one and two orchestrators (bench/fleet.py)."""
+    hosts = results("fleet")["hosts"]
+    return table(["orchestrators", "trials", "trials/hour", "between two trials", "share of a trial", "trial s"],
+                 [[n, str(h["trials"]), _f(h["per_hour"], ".0f"), f"{_f(h['gap_s'], '.3f')} s",
+                   f"{_f(100 * h['gap_share'], '.1f')}%", _f(h["trial_s"])] for n, h in sorted(hosts.items())])
+
+
+def chaos() -> str:
+    """docs/scale-out.md: every chaos soak on record (bench/chaos.py --json, kept with its commit)."""
+    return table(["run", "faults", "measured", "recorded", "lost", "measured twice", "RUNNING left", "strays",
+                  "integrity"],
+                 [[f"`--minutes {r['minutes']:g} --seed {r['seed']}`, {r['commit']}", str(sum(r["faults"].values())),
+                   str(r["measured"]), str(r["recorded"]), str(r["lost"]), str(r["measured_twice"]),
+                   str(r["running_left"]), str(r["stray_processes"]), "ok" if not r["problems"] else "FAILED"]
+                  for r in results("chaos")])
+
+
+def unit_exposure() -> str:
+    """docs/deploy.md: systemd's exposure score of the exported unit, then and now (bench/unit_exposure.py)."""
+    def label(r: dict[str, Any]) -> str:
+        return f"the export of commit {r['sweep_commit']} (root, no sandbox, no key)" if r["unit"] == "old" \
+            else "the export now"
+
+    return table(["unit", "score"], [[label(r), " ".join(r["score"].rsplit(":", 1)[-1].split()[:2])]
+                                     for r in (results("unit_exposure_old"), results("unit_exposure_new"))])
+
+
+def knob_paths() -> str:
+    """docs/platforms.md: which measurement path takes each knob that needs something of the OS,
+    read from the knob table (``sweep.params.Param.needs``), not from a results file. Those two
+    modules need only the standard library, so ``make tables`` still runs without the virtualenv."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from sweep.params import PARAMS
+    from sweep.platforms import CAPABILITIES
+
+    def cell(needs: tuple[str, ...], have: set[str]) -> str:
+        missing = [n for n in needs if n not in have]
+        return "yes" if not missing else "refused at load time"
+
+    return table(["knob", "needs", "linux", "portable (psutil) on Linux", "portable without affinity (macOS)"],
+                 [[f"`{name}`", ", ".join(CAPABILITIES[n] for n in p.needs) or "nothing of the OS",
+                   cell(p.needs, set(CAPABILITIES)), cell(p.needs, {"affinity"}), cell(p.needs, set())]
+                  for name, p in PARAMS.items() if p.needs or p.applied in ("os", "env")])
+
+
 TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, "calibration-paths": calibration_paths, "monitor-cost-paths": monitor_cost_paths,
                                         "hard_limits-quiet": hard_limits_quiet,
                                         "hard_limits-contended": hard_limits_contended, "injection": injection,
-                                        "injection-v2": injection_v2}
+                                        "injection-v2": injection_v2, "contention": contention,
+                                        "contention-qwen": contention_qwen, "parity": parity, "backends": backends,
+                                        "fleet": fleet, "chaos": chaos, "unit-exposure": unit_exposure,
+                                        "knob-paths": knob_paths}
 
 
 def render(text: str, where: str) -> tuple[str, list[str]]:
