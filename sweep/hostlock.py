@@ -1,5 +1,5 @@
-"""One measurement at a time per host: a host-wide ``flock`` held from the noise guard until the
-worker is reaped.
+"""One measurement at a time per host: a host-wide ``flock`` (portalocker's on the portable path)
+held from the noise guard until the worker is reaped.
 
 Two trials measured at once on one machine spoil each other's CPU figures, so every
 measuring process (``sweep run``, ``sweep verify``, ``sweep trial``, the bench scripts)
@@ -19,6 +19,8 @@ import tempfile
 import threading
 import time
 from typing import Callable, Iterator
+
+from sweep.platforms import is_portable
 
 # One path per host, whoever asks: not the user's TMPDIR, which would give each user a lock of their own.
 DEFAULT_LOCK = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), "sweep-measurement.lock")
@@ -94,17 +96,30 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
             yield time.monotonic() - started
         finally:
             _held.depth = 0
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _unlock(fd)
     finally:
         os.close(fd)
 
 
 def _try(fd: int) -> bool:
+    if is_portable():
+        from sweep.platforms import portable
+
+        return portable.lock(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
     except BlockingIOError:
         return False
+
+
+def _unlock(fd: int) -> None:
+    if is_portable():
+        from sweep.platforms import portable
+
+        portable.unlock(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class _Place:
@@ -170,6 +185,10 @@ class _Place:
 
 
 def _alive(pid: int) -> bool:
+    if is_portable():
+        from sweep.platforms import portable
+
+        return portable.alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

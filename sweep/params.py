@@ -1,9 +1,10 @@
 """The knob table: every parameter a search space may sweep or fix, described once.
 
-Each entry gives the knob's type and bounds, its default, the backends that take it, whether it
-may be swept or only fixed, where it takes effect (``applied``), how a trial's one-line summary
-shows it (``shown``) and, for knobs added after the first records, that a record leaves it out at
-its default. The space (validation, defaults, sampling), the records, the server backend's own
+Each entry gives the knob's type and bounds, its default, the backends that take it, what a value
+other than the default needs of the operating system (``needs``: so which measurement paths take
+it), whether it may be swept or only fixed, where it takes effect (``applied``), how a trial's
+one-line summary shows it (``shown``) and, for knobs added after the first records, that a record
+leaves it out at its default. The space (validation, defaults, sampling), the records, the server backend's own
 knobs, the refusals and ``display.config_summary`` all read this table; a test holds
 ``records.TrialConfig`` to it.
 
@@ -47,6 +48,7 @@ class Param:
     why: str = ""  # the refusal of an out-of-bounds value, with {value}
     check: Union[Callable[[Any], Union[str, None]], None] = None  # bounds that low and high cannot say
     shown: str = ""  # how a trial's one-line summary names a value other than the default (a format of {})
+    needs: tuple[str, ...] = ()  # what a value other than the default needs of the OS (sweep.platforms.CAPABILITIES)
 
     def upper(self) -> float | None:
         return self.high() if callable(self.high) else self.high
@@ -81,6 +83,7 @@ def _max_shots() -> int:
 
 
 _POLICIES = ("normal", "batch", "idle")
+_AFFINITY = ("affinity",)
 _SERVER = ("server",)
 _NULL_LLAMA = " (or null for llama.cpp's default), got {value!r}"
 _PACE = "expected a number above 0 (or null for no pacing), got {value!r}"
@@ -102,13 +105,13 @@ PARAMS: dict[str, Param] = {
     "n_ubatch": Param("int", 512, "bindings", "physical batch (clamped to n_batch)", low=1),
     "n_ctx": Param("int", 1024, "bindings", "context size", low=1),
     # Where and how politely it runs (sweep.trial.knobs: applied before llama_cpp loads, read back from /proc).
-    "cores": Param("int", DERIVED, "sampling", "how many CPUs the trial is pinned to", low=1),
+    "cores": Param("int", DERIVED, "sampling", "how many CPUs the trial is pinned to", low=1, needs=_AFFINITY),
     "placement": Param("choice", "first", "sampling", "which CPUs: the first, the last or spread",
-                       choices=("first", "last", "spread")),
-    "cpus": Param("cpus", DERIVED, "os", "CPU affinity, as CPU ids", fixed_only=True),
+                       choices=("first", "last", "spread"), needs=_AFFINITY),
+    "cpus": Param("cpus", DERIVED, "os", "CPU affinity, as CPU ids", fixed_only=True, needs=_AFFINITY),
     "nice": Param("int", 0, "os", "nice of every thread, and of the session's autogroup", low=0, high=19,
                   why="nice must be 0..19 (raising priority needs root and is never polite), got {value}"),
-    "sched_policy": Param("choice", "normal", "os", "scheduling policy", choices=_POLICIES),
+    "sched_policy": Param("choice", "normal", "os", "scheduling policy", choices=_POLICIES, needs=("sched_policy",)),
     "omp_wait_policy": Param("choice", None, "env", "OpenMP's spin: OMP_WAIT_POLICY", choices=("passive", "active"),
                              nullable=True, shown="omp={}"),
     "gomp_spincount": Param("int", None, "env", "GNU OpenMP's spin count: GOMP_SPINCOUNT", low=0, nullable=True,
@@ -151,18 +154,18 @@ PARAMS: dict[str, Param] = {
     "prio": Param("int", None, "server", "--prio: -1 low, 0 normal", low=-1, high=0, nullable=True, backends=_SERVER,
                   recorded_at_default=False,
                   why="prio must be -1 (low) or 0 (normal); llama.cpp's higher levels are SCHED_FIFO, never polite"
-                      + _NULL_LLAMA, shown="prio={}"),
+                      + _NULL_LLAMA, shown="prio={}", needs=("thread_readback",)),
     "prio_batch": Param("int", None, "server", "--prio-batch: 0 normal", low=0, high=0, nullable=True,
                         backends=_SERVER, recorded_at_default=False,
                         why="prio_batch must be 0 (normal): llama.cpp has no low level for it, and its higher "
-                            "levels are SCHED_FIFO" + _NULL_LLAMA, shown="prio_batch={}"),
+                            "levels are SCHED_FIFO" + _NULL_LLAMA, shown="prio_batch={}", needs=("thread_readback",)),
     "cpu_strict": Param("int", None, "server", "--cpu-strict: 1 pins each thread to one CPU of the mask", low=0,
                         high=1, nullable=True, backends=_SERVER, recorded_at_default=False,
                         why="cpu_strict must be 0 or 1" + _NULL_LLAMA, shown="cpu_strict={}"),
 }
 
 # Kernel limits on the trial's whole process tree, in a cgroup of its own (sweep.trial.cgroups).
-_CG: dict[str, Any] = dict(nullable=True, recorded_at_default=False)
+_CG: dict[str, Any] = dict(nullable=True, recorded_at_default=False, needs=("cgroups",))
 PARAMS.update({
     "cpu_quota_pct": Param("float", None, "cgroup", "a hard CPU cap, in % of the whole machine, over each period "
                            "(cpu.max; CPUQuota=)", low=0.5, high=100, why="cpu_quota_pct must be a share of the "

@@ -213,19 +213,28 @@ def write_atomically(path: str | os.PathLike[str], text: str, durable: bool = Fa
 
 
 def die_with_parent(parent: int | None = None) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG); on the
+    portable path (or where prctl is absent), a thread that watches the parent does it.
 
     A worker or probe runs in its own session, so without this an orchestrator
     killed with SIGKILL would leave it running, unsupervised.
     """
     import ctypes
 
+    from sweep.platforms import is_portable, portable
+
     # The parent the spawner named (SWEEP_PARENT_PID), not the one seen now: a parent killed during
     # this interpreter's start-up has already been replaced by init, and getppid() would hide it.
     parent = parent or int(os.environ.get("SWEEP_PARENT_PID") or os.getppid())
+    if os.getppid() != parent:  # the parent died before this interpreter got here
+        os._exit(1)
+    if is_portable():
+        portable.watch_parent(parent)
+        return
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
+        portable.watch_parent(parent)
         return
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)

@@ -44,9 +44,10 @@ def _as_other_user(path: Path, mode: str) -> subprocess.Popen[str]:
     if not code.exists():
         code.mkdir(parents=True)
         (code / "__init__.py").write_text("")
-        for name in ("hostlock.py", "errors.py"):
-            shutil.copy(Path(sweep.__file__).with_name(name), code / name)
-        for p in (code.parent, code, *code.iterdir()):
+        for name in ("hostlock.py", "errors.py", "platforms/__init__.py"):
+            (code / name).parent.mkdir(exist_ok=True)
+            shutil.copy(Path(sweep.__file__).parent / name, code / name)
+        for p in (code.parent, code, *code.iterdir(), *code.glob("*/*")):
             p.chmod(0o755)
 
     def drop() -> None:

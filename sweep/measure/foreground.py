@@ -8,8 +8,9 @@ LLM, and the unit is fixed work, not calibrated: when the LLM takes CPU from it,
 longer, and the ratio of the median unit while the model answers to the median before the
 worker started is the slowdown the user feels (``fg_cpu_slowdown``).
 
-The parent pauses it (SIGSTOP) while the trial's uncontended figures are measured and resumes
-it (SIGCONT) for the contended pass; units cut by a pause are left out by their times.
+The parent pauses it (SIGSTOP; psutil's suspend on the portable path) while the trial's
+uncontended figures are measured and resumes it for the contended pass; units cut by a pause
+are left out by their times.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from sweep.platforms import is_portable, portable
 from sweep.procs import Reporter
 
 CHUNK = bytes(1 << 20)
@@ -40,10 +42,16 @@ class CpuLoad(Reporter[tuple[float, float, float, int]]):
         super().__init__("sweep.measure.foreground", [str(threads), str(unit_mib)], _parse)
 
     def pause(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGSTOP)
+        if is_portable():
+            portable.suspend(self.proc.pid)
+        else:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGCONT)
+        if is_portable():
+            portable.resume(self.proc.pid)
+        else:
+            os.killpg(self.proc.pid, signal.SIGCONT)
 
 
 def _parse(line: str) -> tuple[float, float, float, int]:

@@ -10,8 +10,13 @@ Two implementations:
   cannot give is reported as missing (``None``), never as zero: PSI, and the split of RSS where
   the OS has none.
 
-The knobs, the measurement lock and the worker's process control are still Linux's own
-(docs/platforms.md says what each OS has, and what is planned).
+The process control follows the same path: on ``linux`` the knobs are set per thread and read back
+from ``/proc`` (``sweep.trial.knobs``), a child dies with its parent by ``PR_SET_PDEATHSIG``, the
+foreground is paused with ``SIGSTOP`` and the lock is ``flock``; on ``portable`` the knobs are
+psutil's (affinity and nice, read back per process), a thread watches the parent, psutil suspends
+and resumes, and the lock is portalocker's (``flock`` on POSIX, so the two paths exclude each
+other). Knobs a path cannot set are refused by the knob table (``Param.needs``).
+docs/platforms.md says what each OS has, and what is planned.
 """
 
 from __future__ import annotations
@@ -60,6 +65,36 @@ def name() -> str:
     if wanted == "linux" and not sys.platform.startswith("linux"):
         raise SweepError(f"SWEEP_PLATFORM=linux: this is {sys.platform}, which has no /proc to read; use portable")
     return wanted
+
+
+def is_portable() -> bool:
+    """Whether the portable path is in use (see ``name``)."""
+    return name() == "portable"
+
+
+# What a knob may need of the operating system (``sweep.params.Param.needs``), in words.
+CAPABILITIES = {
+    "affinity": "CPU affinity",
+    "sched_policy": "Linux's scheduling policies (SCHED_BATCH, SCHED_IDLE)",
+    "thread_readback": "a per-thread read-back of nice and policy",
+    "cgroups": "cgroups",
+}
+
+
+def capabilities(which: str | None = None) -> frozenset[str]:
+    """What the measurement path ``which`` (default: the one in use) can set and read back."""
+    which = which or name()
+    if which == "linux":
+        return frozenset(CAPABILITIES)
+    from sweep.platforms.portable import has_affinity
+
+    return frozenset({"affinity"} if has_affinity() else set())
+
+
+def lacking(needs: tuple[str, ...], which: str | None = None) -> str | None:
+    """The first of ``needs`` the path lacks, in words, or None."""
+    have = capabilities(which)
+    return next((CAPABILITIES[n] for n in needs if n not in have), None)
 
 
 def sampler() -> Sampler:

@@ -82,3 +82,92 @@ class PortableSampler:
         return {"platform": "portable", "os": sys.platform, "psutil": psutil.__version__,
                 "thread_cpu": "psutil threads()", "thread_cpu_resolution_s": tick,
                 "clock_resolution_s": time.get_clock_info("monotonic").resolution}
+
+
+# Process control on the portable path: what psutil can do on every OS it supports, and read back
+# at the process's level (psutil reads no thread's nice, affinity or policy).
+
+def has_affinity() -> bool:
+    """Whether this OS lets a process choose its CPUs (macOS has no such call)."""
+    return hasattr(psutil.Process, "cpu_affinity")
+
+
+def apply_knobs(cpus: list[int] | None, nice: int) -> None:
+    """Affinity and nice on the calling process, through psutil. Threads created later inherit both.
+    Without an affinity call (macOS) a space cannot pin (the knob table refuses it), so ``cpus`` is
+    every CPU and there is nothing to set."""
+    p = psutil.Process()
+    if cpus is not None and has_affinity():
+        p.cpu_affinity(sorted(cpus))
+    if nice:
+        p.nice(nice)
+
+
+def read_knobs(pid: int) -> list[dict[str, Any]]:
+    """The process's affinity and nice as psutil reads them, as one entry: psutil has no per-thread
+    read-back, so a thread that changed its own is not seen here (``scope: process`` says so)."""
+    p = psutil.Process(pid)
+    cpus = p.cpu_affinity() if has_affinity() else None
+    return [{"tid": pid, "nice": p.nice(), "policy": None, "scope": "process",
+             "cpus": ",".join(map(str, cpus)) if cpus is not None else None}]
+
+
+def watch_parent(parent: int, poll_s: float = 0.2) -> None:
+    """End this process (and its process group, when it leads one) once ``parent`` is gone: a
+    daemon thread, where the OS has no parent-death signal."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while psutil.pid_exists(parent) and os.getppid() == parent:
+            time.sleep(poll_s)
+        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)  # its children (llama-server) share its group
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sweep-watch-parent", daemon=True).start()
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    p = psutil.Process(pid)
+    return [p, *p.children(recursive=True)]
+
+
+def suspend(pid: int) -> None:
+    """Pause ``pid`` and its descendants (``psutil.Process.suspend``: SIGSTOP, or a suspended thread
+    on Windows)."""
+    for p in _tree(pid):
+        try:
+            p.suspend()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def resume(pid: int) -> None:
+    for p in _tree(pid):
+        try:
+            p.resume()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting (portalocker: ``flock`` on POSIX, so it
+    excludes the Linux path's lock on the same file; ``msvcrt.locking`` on Windows)."""
+    import portalocker
+
+    try:
+        portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        return True
+    except portalocker.exceptions.LockException:
+        return False
+
+
+def unlock(fd: int) -> None:
+    import portalocker
+
+    portalocker.unlock(fd)
+
+
+def alive(pid: int) -> bool:
+    return psutil.pid_exists(pid)

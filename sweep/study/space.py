@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -21,6 +22,7 @@ from sweep.errors import ModelError, SpaceError
 from sweep.measure.host import allowed_cpus, place_cores
 from sweep.measure.metrics import METRICS
 from sweep.models.registry import Registry
+from sweep.platforms import is_portable
 from sweep.params import CGROUP_KNOBS, CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
 from sweep.records import TrialConfig, TrialSettings
 from sweep.trial.server import config_problem, tools_problem
@@ -243,6 +245,32 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
         raise SpaceError(f"{key('backend')}: server: {missing}")
 
 
+def platform_problem(name: str, value: Any) -> str | None:
+    """Why this measurement path cannot take ``value`` for knob ``name`` (a value other than the
+    knob's default, where the knob needs what the path lacks: ``Param.needs``), or None."""
+    from sweep import platforms
+
+    p = PARAMS[name]
+    if not p.needs or value is None or value == p.default:
+        return None
+    missing = platforms.lacking(p.needs)
+    if missing is None:
+        return None
+    where = platforms.name()
+    how = (" (SWEEP_PLATFORM=portable forces that path here; unset it for the Linux path)"
+           if where == "portable" and sys.platform.startswith("linux") else "")
+    return f"{value!r} needs {missing}, which the {where} measurement path does not have{how}"
+
+
+def _check_platform(path: Path, spec: SpaceFile) -> None:
+    """Knobs this measurement path cannot set (or read back) are refused, naming the knob and the path."""
+    for name in PARAMS:
+        for value in _choices(spec, name):
+            wrong = platform_problem(name, value)
+            if wrong:
+                raise SpaceError(f"{path}: {'params' if name in spec.params else 'fixed'}.{name}: {wrong}")
+
+
 def _check_cgroups(path: Path, spec: SpaceFile) -> None:
     """A space that sets a kernel limit needs a cgroup per trial: refused where none can be made."""
     from sweep.trial.cgroups import controllers_for, problem
@@ -269,6 +297,9 @@ def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     if needs and probe != needs:
         raise SpaceError(f"{where}: {name} comes from the {needs} foreground workload, but trial.probe is {probe} "
                          f"(set trial.probe: {needs})")
+    if name.startswith("psi_") and is_portable():
+        raise SpaceError(f"{where}: {name} comes from the kernel's pressure stall information, which the portable "
+                         "measurement path does not read (SWEEP_PLATFORM=portable)")
     if name.startswith("psi_") and not os.path.exists("/proc/pressure/cpu"):
         raise SpaceError(f"{where}: {name} needs the kernel's pressure stall information (/proc/pressure/cpu), "
                          "which this host does not have")
@@ -340,6 +371,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
                 raise SpaceError(f"{where}: expected a number >= 0")
         else:
             _check_param(where, name, value)
+    _check_platform(path, spec)
     _check_backend(path, spec)
     _check_cgroups(path, spec)
     if "cores" in spec.params:
@@ -420,6 +452,12 @@ def load_trial(path: Path) -> tuple[TrialConfig, TrialSettings]:
     if not Path(config.model_path).is_file():
         raise SpaceError(f"{path}: model file {config.model_path} does not exist")
     check_cpus_here(config.cpus, f"{path}: config.cpus")
+    for name, value in config.to_dict().items():
+        if name == "cpus" and set(value or ()) == set(allowed_cpus()):
+            continue  # every CPU this process may use: no affinity asked
+        wrong = platform_problem(name, value) if name in PARAMS else None
+        if wrong:
+            raise SpaceError(f"{path}: config.{name}: {wrong}")
     wrong = config_problem(config.to_dict())  # llama-server not built included: one line saying how
     if wrong:
         raise SpaceError(f"{path}: {wrong}")

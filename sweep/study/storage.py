@@ -87,8 +87,15 @@ def require_existing(url: str) -> None:
 
 def engine_kwargs(url: str) -> dict[str, Any]:
     # A reader such as optuna-dashboard, or a second orchestrator, may hold the file briefly:
-    # wait instead of failing. A server connection is checked before use (a restart drops it).
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    # wait instead of failing (``SWEEP_SQLITE_BUSY_S``, 60 s; past it the spool's retries take
+    # over). A server connection is checked before use (a restart drops it).
+    if not url.startswith("sqlite"):
+        return {"pool_pre_ping": True}
+    try:
+        busy = float(os.environ.get("SWEEP_SQLITE_BUSY_S", 60))
+    except ValueError:
+        raise StudyError("SWEEP_SQLITE_BUSY_S must be a number of seconds") from None
+    return {"connect_args": {"timeout": busy}}
 
 
 def heartbeat_settings() -> tuple[int, int]:

@@ -5,6 +5,11 @@ write come from here, so the three cannot drift apart. Affinity, nice and policy
 per thread on Linux and inherited by threads created later, so they are applied on the
 worker's only thread before ``llama_cpp`` is imported; OpenMP reads its variables when
 the library loads, so they are in the worker's environment from the start.
+
+This is the Linux path's implementation. On the portable path (``sweep.platforms``) ``apply`` and
+``read_threads`` go through psutil: affinity and nice on the process, read back once for the
+process (no thread's own is visible), and no policy or autogroup, which the knob table refuses
+there (``Param.platforms``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import os
 import shlex
 from typing import Any
+
+from sweep.platforms import is_portable, portable
 
 POLICIES = {"normal": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
 POLICY_NAMES = {v: k for k, v in POLICIES.items()}
@@ -34,6 +41,10 @@ def apply(c: dict[str, Any]) -> None:
     ``SWEEP_TEST_SKIP_KNOBS=affinity,nice,sched_policy`` (a test hook) leaves the named ones unset.
     """
     skip = set(filter(None, os.environ.get("SWEEP_TEST_SKIP_KNOBS", "").split(",")))
+    if is_portable():
+        portable.apply_knobs(c.get("cpus") if "affinity" not in skip else None,
+                             c.get("nice", 0) if "nice" not in skip else 0)
+        return
     if c.get("cpus") is not None and "affinity" not in skip:
         os.sched_setaffinity(0, c["cpus"])
     if c.get("nice") and "nice" not in skip:
@@ -60,7 +71,10 @@ def set_autogroup_nice(nice: int) -> None:
 
 
 def read_autogroup(pid: int | str = "self") -> int | None:
-    """The nice of the process's autogroup, or None where the kernel has none."""
+    """The nice of the process's autogroup, or None where the kernel has none (or the portable
+    path, which neither sets nor reads it)."""
+    if is_portable():
+        return None
     try:
         with open(f"/proc/{pid}/autogroup") as f:
             return int(f.read().rsplit("nice", 1)[1])
@@ -69,7 +83,10 @@ def read_autogroup(pid: int | str = "self") -> int | None:
 
 
 def read_threads(pid: int | str = "self") -> list[dict[str, Any]]:
-    """Affinity, policy and nice of every thread of ``pid``, as the kernel reports them."""
+    """Affinity, policy and nice of every thread of ``pid``, as the kernel reports them (on the
+    portable path, one entry for the whole process, policy None: see ``portable.read_knobs``)."""
+    if is_portable():
+        return portable.read_knobs(os.getpid() if pid == "self" else int(pid))
     threads = []
     base = f"/proc/{pid}/task"
     for tid in sorted(os.listdir(base), key=int):
@@ -106,13 +123,13 @@ def check_applied(c: dict[str, Any], threads: list[dict[str, Any]], autogroup: i
         problems.append(f"the autogroup has nice {autogroup}, not {c.get('nice', 0)}")
     want_cpus = set(c["cpus"]) if c.get("cpus") is not None else None
     for t in threads:
-        if want_cpus is not None and _parse_cpu_list(t["cpus"]) != want_cpus:
+        if want_cpus is not None and t["cpus"] is not None and _parse_cpu_list(t["cpus"]) != want_cpus:
             problems.append(f"thread {t['tid']} may run on CPUs {t['cpus']}, not {sorted(want_cpus)}")
         if not nice_and_policy:
             continue
         if t["nice"] != c.get("nice", 0):
             problems.append(f"thread {t['tid']} has nice {t['nice']}, not {c.get('nice', 0)}")
-        if t["policy"] != c.get("sched_policy", "normal"):
+        if t["policy"] is not None and t["policy"] != c.get("sched_policy", "normal"):  # None: not readable here
             problems.append(f"thread {t['tid']} has policy {t['policy']}, not {c.get('sched_policy', 'normal')}")
     return problems
 
