@@ -20,8 +20,8 @@ os.environ.setdefault("SWEEP_TOOLS_DIR", str(Path(os.environ.get("SWEEP_CACHE_DI
 # A test that uses one of these runs a real model or a real server: it is marked ``slow``
 # (``make test-fast`` leaves those out; ``make test`` runs everything). Tests that start a real
 # sweep without such a fixture carry the mark themselves.
-SLOW_FIXTURES = {"smollm2_path", "swept", "verified", "study_env", "report", "one_trial", "postgres", "pg_url",
-                 "server_tools", "server_study"}
+SLOW_FIXTURES = {"smollm2_path", "swept", "verified", "study_env", "report", "one_trial", "three_trials", "postgres",
+                 "pg_url", "server_tools", "server_study"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -108,6 +108,17 @@ def sweep_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60
                           env={**os.environ, **(env or {})})
 
 
+def sweep_cli_all(*commands: list[str], timeout: float = 600) -> list[subprocess.CompletedProcess[str]]:
+    """Several ``sweep`` commands at once (readers that do not measure), each one's result in order."""
+    procs = [subprocess.Popen([sys.executable, "-m", "sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for args in commands]
+    results = []
+    for args, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
 def write_space(path: Path, body: str) -> Path:
     path.write_text(body)
     return path
@@ -140,6 +151,29 @@ fixed:
   n_ctx: 512
   max_tokens: 16
 """ + QUICK_TAIL
+
+
+@pytest.fixture(scope="session")
+def one_trial(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A real one-trial study of TINY_SPACE (study "tiny"), made once for the session: each test
+    that continues or reads it copies the file first."""
+    work = tmp_path_factory.mktemp("one-trial")
+    space = write_space(work / "s.yaml", TINY_SPACE)
+    proc = sweep_cli("run", str(space), "--trials", "1", "--quiet",
+                     env={"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}", "SWEEP_SPOOL_DIR": str(work / "spool")})
+    assert proc.returncode == 0, proc.stderr
+    return work / "studies.db"
+
+
+@pytest.fixture(scope="session")
+def three_trials(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Any]:
+    """A real three-trial sweep of TINY_SPACE as study "e2e", made once for the session, with the
+    run's output: ``db`` (copy it before changing it) and ``run`` (the CompletedProcess)."""
+    work = tmp_path_factory.mktemp("three-trials")
+    space = write_space(work / "tiny.yaml", TINY_SPACE)
+    proc = sweep_cli("run", str(space), "--study", "e2e", "--trials", "3",
+                     env={"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}", "SWEEP_SPOOL_DIR": str(work / "spool")})
+    return {"db": work / "studies.db", "run": proc}
 
 
 @pytest.fixture(scope="session")

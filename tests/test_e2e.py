@@ -4,6 +4,7 @@ run back through ``sweep trial``, continuing a study, and optuna-dashboard readi
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -18,13 +19,15 @@ from conftest import TINY_SPACE, sweep_cli, write_space
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict:
-    """One real 3-trial sweep, shared by the tests of this module."""
+def swept(tmp_path_factory: pytest.TempPathFactory, three_trials: dict) -> dict:
+    """The session's real 3-trial sweep (its output, and a copy of its study), shared by the tests
+    of this module, which continue it."""
     work = tmp_path_factory.mktemp("e2e")
     space = write_space(work / "tiny.yaml", TINY_SPACE)
+    if three_trials["run"].returncode == 0:
+        shutil.copy(three_trials["db"], work / "studies.db")
     env = {"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}"}
-    proc = sweep_cli("run", str(space), "--study", "e2e", "--trials", "3", env=env)
-    return {"work": work, "space": space, "env": env, "run": proc}
+    return {"work": work, "space": space, "env": env, "run": three_trials["run"]}
 
 
 def finished_trials(db: Path) -> list[tuple]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from sweep.measure.host import allowed_cpus
 
-from conftest import QUICK_TAIL, TINY_SPACE, stray_processes, sweep_cli, wait_for, write_space
+from conftest import QUICK_TAIL, TINY_SPACE, stray_processes, sweep_cli, sweep_cli_all, wait_for, write_space
 
 TWO_CPUS = pytest.mark.skipif(len(allowed_cpus()) < 2, reason="two simulated hosts need a CPU each")
 FAST_HEARTBEAT = {"SWEEP_HEARTBEAT_SECONDS": "1", "SWEEP_GRACE_SECONDS": "4"}
@@ -68,9 +69,9 @@ def test_postgres_study_completes_and_every_reader_works(isolated: Path, pg_url:
         stored = trial_series(study, t.number, pg_url)
         assert stored and stored["series"]["marks"]["load"] and len(stored["answers"]) == 3
         assert t.user_attrs["owner"]["pid"] > 0 and t.user_attrs["hardware_class"]
-    for args in (["pareto", "--json"], ["status"], ["show", "0"], ["report", "-o", str(isolated / "r.html")],
-                 ["export", "-o", str(isolated / "e.json"), "--allow-infeasible"]):
-        out = sweep_cli(*args, "--study", "tiny")
+    readers = [["pareto", "--json"], ["status"], ["show", "0"], ["report", "-o", str(isolated / "r.html")],
+               ["export", "-o", str(isolated / "e.json"), "--allow-infeasible"]]
+    for args, out in zip(readers, sweep_cli_all(*([*args, "--study", "tiny"] for args in readers))):
         assert out.returncode == 0, (args, out.stderr)
     assert json.loads((isolated / "e.json").read_text())["provenance"]["host"]["hostname"]
 
@@ -230,10 +231,10 @@ def test_optuna_dashboard_reads_a_postgres_study(isolated: Path, pg_url: str) ->
     assert "hardware class" in detail["note"]["body"]
 
 
-def test_a_host_of_another_hardware_class_is_refused(isolated: Path) -> None:
+def test_a_host_of_another_hardware_class_is_refused(isolated: Path, one_trial: Path) -> None:
     space = write_space(isolated / "s.yaml", TINY_SPACE)
-    assert sweep_cli("run", str(space), "--trials", "1").returncode == 0
     db = isolated / "studies.db"
+    shutil.copy(one_trial, db)  # a real one-trial study
     before = db.read_bytes()
     other = {"SWEEP_TEST_HARDWARE": json.dumps({"cpu_model": "Imaginary CPU 9000", "logical_cpus": 64})}
     proc = sweep_cli("run", str(space), "--trials", "2", env=other)
@@ -249,12 +250,12 @@ def test_a_host_of_another_hardware_class_is_refused(isolated: Path) -> None:
     assert fleet.returncode == 0 and name in fleet.stdout and "tiny" in fleet.stdout
 
 
-def test_a_study_made_again_under_its_name_inherits_nothing(isolated: Path) -> None:
+def test_a_study_made_again_under_its_name_inherits_nothing(isolated: Path, one_trial: Path) -> None:
     from sweep.results.front import trial_series
 
     space = write_space(isolated / "s.yaml", TINY_SPACE)
     url = os.environ["SWEEP_STORAGE"]
-    assert sweep_cli("run", str(space), "--trials", "1").returncode == 0
+    shutil.copy(one_trial, isolated / "studies.db")  # a real one-trial study
     old = trial_series(optuna.load_study(study_name="tiny", storage=url), 0, url)
     optuna.delete_study(study_name="tiny", storage=url)
     assert sweep_cli("run", str(space), "--trials", "1", "--no-lock").returncode == 0
@@ -267,15 +268,16 @@ def test_a_study_made_again_under_its_name_inherits_nothing(isolated: Path) -> N
         assert conn.execute(sa.text("SELECT COUNT(*) FROM sweep_series")).scalar_one() == 1
 
 
-def test_readers_never_write(isolated: Path) -> None:
-    space = write_space(isolated / "s.yaml", TINY_SPACE)
-    assert sweep_cli("run", str(space), "--trials", "1").returncode == 0
+def test_readers_never_write(isolated: Path, one_trial: Path) -> None:
     db = isolated / "studies.db"
+    shutil.copy(one_trial, db)  # a real one-trial study
     before = db.read_bytes()
-    for args in (["pareto"], ["pareto", "--json"], ["status"], ["show", "0", "--png", str(isolated / "t.png")],
-                 ["report", "-o", str(isolated / "r.html")], ["export", "-o", str(isolated / "e.json"),
-                                                               "--allow-infeasible"], ["fleet"]):
-        out = sweep_cli(*args, *([] if args == ["fleet"] else ["--study", "tiny"]))
+    readers = [["pareto"], ["pareto", "--json"], ["status"], ["show", "0", "--png", str(isolated / "t.png")],
+               ["report", "-o", str(isolated / "r.html")], ["export", "-o", str(isolated / "e.json"),
+                                                           "--allow-infeasible"], ["fleet"]]
+    # All at once, as readers would come: none of them writes, alone or beside the others.
+    for args, out in zip(readers, sweep_cli_all(*([*args, *([] if args == ["fleet"] else ["--study", "tiny"])]
+                                                  for args in readers))):
         assert out.returncode == 0, (args, out.stderr)
     assert db.read_bytes() == before
 

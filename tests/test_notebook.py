@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO, TINY_SPACE, sweep_cli, write_space
+from conftest import REPO
 
 pytestmark = pytest.mark.slow  # every test here runs real sweeps, servers or calibrated loads
 
 
-def test_notebook_executes_on_a_real_study(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert sweep_cli("run", str(write_space(isolated / "s.yaml", TINY_SPACE)), "--study", "nb", "--trials", "3",
-                     "--quiet").returncode == 0
-    monkeypatch.setenv("SWEEP_STUDY", "nb")
+def test_notebook_executes_on_a_real_study(isolated: Path, three_trials: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert three_trials["run"].returncode == 0, three_trials["run"].stderr
+    shutil.copy(three_trials["db"], isolated / "studies.db")  # the session's real 3-trial sweep
+    monkeypatch.setenv("SWEEP_STUDY", "e2e")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(REPO / "notebooks" / "explore_study.ipynb", as_version=4)
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(isolated)}}).execute()

@@ -43,7 +43,16 @@ def test_every_point_leads_to_its_effective_configuration() -> None:
 def test_a_limited_recording_writes_a_table_with_its_provenance(tmp_path: Path) -> None:
     out = tmp_path / "grid.json"
     env = {**os.environ, "SWEEP_STORAGE": f"sqlite:///{tmp_path / 'studies.db'}"}
-    cmd = [sys.executable, str(REPO / "bench" / "record_grid.py"), "--limit", "1", "--repeats", "2", "-o", str(out)]
+    # The shipped grid with shorter trials (2 prompts of 8 tokens): the recording is what is tested.
+    text = GRID.read_text()
+    for old, new in (("  prompts: 6\n", "  prompts: 2\n"), ("  max_tokens: 32\n", "  max_tokens: 8\n"),
+                     ("  idle_seconds: 1\n", "  idle_seconds: 0.5\n")):
+        assert old in text
+        text = text.replace(old, new)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    cmd = [sys.executable, str(REPO / "bench" / "record_grid.py"), "--limit", "1", "--repeats", "2", "-o", str(out),
+           str(grid)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     table = json.loads(out.read_text())

@@ -17,16 +17,6 @@ from sweep.results.front import choose
 from conftest import TINY_SPACE, sweep_cli, write_space
 
 
-@pytest.fixture(scope="module")
-def one_trial(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """A real one-trial study to continue (copied by each test)."""
-    work = tmp_path_factory.mktemp("refusals")
-    space = write_space(work / "s.yaml", TINY_SPACE)
-    proc = sweep_cli("run", str(space), "--trials", "1", "--quiet", env={"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}"})
-    assert proc.returncode == 0, proc.stderr
-    return work / "studies.db"
-
-
 def _one_line(proc, code: int, *needles: str) -> str:
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()

@@ -17,13 +17,15 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+def report(tmp_path_factory: pytest.TempPathFactory, three_trials: dict) -> Path:
     work = tmp_path_factory.mktemp("report")
     env = {"SWEEP_STORAGE": f"sqlite:///{work / 'studies.db'}"}
-    assert sweep_cli("run", str(write_space(work / "s.yaml", TINY_SPACE)), "--study", "r", "--trials", "4",
+    assert three_trials["run"].returncode == 0, three_trials["run"].stderr
+    shutil.copy(three_trials["db"], work / "studies.db")  # the session's real 3-trial sweep, and one more trial
+    assert sweep_cli("run", str(write_space(work / "s.yaml", TINY_SPACE)), "--study", "e2e", "--trials", "4",
                      "--quiet", env=env).returncode == 0
     out = work / "report.html"
-    proc = sweep_cli("report", "--study", "r", "-o", str(out), env=env)
+    proc = sweep_cli("report", "--study", "e2e", "-o", str(out), env=env)
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -151,7 +151,8 @@ def test_decode_pacing_caps_rate_and_cpu(smollm2_path: Path) -> None:
                              probe=False)
     tasks = [t for t in load_tasks() if t.kind == "iocs"][:3]  # long answers: plenty of decode
     free = run_trial(config(smollm2_path, max_tokens=48), settings, tasks)
-    capped = run_trial(config(smollm2_path, max_tokens=48, pace_tps=15.0), settings, tasks)
+    # 16 tokens are enough to pace: the worker sleeps to t_first + k/15 for every token k.
+    capped = run_trial(config(smollm2_path, max_tokens=16, pace_tps=15.0), settings, tasks)
     duty = run_trial(config(smollm2_path, max_tokens=48, pace_duty=0.5), settings, tasks)
     assert free.ok and capped.ok and duty.ok
     assert capped.figures["decode_tps"] <= 15.0 * 1.02  # sleeping can only slow it

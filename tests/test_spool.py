@@ -113,7 +113,8 @@ def test_a_postgresql_restart_during_a_sweep_loses_nothing(pg_url: str, tmp_path
     try:
         wait_for(lambda: _measuring(pg_url), timeout=120)
         pg_ctl(pg_url, "stop")  # the trial measures on; its record finds no server
-        time.sleep(12)
+        wait_for(lambda: bool(_spooled()), timeout=200)  # its record has begun (the spool file comes first)
+        time.sleep(1.5)  # and met the missing server (its first retry waits 0.5 s)
         pg_ctl(pg_url, "start")
         out, err = proc.communicate(timeout=300)
     finally:
@@ -152,7 +153,7 @@ def test_a_database_away_past_the_window_stops_with_the_spool_named(pg_url: str,
 def test_sqlite_locked_across_a_record_is_waited_out(tmp_path: Path, cache_dir: Path) -> None:
     space, url = _one_trial_space(tmp_path), os.environ["SWEEP_STORAGE"]
     db = url.removeprefix("sqlite:///")
-    proc = _run_in_background(space, 1, {})
+    proc = _run_in_background(space, 1, {"SWEEP_SQLITE_BUSY_S": "5"})
     held = threading.Event()
 
     def hold_the_lock() -> None:
@@ -161,10 +162,10 @@ def test_sqlite_locked_across_a_record_is_waited_out(tmp_path: Path, cache_dir: 
         held.set()
         try:
             # Held from the measurement on until its record has begun (its spool file is written
-            # just before), then longer than the 60 s busy timeout: the record sees "database is
-            # locked" however long the measurement took on a loaded machine.
+            # just before), then longer than the sweep's busy timeout (5 s here, 60 s by default):
+            # the record sees "database is locked" however long the measurement took.
             wait_for(lambda: bool(_spooled()), timeout=200)
-            time.sleep(65)
+            time.sleep(9)
         finally:
             conn.rollback()
             conn.close()
