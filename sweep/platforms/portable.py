@@ -170,4 +170,4 @@ def unlock(fd: int) -> None:
 
 
 def alive(pid: int) -> bool:
-    return psutil.pid_exists(pid)
+    return bool(psutil.pid_exists(pid))
