@@ -128,27 +128,24 @@ def watch_parent(parent: int, poll_s: float = 0.2) -> None:
     threading.Thread(target=watch, name="sweep-watch-parent", daemon=True).start()
 
 
-def _tree(pid: int) -> list[psutil.Process]:
+def _each(pid: int, act: str) -> None:
+    """``Process.<act>()`` on ``pid`` and each of its descendants, passing over one gone meanwhile."""
     p = psutil.Process(pid)
-    return [p, *p.children(recursive=True)]
+    for q in [p, *p.children(recursive=True)]:
+        try:
+            getattr(q, act)()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def suspend(pid: int) -> None:
     """Pause ``pid`` and its descendants (``psutil.Process.suspend``: SIGSTOP, or a suspended thread
     on Windows)."""
-    for p in _tree(pid):
-        try:
-            p.suspend()
-        except psutil.NoSuchProcess:
-            pass
+    _each(pid, "suspend")
 
 
 def resume(pid: int) -> None:
-    for p in _tree(pid):
-        try:
-            p.resume()
-        except psutil.NoSuchProcess:
-            pass
+    _each(pid, "resume")
 
 
 def lock(fd: int) -> bool:

@@ -22,6 +22,7 @@ from sweep.errors import ModelError, SpaceError
 from sweep.measure.host import allowed_cpus, place_cores
 from sweep.measure.metrics import METRICS
 from sweep.models.registry import Registry
+from sweep import platforms
 from sweep.platforms import is_portable
 from sweep.params import CGROUP_KNOBS, CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
 from sweep.records import TrialConfig, TrialSettings
@@ -248,8 +249,6 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
 def platform_problem(name: str, value: Any) -> str | None:
     """Why this measurement path cannot take ``value`` for knob ``name`` (a value other than the
     knob's default, where the knob needs what the path lacks: ``Param.needs``), or None."""
-    from sweep import platforms
-
     p = PARAMS[name]
     if not p.needs or value is None or value == p.default:
         return None

@@ -9,7 +9,7 @@ the library loads, so they are in the worker's environment from the start.
 This is the Linux path's implementation. On the portable path (``sweep.platforms``) ``apply`` and
 ``read_threads`` go through psutil: affinity and nice on the process, read back once for the
 process (no thread's own is visible), and no policy or autogroup, which the knob table refuses
-there (``Param.platforms``).
+there (``Param.needs``).
 """
 
 from __future__ import annotations
