@@ -87,8 +87,15 @@ def stay_off(cpus: tuple[int, ...] | None) -> Iterator[None]:
     """Keep this process's threads (and those they start) off the trial's CPUs, where others exist.
 
     The monitor, the pipe reader and the wait loop must not steal time from the
-    worker they measure. Affinity is per thread on Linux, so every thread is moved.
+    worker they measure. Affinity is per thread on Linux, so every thread is moved. On the portable
+    path it is the process's (psutil), and where the OS has none (macOS) nothing moves.
     """
+    from sweep.platforms import is_portable, portable
+
+    if is_portable():
+        with portable.stay_off(cpus):
+            yield
+        return
     allowed = os.sched_getaffinity(0)
     others = allowed - set(cpus) if cpus else set()
     if not others:

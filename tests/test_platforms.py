@@ -4,6 +4,7 @@ dies with its parent by a watching thread, the foreground paused by psutil, and 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -197,3 +198,34 @@ def test_the_two_paths_share_one_measurement_lock(holder_path: str, waiter_path:
             assert waited < 1.0
     finally:
         other.kill()
+
+
+HOST_FACTS = """
+import json, os, sys
+sys.modules["fcntl"] = None  # as on Windows: nothing below may lean on it
+del os.sched_getaffinity, os.sched_setaffinity  # as on macOS and Windows
+from sweep.measure.host import allowed_cpus, mem_total_gb
+from sweep.procs import stay_off
+import psutil
+with stay_off((allowed_cpus()[0],)):
+    inside = sorted(psutil.Process().cpu_affinity())
+print(json.dumps({"cpus": allowed_cpus(), "mem_gb": mem_total_gb(), "inside": inside,
+                  "after": sorted(psutil.Process().cpu_affinity())}))
+"""
+
+
+@pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
+def test_the_hosts_cpus_and_memory_are_read_without_linux_calls_on_the_portable_path() -> None:
+    """allowed_cpus, the memory of the fingerprint and the orchestrator's step off the trial's CPUs,
+    with Linux's own affinity calls deleted: a child held to two CPUs reads those two by psutil."""
+    two = allowed_cpus()[-2:]
+    out = subprocess.run([sys.executable, "-c", HOST_FACTS], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SWEEP_PLATFORM": "portable"},
+                         preexec_fn=lambda: os.sched_setaffinity(0, two))
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert facts["cpus"] == two
+    assert facts["inside"] == two[1:] and facts["after"] == two  # off the trial's CPU, then back
+    with open("/proc/meminfo") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    assert abs(facts["mem_gb"] - kb / 1024 ** 2) < 0.01  # the same MemTotal, read by psutil

@@ -69,3 +69,24 @@ def test_duplicate_configuration_is_never_silently_measured_twice(policy: str, i
     else:
         assert second["repeat_of"] == 0 and "reused_from" not in second
         assert second["wall_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_configuration_measured_on_the_other_path_is_measured_again_not_reused(isolated: Path) -> None:
+    """Two measurement paths joined in one study (``--hardware-class``): the one configuration is
+    measured once on each, and reused only from a trial of its own path, whose path it names."""
+    import optuna
+
+    space = write_space(isolated / "s.yaml", ONE_CONFIG.replace("  noise_retries: 0\n",
+                                                               "  noise_retries: 0\n  duplicates: reuse\n"))
+    linux, portable = {"SWEEP_PLATFORM": "linux"}, {"SWEEP_PLATFORM": "portable"}
+    assert sweep_cli("run", str(space), "--trials", "1", env=linux).returncode == 0
+    storage = f"sqlite:///{isolated / 'studies.db'}"
+    name = optuna.load_study(study_name="tiny", storage=storage).user_attrs["hardware_class"]["name"]
+    proc = sweep_cli("run", str(space), "--trials", "3", "--hardware-class", name, env=portable)
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.user_attrs["platform"]["platform"] for t in trials] == ["linux", "portable", "portable"]
+    assert trials[0].user_attrs["config"] == trials[1].user_attrs["config"] == trials[2].user_attrs["config"]
+    assert "reused_from" not in trials[1].user_attrs and trials[1].user_attrs["wall_seconds"] > 0  # measured
+    assert trials[2].user_attrs["reused_from"] == 1  # from the portable trial, not the Linux one

@@ -7,12 +7,15 @@ import platform
 import socket
 from typing import Any, Literal
 
+from sweep.platforms import is_portable, portable
+
 Placement = Literal["first", "last", "spread"]
 
 
 def allowed_cpus() -> list[int]:
-    """The CPU ids this process may run on, sorted."""
-    return sorted(os.sched_getaffinity(0))
+    """The CPU ids this process may run on, sorted (psutil's on the portable path: macOS and Windows
+    have no ``sched_getaffinity``)."""
+    return portable.allowed_cpus() if is_portable() else sorted(os.sched_getaffinity(0))
 
 
 def machine_cpus() -> int:
@@ -39,6 +42,8 @@ def place_cores(count: int, placement: Placement, cpus: list[int] | None = None)
 
 
 def cpu_model() -> str:
+    """The CPU's name: Linux's /proc/cpuinfo where it exists (on either path), else what Python's
+    ``platform`` knows (on macOS only the architecture, such as ``arm``)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -50,6 +55,10 @@ def cpu_model() -> str:
 
 
 def mem_total_gb() -> float:
+    """The machine's memory in GiB: /proc/meminfo on the Linux path, psutil's total on the portable
+    one (on Linux psutil reads the same MemTotal line)."""
+    if is_portable():
+        return portable.mem_total_bytes() / 1024 ** 3
     try:
         with open("/proc/meminfo") as f:
             for line in f:

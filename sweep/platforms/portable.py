@@ -10,10 +10,11 @@ clock ticks (10 ms at ``CLK_TCK`` 100), so a 100 ms window of one busy thread re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import psutil
 
@@ -90,6 +91,33 @@ class PortableSampler:
 def has_affinity() -> bool:
     """Whether this OS lets a process choose its CPUs (macOS has no such call)."""
     return hasattr(psutil.Process, "cpu_affinity")
+
+
+def allowed_cpus() -> list[int]:
+    """The CPU ids this process may run on: its affinity where the OS has one, else every CPU."""
+    if has_affinity():
+        return sorted(psutil.Process().cpu_affinity() or [])
+    return list(range(psutil.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def stay_off(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """The calling process on every allowed CPU but ``cpus`` while inside (see ``sweep.procs.stay_off``)."""
+    others = sorted(set(allowed_cpus()) - set(cpus)) if cpus and has_affinity() else []
+    if not others:
+        yield
+        return
+    p = psutil.Process()
+    before = p.cpu_affinity()
+    p.cpu_affinity(others)
+    try:
+        yield
+    finally:
+        p.cpu_affinity(before)
+
+
+def mem_total_bytes() -> int:
+    return int(psutil.virtual_memory().total)
 
 
 def apply_knobs(cpus: list[int] | None, nice: int) -> None:

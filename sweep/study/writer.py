@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from sweep import _optuna
+from sweep import _optuna, platforms
 from sweep.errors import StudyError
 from sweep.measure.host import host_info
 from sweep.measure.metrics import METRICS, constraint_values
@@ -163,12 +163,20 @@ def finished_count(study: Any) -> int:
                and t.user_attrs.get("fail_reason") != "storage_error" for t in study.get_trials(deepcopy=False))
 
 
+def measured_path(trial: Any) -> str:
+    """The measurement path that measured a trial (trials from before the record: Linux's)."""
+    return str((trial.user_attrs.get("platform") or {}).get("platform", "linux"))
+
+
 def measured_before(study: Any, config: dict[str, Any]) -> Any:
-    """The first complete trial that measured exactly this effective configuration."""
+    """The first complete trial that measured exactly this effective configuration on this
+    measurement path: a study that joined the two paths (``--hardware-class``) measures a
+    configuration again on the other, never passes one path's figures off as the other's."""
     from optuna.trial import TrialState
 
+    path = platforms.name()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("config") == config and "reused_from" not in t.user_attrs:
+        if t.user_attrs.get("config") == config and "reused_from" not in t.user_attrs and measured_path(t) == path:
             return t
     return None
 
@@ -178,7 +186,7 @@ def reuse(study: Any, series: SeriesStore, url: str, trial: Any, original: Any) 
     by the one path every record takes (``spool.apply``). Returns whether every budget was met."""
     from sweep.study import spool
 
-    attrs = {k: v for k, v in original.user_attrs.items() if k in METRICS or k == "by_kind"}
+    attrs = {k: v for k, v in original.user_attrs.items() if k in METRICS or k in ("by_kind", "platform")}
     cv = list(original.user_attrs.get("constraint_values", []))
     attrs.update(reused_from=original.number, constraint_values=cv, violations=_violations(StudyMeta.of(study).budgets, cv))
     return spool.apply(study, series, spool.Pending.of(url, study, trial, attrs, list(original.values), cv, None))
