@@ -53,6 +53,8 @@ test: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q --durations=30
+	@echo "== the end-to-end, fault and CLI tests again, on the portable measurement path (psutil, portalocker)"
+	SWEEP_PLATFORM=portable $(BIN)/python -m pytest -q --durations=10 -m "portable and not linux_path"
 
 # The inner loop: everything but the tests that run a real model, server or calibrated load.
 test-fast: $(VENV)/.installed

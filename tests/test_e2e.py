@@ -17,6 +17,8 @@ import pytest
 
 from conftest import TINY_SPACE, sweep_cli, write_space
 
+pytestmark = pytest.mark.portable  # make test runs these on both measurement paths
+
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, three_trials: dict) -> dict:
@@ -45,6 +47,19 @@ def test_sweep_runs_three_real_trials(swept: dict) -> None:
     assert "Export policy's pick: trial" in proc.stdout
     assert finished_trials(swept["work"] / "studies.db") == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
 
+
+
+def test_each_trial_names_the_measurement_path_that_measured_it(swept: dict) -> None:
+    """The same tests run on both paths (``make test``'s second pass sets SWEEP_PLATFORM=portable):
+    here each trial says which one measured it, so a pass that silently fell back proves nothing."""
+    import optuna
+
+    from sweep import platforms
+
+    study = optuna.load_study(study_name="e2e", storage=swept["env"]["SWEEP_STORAGE"])
+    assert {t.user_attrs["platform"]["platform"] for t in study.trials} == {platforms.name()}
+    assert study.user_attrs["hardware_class"]["fingerprint"].get("measurement_path") == \
+        (None if platforms.name() == "linux" else "portable")
 
 def test_pareto_json_lists_measured_trials(swept: dict) -> None:
     proc = sweep_cli("pareto", "--study", "e2e", "--json", env=swept["env"])

@@ -16,6 +16,8 @@ from sweep.results.front import choose
 
 from conftest import TINY_SPACE, sweep_cli, write_space
 
+pytestmark = pytest.mark.portable  # make test runs these on both measurement paths
+
 
 def _one_line(proc, code: int, *needles: str) -> str:
     assert proc.returncode == code, (proc.returncode, proc.stderr)
@@ -69,6 +71,7 @@ def _export(one_trial: Path, isolated: Path, fmt: str = "json") -> Path:
     return out
 
 
+@pytest.mark.linux_path
 def test_a_study_measured_on_linux_is_not_continued_on_the_portable_path_unasked(one_trial: Path, isolated: Path) -> None:
     """The measurement path is part of the hardware class: the portable path's figures (psutil,
     in clock ticks) are not the Linux path's. Named, the class is joined, and each trial says

@@ -25,7 +25,8 @@ from conftest import TINY_SPACE, stray_processes, sweep_cli, wait_for, write_spa
 FAULT_SPACE = TINY_SPACE.replace("  timeout_seconds: 120\n", "  timeout_seconds: 120\n  progress_timeout_seconds: 5\n"
                                  "  memory_limit_gb: 1.0\n")
 
-pytestmark = pytest.mark.slow  # every test here runs real sweeps, servers or calibrated loads
+# Every test here runs real sweeps, servers or calibrated loads; make test runs them on both measurement paths.
+pytestmark = [pytest.mark.slow, pytest.mark.portable]
 
 
 def trials(db: Path) -> list[tuple[int, str, str | None]]:
