@@ -42,6 +42,28 @@ def results(name: str) -> Any:
     return data["results"]
 
 
+def measured(*names: str) -> str:
+    """How bench/data/NAME.json was measured, for a line above its table: the command as a user in
+    this checkout would type it, the commit and the wall time (several files: one after another)."""
+    def one(name: str) -> str:
+        data = json.loads((DATA / f"{name}.json").read_text())
+        words = [_shown(w) for w in data["command"]]
+        words[0] = ".venv/bin/python"
+        dirty = " plus uncommitted changes" if data.get("dirty") else ""
+        minutes, seconds = divmod(round(data["wall_s"]), 60)
+        return f"`{' '.join(words)}` (commit {data['commit'][:7]}{dirty}, {minutes} min {seconds} s)"
+
+    return "Measured with " + "; then ".join(one(n) for n in names) + "."
+
+
+def _shown(word: str) -> str:
+    """A path in a recorded command as it reads from this checkout: bench/... for the repository's
+    own files (measured from a worktree elsewhere), the file's name for one outside it."""
+    if not word.startswith("/"):
+        return word
+    return "bench/" + word.rsplit("/bench/", 1)[1] if "/bench/" in word else Path(word).name
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows])
 
@@ -218,13 +240,49 @@ def knob_paths() -> str:
                   for name, p in PARAMS.items() if p.needs or p.applied in ("os", "env")])
 
 
-TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, "calibration-paths": calibration_paths, "monitor-cost-paths": monitor_cost_paths,
-                                        "hard_limits-quiet": hard_limits_quiet,
+# The correctness runs (bench/correctness_table.py -o): a cell is "mean [low, high]", 95% Wilson.
+def _cell(m: dict[str, Any]) -> str:
+    return _ci(m["mean"], m["ci"])
+
+
+def _scores(r: dict[str, Any], kinds: list[str]) -> list[str]:
+    """One trial's cells: each kind, then all items (or why it failed, then blanks)."""
+    if not r["ok"]:
+        return [f"failed: {r['reason']}", *[""] * len(kinds)]
+    return [*(_cell(r["by_kind"][k]) for k in kinds), _cell(r["all"])]
+
+
+def _no_model(data: dict[str, Any], kinds: list[str]) -> list[tuple[str, list[str]]]:
+    """The rows no model wrote, each a label and its cells (each kind, then all): the best constant
+    answer, and where the run's items have the kind, the regex alone and the catalog's first match."""
+    best = data["baselines"]["best_constant"]
+    rows = [("best constant answer", [*(f"{_f(best[k]['mean'])} ({best[k]['answer']!r})" for k in kinds),
+                                      _cell(data["baselines"]["best_constant_all"])])]
+    for key, label, kind in (("iocs_regex", "regex over the log line (no model)", "iocs"),
+                             ("attack_catalog_first", "the catalog's first match (no model)", "attack")):
+        if key in data["baselines"]:
+            rows.append((label, [*(_cell(data["baselines"][key]) if k == kind else "-" for k in kinds), "-"]))
+    return rows
+
+
+def correctness_all() -> str:
+    """docs/limitations.md: the 1.5B model and SmolLM2, three strategies, on all 246 items (bench/correctness_table.py)."""
+    data = results("correctness_all")
+    kinds = sorted(data["items"])
+    return measured("correctness_all") + "\n\n" + table(
+        ["model", "strategy", *kinds, "all", "parse failures", "p95 s"],
+        [[r["model"], r["strategy"], *_scores(r, kinds), str(r.get("parse_failures", "")), _f(r.get("latency_p95_s"))]
+         for r in data["rows"]]
+        + [[label, "-", *cells, "-", "-"] for label, cells in _no_model(data, kinds)])
+
+
+TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, "calibration-paths": calibration_paths,
+                                        "monitor-cost-paths": monitor_cost_paths, "hard_limits-quiet": hard_limits_quiet,
                                         "hard_limits-contended": hard_limits_contended, "injection": injection,
                                         "injection-v2": injection_v2, "contention": contention,
                                         "contention-qwen": contention_qwen, "parity": parity, "backends": backends,
                                         "fleet": fleet, "chaos": chaos, "unit-exposure": unit_exposure,
-                                        "knob-paths": knob_paths}
+                                        "knob-paths": knob_paths, "correctness-all": correctness_all}
 
 
 def render(text: str, where: str) -> tuple[str, list[str]]:
