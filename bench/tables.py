@@ -65,7 +65,9 @@ def _shown(word: str) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, ["---"] * len(header), *rows])
+    """A Markdown table; a "|" inside a cell (a model's answer, a token) is escaped."""
+    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+                     for cells in [header, ["---"] * len(header), *rows])
 
 
 def _f(x: float | None, fmt: str = ".2f") -> str:
@@ -265,15 +267,92 @@ def _no_model(data: dict[str, Any], kinds: list[str]) -> list[tuple[str, list[st
     return rows
 
 
+def _correctness(name: str, no_model: bool = True) -> str:
+    """A correctness run (bench/correctness_table.py -o bench/data/NAME.json): one row per model and
+    strategy, then (``no_model``) the rows no model wrote. A run of one kind has no "all" column."""
+    data = results(name)
+    kinds = sorted(data["items"])
+    cut = -1 if len(kinds) == 1 else None  # "all" would repeat the one kind
+    rows = [[r["model"], r["strategy"], *_scores(r, kinds)[:cut], str(r.get("parse_failures", "")),
+             _f(r.get("latency_p95_s"))] for r in data["rows"]]
+    if no_model:
+        rows += [[label, "-", *cells[:cut], "-", "-"] for label, cells in _no_model(data, kinds)]
+    return measured(name) + "\n\n" + table(
+        ["model", "strategy", *kinds, *(["all"] if cut is None else []), "parse failures", "p95 s"], rows)
+
+
 def correctness_all() -> str:
     """docs/limitations.md: the 1.5B model and SmolLM2, three strategies, on all 246 items (bench/correctness_table.py)."""
-    data = results("correctness_all")
-    kinds = sorted(data["items"])
-    return measured("correctness_all") + "\n\n" + table(
-        ["model", "strategy", *kinds, "all", "parse failures", "p95 s"],
-        [[r["model"], r["strategy"], *_scores(r, kinds), str(r.get("parse_failures", "")), _f(r.get("latency_p95_s"))]
-         for r in data["rows"]]
-        + [[label, "-", *cells, "-", "-"] for label, cells in _no_model(data, kinds)])
+    return _correctness("correctness_all")
+
+
+def correctness_all_gemma() -> str:
+    """docs/limitations.md: Gemma 3 270M on the same items and strategies (the rows no model wrote are above it)."""
+    return _correctness("correctness_all_gemma", no_model=False)
+
+
+def correctness_attack() -> str:
+    """docs/correctness.md: the ATT&CK items with 0, 3, 5 and 8 retrieved techniques (``context: attack-catalog``)."""
+    return _correctness("correctness_attack")
+
+
+def correctness_iocs() -> str:
+    """docs/correctness.md: the IOC items with and without the regex's candidates (``ioc_hints: regex``)."""
+    return _correctness("correctness_iocs")
+
+
+def correctness_tools_all() -> str:
+    """docs/correctness.md: all 246 items with both tools at once."""
+    return _correctness("correctness_tools_all")
+
+
+# The published benchmarks, imported by `sweep tasks import` (docs/correctness.md), one results file each.
+PUBLISHED = {"published_cm80": "CyberMetric-500, label-balanced", "published_mcq60": "CTIBench MCQ, label-balanced",
+             "published_rcm40": "CTIBench RCM (CVE to CWE)", "published_ate20": "CTIBench ATE (techniques)"}
+
+
+def published() -> str:
+    """docs/correctness.md: each model on each published set, with the set's best constant answer."""
+    rows, models = [], []
+    for name, label in PUBLISHED.items():
+        data = results(name)
+        best = data["baselines"]["best_constant_all"]
+        by = {(r["model"], r["strategy"]): r for r in data["rows"]}
+        models = list(dict.fromkeys(r["model"] for r in data["rows"]))
+        for strategy in dict.fromkeys(r["strategy"] for r in data["rows"]):
+            cells = [_cell(by[m, strategy]["all"]) if by[m, strategy]["ok"] else f"failed: {by[m, strategy]['reason']}"
+                     for m in models]
+            rows.append([label, str(sum(data["items"].values())), strategy, *cells, _f(best["mean"]),
+                         _f(by[models[0], strategy].get("latency_p95_s"))])
+    return measured(*PUBLISHED) + "\n\n" + table(
+        ["set", "items", "strategy", *models, "best constant", f"{models[0]} p95 s"], rows)
+
+
+def prefix_cache() -> str:
+    """docs/correctness.md: the shared-prefix cache off and on, on both backends (bench/prefix_cache.py)."""
+    names = ("prefix_cache_python", "prefix_cache_server")
+    rows, same = [], []
+    for name in names:
+        data = results(name)
+        for mode, m in data["modes"].items():
+            rows.append([data["backend"], mode, _f(m["p95_s"]), _f(m["p50_s"]), _f(m["load_s"]),
+                         _f(m["prompt_tokens_mean"], ".0f"), _f(m["prefill_tokens_mean"], ".0f")])
+        same.append(f"{data['backend']} {data['same_answers']} of {data['items']}")
+    return measured(*names) + "\n\n" + table(
+        ["backend", "prefix_cache", "p95 s", "p50 s", "load s", "prompt tokens (mean)", "prefilled tokens (mean)"],
+        rows) + f"\n\nThe same answer with the cache off and shared: {', '.join(same)}."
+
+
+def prefix_flip() -> str:
+    """docs/correctness.md: each item whose answer a cached prefix changed, and the two top-3 lists
+    where the answers part (bench/prefix_flip.py)."""
+    data = results("prefix_flip")
+    top = lambda t: ", ".join(f"{x!r} {lp:.3f}" for x, lp in t)  # noqa: E731
+    return measured("prefix_flip") + f" {data['differ']} of {data['items']} items answered differently.\n\n" + table(
+        ["item", "cold", "cached prefix", "token", "cold top 3", "cached top 3", "largest change"],
+        [[f"{d['kind']} {d['id']}", repr(d['cold']), repr(d['cached_prefix']), str(d["parting_token"] + 1),
+          top(d["cold_top3"]), top(d["cached_top3"]), _f(d["largest_logprob_change"], ".3f")]
+         for d in data["differing"]])
 
 
 TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, "calibration-paths": calibration_paths,
@@ -282,7 +361,11 @@ TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, 
                                         "injection-v2": injection_v2, "contention": contention,
                                         "contention-qwen": contention_qwen, "parity": parity, "backends": backends,
                                         "fleet": fleet, "chaos": chaos, "unit-exposure": unit_exposure,
-                                        "knob-paths": knob_paths, "correctness-all": correctness_all}
+                                        "knob-paths": knob_paths, "correctness-all": correctness_all,
+                                        "correctness-all-gemma": correctness_all_gemma,
+                                        "correctness-attack": correctness_attack, "correctness-iocs": correctness_iocs,
+                                        "correctness-tools-all": correctness_tools_all, "published": published,
+                                        "prefix-cache": prefix_cache, "prefix-flip": prefix_flip}
 
 
 def render(text: str, where: str) -> tuple[str, list[str]]:
