@@ -72,10 +72,10 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
     started = time.monotonic()
     place = _Place(path)
     try:
-        if place.others_ahead() or not _try(fd):
+        ahead = place.ahead()
+        if ahead or not _try(fd):
             if on_wait:
-                h = holder(path)
-                on_wait(f"waiting for the measurement lock held by pid {h.get('pid', '?')} ({h.get('what', '?')})")
+                on_wait(_whom(path, ahead))
             place.join()
             while place.others_ahead() or not _try(fd):
                 if should_stop and should_stop():
@@ -160,11 +160,16 @@ class _Place:
 
     def others_ahead(self) -> bool:
         """Whether a live place was taken before this one (before now, for one not in line)."""
+        return bool(self.ahead())
+
+    def ahead(self) -> list[int]:
+        """The pids of the live places taken before this one (before now, for one not in line), first first."""
         try:
-            names = [n for n in os.listdir(self.folder) if n.startswith(self.prefix)]
+            names = sorted(n for n in os.listdir(self.folder) if n.startswith(self.prefix))
         except OSError:
-            return False
+            return []
         now = time.time()
+        pids = []
         for name in names:
             try:
                 ticket, pid = (int(x) for x in name[len(self.prefix):].split("."))
@@ -180,8 +185,19 @@ class _Place:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.folder, name))  # its process died waiting (another user's stays)
             elif fresh:
-                return True
-        return False
+                pids.append(pid)
+        return pids
+
+
+def _whom(path: str, ahead: list[int]) -> str:
+    """Whom a new waiter waits for: the places in line before it, or else the lock's holder. The
+    lock file names its last holder, who may have let go already while others still wait their turn."""
+    h = holder(path)
+    last = f"pid {h.get('pid', '?')} ({h.get('what', '?')})"
+    if ahead:
+        return (f"waiting for the measurement lock behind {len(ahead)} process{'es' if len(ahead) > 1 else ''} "
+                f"already in line (pid {', '.join(map(str, ahead))}, first in line first); last taken by {last}")
+    return f"waiting for the measurement lock held by {last}"
 
 
 def _alive(pid: int) -> bool:

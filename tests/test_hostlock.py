@@ -130,3 +130,42 @@ def test_a_holder_that_asks_again_at_once_lets_a_waiter_in(tmp_path: Path, monke
     finally:
         hog.kill()
         hog.wait()
+
+
+_WAITER = """
+import sys, time
+from sweep.hostlock import _Place
+place = _Place(sys.argv[1])
+place.join()
+print("in line", flush=True)
+while True:
+    place.refresh()
+    time.sleep(0.2)
+"""
+
+
+def test_a_new_waiter_names_those_already_in_line_not_only_the_last_holder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock file names its last holder, who may have let go while another process still waits
+    its turn: a newcomer waits behind that one, and must say so."""
+    import sys
+
+    from sweep.hostlock import LockWaitStopped
+
+    lock = tmp_path / "host.lock"
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(lock))
+    with measurement_lock("the study that measured last"):
+        pass  # the lock is free again; the file still names this process
+    waiter = subprocess.Popen([sys.executable, "-c", _WAITER, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert waiter.stdout is not None and waiter.stdout.readline() == "in line\n"
+        said: list[str] = []
+        with pytest.raises(LockWaitStopped):
+            with measurement_lock("a newcomer", on_wait=said.append, should_stop=lambda: bool(said)):
+                pytest.fail("it measured ahead of a process already waiting")
+        assert said == [f"waiting for the measurement lock behind 1 process already in line (pid {waiter.pid}, "
+                        f"first in line first); last taken by pid {os.getpid()} (the study that measured last)"]
+    finally:
+        waiter.kill()
+        waiter.wait()
+    assert not list(tmp_path.glob(f"host.lock.queue.*.{os.getpid()}"))  # the newcomer gave its place up
