@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 differ += 1
                 print(f"\n{t.kind} {t.id}: cold {cold!r}, cached prefix {warm!r}", file=out)
-                moved, parting = 0.0, 0
+                moved, parting, top_a, top_b = 0.0, 0, {}, {}
                 for parting, (a, b) in enumerate(zip(cold_lp, warm_lp)):
                     top_a, top_b = _top(a), _top(b)
                     moved = max([moved, *(abs(top_a[k] - top_b[k]) for k in top_a.keys() & top_b.keys())])
@@ -77,11 +77,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                         break
                 print(f"  largest change of a shared top-3 token's log-probability up to the parting: {moved:.3f}",
                       file=out)
-                # Where the two part: the token's position and both top-3 lists there, as [text, log-probability].
-                top3 = lambda lp: [[x["token"], x["logprob"]] for x in lp[parting]["top_logprobs"]] if lp else []  # noqa: E731
+                # Where the two part (the loop's last position): both top-3 lists, as [text, log-probability].
                 differing.append({"kind": t.kind, "id": t.id, "cold": cold, "cached_prefix": warm,
                                   "largest_logprob_change": moved, "parting_token": parting,
-                                  "cold_top3": top3(cold_lp), "cached_top3": top3(warm_lp)})
+                                  "cold_top3": [[k[1], v] for k, v in top_a.items()],
+                                  "cached_top3": [[k[1], v] for k, v in top_b.items()]})
             print(f"\n{config.model}:{config.quant}, {len(tasks)} items, 3-shot grammar: {differ} answered differently",
                   file=out)
         finally:

@@ -349,7 +349,7 @@ def prefix_flip() -> str:
     data = results("prefix_flip")
     top = lambda t: ", ".join(f"{x!r} {lp:.3f}" for x, lp in t)  # noqa: E731
     return measured("prefix_flip") + f" {data['differ']} of {data['items']} items answered differently.\n\n" + table(
-        ["item", "cold", "cached prefix", "token", "cold top 3", "cached top 3", "largest change"],
+        ["item", "cold", "cached prefix", "parting at token", "cold top 3", "cached top 3", "largest change"],
         [[f"{d['kind']} {d['id']}", repr(d['cold']), repr(d['cached_prefix']), str(d["parting_token"] + 1),
           top(d["cold_top3"]), top(d["cached_top3"]), _f(d["largest_logprob_change"], ".3f")]
          for d in data["differing"]])

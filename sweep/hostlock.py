@@ -77,7 +77,7 @@ def measurement_lock(what: str, on_wait: Callable[[str], None] | None = None,
             if on_wait:
                 on_wait(_whom(path, ahead))
             place.join()
-            while place.others_ahead() or not _try(fd):
+            while place.ahead() or not _try(fd):
                 if should_stop and should_stop():
                     raise LockWaitStopped()
                 time.sleep(_POLL_S)
@@ -157,10 +157,6 @@ class _Place:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             self.path = None
-
-    def others_ahead(self) -> bool:
-        """Whether a live place was taken before this one (before now, for one not in line)."""
-        return bool(self.ahead())
 
     def ahead(self) -> list[int]:
         """The pids of the live places taken before this one (before now, for one not in line), first first."""
