@@ -132,8 +132,11 @@ PARAMS: dict[str, Param] = {
                     choices=("free", "grammar", "json")),
     "prefix_cache": Param("choice", "off", "worker", "shared: each kind's fixed prefix prefilled once, at load",
                           choices=("off", "shared"), shown="prefix={}"),
-    "input_guard": Param("choice", "none", "prompt", "how attacker-written input is kept from steering the answer",
-                         choices=("none", "escape", "delimit", "sandwich"), recorded_at_default=False,
+    "input_guard": Param("choice", "none", "prompt", "how attacker-written input is kept from steering the answer: "
+                         "in the prompt (escape, delimit, sandwich), or by checks outside the model that can only "
+                         "raise a verdict (floor, detect, union, differential; layered is all four, over escape)",
+                         choices=("none", "escape", "delimit", "sandwich", "floor", "detect", "union", "differential",
+                                  "layered"), recorded_at_default=False,
                          shown="guard={}"),
     "ioc_hints": Param("choice", "none", "prompt", "IOC items: the regex's candidates shown to the model to keep, "
                        "drop or complete", choices=("none", "regex"), recorded_at_default=False, shown="hints={}"),

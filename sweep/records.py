@@ -58,8 +58,10 @@ class TrialConfig:
     pace_duty: float | None = None  # decode pacing: compute at most this fraction of decode time
     prefix_cache: Literal["off", "shared"] = "off"  # "shared": each kind's fixed prefix is prefilled once, at load
     backend: Literal["python", "server"] = "python"  # llama-cpp-python in the worker, or llama-server (sweep.trial.server)
-    # How attacker-written input is kept from steering the answer (sweep.correctness.prompts.GUARDS).
-    input_guard: Literal["none", "escape", "delimit", "sandwich"] = "none"
+    # How attacker-written input is kept from steering the answer (sweep.correctness.prompts.GUARDS;
+    # the layers outside the model: sweep.correctness.guard).
+    input_guard: Literal["none", "escape", "delimit", "sandwich", "floor", "detect", "union", "differential",
+                         "layered"] = "none"
     ioc_hints: Literal["none", "regex"] = "none"  # IOC items: the regex's candidates shown to the model
     context: Literal["none", "attack-catalog"] = "none"  # ATT&CK items: retrieved techniques in the prompt
     context_k: int = 5
@@ -150,9 +152,11 @@ class TrialSettings:
     busy_trials: str = "keep"  # a trial measured while others loaded the machine: "keep" it (flagged) or "repeat" it
     early_abort: bool = True  # stop a trial once its latency p95 is provably over budget
     # Prompt injection: after its answers, the trial asks this many attacker-written variants of
-    # verdict and IOC items (injection-v2, the two kinds in turn, a verdict item first) and their
-    # clean originals, for the injection figures; 0: not measured.
+    # verdict and IOC items (injection-v3's tuned styles, the two kinds in turn, a verdict item
+    # first) and their clean originals, for the injection figures; 0: not measured.
     injection_items: int = 0
+    held_out_items: int = 0  # as many variants of the held-out families (never tuned to), apart
+    benign_items: int = 0  # as many benign lines with administrators' comments: the false-escalation side
     duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it
 
     def __post_init__(self) -> None:

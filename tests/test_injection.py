@@ -22,9 +22,10 @@ def test_every_variant_names_a_caught_clean_item_and_keeps_its_label() -> None:
         original = clean[v.variant_of]
         assert v.input.startswith(original.input) and len(v.input) > len(original.input)
         assert v.expected == original.expected and v.expected in ("malicious", "suspicious")
-    pairs = injection_pairs(10)
+    pairs = injection_pairs(24)
     assert [c.id for c, _ in pairs] == [i.variant_of for _, i in pairs]
-    assert {i.attack for _, i in pairs} == {"plain", "chatml", "gemma", "json", "padding"}  # styles in turn
+    assert {i.attack for _, i in pairs} == {"plain", "chatml", "gemma", "json", "padding", "llama3", "mistral", "phi",
+                                            "multilingual", "unicode", "authority", "forged"}  # styles in turn
 
 
 def test_delimit_fences_the_input_and_sandwich_asks_again_after_it() -> None:

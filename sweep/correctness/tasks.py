@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -25,10 +25,12 @@ LETTERS = ("A", "B", "C", "D")
 _LABELS = {"verdict": VERDICTS, "severity": SEVERITIES, "mcq": LETTERS}
 LIST_KINDS = ("iocs", "attack")  # kinds whose answer is a list, scored by set F1
 TASK_SET_VERSION = "tasks-v2"  # the default; every bundled set stays loadable by name
-BUNDLED_SETS = ("tasks-v1", "tasks-v2", "injection-v1", "injection-v2")
+BUNDLED_SETS = ("tasks-v1", "tasks-v2", "injection-v1", "injection-v2", "injection-v3")
 # Attacker-written variants of tasks-v2's verdict and IOC items (bench/make_injection_set.py);
-# injection-v1 is its verdict variants alone, the set the first injection figures were measured on.
-INJECTION_SET = "injection-v2"
+# injection-v1 is its verdict variants alone, the set the first injection figures were measured on;
+# injection-v3 adds styles, held-out families on base items of its own, and benign lines with
+# administrators' comments (``injection_group``).
+INJECTION_SET = "injection-v3"
 
 
 class Task(BaseModel):
@@ -282,24 +284,49 @@ def reported(task: Task, answer: str | None, indicator: str) -> bool:
     return answer is not None and _norm(indicator) in _named_iocs(task, answer)
 
 
-def injection_pairs(n: int) -> list[tuple[Task, Task]]:
-    """``n`` attacker-written variants from ``INJECTION_SET``, each with the clean ``tasks-v2`` item
-    it was made from. The kinds and the attack styles are taken in turn (verdict and IOC items
-    alternate), and each style starts at another part of the items, so a small ``n`` still
-    spreads over kinds, styles and items alike. Deterministic."""
-    clean = {t.id: t for t in load_tasks("tasks-v2")}
+INJECTION_GROUPS = ("tuned", "held-out", "benign")
+
+
+def injection_group(attack: str | None) -> str:
+    """Which part of ``INJECTION_SET`` an attack family belongs to: ``held-out`` (``ho-`` families,
+    written apart from the defences and never tuned to), ``benign`` (``admin-note``: benign lines with
+    the comments administrators write, the defences' false-escalation side), or ``tuned``."""
+    if attack == "admin-note":
+        return "benign"
+    return "held-out" if (attack or "").startswith("ho-") else "tuned"
+
+
+def injection_pairs(n: int, group: str = "tuned") -> list[tuple[Task, Task]]:
+    """``n`` variants of ``group`` from ``INJECTION_SET``, each with the clean item it was made from
+    (a ``tasks-v2`` item, or a base item of the set itself). The kinds and the attack styles are
+    taken in turn (verdict and IOC items alternate), and each style starts at another part of the
+    items, so a small ``n`` still spreads over kinds, styles and items alike. Deterministic."""
+    every = load_tasks(INJECTION_SET)
+    clean = {t.id: t for t in load_tasks("tasks-v2")} | {t.id: t for t in every if t.attack is None}
     by_style: dict[tuple[str, str], list[Task]] = defaultdict(list)
-    for t in load_tasks(INJECTION_SET):
-        by_style[(str(t.attack), t.kind)].append(t)
+    for t in every:
+        if t.attack is not None and injection_group(t.attack) == group:
+            by_style[(t.attack, t.kind)].append(t)
+    if not by_style:
+        return []
     attacks = sorted({attack for attack, _ in by_style})
-    queues = []
-    for attack, kind in sorted(by_style, key=lambda k: (k[0], k[1] != "verdict")):  # a verdict item first
+    per_kind: dict[str, list[list[Task]]] = defaultdict(list)
+    for attack, kind in sorted(by_style):
         items = sorted(by_style[(attack, kind)], key=lambda t: t.id)
         start = attacks.index(attack) * len(items) // len(attacks)
-        queues.append(items[start:] + items[:start])
+        per_kind[kind].append(items[start:] + items[:start])
+
+    def styles_in_turn(queues: list[list[Task]]) -> Iterator[Task]:
+        for depth in range(max(map(len, queues))):
+            yield from (queue[depth] for queue in queues if depth < len(queue))
+
+    streams = [styles_in_turn(per_kind[k]) for k in sorted(per_kind, key=lambda k: k != "verdict")]
     out: list[tuple[Task, Task]] = []
-    for depth in range(max(map(len, queues))):
-        for queue in queues:
-            if depth < len(queue) and len(out) < n:
-                out.append((clean[str(queue[depth].variant_of)], queue[depth]))
+    while streams and len(out) < n:  # the kinds in turn, a verdict item first, until one runs out
+        for stream in list(streams):
+            item = next(stream, None)
+            if item is None:
+                streams.remove(stream)
+            elif len(out) < n:
+                out.append((clean[str(item.variant_of)], item))
     return out

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sweep.correctness.guard import escapes, layers
 from sweep.errors import ExportError, StudyError
 from sweep.records import StudyMeta, TrialConfig
 from sweep.results.front import trial_by_number
@@ -226,11 +227,11 @@ def _cache_lines(record: dict[str, Any], comment: str) -> list[str]:
 def _python(record: dict[str, Any]) -> str:
     c = record["config"]
     lines = ["#!/usr/bin/env python3", *budget_lines(record, "#"), "from __future__ import annotations", "",
-             "import os", "", *knobs.python_lines(c), "", *cgroups.python_lines(c)]
+             "import os", "import sys", "", *knobs.python_lines(c), "", *cgroups.python_lines(c)]
     lines += ["", "from llama_cpp import Llama  # noqa: E402", "",
               f"LLAMA_KWARGS = {pprint.pformat(record['llama_kwargs'], sort_dicts=False)}",
               "llm = Llama(**LLAMA_KWARGS)", ""]
-    if c.get("input_guard") == "escape":
+    if escapes(c.get("input_guard", "none")):
         import inspect
 
         from sweep.correctness.escape import Escape
@@ -238,6 +239,8 @@ def _python(record: dict[str, Any]) -> str:
         lines += ["# input_guard: escape, as the trial ran it: pass each request's messages through",
                   "# escape.messages(...) so no input text can become a template token.",
                   inspect.getsource(Escape), "escape = Escape(llm)", ""]
+    if layers(c.get("input_guard", "none")):
+        lines += _guard_lines(record)
     elif c.get("input_guard") in ("delimit", "sandwich"):
         lines += [f"# input_guard: {c['input_guard']}: ask each item as prompt_strategy.input_guard_example in the "
                   "JSON export shows.", ""]
@@ -245,6 +248,71 @@ def _python(record: dict[str, Any]) -> str:
         lines.insert(-1, f"# The sweep also paced decoding (pace_tps={c.get('pace_tps')}, pace_duty={c.get('pace_duty')}):"
                          " sleep between streamed tokens to keep that.")
     return "\n".join(lines)
+
+
+def _guard_lines(record: dict[str, Any]) -> list[str]:
+    """The layered guard as the trial ran it, for a command line's verdict: the question asked as the
+    trial asked it, the differential call, and ``sweep.correctness.guard``'s own source (the standard
+    library only), so the deployed service judges as the measured one did. ``judge_command(line)``
+    is the API; ``--judge`` reads one command line a line from stdin and writes one JSON verdict a line."""
+    import inspect
+
+    from sweep.correctness import guard
+    from sweep.correctness.prompts import request_for, strategy_of
+    from sweep.correctness.tasks import Task
+
+    c = TrialConfig.from_dict(record["config"])
+    placeholder = "\ue000COMMAND\ue001"  # a private-use mark no command line holds
+    strategy = {**strategy_of(c), "guard": "escape"}
+    request = request_for(Task(id="x", kind="verdict", input=placeholder, expected="benign", source="export"), **strategy)
+    source = inspect.getsource(guard)
+    return [f"# input_guard: {c.input_guard}: checks outside the model, which can only raise its verdict",
+            "# (sweep.correctness.guard, below as it is). judge_command(line) asks the model as the trial did",
+            "# and applies them; run with --judge to read command lines on stdin and write JSON verdicts.",
+            "# The trial restored a prefilled prefix before each request (prefix_cache); this resets instead:",
+            "# the same tokens, prefilled in full.",
+            f"GUARD = {c.input_guard!r}",
+            f"VERDICT_REQUEST = {pprint.pformat(request, sort_dicts=False)}",
+            f"PLACEHOLDER = {placeholder!r}",
+            f"MAX_TOKENS, TEMPERATURE, SEED = {c.max_tokens!r}, {c.temperature!r}, {c.seed!r}", "",
+            "# sweep.correctness.guard's source, as the trial ran it, loaded as a module of its own.",
+            f"GUARD_SOURCE = {source!r}",
+            "import types  # noqa: E402",
+            "guard = sys.modules['sweep_guard'] = types.ModuleType('sweep_guard')",
+            "exec(compile(GUARD_SOURCE, 'sweep_guard', 'exec'), guard.__dict__)", "",
+            "def _ask(command_line):",
+            "    from llama_cpp.llama_grammar import LlamaGrammar",
+            "    messages = [dict(m, content=m['content'].replace(PLACEHOLDER, command_line))",
+            "                for m in VERDICT_REQUEST['messages']]",
+            "    grammar = LlamaGrammar.from_string(VERDICT_REQUEST['grammar'], verbose=False) "
+            "if VERDICT_REQUEST.get('grammar') else None",
+            "    llm.reset()",
+            "    reply = llm.create_chat_completion(messages=escape.messages(messages), max_tokens=MAX_TOKENS,",
+            "                                       temperature=TEMPERATURE, seed=SEED, grammar=grammar,",
+            "                                       response_format=VERDICT_REQUEST.get('response_format'))",
+            "    text = reply['choices'][0]['message']['content'] or ''",
+            "    if VERDICT_REQUEST.get('response_format'):",
+            "        import json as _json",
+            "        try:",
+            "            text = _json.loads(text)['answer']",
+            "        except (ValueError, KeyError, TypeError):",
+            "            text = None",
+            "    return text", "",
+            "def judge_command(command_line):",
+            "    \"\"\"The guarded verdict on one command line, and what each check said.\"\"\"",
+            "    answer = _ask(command_line)",
+            "    view_answer = None",
+            "    if 'differential' in guard.layers(GUARD):",
+            "        seen = guard.view(command_line)",
+            "        view_answer = _ask(seen) if seen != command_line else None",
+            "    verdict, evidence = guard.judge('verdict', command_line, answer, view_answer, GUARD)",
+            "    return {'verdict': verdict, 'evidence': evidence}", "",
+            "if __name__ == '__main__' and sys.argv[1:] == ['--judge']:",
+            "    import json",
+            "    for line in sys.stdin:",
+            "        if line.strip():",
+            "            print(json.dumps({'input': line.rstrip('\\n'), **judge_command(line.rstrip('\\n'))}), flush=True)",
+            ""]
 
 
 def _own_session(c: dict[str, Any]) -> list[str]:
@@ -410,6 +478,11 @@ def render(record: dict[str, Any], fmt: str, server_binary: str | None = None, u
         return yaml.safe_dump(record, sort_keys=False)
     if fmt == "python":
         return _python(record)
+    guard = record["config"].get("input_guard", "none")
+    if layers(guard):
+        raise ExportError(f"--format {fmt}: the trial's input_guard {guard} is code outside the model (a rule floor, "
+                          "an injection detector, the differential call), which llama-server alone cannot run; "
+                          "export --format python (judge_command, or --judge on stdin) to deploy the guard as measured")
     if fmt == "llama-server":
         return "\n".join(["#!/bin/sh", *budget_lines(record, "#"), *_pacing_warning(record, "#"),
                           "# It listens on 127.0.0.1 only, and every request must carry the API key in KEY_FILE",

@@ -98,7 +98,9 @@ class TrialBlock(BaseModel):
     noise_retries: int = Field(_D.noise_retries, ge=0)
     busy_trials: Literal["keep", "repeat"] = _D.busy_trials  # type: ignore[assignment]
     early_abort: bool = _D.early_abort
-    injection_items: int = Field(_D.injection_items, ge=0, le=480)
+    injection_items: int = Field(_D.injection_items, ge=0, le=1000)
+    held_out_items: int = Field(_D.held_out_items, ge=0, le=1000)
+    benign_items: int = Field(_D.benign_items, ge=0, le=1000)
     duplicates: Literal["reuse", "repeat"] = _D.duplicates  # type: ignore[assignment]
 
 
@@ -302,7 +304,13 @@ def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     if name.startswith("psi_") and not os.path.exists("/proc/pressure/cpu"):
         raise SpaceError(f"{where}: {name} needs the kernel's pressure stall information (/proc/pressure/cpu), "
                          "which this host does not have")
-    if name.startswith("injection_") and not trial.injection_items:
+    if name == "injection_flip_rate_held_out" and not trial.held_out_items:
+        raise SpaceError(f"{where}: {name} comes from the held-out attack families: set trial.held_out_items "
+                         "(for example 40)")
+    if name == "benign_escalation_rate" and not trial.benign_items:
+        raise SpaceError(f"{where}: {name} comes from benign lines with administrators' comments: set "
+                         "trial.benign_items (for example 45)")
+    if name.startswith("injection_") and name != "injection_flip_rate_held_out" and not trial.injection_items:
         raise SpaceError(f"{where}: {name} needs attacker-written items to ask: set trial.injection_items "
                          "(for example 40)")
     if name == "injection_hidden_rate" and trial.injection_items < 2:  # the kinds alternate, a verdict first

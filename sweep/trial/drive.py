@@ -59,6 +59,8 @@ def _answer_all(backend: Backend, prompts: list[dict[str, Any]], chan: Channel, 
     extra = {"pass": passname} if passname else {}
     for i, request in enumerate(prompts):
         result = backend.answer(request, i, chan, tokens=passname == "injection")
+        if request.get("view"):  # the differential check reads the input's view too, as part of this answer
+            result = result.then(backend.answer(request["view"], i, chan, tokens=False))
         chan.send("prompt", index=i, **extra, **result.to_message())
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweep.correctness.prompts import answer_text
-from sweep.correctness.tasks import Task, reported, score_answers
+from sweep.correctness.guard import judge, layers
+from sweep.correctness.tasks import Task, injection_group, ioc_candidates, reported, score_answers
 from sweep.measure.metrics import (
     contended_figures,
     cpu_load_figures,
@@ -179,8 +180,12 @@ def score(obs: Observation, tasks: list[Task], figs: dict[str, float]) -> tuple[
         figs["n_answered"] = len(prompts)
         tasks = tasks[: len(prompts)]
     raw = [p["answer"] for p in prompts]
-    answers, by_kind, correctness = score_answers(tasks, raw, [answer_text(a, obs.config.output) for a in raw],
+    judged = [guarded(task, p, obs.config) for task, p in zip(tasks, prompts)]
+    answers, by_kind, correctness = score_answers(tasks, raw, [text for text, _ in judged],
                                                   [p["latency_s"] for p in prompts])
+    for a, (_, evidence) in zip(answers, judged):  # what each layer outside the model said
+        if evidence:
+            a["guard"] = evidence
     for a, p in zip(answers, prompts):  # llama.cpp's own counts: the whole prompt, and what it prefilled of it
         a["prompt_tokens"], a["prefill_tokens"] = p.get("prompt_tokens"), p.get("prefill_tokens")
         if p.get("server"):
@@ -196,6 +201,15 @@ def score(obs: Observation, tasks: list[Task], figs: dict[str, float]) -> tuple[
     return answers, by_kind, records
 
 
+def guarded(task: Task, prompt: dict[str, Any], config: TrialConfig) -> tuple[str | None, dict[str, Any]]:
+    """The answer the scorers read, after the guard's layers outside the model (``sweep.correctness.guard``),
+    and what each layer said; the readable answer unchanged under a guard without layers."""
+    text = answer_text(prompt["answer"], config.output)
+    view = prompt.get("view_answer")
+    return judge(task.kind, task.input, text, None if view is None else answer_text(view, config.output),
+                 config.input_guard, ioc_candidates(task.input))
+
+
 def injection_records(obs: Observation) -> list[dict[str, Any]]:
     """Each injected item beside its clean original: the readable answers, and how many special
     tokens each prompt held (counted with the model's own token types)."""
@@ -206,14 +220,18 @@ def injection_records(obs: Observation) -> list[dict[str, Any]]:
         pair = []
         hidden = tasks[k + 1].hides
         for task, p in zip(tasks[k:k + 2], injected[k:k + 2]):
-            text = answer_text(p["answer"], obs.config.output)
+            text, evidence = guarded(task, p, obs.config)
             one: dict[str, Any] = {"id": task.id, "answer": text or "",
                                    "special_tokens": sum(t in special for t in p.get("tokens", []))}
             if hidden is not None:  # an IOC item: does the answer still name what the attacker hid?
                 one["reports_hidden"] = reported(task, text, hidden)
+            if evidence:
+                one["guard"] = evidence
+            if "detect" in layers(obs.config.input_guard):
+                one["detected"] = bool(evidence.get("injection"))
             pair.append(one)
-        out.append({"attack": tasks[k + 1].attack, "kind": tasks[k + 1].kind, "hides": hidden,
-                    "clean": pair[0], "injected": pair[1]})
+        out.append({"attack": tasks[k + 1].attack, "group": injection_group(tasks[k + 1].attack),
+                    "kind": tasks[k + 1].kind, "hides": hidden, "clean": pair[0], "injected": pair[1]})
     return out
 
 

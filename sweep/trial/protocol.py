@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any, Callable
 
 from sweep.procs import die_with_parent
@@ -34,10 +34,17 @@ class PromptResult:
     prefill_tokens: int | None = None  # what llama.cpp evaluated of it in this request
     tokens: list[int] | None = None  # the prompt's own tokens, where asked (the injection pass)
     server: dict[str, Any] | None = None  # llama-server's own timings (server backend)
+    view_answer: str | None = None  # the differential check's answer on the input's view
+
+    def then(self, view: PromptResult) -> PromptResult:
+        """This answer followed by the differential check's second call: one answer whose time
+        and chunks are both calls', as a deployment pays them."""
+        return replace(self, latency_s=self.latency_s + view.latency_s, decode_s=self.decode_s + view.decode_s,
+                       completion_chunks=self.completion_chunks + view.completion_chunks, view_answer=view.answer)
 
     def to_message(self) -> dict[str, Any]:
         out = asdict(self)
-        return {k: v for k, v in out.items() if not (k in ("tokens", "server") and v is None)}
+        return {k: v for k, v in out.items() if not (k in ("tokens", "server", "view_answer") and v is None)}
 
 
 # What a prompt message must carry: PromptResult's fields without a default, so the two cannot drift.

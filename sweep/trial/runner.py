@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from sweep.correctness.prompts import prefix_probes, request_for, strategy_of
-from sweep.correctness.tasks import Task, injection_pairs
+from sweep.correctness.tasks import INJECTION_GROUPS, Task, injection_pairs
 from sweep.hostlock import measurement_lock
 from sweep.measure.foreground import CpuLoad
 from sweep.measure.metrics import provably_over
@@ -125,8 +125,8 @@ class _Watch:
         self.cgroup_problems: list[str] = []
         self.pid: int | None = None
         self.server_pid: int | None = None
-        self.injection_tasks = [t for pair in injection_pairs(settings.injection_items) for t in pair] \
-            if settings.injection_items else []
+        asked = zip(INJECTION_GROUPS, (settings.injection_items, settings.held_out_items, settings.benign_items))
+        self.injection_tasks = [t for group, n in asked if n for pair in injection_pairs(n, group) for t in pair]
 
     def _on_sample(self, w: Any) -> None:
         limit = self.settings.memory_limit_gb

@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Any, Iterator
 
+from sweep.correctness.guard import escapes
 from sweep.procs import die_with_parent, signal_name
 from sweep.trial.drive import BackendFailed, drive, shared_length
 from sweep.trial.protocol import Channel, PromptResult, serve
@@ -202,7 +203,7 @@ def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], ch
     if held is not None:  # start from the kind's prefix and nothing more, untimed
         server.post("/slots/0?action=restore", {"filename": f"{request['kind']}.bin"})
     # Under escape the prompt goes as tokens to /completion, built before the request is timed.
-    escaped = server.escaped_tokens(request["messages"]) if cfg.get("input_guard") == "escape" else None
+    escaped = server.escaped_tokens(request["messages"]) if escapes(cfg.get("input_guard", "none")) else None
     body, path = request_body(request, cfg), "/v1/chat/completions"
     if escaped is not None:
         body, path = completion_body(escaped, request, cfg), "/completion"
@@ -270,7 +271,7 @@ class ServerBackend:
 
     def prepare(self, probes: dict[str, list[list[dict[str, str]]]]) -> None:
         assert self.server is not None
-        self.held = shared_prefixes(self.server, probes, self.cfg.get("input_guard") == "escape")
+        self.held = shared_prefixes(self.server, probes, escapes(self.cfg.get("input_guard", "none")))
 
     def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
         assert self.server is not None

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from sweep.correctness.escape import Escape
+from sweep.correctness.guard import escapes
 from sweep.records import TrialConfig
 from sweep.trial.drive import BackendFailed, drive, shared_length
 from sweep.trial.protocol import Channel, PromptResult, serve
@@ -132,7 +133,7 @@ class PythonBackend:
             self.llm = llama_cpp.Llama(**TrialConfig.from_dict(config).llama_kwargs())
         except Exception as exc:  # llama-cpp-python raises ValueError for any load failure
             raise BackendFailed("model_load_failed", f"{type(exc).__name__}: {exc}") from None
-        self.escape = Escape(self.llm) if config.get("input_guard") == "escape" else None
+        self.escape = Escape(self.llm) if escapes(config.get("input_guard", "none")) else None
 
     def prepare(self, probes: dict[str, list[list[dict[str, str]]]]) -> None:
         self.prefixes = shared_prefixes(self.llm, probes, self.escape)
