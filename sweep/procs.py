@@ -127,10 +127,13 @@ class Reporter(Generic[T]):
     """``python -m MODULE ARGS`` in a session of its own, as a user's program would run, with each
     line it prints parsed into ``samples`` by a reader thread; ``stop`` ends its whole group."""
 
-    def __init__(self, module: str, args: list[str], parse: Callable[[str], T]) -> None:
+    def __init__(self, module: str, args: list[str], parse: Callable[[str], T],
+                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+        """``wrap``: the command line as it must start (in a cgroup of its own, say)."""
         self.samples: list[T] = []
         self._parse = parse
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+        argv = [sys.executable, "-m", module, *args]
+        self.proc = subprocess.Popen(wrap(argv) if wrap else argv, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, start_new_session=True, text=True)
         self._thread = threading.Thread(target=self._read, name=module, daemon=True)
         self._thread.start()

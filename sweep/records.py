@@ -155,6 +155,10 @@ class TrialSettings:
     # verdict and IOC items (injection-v3's tuned styles, the two kinds in turn, a verdict item
     # first) and their clean originals, for the injection figures; 0: not measured.
     injection_items: int = 0
+    # "own": the model runs in a cgroup of its own at normal weight, as its systemd unit will, and the
+    # foreground in a sibling one, as a user's session is; "shared": both in the orchestrator's cgroup,
+    # as a script started from the user's terminal runs (sweep.trial.cgroups.NORMAL_WEIGHT).
+    cgroup: str = "own"
     held_out_items: int = 0  # as many variants of the held-out families (never tuned to), apart
     benign_items: int = 0  # as many benign lines with administrators' comments: the false-escalation side
     duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it

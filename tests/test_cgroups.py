@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,127 @@ def test_llama_server_runs_inside_the_trials_cgroup(server_tools: Path, smollm2_
     assert f["cg_throttled_share"] > 0.2 and f["cpu_active_mean_share_pct"] <= 25 + 5
     assert f["cg_oom_kills"] == 0 and f["cg_memory_peak_gb"] > 0.05 and f["memory_limit_sampled"] == 0.0
     assert _trial_cgroups() == []
+
+
+def test_a_trial_runs_in_a_cgroup_of_its_own_and_the_foreground_in_a_sibling(smollm2_path: Path) -> None:
+    seen: dict[str, str] = {}
+
+    def where(event: dict) -> None:  # read while the worker is loaded, and the foreground runs
+        if event["type"] == "knobs" and "fg" not in seen:
+            for pid in map(int, os.listdir("/proc")) if os.path.isdir("/proc") else []:
+                try:
+                    cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                    own = open(f"/proc/{pid}/cgroup").read()
+                except OSError:
+                    continue
+                if b"sweep.measure.foreground" in cmdline:
+                    seen["fg"] = own
+                elif b"sweep.trial.worker" in cmdline:
+                    seen["worker"] = own
+
+    settings = TrialSettings(prompts=2, idle_seconds=0.3, baseline_seconds=0.2, noise_retries=0, probe="cpu",
+                             early_abort=False, contended_timeout_seconds=20)
+    outcome = run_trial(config(smollm2_path), settings, TASKS[:2], on_event=where)
+    assert outcome.ok, (outcome.reason, outcome.detail)
+    assert outcome.figures["cgroup_own"] == 1.0 and outcome.series["cgroup"] == {"topology": "own"}
+    assert f"/sweep-trial-{os.getpid()}-" in _cpu_path(seen["worker"])
+    assert f"/sweep-fg-{os.getpid()}-" in _cpu_path(seen["fg"])
+    shared = run_trial(config(smollm2_path), TrialSettings(prompts=2, idle_seconds=0.3, baseline_seconds=0.2,
+                                                            noise_retries=0, probe="off", cgroup="shared"), TASKS[:2])
+    assert shared.ok and shared.figures["cgroup_own"] == 0.0 and shared.series["cgroup"] == {"topology": "shared"}
+    assert _trial_cgroups() == [] and not stray_processes()
+
+
+def _cpu_path(proc_cgroup: str) -> str:
+    """The cpu controller's cgroup in a /proc/PID/cgroup text (v1's cpu hierarchy, else v2's)."""
+    paths = {}
+    for line in proc_cgroup.splitlines():
+        _, names, path = line.split(":", 2)
+        paths.update({name: path for name in names.split(",")})
+    return paths.get("cpu", paths.get("", ""))
+
+
+def _slowdown_beside(drive, seconds: float = 6.0) -> float:
+    """The CPU-bound foreground's slowdown (median unit while ``drive`` keeps the service busy, over
+    the median unit before), the foreground in a cgroup of its own at normal weight, as a user's session."""
+    import statistics
+    import threading
+
+    from sweep.measure.foreground import CpuLoad
+
+    fg_cg = cgroups.TrialCgroup.create(dict(cgroups.NORMAL_WEIGHT), kind="fg")
+    load = CpuLoad(os.cpu_count() or 1, 16, fg_cg.join)
+    try:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        time.sleep(3.0)
+        t1 = time.monotonic()
+        stop = threading.Event()
+        busy = threading.Thread(target=drive, args=(stop,), daemon=True)
+        busy.start()
+        time.sleep(1.0)
+        t2 = time.monotonic()
+        time.sleep(seconds)
+        t3 = time.monotonic()
+        stop.set()
+        busy.join(timeout=60)
+    finally:
+        samples = load.stop()
+        fg_cg.remove()
+    before = [dt for t, dt, _, _ in samples if t >= t0 and t + dt <= t1]
+    during = [dt for t, dt, _, _ in samples if t >= t2 and t + dt <= t3]
+    assert len(before) >= 3 and len(during) >= 3, (len(before), len(during))
+    return statistics.median(during) / statistics.median(before)
+
+
+def test_a_polite_trial_measured_in_its_own_cgroup_slows_the_user_as_its_unit_does(
+        smollm2_path: Path, server_tools: Path, tmp_path: Path) -> None:
+    """sched_policy idle and nice 19 hold beside the user in one cgroup; as a service, in a cgroup of
+    its own at normal weight, they do not. The trial (trial.cgroup: own, the default) must report what
+    the exported unit then does to a CPU-bound user; the shared measurement reads lower."""
+    import json
+    import tempfile
+    import urllib.request
+
+    from sweep.results.export import API_KEY_SOURCE, install, llama_server_command, render
+
+    import unitrun
+    from conftest import api_key, serving
+
+    if os.geteuid() != 0:
+        pytest.skip("the unit stand-in runs the service as another user: run the tests as root")
+    polite = config(smollm2_path, n_threads=2, n_threads_batch=2, backend="server", sched_policy="idle", nice=19,
+                    max_tokens=32, output="grammar")
+    settings = TrialSettings(prompts=8, idle_seconds=0.5, baseline_seconds=0.5, noise_retries=2, probe="cpu",
+                             early_abort=False, contended_timeout_seconds=30, busy_trials="repeat")
+    tasks = stratified_subset(load_tasks(), 8)
+    own = run_trial(polite, settings, tasks)
+    shared = run_trial(polite, replace(settings, cgroup="shared"), tasks)
+    assert own.ok and shared.ok, (own.reason, own.detail, shared.reason, shared.detail)
+    assert own.figures["cgroup_own"] == 1.0 and shared.figures["cgroup_own"] == 0.0
+
+    opt = Path(tempfile.mkdtemp(prefix="sweep-opt-"))
+    opt.chmod(0o755)
+    args = llama_server_command(polite, str(server_tools / "llama-server"))
+    record = {"config": polite.to_dict(), "provenance": {"study": "s", "trial": 0}, "meets_all_budgets": True,
+              "budgets": {}, "metrics": own.figures, "llama_server_args": args, "llama_server": args}
+    unit = tmp_path / "polite.service"
+    unit.write_text(render(install(record, opt), "systemd"))
+    key = api_key(tmp_path / "api-key")
+    body = json.dumps({"messages": [{"role": "user", "content": "Classify: whoami /all"}], "max_tokens": 32,
+                       "temperature": 0, "cache_prompt": False}).encode()
+
+    with serving(lambda port: unitrun.start(unit, "--port", str(port), credentials={API_KEY_SOURCE: key},
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)) as (_, port):
+        def drive(stop) -> None:  # requests back to back, as the trial's contended pass sends them
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key.read_text().strip()}"}
+            while not stop.is_set():
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers)
+                urllib.request.urlopen(req, timeout=120).read()
+
+        unit_slowdown = _slowdown_beside(drive)
+    trial, beside = own.figures["fg_cpu_slowdown"], shared.figures["fg_cpu_slowdown"]
+    # The own-cgroup trial reads what the unit does to the user, within what a loaded 2-core machine
+    # allows; the trial measured beside the user, in one cgroup, reads clearly less.
+    assert abs(trial - unit_slowdown) <= 0.35, (trial, unit_slowdown, beside)
+    assert unit_slowdown - beside >= 0.25, (trial, unit_slowdown, beside)

@@ -122,6 +122,20 @@ def test_server_exports_warn_when_the_sweep_paced_decoding() -> None:
     assert "cannot do" not in render(record, "systemd")
 
 
+def test_a_unit_of_a_trial_measured_in_a_shared_cgroup_says_so() -> None:
+    from sweep.results.export import render
+
+    record = {"config": {"model": "m", "quant": "Q4_0", "cpus": None, "nice": 19, "sched_policy": "idle"},
+              "provenance": {"study": "s", "trial": 1}, "meets_all_budgets": True, "budgets": {},
+              "metrics": {"cgroup_own": 0.0}, "environment": {}, "llama_server": "/bin/true -m /etc/hostname",
+              "llama_server_args": "/bin/true -m /etc/hostname"}
+    unit = render(record, "systemd")
+    assert "measured in one cgroup with the user's programs" in unit and "cpu_weight: idle" in unit
+    assert "cgroup with the user's" not in render(record, "llama-server")  # a script runs beside the user, as measured
+    record["metrics"]["cgroup_own"] = 1.0
+    assert "WARNING" not in render(record, "systemd")
+
+
 def test_a_full_disk_is_not_bad_input(study_env: dict) -> None:
     proc = sweep_cli("export", "--study", "x", "-o", "/dev/full", "--allow-infeasible", env=study_env["env"])
     assert proc.returncode == 4, proc.stderr  # before: an internal error (1); exit 2 would claim bad input

@@ -98,12 +98,11 @@ CGROUP_NAME = "sweep-unit"
 
 
 def _cgroup(s: dict[str, list[str]]) -> list[str]:
-    """The unit's cgroup, made beneath ours with its limits: the cgroup.procs files to join."""
+    """The unit's cgroup, made beneath ours with its limits: the cgroup.procs files to join. A service
+    always runs in a cgroup of its own, at a normal weight where its unit sets no CPU directive."""
     from sweep.trial import cgroups
 
-    wanted = limits(s)
-    if not cgroups.limits_of(wanted):
-        return []
+    wanted = cgroups.limits_of(limits(s)) or dict(cgroups.NORMAL_WEIGHT)
     dirs = cgroups.make(wanted, CGROUP_NAME, exist_ok=True)
     return [os.path.join(d, "cgroup.procs") for d in sorted(set(dirs.values()))]
 

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 
 from sweep.platforms import is_portable, portable
 from sweep.procs import Reporter
@@ -38,8 +39,8 @@ class CpuLoad(Reporter[tuple[float, float, float, int]]):
     """The parent's side: the workload at normal priority on every CPU, unpinned, as a user's
     program would run, and the (start, seconds, CPU clock, process) of each unit it reports."""
 
-    def __init__(self, threads: int, unit_mib: int) -> None:
-        super().__init__("sweep.measure.foreground", [str(threads), str(unit_mib)], _parse)
+    def __init__(self, threads: int, unit_mib: int, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+        super().__init__("sweep.measure.foreground", [str(threads), str(unit_mib)], _parse, wrap)
 
     def pause(self) -> None:
         if is_portable():

@@ -116,6 +116,9 @@ METRICS: dict[str, Metric] = {
     "memory_limit_sampled": Metric("flag", "minimize", "1: the memory limit was enforced by sampling each window "
                                    "(then checked against the kernel's high-water mark), not by a cgroup"),
     # The trial's own cgroup (cgroup knobs; sweep.trial.cgroups): what the kernel counted over its whole life.
+    "cgroup_own": Metric("flag", "maximize", "1: the model ran in a cgroup of its own and the foreground in a "
+                         "sibling, as a systemd unit and a user's session do; 0: in one cgroup (trial.cgroup: shared, "
+                         "or none could be made here)"),
     "cg_throttled_share": Metric("fraction", "minimize", "share of the CPU quota's periods in which the trial "
                                  "was throttled (cpu.stat nr_throttled / nr_periods)"),
     "cg_throttled_s": Metric("s", "minimize", "time the trial's threads waited, throttled by the quota (cpu.stat)"),

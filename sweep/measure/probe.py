@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from sweep.procs import Reporter
 
@@ -43,8 +43,9 @@ class Probe(Reporter[tuple[float, float]]):
     """The parent's side: the probe process, started at normal priority on any CPU, and the
     (start, latency) of each wake-up it reports."""
 
-    def __init__(self, settings: TrialSettings) -> None:
-        super().__init__("sweep.measure.probe", [str(settings.probe_period_ms), str(settings.probe_work_ms)], _parse)
+    def __init__(self, settings: TrialSettings, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+        super().__init__("sweep.measure.probe", [str(settings.probe_period_ms), str(settings.probe_work_ms)], _parse,
+                         wrap)
 
 
 def _parse(line: str) -> tuple[float, float]:

@@ -215,6 +215,23 @@ def _pacing_warning(record: dict[str, Any], comment: str) -> list[str]:
             f"{comment} To keep the measured figures, pace in the client (see the python export)."]
 
 
+def _topology_warning(record: dict[str, Any], comment: str) -> list[str]:
+    """A unit runs in a cgroup of its own. A trial measured in the orchestrator's cgroup, beside the
+    foreground, measured a politeness (nice, SCHED_IDLE) that orders threads only inside one cgroup:
+    between cgroups their weights decide, so the service can slow the user more than measured."""
+    if record["metrics"].get("cgroup_own") == 1.0:
+        return []
+    c = record["config"]
+    polite = c.get("sched_policy") == "idle" or c.get("nice")
+    return [f"{comment} WARNING: this trial was measured in one cgroup with the user's programs (trial.cgroup: shared, or",
+            f"{comment} no cgroup could be made), but a systemd service runs in a cgroup of its own, where nice and",
+            f"{comment} CPUSchedulingPolicy= order threads only inside it; between cgroups, CPUWeight= decides."
+            + (" Expect the" if polite else ""),
+            *([f"{comment} service to slow a CPU-bound user more than its figures say: set cpu_weight: idle",
+               f"{comment} (CPUWeight=idle) in the space and measure that (docs/measuring.md, cgroup topology)."]
+              if polite else [f"{comment} Measure it with trial.cgroup: own for figures a service keeps."])]
+
+
 def _cache_lines(record: dict[str, Any], comment: str) -> list[str]:
     """How to send requests so that the server's prompt cache does what it did in the trial."""
     if record["config"].get("prefix_cache") != "shared":
@@ -449,7 +466,7 @@ def _systemd(record: dict[str, Any], server_binary: str, user: str | None = None
     # %d is the credentials directory: the service reads its own copy of the key, made by systemd.
     argv += ["--host", "127.0.0.1", "--port", str(port), "--api-key-file", "%d/api-key"]
     lines = ["[Unit]", f"Description=Local LLM ({c['model']}:{c['quant']}) tuned by sweep", *budget_lines(record, "#"),
-             *_pacing_warning(record, "#"), *_cache_lines(record, "#"),
+             *_pacing_warning(record, "#"), *_topology_warning(record, "#"), *_cache_lines(record, "#"),
              "# The API key every request must send (Authorization: Bearer KEY), readable by root only:",
              f"#   install -d -m 0700 {Path(API_KEY_SOURCE).parent} && "
              f"head -c 32 /dev/urandom | base64 > {API_KEY_SOURCE} && chmod 0600 {API_KEY_SOURCE}",

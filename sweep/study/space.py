@@ -99,6 +99,7 @@ class TrialBlock(BaseModel):
     busy_trials: Literal["keep", "repeat"] = _D.busy_trials  # type: ignore[assignment]
     early_abort: bool = _D.early_abort
     injection_items: int = Field(_D.injection_items, ge=0, le=1000)
+    cgroup: Literal["own", "shared"] = _D.cgroup  # type: ignore[assignment]
     held_out_items: int = Field(_D.held_out_items, ge=0, le=1000)
     benign_items: int = Field(_D.benign_items, ge=0, le=1000)
     duplicates: Literal["reuse", "repeat"] = _D.duplicates  # type: ignore[assignment]

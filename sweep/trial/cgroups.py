@@ -249,6 +249,12 @@ def systemd_lines(config: dict[str, Any], ncpu: int | None = None) -> list[str]:
 # ---- the trial's side: limits from a config, a probe for the space, read-back, figures, removal
 
 
+# A cgroup of its own at a normal weight: what a systemd service runs in when its unit sets no
+# CPU directive, and what a user's session is in (user.slice): the topology a trial is measured in
+# (trial.cgroup: own), so that its politeness is the one its service keeps.
+NORMAL_WEIGHT: dict[str, Any] = {"cpu_weight": 100}
+
+
 def limits_of(config: dict[str, Any]) -> dict[str, Any]:
     """The cgroup knobs a configuration sets (empty: the trial runs without a cgroup of its own)."""
     set_ = {k: config.get(k) for k in CGROUP_KNOBS if config.get(k) is not None}
@@ -298,10 +304,11 @@ class TrialCgroup:
     ncpu: int
 
     @classmethod
-    def create(cls, limits: dict[str, Any], ncpu: int | None = None) -> TrialCgroup:
+    def create(cls, limits: dict[str, Any], ncpu: int | None = None, kind: str = "trial") -> TrialCgroup:
+        """A cgroup beneath this process's own: the trial's (``kind`` trial), or the foreground's (``fg``)."""
         ncpu = ncpu or os.cpu_count() or 1
         sweep_stale()
-        name = f"sweep-trial-{os.getpid()}-{time.monotonic_ns()}"
+        name = f"sweep-{kind}-{os.getpid()}-{time.monotonic_ns()}"
         dirs = make(limits, name, ncpu)
         sites = _own_dirs(sorted(dirs))
         return cls(limits, dirs, {c: sites[c][0] for c in dirs}, ncpu)
@@ -448,7 +455,7 @@ def sweep_stale(controllers: tuple[str, ...] = ("cpu", "memory")) -> int:
             continue
         for entry in names:
             parts = entry.split("-")
-            if entry.startswith("sweep-trial-") and len(parts) == 4 and parts[2].isdigit() \
+            if entry.startswith(("sweep-trial-", "sweep-fg-")) and len(parts) == 4 and parts[2].isdigit() \
                     and not os.path.exists(f"/proc/{parts[2]}"):
                 try:
                     os.rmdir(os.path.join(parent, entry))

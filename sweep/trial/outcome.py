@@ -57,6 +57,7 @@ class Observation:
     cgroup_problems: tuple[str, ...] = ()
     injection_tasks: tuple[Task, ...] = ()  # each clean item, then its injected variant
     special_tokens: frozenset[int] = frozenset()  # the model's special token ids (under injection items)
+    topology: tuple[str, str] = ("shared", "")  # own or shared cgroups (trial.cgroup), and why shared if asked own
 
     @property
     def spawn_t(self) -> float:
@@ -118,6 +119,7 @@ def figures(obs: Observation, settings: TrialSettings) -> tuple[dict[str, float]
         figs["machine_busy_active"] = max(figs.get("machine_busy_active", 0.0), float(disturbed))
     if obs.cgroup:
         figs.update(obs.cgroup_figures)
+    figs["cgroup_own"] = float(obs.topology[0] == "own")
     if obs.config.memory_max_gb is not None:
         figs["memory_limit_sampled"] = 0.0  # the kernel keeps the ceiling, and counts its kills
     elif s.memory_limit_gb:
@@ -252,6 +254,7 @@ def series_record(obs: Observation, tags: list[str]) -> dict[str, Any]:
         "system_pct": [round(w.machine_pct, 2) for w in series.windows],
         "rss_anon_mb": [round(w.rss_anon_kb / 1024, 1) for w in series.windows],
         "phase": tags,
+        "cgroup": {"topology": obs.topology[0], **({"why": obs.topology[1]} if obs.topology[1] else {})},
     }
     fg = ("interactive", obs.probe_samples) if obs.probe_samples is not None else \
         ("cpu", obs.load_samples) if obs.load_samples is not None else None

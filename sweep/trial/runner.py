@@ -25,9 +25,10 @@ from sweep.measure.metrics import provably_over
 from sweep.measure.monitor import Monitor, Series, noise_guard
 from sweep.measure.probe import Probe
 from sweep.models.gguf import special_token_ids
+from sweep.platforms import is_portable
 from sweep.procs import kill_group, killer, owned_prefix, reap, stay_off, sweep_dead, tail
 from sweep.records import Outcome, TrialConfig, TrialSettings
-from sweep.trial.cgroups import TrialCgroup, limits_of
+from sweep.trial.cgroups import NORMAL_WEIGHT, TrialCgroup, limits_of
 from sweep.trial.outcome import Observation, outcome_of
 from sweep.trial.protocol import problem
 
@@ -122,6 +123,8 @@ class _Watch:
         self.stdin: Any = None
         self.reader: _Reader | None = None
         self.cgroup: TrialCgroup | None = None
+        self.fg_cgroup: TrialCgroup | None = None  # trial.cgroup own: the foreground's, beside the model's
+        self.topology: tuple[str, str] = ("shared", "")
         self.cgroup_problems: list[str] = []
         self.pid: int | None = None
         self.server_pid: int | None = None
@@ -144,16 +147,36 @@ class _Watch:
             noise = noise_guard(s)
             if noise[1] and retry_if_busy:
                 raise _Busy
-        # The foreground starts first: it runs as the user's program would, on any CPU.
+        # The foreground starts first: it runs as the user's program would, on any CPU, and under
+        # trial.cgroup own in a cgroup of its own at normal weight, as a user's session is.
+        why = self._foreground_cgroup()
+        wrap = self.fg_cgroup.join if self.fg_cgroup else None
         if s.probe == "interactive":
-            self.probe = Probe(s)
+            self.probe = Probe(s, wrap)
         elif s.probe == "cpu":
-            self.load = CpuLoad(s.fg_threads or os.cpu_count() or 1, s.fg_unit_mib)
+            self.load = CpuLoad(s.fg_threads or os.cpu_count() or 1, s.fg_unit_mib, wrap)
         try:
             with stay_off(self.config.cpus):
-                return self._watch(noise, retry_if_busy)
+                return self._watch(noise, retry_if_busy, why)
         finally:
             self._stop_foreground()
+            if self.fg_cgroup:
+                self.fg_cgroup.remove()
+
+    def _foreground_cgroup(self) -> str:
+        """Under trial.cgroup own, make the foreground's cgroup (before it starts, so that cgroup v2
+        can still hand controllers down); the reason the trial cannot be measured in its own cgroup
+        here, or "" when it can."""
+        if self.settings.cgroup != "own":
+            return ""
+        if is_portable():
+            return "the portable measurement path makes no cgroups"
+        if self.settings.probe in ("interactive", "cpu"):
+            try:
+                self.fg_cgroup = TrialCgroup.create(NORMAL_WEIGHT, kind="fg")
+            except OSError as exc:
+                return f"no cgroup could be made for the foreground ({exc.strerror or exc})"
+        return ""
 
     def _probe_pct(self, ncpu: int) -> float:
         """The light probe's known cost, as % of the machine: its work over its period, on one CPU."""
@@ -183,7 +206,7 @@ class _Watch:
             job["contended"] = True
         return job
 
-    def _watch(self, noise: tuple[float, bool], retry_if_busy: bool) -> Observation:
+    def _watch(self, noise: tuple[float, bool], retry_if_busy: bool, why: str = "") -> Observation:
         """Spawn the worker and see it through to its end (or kill it), with the monitor running."""
         s = self.settings
         job = self._job()
@@ -193,11 +216,16 @@ class _Watch:
             if not self.load:
                 noise = self._judge_baseline(monitor.series, retry_if_busy)
             limits = limits_of(self.config.to_dict())
-            if limits:  # made before the spawn: the worker starts inside it (TrialCgroup.join)
+            own = self.settings.cgroup == "own" and not why
+            if limits or own:  # made before the spawn: the worker starts inside it (TrialCgroup.join)
                 try:
-                    self.cgroup = TrialCgroup.create(limits)
+                    self.cgroup = TrialCgroup.create(limits or NORMAL_WEIGHT)
                 except OSError as exc:
-                    self.cgroup_problems = [f"its cgroup could not be made ({exc.strerror or exc})"]
+                    if limits:
+                        self.cgroup_problems = [f"its cgroup could not be made ({exc.strerror or exc})"]
+                    why = f"no cgroup could be made for the model ({exc.strerror or exc})"
+            # Own when the model runs in a cgroup of its own; why not, where trial.cgroup asked for it.
+            self.topology = ("own", "") if self.cgroup else ("shared", why)
             sweep_dead(tempfile.gettempdir(), "sweep-trial-")  # what killed trials left behind
             with tempfile.TemporaryDirectory(prefix=owned_prefix("sweep-trial-")) as tmp:
                 log_path = os.path.join(tmp, "worker.log")
@@ -246,7 +274,7 @@ class _Watch:
             probe_samples=tuple(self.probe.samples) if self.probe else None, probe_pct=self._probe_pct(series.ncpu),
             load_samples=tuple(self.load.samples) if self.load else None, cgroup=self.cgroup is not None,
             cgroup_figures=cgroup_figures, cgroup_problems=tuple(self.cgroup_problems),
-            injection_tasks=tuple(self.injection_tasks),
+            injection_tasks=tuple(self.injection_tasks), topology=self.topology,
             special_tokens=frozenset(special_token_ids(self.config.model_path)) if self.injection_tasks else frozenset())
 
     def _send_job(self, proc: subprocess.Popen[bytes], job: dict[str, Any]) -> None:
