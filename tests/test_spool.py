@@ -2,11 +2,14 @@
 
 The real CLI measures real SmolLM2 trials; the orchestrator is killed (SIGKILL, by a test hook) at
 each step of a record, a real PostgreSQL server is stopped and started under a sweep, and a real
-SQLite write lock is held across a record.
+SQLite write lock is held across a record. Which database and trial a record is of, temp files left
+by a killed writer, and replays at once are tested without a model: real SQLite (and PostgreSQL)
+databases, the real CLI, and real processes that race on one spool.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -14,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,8 +79,8 @@ def test_a_trial_failed_meanwhile_gets_its_measurement_as_a_late_trial_once(step
     (running,) = study.get_trials(deepcopy=False)
     # Another orchestrator reaps it first: its owner is dead.
     assert _optuna.fail_if_running(study, _optuna.trial_id(running), {"fail_reason": "orchestrator_lost"})
-    (path, pending), = spool.pending(url, "tiny")
     series = SeriesStore(url)
+    (path, pending), = spool.pending(series, "tiny")
     spool.apply(study, series, pending)
     spool.apply(study, series, pending)  # a second replay finds it recorded
     trials = study.get_trials(deepcopy=False)
@@ -201,3 +205,332 @@ def test_a_database_down_when_a_sweep_starts_is_waited_for_then_exit_5(tmp_path:
     assert "has been unreachable for" in proc.stderr.strip().splitlines()[-1]
     proc = sweep_cli("run", str(space), "--trials", "1", env={"SWEEP_STORAGE": pg_url})
     assert proc.returncode == 0, proc.stderr  # once it is back, the same command runs
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (its number may be given out again, but not this soon)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_temp_file_a_killed_writer_left_stops_no_sweep(tmp_path: Path) -> None:
+    """A writer killed inside its atomic write leaves ``.partial-PID-….json``, empty or half-written:
+    it is never read as a record; a dead writer's is swept before the replay, a live one's is left."""
+    spool_dir = Path(os.environ["SWEEP_SPOOL_DIR"])
+    spool_dir.mkdir()
+    dead = spool_dir / f".partial-{_dead_pid()}-x1y2.json"
+    dead.write_text('{"spool_version": 1, "id": "')  # cut short by the SIGKILL
+    live = spool_dir / f".partial-{os.getpid()}-z3w4.json"  # this test's process: alive, still writing
+    live.write_text("")
+    proc = sweep_cli("db", "upgrade")
+    assert proc.returncode == 0, proc.stderr
+    assert not dead.exists() and live.exists()
+
+
+def _study(url: str, name: str = "demo") -> Any:
+    """A study as ``sweep run`` opens one (sweep's tables beside Optuna's), with a seeded sampler: two
+    studies made alike propose alike, as two projects with one search space do."""
+    import optuna
+
+    from sweep.study.storage import SeriesStore, open_optuna_storage
+
+    SeriesStore(url)
+    return optuna.create_study(study_name=name, storage=open_optuna_storage(url), directions=["minimize"],
+                               sampler=optuna.samplers.RandomSampler(seed=3))
+
+
+def _asked(study: Any) -> Any:
+    trial = study.ask()
+    trial.suggest_int("n_threads", 1, 8)
+    return trial
+
+
+def _spool(url: str, study: Any, trial: Any, values: list[float] | None = None) -> Path:
+    """A measurement of ``trial`` in the spool, as its orchestrator wrote it just before it was killed
+    (the trial stays RUNNING in the database)."""
+    from sweep.study import spool
+    from sweep.study.storage import SeriesStore
+
+    p = spool.Pending.of(SeriesStore(url), study, trial, {"correctness": 0.5}, values or [1.0], [],
+                         {"series": {"t": [0.0]}, "answers": []})
+    return spool.write(p)
+
+
+def _told(study: Any, spool_id: str, value: float = 2.0) -> Any:
+    """A trial asked and recorded complete, as another record (``spool_id``) left it."""
+    trial = _asked(study)
+    trial.set_user_attr("spool_id", spool_id)
+    study.tell(trial, value)
+    return trial
+
+
+def test_a_record_is_replayed_only_into_the_database_it_was_made_in(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two project directories, each with the default ``sqlite:///studies.db`` and a study "demo" made
+    alike: the record A's killed run left is not B's, whose trial 0 is complete under another record; A's
+    next run records it."""
+    from sweep.study import storage
+
+    monkeypatch.setattr(storage, "_ENGINES", {})  # one process plays both projects: no engine of another test's
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    default = "sqlite:///studies.db"
+    monkeypatch.delenv("SWEEP_STORAGE")
+    monkeypatch.chdir(a)
+    study_a = _study(f"sqlite:///{a / 'studies.db'}")
+    trial_a = _asked(study_a)
+    path = _spool(default, study_a, trial_a)  # A's orchestrator, on the default storage, is killed here
+    study_b = _study(f"sqlite:///{b / 'studies.db'}")
+    trial_b = _told(study_b, "B's own record")
+    assert (trial_b._trial_id, trial_b.number, trial_b.params) == (trial_a._trial_id, trial_a.number, trial_a.params)
+    monkeypatch.chdir(b)
+    proc = sweep_cli("db", "upgrade")
+    assert proc.returncode == 0, proc.stderr
+    assert [t.state.name for t in _trials(f"sqlite:///{b / 'studies.db'}", "demo")] == ["COMPLETE"]
+    assert path.exists()  # A's measurement is kept for A
+    monkeypatch.chdir(a)
+    proc = sweep_cli("db", "upgrade")
+    assert proc.returncode == 0 and "recorded 1 spooled measurement" in proc.stdout, proc.stderr
+    (t,) = _trials(f"sqlite:///{a / 'studies.db'}", "demo")
+    assert t.state.name == "COMPLETE" and t.user_attrs["correctness"] == 0.5 and not path.exists()
+
+
+def test_a_record_of_a_deleted_study_is_not_given_to_the_study_made_again_under_its_name(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite gives a deleted study's ids out again: the study made again under the name has the same
+    study id, and its trial 0 the same trial id and (seeded) parameters as the one the record is for."""
+    import optuna
+
+    from sweep.study import spool
+    from sweep.study.storage import SeriesStore
+
+    url = os.environ["SWEEP_STORAGE"]
+    old = _study(url)
+    trial = _asked(old)
+    path = _spool(url, old, trial)
+    optuna.delete_study(study_name="demo", storage=url)
+    new = _study(url)
+    again = _told(new, "the new study's own record")
+    assert (new._study_id, again._trial_id, again.number, again.params) == \
+        (old._study_id, trial._trial_id, trial.number, trial.params)
+    assert spool.replay(new, SeriesStore(url)) == 0
+    assert [t.state.name for t in _trials(url, "demo")] == ["COMPLETE"] and path.exists()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and "left in place" in line
+
+
+@pytest.mark.parametrize("change", ["study", "trial_number", "params"])
+def test_apply_checks_the_study_and_the_trial_before_it_writes(change: str) -> None:
+    """A record applied to a study it is not of, or naming a trial by a number or parameters the trial
+    does not have, is refused before anything is written."""
+    import dataclasses
+
+    from sweep.errors import SweepError
+    from sweep.study import spool
+    from sweep.study.storage import SeriesStore
+
+    url = os.environ["SWEEP_STORAGE"]
+    one, two = _study(url, "one"), _study(url, "two")
+    trial_one, trial_two = _asked(one), _asked(two)
+    p = spool.Pending.of(SeriesStore(url), one, trial_one, {"correctness": 0.5}, [1.0], [], None)
+    target = one
+    if change == "study":
+        target = two
+    elif change == "trial_number":
+        _asked(one)  # trial 1 exists, but the record's trial is 0
+        p = dataclasses.replace(p, trial_number=1)
+    else:
+        p = dataclasses.replace(p, params={"n_threads": trial_one.params["n_threads"] + 1})
+    with pytest.raises(SweepError, match="left in place|does not hold"):
+        spool.apply(target, SeriesStore(url), p)
+    for name in ("one", "two"):
+        assert all(t.state.name == "RUNNING" and "correctness" not in t.user_attrs for t in _trials(url, name))
+
+
+def _as_an_older_sweep_wrote_it(path: Path, storage: str) -> None:
+    """The record in spool version 1: the database named by its URL alone."""
+    data = json.loads(path.read_text())
+    for key in ("database", "study_id", "trial_start"):
+        data.pop(key, None)
+    path.write_text(json.dumps({**data, "spool_version": 1, "storage": storage}))
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_an_older_sweeps_record_is_replayed_where_its_url_names_one_database(relative: bool, tmp_path: Path) -> None:
+    """Records from before the database's identity name it by URL: an absolute one still replays; the
+    relative default names no directory's database, so it is left in place and named, never guessed."""
+    url = os.environ["SWEEP_STORAGE"]
+    study = _study(url)
+    path = _spool(url, study, _asked(study))
+    named = "sqlite:///studies.db" if relative else url  # the test runs in tmp_path: the same file
+    _as_an_older_sweep_wrote_it(path, named)
+    proc = sweep_cli("db", "upgrade", env={"SWEEP_STORAGE": named})
+    assert proc.returncode == 0, proc.stderr
+    (t,) = _trials(url, "demo")
+    if relative:
+        assert t.state.name == "RUNNING" and path.exists()
+        (line,) = proc.stderr.strip().splitlines()
+        assert str(path) in line and "relative" in line
+    else:
+        assert t.state.name == "COMPLETE" and t.user_attrs["correctness"] == 0.5 and not path.exists()
+
+
+# One of two replays started at once. Each holds the other back where the race is (both have found the
+# measurement unrecorded and are about to record it as a late trial) until the other gets there too or
+# has finished without getting there: the worst interleaving, every time.
+_RACER = """
+import sys, time
+from pathlib import Path
+
+import optuna
+
+from sweep.study import spool
+from sweep.study.storage import SeriesStore
+
+url, me, other, flags = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+record_late = spool._record_late
+
+
+def when_the_other_is_here_too(*args, **kwargs):
+    (flags / f"late-{me}").touch()
+    deadline = time.monotonic() + 60
+    while not (flags / f"late-{other}").exists() and not (flags / f"done-{other}").exists():
+        assert time.monotonic() < deadline, "the other replay neither came nor finished"
+        time.sleep(0.01)
+    return record_late(*args, **kwargs)
+
+
+spool._record_late = when_the_other_is_here_too
+try:
+    spool.replay(optuna.load_study(study_name="demo", storage=url), SeriesStore(url))
+finally:
+    (flags / f"done-{me}").touch()
+"""
+
+
+def test_two_replays_at_once_record_a_measurement_once(tmp_path: Path) -> None:
+    """Two orchestrators starting together both replay the record of a trial failed meanwhile (its
+    owner looked lost): one of them records it, as one late trial, and neither fails."""
+    from sweep import _optuna
+
+    url = os.environ["SWEEP_STORAGE"]
+    study = _study(url)
+    trial = _asked(study)
+    path = _spool(url, study, trial)
+    assert _optuna.fail_if_running(study, _optuna.trial_id(trial), {"fail_reason": "orchestrator_lost"})
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, url, me, other, str(flags)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for me, other in (("1", "2"), ("2", "1"))]
+    for racer in racers:
+        _, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0, err
+    trials = _trials(url, "demo")
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].user_attrs["recorded_late_for"] == 0
+    assert not path.exists()
+
+
+# An orchestrator that spools a measurement, as ``writer.record`` does, and is killed while it holds it.
+_WRITER = """
+import os, signal, sys
+from pathlib import Path
+
+import optuna
+
+from sweep.study import spool
+from sweep.study.storage import SeriesStore
+
+url, ready = sys.argv[1], Path(sys.argv[2])
+study = optuna.load_study(study_name="demo", storage=url)
+trial = study.ask()
+trial.suggest_int("n_threads", 1, 8)
+p = spool.Pending.of(SeriesStore(url), study, trial, {"correctness": 0.5}, [1.0], [], None)
+with spool.holding(p) as path:
+    ready.write_text(str(path))
+    sys.stdin.read()  # recording, until the test has looked
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_record_is_replayed_only_once_its_holder_is_gone(tmp_path: Path) -> None:
+    """A replay leaves alone the record a live orchestrator is recording; once that one is killed, the
+    next replay records it."""
+    from sweep.study import spool
+    from sweep.study.storage import SeriesStore
+
+    url = os.environ["SWEEP_STORAGE"]
+    study = _study(url)
+    ready = tmp_path / "ready"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, url, str(ready)], stdin=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ready.exists() or writer.poll() is not None, timeout=60)
+        assert ready.exists(), writer.communicate()[1]
+        path = Path(ready.read_text())
+        assert spool.replay(study, SeriesStore(url)) == 0
+        assert path.exists() and [t.state.name for t in _trials(url, "demo")] == ["RUNNING"]
+        writer.stdin.close()
+        assert writer.wait(timeout=60) == -9
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert spool.replay(study, SeriesStore(url)) == 1
+    (t,) = _trials(url, "demo")
+    assert t.state.name == "COMPLETE" and t.user_attrs["correctness"] == 0.5 and not path.exists()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_gets_its_identity_once_by_a_numbered_migration(backend: str,
+                                                                   request: pytest.FixtureRequest) -> None:
+    """A database of sweep schema 3 is given a random identity by ``sweep db upgrade``, once: every
+    later opening reads the same one. PostgreSQL included (no SQLite-only SQL)."""
+    import sqlalchemy as sa
+
+    from sweep.study import storage
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else os.environ["SWEEP_STORAGE"]
+    fresh = storage.SeriesStore(url)
+    assert fresh.version == storage.SCHEMA_VERSION and fresh.database_id
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # as sweep schema 3 left it
+        conn.execute(sa.text("DROP TABLE sweep_database"))
+        conn.execute(sa.text("UPDATE sweep_schema SET version = 3"))
+    engine.dispose()
+    upgraded = sweep_cli("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    ids = {storage.SeriesStore(url).database_id for _ in range(2)} | {storage.SeriesStore(url, write=False).database_id}
+    assert len(ids) == 1 and None not in ids and ids != {fresh.database_id}
+
+
+@pytest.mark.parametrize("case", ["copied", "replaced"])
+def test_a_record_is_left_where_the_url_and_the_identity_disagree(case: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the database bears the original's identity at another URL; a database made afresh at
+    the original's path bears another identity at its URL. Neither takes the original's record: it is
+    named there and left in place."""
+    import shutil
+
+    import optuna
+
+    from sweep.study import spool, storage
+    from sweep.study.storage import SeriesStore
+
+    url = os.environ["SWEEP_STORAGE"]
+    study = _study(url)
+    path = _spool(url, study, _asked(study))
+    monkeypatch.setattr(storage, "_ENGINES", {})  # the next sweep is another process: no connection to the old file
+    if case == "copied":
+        shutil.copy(tmp_path / "studies.db", tmp_path / "copy.db")
+        there, said = f"sqlite:///{tmp_path / 'copy.db'}", "this database's identity"
+    else:
+        (tmp_path / "studies.db").rename(tmp_path / "original.db")
+        _told(_study(url), "the new database's own record")
+        there, said = url, "its identity differs"
+    assert spool.replay(optuna.load_study(study_name="demo", storage=there), SeriesStore(there)) == 0
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(path) in line and said in line and path.exists()
+    if case == "copied":
+        assert spool.replay(study, SeriesStore(url)) == 1 and not path.exists()

@@ -144,7 +144,7 @@ def run_study(space: Space, opts: RunOptions, on_progress: Callable[[Progress], 
         lambda: open_or_create(space, opts.storage_url, opts.study, opts.task_set, opts.hardware_class),
         lambda s: f"database unreachable since {s:.0f} s, retrying (nothing has been measured yet)", say)
     # What an earlier run measured but could not record (the database was away, or it was killed).
-    replay(study, series, opts.storage_url, on_wait=say)
+    replay(study, series, on_wait=say)
     study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)), orchestrator=index)
     run = _Run(study, space, series, opts, stratified_subset(opts.tasks, space.settings.prompts), on_progress)
     with StopOnInterrupt() as run.stop:
@@ -251,7 +251,7 @@ class _Run:
         if original is not None:
             if self.space.settings.duplicates == "reuse":
                 with self.stop.shield():
-                    feasible = reuse(self.study, self.series, self.url, trial, original)
+                    feasible = reuse(self.study, self.series, trial, original)
                 self._report(trial, config, Outcome(ok=True, figures={k: v for k, v in original.user_attrs.items()
                                                                       if k in METRICS}), feasible,
                              reused_from=original.number)
@@ -273,7 +273,7 @@ class _Run:
             extra["measured_without_lock"] = True
         with self.stop.shield():
             feasible = record(self.study, trial, outcome, self.series, self.budgets, self.space.spec.objectives,
-                              self.url, {**extra, "storage_s": round(asked_s, 3)},
+                              {**extra, "storage_s": round(asked_s, 3)},
                               on_wait=lambda line: self._report(waiting=line))
         self.measured += 1
         if not outcome.ok:

@@ -12,26 +12,39 @@ last attempt stopped. A trial still RUNNING is recorded; one that carries the id
 one failed meanwhile by another orchestrator (its owner looked lost) gets the measurement as a new
 trial marked ``recorded_late_for``, once. A failed trial that already carried the figures (its
 owner stopped between writing them and the tell) is marked ``recorded_late_as`` that new trial.
+
+A record names its database twice, by its URL (a SQLite path made absolute) and by the identity
+the database holds (``sweep_database``), and its trial by study id, number, start and parameters:
+``apply`` checks them all before it writes. A record that matches nothing here is left in place
+and named, never recorded elsewhere.
+
+A record is held (a lock on the file itself) by whoever records it: its writer from before it is
+visible, a replay from before it reads the database. So two replays at once never record one
+measurement twice, and a record whose holder died is free again (the kernel lets go of its lock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import re
 import signal
+import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from sweep import _optuna
 from sweep.errors import SweepError
-from sweep.procs import sweep_dead, write_atomically
-from sweep.study.storage import SeriesStore, StorageUnreachable, safe_url
+from sweep.procs import owned_prefix, sweep_dead
+from sweep.study.storage import SeriesStore, StorageUnreachable
 
-SPOOL_VERSION = 1
+SPOOL_VERSION = 2  # 2: the database's identity, the study id and the trial's start
 RETRY_ENV = "SWEEP_DB_RETRY_S"  # how long a record waits for the database before the sweep stops
 DEFAULT_RETRY_S = 600.0
 
@@ -40,6 +53,11 @@ class DatabaseUnavailable(SweepError):
     """The database stayed unreachable past the retry window; the measurement is safe in the spool."""
 
     exit_code = 5
+
+
+class SpoolMismatch(SweepError):
+    """A spooled record that this database or study does not hold: it is left in place, never
+    recorded elsewhere."""
 
 
 def spool_dir() -> Path:
@@ -54,7 +72,7 @@ class Pending:
     """One measurement on its way to the database."""
 
     id: str
-    storage: str  # the database's URL without its password
+    storage: str  # the database's URL without its password, a SQLite path absolute (``database_url``)
     study: str
     trial_id: int
     trial_number: int
@@ -64,47 +82,228 @@ class Pending:
     values: list[float] | None  # None: a failed trial
     constraints: list[float]
     payload: dict[str, Any] | None  # the series and answers (None: a reused trial, which has none of its own)
+    # None in a record of spool version 1, which named its database by URL alone:
+    database: str | None = None  # the database's identity (``SeriesStore.database_id``)
+    study_id: int | None = None
+    trial_start: str | None = None  # ``_started``
 
     @classmethod
-    def of(cls, url: str, study: Any, trial: Any, attrs: dict[str, Any], values: list[float] | None,
+    def of(cls, series: SeriesStore, study: Any, trial: Any, attrs: dict[str, Any], values: list[float] | None,
            constraints: list[float], payload: dict[str, Any] | None) -> Pending:
+        """The record of ``trial``'s measurement in the database ``series`` opened: nothing here reads
+        the database (it may be away)."""
         from optuna.distributions import distribution_to_json
 
-        return cls(uuid.uuid4().hex, safe_url(url), study.study_name, _optuna.trial_id(trial), trial.number,
+        return cls(uuid.uuid4().hex, database_url(series.url), study.study_name, _optuna.trial_id(trial), trial.number,
                    dict(trial.params), {k: distribution_to_json(d) for k, d in trial.distributions.items()},
-                   attrs, values, constraints, payload)
+                   attrs, values, constraints, payload, series.database_id, _optuna.study_id(study), _started(trial))
 
     @property
     def feasible(self) -> bool:
         return self.values is not None and not self.attrs.get("violations")
 
 
-def write(p: Pending, directory: Path | None = None) -> Path:
-    """The record, atomically and durably on disk (a temp file, fsync, rename, fsync of the directory)."""
+def database_url(url: str) -> str:
+    """The URL that names one database wherever it is used: without its password, and a SQLite path
+    absolute and without symlinks (the default ``sqlite:///studies.db`` is another file in each directory)."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return url
+    path = _sqlite_path(url)
+    if path is not None:
+        parsed = parsed.set(database=str(Path(path).resolve()))
+    return parsed.render_as_string(hide_password=True)
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The path of a SQLite file database, as the URL spells it (relative or not); None for any other."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    path = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return path
+
+
+def _relative_sqlite(url: str) -> bool:
+    path = _sqlite_path(url)
+    return path is not None and not os.path.isabs(path)
+
+
+def _started(trial: Any) -> str | None:
+    """When the trial started, in UTC: what tells it from the trial a study made again under the same
+    name gets, which SQLite gives the same study id, trial id and number (and a seeded sampler the
+    same parameters)."""
+    start = trial.datetime_start
+    return None if start is None else str(start.astimezone(datetime.timezone.utc).isoformat())
+
+
+def _about(p: Pending) -> str:
+    return f"a measurement of trial {p.trial_number} of study {p.study!r}"
+
+
+def _tell(line: str) -> None:
+    """Where a record left in place is named when the caller says nowhere else: seen even with --quiet."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def holding(p: Pending, directory: Path | None = None) -> Iterator[Path]:
+    """The record, atomically and durably on disk (a temp file, fsync, rename, fsync of the directory),
+    held by this process for the block. It is held from before its name is visible, which
+    ``write_atomically`` could not do: no replay records a measurement its writer is still recording."""
     directory = directory or spool_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', p.study)}-t{p.trial_number}-{p.id}.json"
     sweep_dead(directory, ".partial-")
-    write_atomically(path, json.dumps({"spool_version": SPOOL_VERSION, **asdict(p)}), durable=True)
-    return path
-
-
-def pending(url: str, study: str | None = None, directory: Path | None = None) -> list[tuple[Path, Pending]]:
-    """The spooled records for this database (and study), oldest first. A file of another spool
-    version, or one that cannot be read, is left where it is and named."""
-    directory = directory or spool_dir()
-    out = []
-    for path in sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime) if directory.is_dir() else []:
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=owned_prefix(".partial-"), suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise SweepError(f"{path}: a spooled measurement that cannot be read ({exc}); move it aside") from None
-        if data.pop("spool_version", None) != SPOOL_VERSION:
-            raise SweepError(f"{path}: a spooled measurement of another sweep version; this sweep reads "
-                             f"version {SPOOL_VERSION}")
-        p = Pending(**data)
-        if p.storage == safe_url(url) and (study is None or p.study == study):
-            out.append((path, p))
+            _lock(f)  # a file no one else has opened yet
+            f.write(json.dumps({"spool_version": SPOOL_VERSION, **asdict(p)}))
+            f.flush()
+            os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync(directory)
+        yield path
+
+
+def write(p: Pending, directory: Path | None = None) -> Path:
+    """The record on disk, held by no one (``holding`` for the writer that records it itself)."""
+    with holding(p, directory) as path:
+        return path
+
+
+def _fsync(directory: Path) -> None:
+    """The rename survives a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock(f: IO[Any]) -> bool:
+    """An exclusive lock on the open file, without waiting (``flock`` on POSIX): the kernel lets go of
+    it when the file is closed or its process dies, however it dies."""
+    import portalocker
+
+    try:
+        portalocker.lock(f, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        return True
+    except portalocker.exceptions.LockException:
+        return False
+
+
+@contextlib.contextmanager
+def _claimed(path: Path) -> Iterator[bool]:
+    """Whether this process holds the record for the block. False: another live process holds it (its
+    writer still records it, or another replay does), or it is gone (recorded meanwhile). A holder
+    removes the record before it lets go, so one that opened it before then finds its name gone."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        yield False
+        return
+    with f:
+        yield _lock(f) and _names(path, f)
+
+
+def _names(path: Path, f: IO[Any]) -> bool:
+    """Whether ``path`` is still the open file's name."""
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _records(directory: Path) -> list[Path]:
+    """The record files, oldest first. A temp file (``.partial-PID-…``, empty or cut short when its
+    writer was killed) is never one: a dead writer's is removed first, a live writer's left alone. A
+    file gone meanwhile was recorded by another replay."""
+    if not directory.is_dir():
+        return []
+    sweep_dead(directory, ".partial-")
+    dated = []
+    for path in directory.glob("*.json"):
+        with contextlib.suppress(FileNotFoundError):
+            if not path.name.startswith("."):
+                dated.append((path.stat().st_mtime, path))
+    return [path for _, path in sorted(dated)]
+
+
+def _read(path: Path) -> Pending | None:
+    """A record file; None: it is gone (recorded meanwhile by another replay). A file of another spool
+    version, or one that cannot be read, stops the caller with its name: it is left where it is."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SweepError(f"{path}: a spooled measurement that cannot be read ({exc}); move it aside") from None
+    if data.pop("spool_version", None) not in (1, SPOOL_VERSION):
+        raise SweepError(f"{path}: a spooled measurement of another sweep version; this sweep reads "
+                         f"versions 1 to {SPOOL_VERSION}")
+    return Pending(**data)
+
+
+def _belongs(p: Pending, series: SeriesStore) -> bool:
+    """Whether the record is of this database: its identity and URL both (a copy of the database has
+    its identity, not its URL).
+
+    Raises:
+        SpoolMismatch: the record may be this database's, but which database it is cannot be told.
+    """
+    here = database_url(series.url)
+    if p.database is None:  # spool version 1: its URL alone names the database
+        if not _relative_sqlite(p.storage):
+            return database_url(p.storage) == here
+        if database_url(p.storage) != here:
+            return False
+        raise SpoolMismatch(f"{_about(p)} spooled by an older sweep for the relative {p.storage}, which names "
+                            f"no one directory's database; left in place (if it is {here}'s, write that as its "
+                            '"storage" and run again)')
+    ours, here_too = p.database == series.database_id, p.storage == here
+    if ours and not here_too:
+        raise SpoolMismatch(f"{_about(p)} spooled for {p.storage}, which bears this database's identity (a copy "
+                            "of it, or it under another URL); left in place: sweep db upgrade --storage with that "
+                            "URL records it")
+    if here_too and not ours:
+        raise SpoolMismatch(f"{_about(p)} spooled for another database that was at this URL (its identity "
+                            "differs: the file was replaced, or made again); left in place")
+    return ours
+
+
+def pending(series: SeriesStore, study: str | None = None, directory: Path | None = None,
+            say: Callable[[str], None] = _tell) -> list[tuple[Path, Pending]]:
+    """The spooled records for the database ``series`` opened (and this study), oldest first. Another
+    database's are not touched; one that may be this database's but cannot be told is named (``say``)
+    and left in place.
+
+    Raises:
+        SweepError: a file of another spool version, or one that cannot be read (left where it is).
+    """
+    out = []
+    for path in _records(directory or spool_dir()):
+        p = _read(path)
+        if p is None or (study is not None and p.study != study):
+            continue
+        try:
+            if _belongs(p, series):
+                out.append((path, p))
+        except SpoolMismatch as exc:
+            say(f"{path}: {exc}")
     return out
 
 
@@ -114,14 +313,48 @@ def _kill_at(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _its_trial(study: Any, series: SeriesStore, p: Pending) -> Any:
+    """The trial ``p`` is of, once the database, the study and the trial are checked to be the ones
+    it was measured on (a record of spool version 1 has no identity, study id or start to check).
+
+    Raises:
+        SpoolMismatch: naming what differs.
+    """
+    def refuse(why: str) -> SpoolMismatch:
+        return SpoolMismatch(f"{_about(p)} that this database does not hold ({why}); left in place")
+
+    if p.database is not None and p.database != series.database_id:
+        raise refuse("it was measured for another database")
+    sid = _optuna.study_id(study)
+    if p.study != study.study_name or p.study_id not in (None, sid):
+        raise refuse(f"it is of another study than study {study.study_name!r} here, id {sid}")
+    try:
+        tid = study._storage.get_trial_id_from_study_id_trial_number(sid, p.trial_number)
+    except KeyError:
+        raise refuse(f"the study has no trial {p.trial_number}") from None
+    if tid != p.trial_id:
+        raise refuse(f"trial {p.trial_number} here is another trial (id {tid}, the record's {p.trial_id})")
+    current = study._storage.get_trial(tid)
+    if p.trial_start is not None and _started(current) != p.trial_start:
+        raise refuse(f"trial {p.trial_number} here started at {_started(current)}, the measured one at "
+                     f"{p.trial_start}: the study was made again under its name")
+    if current.params != p.params:
+        raise refuse(f"trial {p.trial_number} here has other parameters")
+    return current
+
+
 def apply(study: Any, series: SeriesStore, p: Pending) -> bool:
     """Record ``p`` on its trial, or find that it already is; idempotent. Returns whether the trial
-    met every budget."""
+    met every budget.
+
+    Raises:
+        SpoolMismatch: the record is not of this database, this study or this trial; nothing is written.
+    """
     import optuna
     from optuna.trial import TrialState
 
     attrs = {**p.attrs, "spool_id": p.id}
-    current = study._storage.get_trial(p.trial_id)
+    current = _its_trial(study, series, p)
     if current.state == TrialState.RUNNING:
         try:
             _kill_at("series")
@@ -231,38 +464,53 @@ def with_retries(fn: Callable[[], Any], what: Callable[[float], str], on_wait: C
             delay = min(delay * 2, 10.0)
 
 
-def replay(study: Any, series: SeriesStore, url: str, on_wait: Callable[[str], None] | None = None) -> int:
-    """Record what the spool holds for this study; returns how many records it held."""
+def replay(study: Any, series: SeriesStore, on_wait: Callable[[str], None] | None = None,
+           say: Callable[[str], None] = _tell) -> int:
+    """Record what the spool holds for this study; returns how many records it recorded. One that this
+    study does not hold is left in place and named (``say``)."""
+    return _replay(study, series, pending(series, study.study_name, say=say), on_wait, say)
+
+
+def _replay(study: Any, series: SeriesStore, records: list[tuple[Path, Pending]],
+            on_wait: Callable[[str], None] | None, say: Callable[[str], None]) -> int:
     done = 0
-    for path, p in pending(url, study.study_name):
-        try:
-            study._storage.get_trial(p.trial_id)
-        except KeyError:
-            raise SweepError(f"{path}: a spooled measurement of trial {p.trial_number}, which study "
-                             f"{p.study!r} in this database does not hold; move it aside") from None
-        with_retries(lambda: apply(study, series, p),
-                     lambda s: f"database unreachable since {s:.0f} s, retrying; the measurement of trial "
-                               f"{p.trial_number} is safe in {path}", on_wait,
-                     gone=lambda s: f"the database has been unreachable for {s:.0f} s; the measurement of trial "
-                                    f"{p.trial_number} is kept in {path} for the next sweep run")
-        path.unlink()
+    for path, p in records:
+        with _claimed(path) as mine:
+            if not mine:
+                continue  # another process records it now, or has recorded it
+            try:
+                with_retries(lambda: apply(study, series, p),
+                             lambda s: f"database unreachable since {s:.0f} s, retrying; the measurement of trial "
+                                       f"{p.trial_number} is safe in {path}", on_wait,
+                             gone=lambda s: f"the database has been unreachable for {s:.0f} s; the measurement of "
+                                            f"trial {p.trial_number} is kept in {path} for the next sweep run")
+            except SpoolMismatch as exc:
+                say(f"{path}: {exc}")
+                continue
+            path.unlink()  # before the lock goes
         done += 1
     return done
 
 
-def replay_storage(url: str, series: SeriesStore, on_wait: Callable[[str], None] | None = None) -> int:
-    """Record what the spool holds for every study of this database (``sweep db upgrade``)."""
+def replay_storage(url: str, series: SeriesStore, on_wait: Callable[[str], None] | None = None,
+                   say: Callable[[str], None] = _tell) -> int:
+    """Record what the spool holds for every study of this database (``sweep db upgrade``); returns
+    how many records it recorded. A record of a study the database does not hold is left and named."""
     import optuna
 
     from sweep.study.storage import open_optuna_storage
 
     storage = open_optuna_storage(url)
+    by_study: dict[str, list[tuple[Path, Pending]]] = {}
+    for path, p in pending(series, say=say):
+        by_study.setdefault(p.study, []).append((path, p))
     done = 0
-    for name in sorted({p.study for _, p in pending(url)}):
+    for name, records in sorted(by_study.items()):
         try:
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
-            raise SweepError(f"{spool_dir()}: spooled measurements of study {name!r}, which this database "
-                             "does not hold; move them aside") from None
-        done += replay(study, series, url, on_wait)
+            for path, p in records:
+                say(f"{path}: {_about(p)} that this database does not hold (no study {name!r}); left in place")
+            continue
+        done += _replay(study, series, records, on_wait, say)
     return done

@@ -4,9 +4,12 @@ sweep's tables are SQLAlchemy ``Table`` objects keyed by Optuna's ``trial_id``
 (unique in the database) and carrying its ``study_id``; rows are written with a
 per-dialect upsert. The schema changes only through ``MIGRATIONS``, which are only
 ever appended; the applied version is kept in ``sweep_schema``. A fresh database is
-created at the latest version. Schema changes and study creation run under
-``schema_lock``, so processes opening one database at once never race. Readers
-(``write=False``) never write, and refuse a database whose sweep schema is older.
+created at the latest version. ``sweep_database`` holds the database's identity, a
+random id written once: its URL alone does not name it (the default SQLite path is
+relative, so every project directory has the same one). Schema changes and study
+creation run under ``schema_lock``, so processes opening one database at once never
+race. Readers (``write=False``) never write, and refuse a database whose sweep schema
+is older.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import fcntl
 import importlib
 import json
 import os
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -41,6 +45,7 @@ def _payload_table(name: str) -> sa.Table:
 
 SERIES = _payload_table("sweep_series")  # a sweep trial's time series and answers
 VERIFICATION = _payload_table("sweep_verified")  # the runs of a trial's verification
+IDENTITY = sa.Table("sweep_database", metadata, sa.Column("database_id", sa.String(32), nullable=False))
 
 
 def _v3_key_by_trial_id(conn: sa.Connection) -> None:
@@ -56,6 +61,19 @@ def _v3_key_by_trial_id(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"DROP TABLE {old}"))
 
 
+def _v4_identity(conn: sa.Connection) -> None:
+    """A spooled measurement named its database by URL alone, and ``sqlite:///studies.db`` is another
+    file in each directory: give the database an identity of its own, which its records carry."""
+    IDENTITY.create(conn, checkfirst=True)
+    _give_identity(conn)
+
+
+def _give_identity(conn: sa.Connection) -> None:
+    """The database's random id, written once (the caller holds ``schema_lock``)."""
+    if conn.execute(sa.select(IDENTITY.c.database_id)).first() is None:
+        conn.execute(IDENTITY.insert().values(database_id=uuid.uuid4().hex))
+
+
 # Each migration takes a database at the previous version to the next. Append only.
 MIGRATIONS: list[Callable[[sa.Connection], object]] = [
     lambda conn: conn.execute(sa.text(
@@ -65,6 +83,7 @@ MIGRATIONS: list[Callable[[sa.Connection], object]] = [
         "CREATE TABLE sweep_verification (study_name TEXT NOT NULL, trial_number INTEGER NOT NULL, "
         "payload TEXT NOT NULL, PRIMARY KEY (study_name, trial_number))")),
     _v3_key_by_trial_id,
+    _v4_identity,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -256,6 +275,7 @@ class SeriesStore:
         self.url = url
         self.engine = engine_for(url)
         self.version = self._read_version()
+        self.database_id = self._read_identity() if self.version == SCHEMA_VERSION else None
         if self.version == SCHEMA_VERSION:
             return
         if self.version > SCHEMA_VERSION:
@@ -264,6 +284,7 @@ class SeriesStore:
         if write:
             with schema_lock(url):
                 self._migrate()
+            self.database_id = self._read_identity()
         elif self.version:
             raise StudyError(f"the database {safe_url(url)} has sweep schema version {self.version}, older than this "
                              f"sweep's {SCHEMA_VERSION}; `sweep db upgrade` brings it up to date (it writes)")
@@ -277,6 +298,11 @@ class SeriesStore:
         except sa.exc.OperationalError as exc:
             raise _connect_error(self.url, exc) from None
 
+    def _read_identity(self) -> str:
+        """Read once, when the store opens: a record is spooled before the database is touched."""
+        with self.engine.connect() as conn:
+            return str(conn.execute(sa.select(IDENTITY.c.database_id)).scalar_one())
+
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
             version = int(conn.execute(sa.select(schema_table.c.version)).scalar_one()) \
@@ -284,6 +310,7 @@ class SeriesStore:
             if version is None:  # a fresh database: the latest tables at once
                 metadata.create_all(conn)
                 conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+                _give_identity(conn)
             else:
                 for migrate in MIGRATIONS[version:]:
                     migrate(conn)

@@ -5,6 +5,7 @@ The loop that asks and measures is the orchestrator's (``sweep.study.orchestrato
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -181,7 +182,7 @@ def measured_before(study: Any, config: dict[str, Any]) -> Any:
     return None
 
 
-def reuse(study: Any, series: SeriesStore, url: str, trial: Any, original: Any) -> bool:
+def reuse(study: Any, series: SeriesStore, trial: Any, original: Any) -> bool:
     """Tell the trial the original's measurement, marked as reused (never as a new measurement),
     by the one path every record takes (``spool.apply``). Returns whether every budget was met."""
     from sweep.study import spool
@@ -189,7 +190,7 @@ def reuse(study: Any, series: SeriesStore, url: str, trial: Any, original: Any) 
     attrs = {k: v for k, v in original.user_attrs.items() if k in METRICS or k in ("by_kind", "platform")}
     cv = list(original.user_attrs.get("constraint_values", []))
     attrs.update(reused_from=original.number, constraint_values=cv, violations=_violations(StudyMeta.of(study).budgets, cv))
-    return spool.apply(study, series, spool.Pending.of(url, study, trial, attrs, list(original.values), cv, None))
+    return spool.apply(study, series, spool.Pending.of(series, study, trial, attrs, list(original.values), cv, None))
 
 
 def _violations(budgets: dict[str, Any], cv: list[float]) -> list[str]:
@@ -214,7 +215,7 @@ def _outcome_attrs(outcome: Outcome, budgets: dict[str, dict[str, float]],
 
 
 def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budgets: dict[str, dict[str, float]],
-           objectives: list[str], url: str, extra: dict[str, Any] | None = None,
+           objectives: list[str], extra: dict[str, Any] | None = None,
            on_wait: Callable[[str], None] | None = None) -> bool:
     """Store everything measured on the trial and tell Optuna. Returns whether budgets were met.
 
@@ -232,19 +233,21 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
 
     attrs, values, cv = _outcome_attrs(outcome, budgets, objectives)
     attrs.update(extra or {})
-    pending = spool.Pending.of(url, study, trial, attrs, values, cv, {"series": outcome.series, "answers": outcome.answers})
-    try:
-        path: Path | None = spool.write(pending)
-        where = str(path)
-    except OSError as exc:  # a full disk, say: the database may still take it
-        path, where = None, f"memory only (the spool could not be written: {exc.strerror or exc})"
-    feasible = spool.with_retries(
-        lambda: spool.apply(study, series, pending),
-        lambda s: f"database unreachable since {s:.0f} s, retrying; the measurement of trial {trial.number} "
-                  f"is safe in {where}", on_wait,
-        gone=lambda s: f"the database has been unreachable for {s:.0f} s; the measurement of trial {trial.number} "
-                       f"is kept in {where}, and the next sweep run records it")
-    spool._kill_at("unspool")
-    if path is not None:
-        path.unlink(missing_ok=True)
+    pending = spool.Pending.of(series, study, trial, attrs, values, cv,
+                               {"series": outcome.series, "answers": outcome.answers})
+    with contextlib.ExitStack() as held:  # the spool file, held until it is recorded (spool.holding)
+        try:
+            path: Path | None = held.enter_context(spool.holding(pending))
+            where = str(path)
+        except OSError as exc:  # a full disk, say: the database may still take it
+            path, where = None, f"memory only (the spool could not be written: {exc.strerror or exc})"
+        feasible = spool.with_retries(
+            lambda: spool.apply(study, series, pending),
+            lambda s: f"database unreachable since {s:.0f} s, retrying; the measurement of trial {trial.number} "
+                      f"is safe in {where}", on_wait,
+            gone=lambda s: f"the database has been unreachable for {s:.0f} s; the measurement of trial "
+                           f"{trial.number} is kept in {where}, and the next sweep run records it")
+        spool._kill_at("unspool")
+        if path is not None:
+            path.unlink(missing_ok=True)
     return bool(feasible)
