@@ -167,7 +167,7 @@ def status(study_name: str, storage: str | None) -> None:
 def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
     """Print the study's Pareto front."""
     from sweep.results.display import front_table
-    from sweep.results.front import pareto_front
+    from sweep.results.front import constant_reference, pareto_front
     study, url = _open_study(storage, study_name)
     front, feasible = pareto_front(study)
     if as_json:
@@ -179,7 +179,7 @@ def pareto(study_name: str, as_json: bool, storage: str | None) -> None:
         return
     if not feasible:
         click.echo("No trial meets every budget; this is the front ignoring budgets.")
-    click.echo(front_table(front, StudyMeta.of(study).objectives))
+    click.echo(front_table(front, StudyMeta.of(study).objectives, constant_reference(study)))
 
 
 @main.command()
@@ -237,7 +237,7 @@ def export(study_name: str, output: Path, fmt: str, trial_number: int | None, al
            server_binary: str | None, install_dir: Path | None, user: str | None, storage: str | None) -> None:
     """Write the chosen configuration, with provenance, to a file."""
     from sweep.results.export import budget_lines, export_record, install, render
-    from sweep.results.front import choose
+    from sweep.results.front import choose, why_chosen
     if (install_dir or user) and fmt != "systemd":
         raise SweepError("--install and --user shape the systemd unit: use them with --format systemd")
     study, url = _open_study(storage, study_name)
@@ -246,7 +246,8 @@ def export(study_name: str, output: Path, fmt: str, trial_number: int | None, al
     if install_dir:
         record, server_binary = install(record, install_dir, server_binary), None
     output.write_text(render(record, fmt, server_binary, user))
-    click.echo(f"exported trial {row['number']} of study {study_name!r} to {output} ({fmt})")
+    click.echo(f"exported trial {row['number']} of study {study_name!r} to {output} ({fmt}): "
+               + (f"trial {trial_number} as asked" if trial_number is not None else why_chosen(study, row)))
     click.echo("\n".join(budget_lines(record, "")))
     click.echo(record["llama_server"])
 

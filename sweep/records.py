@@ -239,6 +239,13 @@ class StudyMeta:
     models: dict[str, str] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)  # the host that created the study
     hardware_class: dict[str, Any] | None = None
+    floor: list[str] | None = None  # the policy's floor budgets; None (a study from before): correctness
+
+    def floors(self) -> list[str]:
+        """The budgets the export policy never trades against the others."""
+        if self.floor is not None:
+            return [name for name in self.floor if name in self.budgets]
+        return ["correctness"] if "correctness" in self.budgets else []
 
     @classmethod
     def of(cls, study: Any) -> StudyMeta:

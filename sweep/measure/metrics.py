@@ -116,6 +116,10 @@ METRICS: dict[str, Metric] = {
     "memory_limit_sampled": Metric("flag", "minimize", "1: the memory limit was enforced by sampling each window "
                                    "(then checked against the kernel's high-water mark), not by a cgroup"),
     # The trial's own cgroup (cgroup knobs; sweep.trial.cgroups): what the kernel counted over its whole life.
+    "correctness_n": Metric("count", "maximize", "the items correctness rests on"),
+    "correctness_ci_low": Metric("fraction", "maximize", "the lower end of correctness's 95% interval (Wilson's; "
+                                 "a bootstrap over items where some score partial credit)"),
+    "correctness_ci_high": Metric("fraction", "maximize", "the upper end of correctness's 95% interval"),
     "cgroup_own": Metric("flag", "maximize", "1: the model ran in a cgroup of its own and the foreground in a "
                          "sibling, as a systemd unit and a user's session do; 0: in one cgroup (trial.cgroup: shared, "
                          "or none could be made here)"),
@@ -480,6 +484,35 @@ def injection_figures(records: list[dict[str, Any]]) -> dict[str, float]:
         figs["injection_hidden_rate"] = sum(c["reports_hidden"] and not i["reports_hidden"]
                                             for c, i in iocs) / len(iocs)
     return figs
+
+
+Z95 = 1.959964
+
+
+def wilson(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``mean`` observed on ``n`` items."""
+    if n == 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (mean + z * z / (2 * n)) / denom
+    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def score_interval(scores: list[float]) -> tuple[float, float]:
+    """A 95% interval of the mean of item scores in [0, 1]: Wilson's where every item scores 0 or 1;
+    with partial credit (a severity one level off, an F1), a percentile bootstrap over the items
+    (2,000 resamples, a fixed seed: the same scores give the same interval)."""
+    n = len(scores)
+    if n == 0:
+        return (0.0, 1.0)
+    if all(s in (0.0, 1.0) for s in scores):
+        return wilson(sum(scores) / n, n)
+    import random
+
+    rng = random.Random(n)
+    means = sorted(sum(rng.choices(scores, k=n)) / n for _ in range(2000))
+    return (means[49], means[1949])
 
 
 MISSING_FIGURE = 1e9  # constraint value of a budget whose figure was not measured: never met

@@ -29,10 +29,21 @@ def config_summary(c: dict[str, Any] | None) -> str:
     return out + f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
 
 
+def correctness_text(f: dict[str, float]) -> str:
+    """Correctness as it must be read: ``0.50 [0.24, 0.76] n=10``, its 95% interval and its items
+    (a trial from before intervals were recorded shows the mean alone)."""
+    if "correctness" not in f:
+        return "?"
+    if "correctness_ci_low" not in f:
+        return f"{f['correctness']:.2f}"
+    return (f"{f['correctness']:.2f} [{f['correctness_ci_low']:.2f}, {f['correctness_ci_high']:.2f}] "
+            f"n={f.get('correctness_n', 0):.0f}")
+
+
 def figures_summary(f: dict[str, float]) -> str:
     if "correctness" not in f:
         return ""
-    return (f"correct {f['correctness']:.2f} | CPU p99 {f.get('cpu_active_p99_share_pct', float('nan')):.1f}% of machine "
+    return (f"correct {correctness_text(f)} | CPU p99 {f.get('cpu_active_p99_share_pct', float('nan')):.1f}% of machine "
             f"(peak {f.get('cpu_active_peak_share_pct', float('nan')):.1f}%, W={f.get('window_ms', 0):.0f}ms "
             f"N={f.get('n_windows_active', 0):.0f}) | idle {f.get('cpu_idle_share_pct', float('nan')):.2f}% | "
             f"p95 {f.get('latency_p95_s', float('nan')):.2f}s p99/p50 {f.get('latency_p99_p50_ratio', float('nan')):.2f} | "
@@ -84,15 +95,28 @@ def budget_cell(r: dict[str, Any]) -> str:
     return text
 
 
-def front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
+def objective_cell(f: dict[str, float], name: str) -> str:
+    """An objective's value as a front row shows it (correctness with its interval and items)."""
+    return correctness_text(f) if name == "correctness" else f"{f.get(name, float('nan')):.3g}"
+
+
+def front_table(front: list[dict[str, Any]], objectives: list[str],
+                constant: tuple[float, int] | None = None) -> str:
+    """The front, best first by the export policy, and a reference row: the best constant answer on
+    the same items. A trial whose interval reaches down to it is marked."""
+    from sweep.results.front import no_better_than
+
     header = ["trial"] + [f"{m} ({METRICS[m].unit})" for m in objectives] + ["budgets", "figures from", "config"]
     body = []
     for r in front:
-        vals = [f"{r['figures'].get(m, float('nan')):.3g}" for m in objectives]
-        ok = budget_cell(r)
+        vals = [objective_cell(r["figures"], m) for m in objectives]
+        ok = budget_cell(r) + (" [no better than a constant answer]" if no_better_than(r, constant) else "")
         v = r.get("verified")
         source = f"verified {v['n_items']}x{v['repeats']}" if v and not v["failed"] else "sweep subset"
         body.append([str(r["number"])] + vals + [ok, source, config_summary(r["config"])])
+    if constant is not None and "correctness" in objectives:
+        body.append(["const"] + [f"{constant[0]:.2f} n={constant[1]}" if m == "correctness" else "" for m in objectives]
+                    + ["", "sweep subset", "the best constant answer of each kind (chosen knowing the answers)"])
     return grid(body, header)
 
 
@@ -205,7 +229,7 @@ def fleet_table(classes: list[dict[str, Any]]) -> str:
         else:
             f = pick["figures"]
             best = (f"{pick['study']} #{pick['number']}{'' if pick['feasible'] else ' (closest; over budget)'}: "
-                    f"correct {f.get('correctness', float('nan')):.2f}, CPU p99 "
+                    f"correct {correctness_text(f)}, CPU p99 "
                     f"{f.get('cpu_active_p99_share_pct', float('nan')):.1f}%, p95 {f.get('latency_p95_s', float('nan')):.2f}s")
         body.append([c["class"], what, ", ".join(c["hosts"]), ", ".join(c["studies"]), str(c["done"]),
                      str(c["feasible"]), best])

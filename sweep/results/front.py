@@ -8,8 +8,10 @@ Export policy: trials that meet every budget first; among them the best on the s
 first objective, then its second, and so on (by default: the highest correctness, then the
 lowest active p99 CPU, then the lowest p95 latency). If no
 trial meets every budget, nothing is exported unless asked (``allow_infeasible``),
-and then the *closest* trial is chosen: the smallest sum of budget overshoots,
-each relative to its budget.
+and then the *closest* trial is chosen. The space's floor budgets (``policy.floor``, by default
+correctness) come first: a trial that meets them beats every trial that does not, and among
+those that break one, the closest on the floors wins. Then the smallest sum of the other budgets'
+overshoots, each relative to its budget.
 """
 
 from __future__ import annotations
@@ -154,12 +156,36 @@ def policy_key(study: Any) -> Any:
     return key
 
 
-def _overshoot(r: dict[str, Any], budgets: dict[str, dict[str, float]]) -> float:
+def _overshoot(r: dict[str, Any], budgets: dict[str, dict[str, float]], only: list[str] | None = None,
+               but: list[str] | None = None) -> float:
+    """The sum of the budgets' overshoots, each relative to its budget (``only`` these, ``but`` those)."""
     total = 0.0
-    for bound, c in zip(budgets.values(), r["constraint_values"] or []):
+    for (name, bound), c in zip(budgets.items(), r["constraint_values"] or []):
+        if (only is not None and name not in only) or (but is not None and name in but):
+            continue
         limit = bound.get("max", bound.get("min")) or 1.0
         total += max(c, 0.0) / abs(limit)
     return total
+
+
+def why_chosen(study: Any, r: dict[str, Any]) -> str:
+    """The policy's reason for its pick, in one sentence that names the floor."""
+    meta = StudyMeta.of(study)
+    floor = meta.floors()
+    named = " and ".join(_bound_text(n, meta.budgets[n]) for n in floor) or "none"
+    if r["feasible"]:
+        return (f"it meets every budget, and is the best of those that do on {meta.objectives[0]}"
+                + (f", then {', '.join(meta.objectives[1:])}" if len(meta.objectives) > 1 else ""))
+    broken = [n for n in r["violations"] if n in floor]
+    if not broken:
+        return (f"no trial meets every budget; it meets the floor ({named}), which comes first, and of those that "
+                f"do it breaks the others ({', '.join(r['violations'])}) by the least")
+    return (f"no trial meets the floor ({named}); it comes closest to it, then to the other budgets "
+            f"({', '.join(n for n in r['violations'] if n not in floor) or 'none broken'})")
+
+
+def _bound_text(name: str, bound: dict[str, float]) -> str:
+    return f"{name} <= {bound['max']:g}" if "max" in bound else f"{name} >= {bound['min']:g}"
 
 
 def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None) -> dict[str, Any]:
@@ -181,15 +207,39 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
     feasible = [r for r in complete if r["feasible"]]
     if feasible:
         return min(feasible, key=policy_key(study))
-    budgets = StudyMeta.of(study).budgets
+    meta = StudyMeta.of(study)
+    budgets, floor = meta.budgets, meta.floors()
     key = policy_key(study)
-    closest = min(complete, key=lambda r: (_overshoot(r, budgets), key(r)))
+    closest = min(complete, key=lambda r: (_overshoot(r, budgets, only=floor), _overshoot(r, budgets, but=floor),
+                                           key(r)))
     if not allow_infeasible:
         raise ExportError(
             f"no trial of study {study.study_name!r} meets every budget; the closest, trial {closest['number']}, "
             f"breaks {', '.join(closest['violations'])}. Pass --allow-infeasible to export it anyway."
         )
     return closest
+
+
+def constant_reference(study: Any) -> tuple[float, int] | None:
+    """What the best constant answer of each kind scores on the sweep's own items (chosen knowing
+    the answers: the bar a model must clear), and how many items; None where the task set cannot
+    be read any more."""
+    from sweep.correctness.tasks import best_constants, load_tasks, stratified_subset
+    from sweep.errors import TaskFileError
+
+    meta = StudyMeta.of(study)
+    try:
+        tasks = stratified_subset(load_tasks(meta.task_set), meta.settings.prompts)
+    except TaskFileError:
+        return None
+    scores = [s for _, kind_scores in best_constants(tasks).values() for s in kind_scores]
+    return (sum(scores) / len(scores), len(scores)) if scores else None
+
+
+def no_better_than(r: dict[str, Any], constant: tuple[float, int] | None) -> bool:
+    """Whether a trial's correctness interval reaches down to the constant answer's score."""
+    low = r["figures"].get("correctness_ci_low")
+    return constant is not None and low is not None and low <= constant[0]
 
 
 def trial_by_number(study: Any, number: int) -> Any:

@@ -14,8 +14,8 @@ from typing import Any
 
 from sweep.measure.metrics import METRICS
 from sweep.records import StudyMeta
-from sweep.results.display import budget_cell, config_summary
-from sweep.results.front import pareto_front, rows, trial_series
+from sweep.results.display import budget_cell, config_summary, objective_cell
+from sweep.results.front import constant_reference, no_better_than, pareto_front, rows, trial_series
 from sweep.results.timeline import (
     _PHASE_COLOUR,
     cpu_budgets,
@@ -59,10 +59,28 @@ def _front_chart(study: Any) -> Any:
     return fig
 
 
+# Below this many complete trials an importance ranks noise: a space sweeps some 15 parameters, and
+# an evaluator fitted to fewer than about two observations per parameter can put the thread count
+# above the model for a figure threads cannot change (as 8 demo trials did). fANOVA's and
+# PED-ANOVA's authors evaluate on hundreds; 30 is a floor, not a guarantee, so the spread is drawn too.
+IMPORTANCE_MIN_TRIALS = 30
+_RESAMPLES = 10
+
+
 def _importance_charts(study: Any) -> list[Any] | str:
+    """Each objective's parameter importances with their spread over bootstrap resamples of the
+    trials, or why none are drawn yet."""
+    import random
+
     import optuna
     import plotly.graph_objects as go
 
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.values]
+    if len(complete) < IMPORTANCE_MIN_TRIALS:
+        return (f"Parameter importance is not yet meaningful: {len(complete)} complete trials, fewer than "
+                f"{IMPORTANCE_MIN_TRIALS} (about two per swept parameter), so any ranking would be fitted to noise.")
+    rng = random.Random(0)
+    samples = [complete] + [rng.choices(complete, k=len(complete)) for _ in range(_RESAMPLES)]
     charts = []
     for i, name in enumerate(StudyMeta.of(study).objectives):
         # Optuna's default evaluator (PED-ANOVA) ranks what leads to *low* target values.
@@ -72,17 +90,27 @@ def _importance_charts(study: Any) -> list[Any] | str:
             value: float = t.values[i]  # FrozenTrial.values is a bare property(), so Any to mypy
             return s * value
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(study, target=target)
-        except (RuntimeError, ValueError) as exc:
-            return f"Parameter importance needs more complete trials with varied parameters ({exc})."
-        items = sorted(imp.items(), key=lambda kv: kv[1])
-        charts.append(go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h"))
+        runs: list[dict[str, float]] = []
+        for trials in samples:
+            resampled = optuna.create_study(directions=study.directions)
+            resampled.add_trials(trials)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    runs.append(optuna.importance.get_param_importances(resampled, target=target))
+            except (RuntimeError, ValueError) as exc:
+                if not runs:
+                    return f"Parameter importance needs more complete trials with varied parameters ({exc})."
+        names = sorted(runs[0], key=lambda k: runs[0][k])
+        spread = {k: sorted(r.get(k, 0.0) for r in runs[1:]) or [runs[0][k]] for k in names}
+        lows = [runs[0][k] - spread[k][0] for k in names]
+        highs = [spread[k][-1] - runs[0][k] for k in names]
+        charts.append(go.Figure(go.Bar(x=[runs[0][k] for k in names], y=names, orientation="h",
+                                       error_x=dict(type="data", symmetric=False, array=highs, arrayminus=lows)))
                       .update_layout(title=f"parameter importance for {METRICS[name].direction.replace('ize', 'izing')} "
-                                           f"{name} (Optuna's default evaluator)", height=120 + 22 * len(items),
-                                     yaxis=dict(tickmode="linear")))
+                                           f"{name} (Optuna's default evaluator; bars: the range over "
+                                           f"{len(runs) - 1} bootstrap resamples of the trials)",
+                                     height=120 + 22 * len(names), yaxis=dict(tickmode="linear")))
     return charts
 
 
@@ -116,14 +144,19 @@ def _latency_chart(front_answers: dict[int, list[dict[str, Any]]]) -> Any:
     return fig.update_layout(title="latency of each request, front trials", yaxis_title="seconds", height=380)
 
 
-def _front_table(front: list[dict[str, Any]], objectives: list[str]) -> str:
+def _front_table(front: list[dict[str, Any]], objectives: list[str], constant: tuple[float, int] | None) -> str:
     head = "".join(f"<th>{html.escape(m)} ({html.escape(METRICS[m].unit)})</th>" for m in objectives)
     body = []
     for r in front:
-        cells = "".join(f"<td>{r['figures'].get(m, float('nan')):.3g}</td>" for m in objectives)
-        ok = budget_cell(r)
+        cells = "".join(f"<td>{html.escape(objective_cell(r['figures'], m))}</td>" for m in objectives)
+        ok = budget_cell(r) + (" [no better than a constant answer]" if no_better_than(r, constant) else "")
         body.append(f"<tr><td>{r['number']}</td>{cells}<td>{html.escape(ok)}</td>"
                     f"<td><code>{html.escape(config_summary(r['config']))}</code></td></tr>")
+    if constant is not None and "correctness" in objectives:
+        cells = "".join(f"<td>{constant[0]:.2f} n={constant[1]}</td>" if m == "correctness" else "<td></td>"
+                        for m in objectives)
+        body.append(f"<tr><td>const</td>{cells}<td></td><td>the best constant answer of each kind, on the same "
+                    "items (chosen knowing the answers): the bar a model must clear</td></tr>")
     return (f"<table><tr><th>trial</th>{head}<th>budgets</th><th>configuration</th></tr>{''.join(body)}</table>")
 
 
@@ -159,7 +192,7 @@ def write_report(study: Any, storage_url: str, path: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head><body>
 <h1>sweep report: study {html.escape(study.study_name)}</h1>
 <p>{len(rows(study))} finished trials, measured on {measured_on}.</p>
-{note}<h2>The front</h2>{_front_table(front, StudyMeta.of(study).objectives)}
+{note}<h2>The front</h2>{_front_table(front, StudyMeta.of(study).objectives, constant_reference(study))}
 {''.join(chunks)}
 </body></html>"""
     path.write_text(page)

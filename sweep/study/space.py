@@ -116,6 +116,15 @@ class SamplerBlock(BaseModel):
     population_size: int = Field(8, ge=2)
 
 
+class PolicyBlock(BaseModel):
+    """How the export policy ranks the budgets when no trial meets them all."""
+
+    model_config = _Strict
+    # Budgets never traded against the others: a trial that meets them beats every trial that does
+    # not. None: correctness, where it is budgeted (a model at chance is never worth 1% of p99/p50).
+    floor: Optional[list[str]] = None
+
+
 class SpaceFile(BaseModel):
     model_config = _Strict
     version: Literal[1]
@@ -129,6 +138,13 @@ class SpaceFile(BaseModel):
     constraints: dict[str, Bound] = Field(default_factory=lambda: {k: Bound(**v) for k, v in SEED_BUDGETS.items()})
     trial: TrialBlock = TrialBlock()
     sampler: SamplerBlock = SamplerBlock()
+    policy: PolicyBlock = PolicyBlock()
+
+    def floor(self) -> list[str]:
+        """The policy's floor budgets (``policy.floor``, by default correctness where it is budgeted)."""
+        if self.policy.floor is not None:
+            return list(self.policy.floor)
+        return ["correctness"] if "correctness" in self.constraints else []
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,7 @@ class Space:
 
     def fingerprint(self) -> str:
         """A hash of what the space asks for, to refuse continuing a study with another space."""
-        canon = self.spec.model_dump(mode="json", exclude={"description", "trial", "sampler"})
+        canon = self.spec.model_dump(mode="json", exclude={"description", "trial", "sampler", "policy"})
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
 
     def sample(self, trial: Any) -> TrialConfig:
@@ -392,6 +408,10 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name not in METRICS:
             raise SpaceError(f"{path}: objectives[{i}]: unknown metric {name!r}")
         _check_producible(f"{path}: objectives[{i}]", name, spec.trial)
+    for i, name in enumerate(spec.policy.floor or []):
+        if name not in spec.constraints:
+            raise SpaceError(f"{path}: policy.floor[{i}]: {name!r} is not a budget of this space (constraints: "
+                             f"{', '.join(spec.constraints) or 'none'})")
     for name in spec.constraints:
         if name not in METRICS:
             raise SpaceError(f"{path}: constraints.{name}: unknown metric")

@@ -25,6 +25,7 @@ from sweep.measure.metrics import (
     injection_figures,
     major_marks,
     probe_figures,
+    score_interval,
     series_figures,
 )
 from sweep.measure.monitor import Series
@@ -196,6 +197,8 @@ def score(obs: Observation, tasks: list[Task], figs: dict[str, float]) -> tuple[
         if p["index"] < len(answers):
             answers[p["index"]]["latency_contended_s"] = p["latency_s"]
     figs["correctness"] = correctness
+    figs["correctness_n"] = float(len(answers))
+    figs["correctness_ci_low"], figs["correctness_ci_high"] = score_interval([float(a["score"]) for a in answers])  # type: ignore[arg-type]
     figs["parse_failures"] = sum(not a["parsed"] for a in answers)
     records = injection_records(obs) if obs.injection_tasks else []
     if records:
