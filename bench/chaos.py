@@ -8,6 +8,9 @@ the time is up and every kind has been injected at least once:
 
 - ``kill``: SIGKILL of an orchestrator, which is then restarted;
 - ``pg_restart``: PostgreSQL stopped (``-m fast``: connections cut) and started again;
+- ``db_outage``: PostgreSQL down for 90 s, far past the heartbeat grace period and within the
+  retry window, while both orchestrators measure: neither may reap the other's live trial once
+  it is back (no heartbeat could land meanwhile);
 - ``pg_down``: PostgreSQL down for longer than the retry window (``SWEEP_DB_RETRY_S``), so that
   the orchestrators stop with exit 5 and are restarted once it is back;
 - ``stop_worker``: SIGSTOP of a worker past the trial's progress timeout;
@@ -23,8 +26,11 @@ its host's spool before the database, and an inotify watch on the spools records
 file appears. The check, in one line:
 
 - lost: a measurement seen in a spool that no trial in the database carries;
-- measured twice: a spool id on two trials, or a configuration measured (not reused) on two
-  complete trials of which neither is a late record of a reaped one;
+- measured twice: a spool id on two trials; a configuration measured (not reused) on two complete
+  trials, late records included; or one trial's parameters measured twice, as its late record and
+  as the run they were re-queued for (the reaped trial, its late record and that run all count
+  towards --trials). A reaped trial's owner that this soak had SIGSTOPped past the grace period
+  looked lost by design: its double is counted apart (``measured_twice_after_stop``), not as a fault;
 - RUNNING left, stray processes (workers, probes, orchestrators of this soak), files left in a spool;
 - integrity: every complete trial has its values, series and figures; every failed one a reason.
 
@@ -52,8 +58,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-RETRY_S = 6  # the database retry window the orchestrators get
 HEARTBEAT_S, GRACE_S = 2, 8
+OUTAGE_S = 90  # db_outage: past the grace period, within the retry window
+RETRY_S = OUTAGE_S + 30  # the database retry window the orchestrators get; pg_down outlasts it
 PROGRESS_TIMEOUT_S = 8
 SPOOL_BYTES = 8 << 20  # each host's spool tmpfs
 
@@ -83,7 +90,9 @@ sampler:
   seed: 5
 """
 
-KINDS = ("kill", "pg_restart", "pg_down", "stop_worker", "stop_orchestrator", "spool_full", "term")
+Groups = list[list[Any]]  # groups of trials that measured one configuration
+
+KINDS = ("kill", "pg_restart", "db_outage", "pg_down", "stop_worker", "stop_orchestrator", "spool_full", "term")
 
 
 class SpoolWatch:
@@ -224,6 +233,7 @@ def soak(minutes: float, seed: int, tmp: Path, template: str) -> dict[str, Any]:
     kinds = [k for k in KINDS if disks or k != "spool_full"]
     watch = SpoolWatch([h.spool for h in hosts])
     faults: dict[str, int] = {}
+    stops: list[tuple[str, float, float]] = []  # stop_orchestrator: the host stopped, from and to (wall clock)
     deck: list[str] = []
     end = time.monotonic() + 60 * minutes
 
@@ -245,7 +255,7 @@ def soak(minutes: float, seed: int, tmp: Path, template: str) -> dict[str, Any]:
                 deck = list(kinds)
                 rnd.shuffle(deck)
             kind, h = deck.pop(), rnd.choice(hosts)
-            if _inject(kind, h, hosts, disks, url, pause, rnd, pg_ctl):
+            if _inject(kind, h, hosts, disks, url, pause, rnd, pg_ctl, stops):
                 faults[kind] = faults.get(kind, 0) + 1
             else:
                 deck.append(kind)  # not possible now (that host is restarting, say): it comes next
@@ -281,12 +291,13 @@ def soak(minutes: float, seed: int, tmp: Path, template: str) -> dict[str, Any]:
         strays = _strays()
         for d in disks:
             d.unmount()
-    return {**check(url, seen), "faults": faults, "exits": [h.exits for h in hosts], "left_in_spool": left_in_spool,
+    return {**check(url, seen, stops), "faults": faults, "exits": [h.exits for h in hosts],
+            "left_in_spool": left_in_spool,
             "stray_processes": len(strays), "strays": strays, "kinds": kinds, "minutes": minutes, "seed": seed}
 
 
 def _inject(kind: str, h: Host, hosts: list[Host], disks: list[Disk], url: str, pause: Any, rnd: random.Random,
-            pg_ctl: Any) -> bool:
+            pg_ctl: Any, stops: list[tuple[str, float, float]]) -> bool:
     """One fault, held as long as it needs, then undone. False: it could not be injected now."""
     if kind in ("kill", "term"):
         if h.proc is None or h.proc.poll() is not None:
@@ -295,6 +306,13 @@ def _inject(kind: str, h: Host, hosts: list[Host], disks: list[Disk], url: str, 
     elif kind == "pg_restart":
         pg_ctl(url, "stop")
         pause(rnd.uniform(0.5, 3))
+        pg_ctl(url, "start")
+    elif kind == "db_outage":
+        deadline = time.monotonic() + 60  # with a trial in flight on both hosts, as far as may be
+        while not all(x.workers() for x in hosts) and time.monotonic() < deadline:
+            pause(0.2)
+        pg_ctl(url, "stop")
+        pause(OUTAGE_S)
         pg_ctl(url, "start")
     elif kind == "pg_down":
         pg_ctl(url, "stop")
@@ -318,6 +336,7 @@ def _inject(kind: str, h: Host, hosts: list[Host], disks: list[Disk], url: str, 
             return False
         h.stopped = True
         group = [h.proc.pid, *h.workers()]
+        stopped = time.time()
         for pid in group:
             os.kill(pid, signal.SIGSTOP)
         pause(GRACE_S + 2 * HEARTBEAT_S + 3)  # the other host finds its heartbeat stale
@@ -326,6 +345,7 @@ def _inject(kind: str, h: Host, hosts: list[Host], disks: list[Disk], url: str, 
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+        stops.append((f"host{h.i}", stopped, time.time()))
         h.stopped = False
     elif kind == "spool_full":
         d = disks[hosts.index(h)]
@@ -349,8 +369,9 @@ def _strays() -> list[str]:
     return out
 
 
-def check(url: str, seen: set[str]) -> dict[str, Any]:
-    """What the database holds against what was measured."""
+def check(url: str, seen: set[str], stops: list[tuple[str, float, float]] | None = None) -> dict[str, Any]:
+    """What the database holds against what was measured. ``stops``: the stop_orchestrator faults
+    (host id, from, to; wall clock), whose reaped trials were reaped by design."""
     import optuna
 
     from sweep.study.storage import SeriesStore
@@ -367,7 +388,6 @@ def check(url: str, seen: set[str]) -> dict[str, Any]:
         a = t.user_attrs
         if "spool_id" in a and "reused_from" not in a and (t.number, a["spool_id"]) not in moved:  # a reuse measured nothing
             ids.setdefault(a["spool_id"], []).append(t)
-    measured_configs: dict[str, list[Any]] = {}
     problems = []
     for t in trials:
         a = t.user_attrs
@@ -378,19 +398,56 @@ def check(url: str, seen: set[str]) -> dict[str, Any]:
                 continue
             if "spool_id" not in a or series.get(t._trial_id) is None:
                 problems.append(f"trial {t.number}: complete without its spool id or series")
-            if "recorded_late_for" not in a:
-                measured_configs.setdefault(json.dumps(a["config"], sort_keys=True), []).append(t)
         elif t.state.name == "FAIL" and not a.get("fail_reason"):
             problems.append(f"trial {t.number}: failed without a reason")
     recorded = set(ids)
+    doubles, after_stop = measured_twice(trials, stops or [])
+    spool_doubles = [v for v in ids.values() if len(v) > 1]
     return {"measured": len(seen | recorded), "recorded": len(recorded), "lost": len(seen - recorded),
             "recorded_without_spool": len(recorded - seen),
-            "measured_twice": sum(len(v) - 1 for v in ids.values()) + sum(len(v) - 1 for v in measured_configs.values()),
-            "twice": [[_who(t, trials) for t in v] for v in [*measured_configs.values(), *ids.values()] if len(v) > 1],
+            "measured_twice": sum(len(v) - 1 for v in [*spool_doubles, *doubles]),
+            "measured_twice_after_stop": sum(len(v) - 1 for v in after_stop),
+            "twice": [[_who(t, trials) for t in v] for v in [*doubles, *spool_doubles]],
+            "twice_after_stop": [[_who(t, trials) for t in v] for v in after_stop],
             "running_left": sum(t.state.name == "RUNNING" for t in trials), "trials": len(trials),
             "complete": sum(t.state.name == "COMPLETE" for t in trials),
             "failed_by_reason": _count(t.user_attrs.get("fail_reason") for t in trials if t.state.name == "FAIL"),
             "late": sum("recorded_late_for" in t.user_attrs for t in trials), "problems": problems}
+
+
+def measured_twice(trials: list[Any], stops: list[tuple[str, float, float]]) -> tuple[Groups, Groups]:
+    """Configurations measured twice, as groups of complete trials that are not reuses: (faults, and
+    the doubles of an owner this soak stopped past the grace period, which looked lost by design).
+
+    Two such trials of one effective configuration should have been one and a reuse (late records
+    included). One trial's parameters recorded late and measured again where they were re-queued
+    are a double too, whichever host ran them (the hosts' CPUs differ, and with them the
+    configuration): the reaped trial, its late record and the re-run all count towards --trials.
+    """
+    measured = [t for t in trials if t.state.name == "COMPLETE" and "reused_from" not in t.user_attrs]
+    by_config: dict[str, list[Any]] = {}
+    for t in measured:
+        by_config.setdefault(json.dumps(t.user_attrs.get("config"), sort_keys=True), []).append(t)
+    doubles = [v for v in by_config.values() if len(v) > 1]
+    after_stop: Groups = []
+    by_number = {t.number: t for t in trials}
+    origins = {t.user_attrs["recorded_late_for"] for t in measured if "recorded_late_for" in t.user_attrs}
+    for origin in sorted(origins):
+        again = [t for t in measured if t.user_attrs.get("requeued_from") == origin]
+        late = [t for t in measured if t.user_attrs.get("recorded_late_for") == origin]
+        if not again or any({t.number for t in v} >= {t.number for t in [*late, *again]} for v in doubles):
+            continue  # measured once, or counted already as one configuration
+        (after_stop if _stopped(by_number.get(origin), stops) else doubles).append([*late, *again])
+    return doubles, after_stop
+
+
+def _stopped(reaped: Any, stops: list[tuple[str, float, float]]) -> bool:
+    """Whether the trial was reaped while (or just after) this soak held its owner SIGSTOPped."""
+    if reaped is None or reaped.datetime_complete is None:
+        return False
+    host = (reaped.user_attrs.get("owner") or {}).get("host")
+    when = reaped.datetime_complete.timestamp()  # the reaper's local clock: this machine's
+    return any(host == h and start <= when <= end + 2 * HEARTBEAT_S for h, start, end in stops)
 
 
 def _who(t: Any, trials: list[Any]) -> str:
@@ -415,18 +472,23 @@ def _count(items: Any) -> dict[str, int]:
 def line(r: dict[str, Any]) -> str:
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(r["faults"].items()))
     absent = "" if "spool_full" in r["kinds"] else " (spool_full left out: not root)"
+    by_design = f" (and {r['measured_twice_after_stop']} of owners stopped past the grace, by design)" \
+        if r["measured_twice_after_stop"] else ""
     return (f"faults {sum(r['faults'].values())} ({kinds}){absent}, trials measured {r['measured']}, "
-            f"recorded {r['recorded']}, lost {r['lost']}, measured twice {r['measured_twice']}, "
+            f"recorded {r['recorded']}, lost {r['lost']}, measured twice {r['measured_twice']}{by_design}, "
             f"RUNNING left {r['running_left']}, stray processes {r['stray_processes']}, "
             f"integrity {'ok' if not r['problems'] and not r['left_in_spool'] else 'FAILED'}")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="how long faults are injected [20]")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON after the line")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
     from pgserver import throwaway_postgres
 
     started = time.time()
@@ -441,6 +503,8 @@ def main() -> None:
         print("  " + p)
     for pair in r["twice"]:
         print("  measured twice: " + " | ".join(map(str, pair)) if isinstance(pair, list) else "  " + pair)
+    for pair in r["twice_after_stop"]:
+        print("  measured twice, its owner stopped past the grace: " + " | ".join(map(str, pair)))
     if args.json:
         print(json.dumps(r))
     if r["lost"] or r["measured_twice"] or r["running_left"] or r["stray_processes"] or r["problems"] \
@@ -454,5 +518,6 @@ def main() -> None:
 if __name__ == "__main__":
     from sweep.hostlock import measurement_lock
 
+    arguments = parse_args()  # --help and a bad flag answer at once, without waiting for the lock
     with measurement_lock("bench/chaos.py", on_wait=print):  # never beside another measurement
-        main()
+        main(arguments)

@@ -12,20 +12,24 @@ Waiters are served first come, first served (``_Place``): two studies on one hos
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
 from typing import Callable, Iterator
 
 from sweep.platforms import is_portable
+from sweep.procs import owner_gone, owner_tag
 
 # One path per host, whoever asks: not the user's TMPDIR, which would give each user a lock of their own.
 DEFAULT_LOCK = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), "sweep-measurement.lock")
 _POLL_S = 0.25
 _STALE_S = 10.0  # a waiter refreshes its place every _POLL_S
+_HOLDER_MAX = 64 * 1024  # a holder's note is a line: what is longer is not one
 
 _held = threading.local()
 
@@ -36,13 +40,31 @@ def lock_path() -> str:
 
 
 def holder(path: str | None = None) -> dict[str, object]:
-    """Who holds (or last held) the lock, as written in the lock file."""
+    """Who holds (or last held) the lock, as written in the lock file: its pid, what it measures and
+    since when. Anyone may write the file, so only those fields, of those types, are taken from it:
+    anything else reads as no holder."""
     try:
-        with open(path or lock_path()) as f:
-            held: dict[str, object] = json.loads(f.read() or "{}")
-            return held
-    except (OSError, ValueError):
+        raw = _read_regular(path or lock_path(), _HOLDER_MAX)
+        held = json.loads(raw) if raw else {}
+    except (OSError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
         return {}
+    if not isinstance(held, dict):
+        return {}
+    types: dict[str, tuple[type, ...]] = {"pid": (int,), "what": (str,), "since": (int, float)}
+    return {k: v for k, v in held.items()
+            if k in types and isinstance(v, types[k]) and not isinstance(v, bool)}
+
+
+def _read_regular(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file, never through a symlink, nor waiting on a FIFO
+    someone put in its place (OSError for either)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def held_here() -> bool:
@@ -123,14 +145,17 @@ def _unlock(fd: int) -> None:
 
 
 class _Place:
-    """A waiter's place in the line, as a file beside the lock: ``<lock>.queue.<ticket>.<pid>``.
+    """A waiter's place in the line, as a file beside the lock: ``<lock>.queue.<ticket>.<pid>``,
+    holding its owner (``procs.owner_tag``: pid, start ticks, host and boot).
 
     ``flock`` itself is not fair: on release the kernel wakes the waiters, and a holder that
     asks again at once (an orchestrator between two trials) may win every time, so a second
     study on the host would never measure. So whoever asks first looks for places taken before
     its own, and while one is there it waits behind it, even with the lock free. A place is
-    kept fresh while its process waits; one left stale (its process gone, or stopped) for
-    ``_STALE_S`` is passed over. Where no file can be made beside the lock, the wait is unordered.
+    kept fresh while its process waits; one not refreshed within ``_STALE_S`` (its process
+    stopped, say), or dated more than that ahead of now (anyone can date a file), is passed over.
+    One whose owner is gone (``procs.owner_gone``: a pid given out again counts as gone; another
+    host's never does) is removed. Where no file can be made beside the lock, the wait is unordered.
     """
 
     def __init__(self, lock: str) -> None:
@@ -142,10 +167,17 @@ class _Place:
         self.ticket = time.time_ns()
         path = os.path.join(self.folder, f"{self.prefix}{self.ticket:020d}.{os.getpid()}")
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-            self.path = path
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         except OSError:
             self.path = None
+            return
+        try:
+            os.write(fd, owner_tag().encode())
+        except OSError:
+            pass  # a place without its owner is judged by its pid alone
+        finally:
+            os.close(fd)
+        self.path = path
 
     def refresh(self) -> None:
         if self.path:
@@ -171,16 +203,21 @@ class _Place:
                 ticket, pid = (int(x) for x in name[len(self.prefix):].split("."))
             except ValueError:
                 continue
-            if pid == os.getpid() or (self.ticket is not None and ticket >= self.ticket):
+            if pid <= 0 or pid == os.getpid() or (self.ticket is not None and ticket >= self.ticket):
                 continue
+            path = os.path.join(self.folder, name)
             try:
-                fresh = now - os.stat(os.path.join(self.folder, name)).st_mtime < _STALE_S
+                changed = os.lstat(path).st_mtime
+                tag = _read_regular(path, 100).decode(errors="replace")
             except OSError:
-                continue  # it left just now
-            if not _alive(pid):
+                continue  # it left just now, or it is no place (a symlink, a FIFO)
+            gone = owner_gone(tag, changed) if tag.split(".")[0] == str(pid) else None
+            if gone is None:
+                gone = not _alive(pid)  # a place that names no owner (an older sweep's): its pid alone
+            if gone:
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.folder, name))  # its process died waiting (another user's stays)
-            elif fresh:
+                    os.unlink(path)  # its process died waiting (another user's stays)
+            elif abs(now - changed) < _STALE_S:
                 pids.append(pid)
         return pids
 
@@ -215,23 +252,45 @@ def _open_lock(path: str) -> tuple[int, bool]:
     umask would leave it 0644, and a second user could not open it), and opened without O_CREAT
     when it exists (``fs.protected_regular`` refuses O_CREAT on another user's file in a sticky
     directory such as /tmp). Never through a symlink. Returns the descriptor and whether it is
-    writable: ``flock`` needs only a read descriptor, so a file another user left 0644 still locks."""
-    import errno
+    writable: ``flock`` needs only a read descriptor, so a file another user left 0644 still locks.
 
+    World-writable on purpose: the file's content is only the holder's note for a waiter's message
+    (``holder`` reads any content safely, and nothing is decided on it), and a holder of any user
+    should be able to write it, or a waiter would name another user's earlier trial as the holder.
+    The line itself (``_Place``) is kept in files of their own beside the lock, which need no write
+    access to it."""
     from sweep.errors import SweepError
 
-    for _ in range(3):
+    def refused(why: str) -> SweepError:
         try:
-            return os.open(path, os.O_RDWR | os.O_NOFOLLOW), True
+            owner = str(os.lstat(path).st_uid)
+        except OSError:
+            owner = "?"
+        return SweepError(f"{path}: the measurement lock {why}: ask its owner (uid {owner}) or root to remove it, "
+                          "or set SWEEP_LOCK_FILE to another path every user of this host can reach")
+
+    for _ in range(3):
+        try:  # O_NONBLOCK: a FIFO put in its place must not hang the open
+            fd, writable = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK), True
         except PermissionError:
-            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW), False
+            try:
+                fd, writable = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), False
+            except PermissionError:
+                raise refused("cannot be read") from None
         except FileNotFoundError:
-            pass
+            fd = -1
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise SweepError(f"{path}: the measurement lock is a symbolic link, which sweep never follows: "
                                  "remove it") from None
+            if exc.errno == errno.EISDIR:
+                raise refused("is a directory") from None
             raise
+        if fd >= 0:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise refused("is not a regular file")
+            return fd, writable
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
         except FileExistsError:

@@ -9,7 +9,10 @@ reaches everything it started.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -162,15 +165,112 @@ def signal_name(number: int) -> str:
         return f"SIGRTMIN+{number - low}" if low <= number <= high else f"signal {number}"
 
 
+def start_ticks(pid: int) -> int | None:
+    """The process's start in clock ticks since boot (/proc/PID/stat field 22): a pid given out
+    again later has another. None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _read_id(*paths: str) -> str:
+    for path in paths:
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value:
+            return value
+    return ""
+
+
+_NO_MACHINE = "0" * 8  # the host field where the machine id is unknown: never taken for this machine's
+
+
+@functools.lru_cache(maxsize=1)
+def _this_host() -> tuple[str, str] | None:
+    """This host and this boot as two short fields: the machine id with the PID namespace (containers
+    on one kernel share its boot id, not their pids), and the boot id. None where /proc cannot tell."""
+    boot = _read_id("/proc/sys/kernel/random/boot_id")
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    if not boot:
+        return None
+    machine = _read_id("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+    def short(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    return short(f"{machine}\0{namespace}") if machine else _NO_MACHINE, short(boot)
+
+
+def _booted() -> float:
+    """When this boot began (``btime``, seconds since the epoch); 0 where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            return float(next(line.split()[1] for line in f if line.startswith("btime ")))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return 0.0
+
+
+def owner_tag() -> str:
+    """This process as the owner field of a name: ``PID.TICKS.HOST.BOOT``, so that whoever comes next
+    can tell whether it is gone (``owner_gone``), on this host and only here. Where /proc cannot tell
+    (the portable path), the pid alone."""
+    pid, host = os.getpid(), _this_host()
+    ticks = start_ticks(pid)
+    return f"{pid}.{ticks}.{host[0]}.{host[1]}" if host and ticks is not None else str(pid)
+
+
+_TAG = re.compile(r"(\d{1,10})(?:\.(\d{1,20})\.([0-9a-f]{8})\.([0-9a-f]{8}))?", re.ASCII)
+
+
+def owner_gone(tag: str, changed: float | None = None) -> bool | None:
+    """Whether the process an owner field names (``owner_tag``) has ended; None for what is not one.
+
+    One of another machine or PID namespace is never judged: its pid means nothing here (a home on
+    NFS, containers sharing /tmp). One of an earlier boot of this machine is gone when its file was
+    last ``changed`` (mtime) before this boot; one of this boot, when its pid is gone or now belongs
+    to a process started at another tick. A pid alone (a name made before the start ticks) is judged
+    by the pid, as it always was.
+    """
+    m = _TAG.fullmatch(tag)
+    if not m:
+        return None
+    pid = int(m[1])
+    if m[2] is None:
+        if os.path.isdir("/proc/self"):
+            return not os.path.exists(f"/proc/{pid}")
+        from sweep.platforms import portable
+
+        return not portable.alive(pid)
+    here = _this_host()
+    if here is None or m[3] != here[0]:
+        return False
+    if m[4] != here[1]:
+        return here[0] != _NO_MACHINE and changed is not None and changed < _booted()
+    now = start_ticks(pid)
+    if now is None:
+        return not os.path.exists(f"/proc/{pid}")  # there but unreadable (hidepid): another user's, alive
+    return now != int(m[2])
+
+
 def owned_prefix(prefix: str) -> str:
     """A temp name's prefix that names this process, so that whoever comes next can tell whether
-    its owner is gone (``sweep_dead``): ``sweep-trial-`` becomes ``sweep-trial-1234-``."""
-    return f"{prefix}{os.getpid()}-"
+    its owner is gone (``sweep_dead``): ``sweep-trial-`` becomes ``sweep-trial-1234.5678.HOST.BOOT-``
+    (``owner_tag``)."""
+    return f"{prefix}{owner_tag()}-"
 
 
 def sweep_dead(directory: str | os.PathLike[str], prefix: str) -> int:
     """Remove what processes that are gone left in ``directory`` under ``owned_prefix(prefix)``
-    names (a SIGKILL or a power loss skips their clean-up). Returns how many were removed."""
+    names (a SIGKILL or a power loss skips their clean-up), judged by ``owner_gone``: never what a
+    process of another host left. Returns how many were removed."""
     import shutil
 
     removed = 0
@@ -179,10 +279,16 @@ def sweep_dead(directory: str | os.PathLike[str], prefix: str) -> int:
     except OSError:
         return 0
     for entry in entries:
-        pid = entry[len(prefix):].split("-", 1)[0] if entry.startswith(prefix) else ""
-        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+        tag = entry[len(prefix):].split("-", 1)[0] if entry.startswith(prefix) else ""
+        if tag == str(os.getpid()):
             continue
         path = os.path.join(directory, entry)
+        try:
+            changed = os.lstat(path).st_mtime
+        except OSError:
+            continue  # gone already
+        if not owner_gone(tag, changed):
+            continue
         try:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)

@@ -23,32 +23,18 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from sweep import _optuna
 from sweep.correctness.tasks import Task
 from sweep.errors import ModelError, StudyError
-from sweep.measure.metrics import ACTIVE_TAGS, METRICS, cpu_window_figures, latency_figures
+from sweep.measure.metrics import ACTIVE_TAGS, METRICS, cpu_window_figures, latency_figures, score_interval, wilson  # noqa: F401
 from sweep.records import Outcome, StudyMeta, TrialConfig, TrialSettings
-from sweep.results.front import VERIFIED_PREFIX, pareto_front, rows, trial_by_number, verifications
-from sweep.study.storage import VERIFICATION, SeriesStore
+from sweep.results.front import pareto_front, rows, trial_by_number, verifications
+from sweep.study.storage import SeriesStore
 from sweep.trial.runner import run_trial
 
-Z95 = 1.959964
-
-
-def wilson(mean: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``mean`` observed on ``n`` items."""
-    if n == 0:
-        return (0.0, 1.0)
-    denom = 1 + z * z / n
-    centre = (mean + z * z / (2 * n)) / denom
-    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def mean_interval(scores: list[float]) -> dict[str, Any]:
-    """The mean of item scores, its 95% Wilson interval and the number of items."""
+    """The mean of item scores, its 95% interval (``score_interval``) and the number of items."""
     mean = sum(scores) / len(scores)
-    return {"mean": mean, "ci": list(wilson(mean, len(scores))), "n": len(scores)}
+    return {"mean": mean, "ci": list(score_interval(scores)), "n": len(scores)}
 
 
 def item_scores(runs: list[Outcome]) -> dict[str, tuple[str, float]]:
@@ -137,13 +123,20 @@ def front_to_verify(study: Any, trials: list[int] | None = None, again: bool = F
     return [r for r in targets if r["number"] not in skipped], skipped
 
 
-def save_verification(study: Any, url: str, number: int, record: dict[str, Any], runs: list[Outcome]) -> None:
-    """Store the record on the study and every run's answers and figures in sweep's own table."""
-    study.set_user_attr(f"{VERIFIED_PREFIX}{number}", record)
-    trial = trial_by_number(study, number)
-    SeriesStore(url).put(_optuna.study_id(study), _optuna.trial_id(trial), {"runs": [
-        {"ok": r.ok, "reason": r.reason, "figures": r.figures, "answers": r.answers} for r in runs]},
-        table=VERIFICATION)
+def save_verification(study: Any, series: SeriesStore, trial: Any, record: dict[str, Any], runs: list[Outcome],
+                      on_wait: Callable[[str], None] | None = None) -> None:
+    """Store the record on the study and every run's answers and figures in sweep's own table, through
+    the spool as a trial's measurement is (``spool.record``): on disk first, kept there while the
+    database is away. ``trial`` was read before the runs: nothing here reads the database first.
+
+    Raises:
+        DatabaseUnavailable: the database stayed unreachable past the retry window; the verification
+            is in the spool, and the next sweep run, sweep verify or sweep db upgrade records it.
+    """
+    from sweep.study import spool
+
+    payload = {"runs": [{"ok": r.ok, "reason": r.reason, "figures": r.figures, "answers": r.answers} for r in runs]}
+    spool.record(study, series, spool.PendingVerification.of(series, study, trial, record, payload), on_wait)
 
 
 def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, trials: list[int] | None = None,
@@ -154,13 +147,18 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
     Raises:
         StudyError: a named trial is not a complete trial of the study.
         ModelError: a trial's model file is gone (nothing is run or stored then).
+        DatabaseUnavailable: the database stayed unreachable past the retry window when a verification
+            was recorded; it is in the spool, and the next sweep run, sweep verify or sweep db upgrade
+            records it.
     """
     from pathlib import Path
 
     from sweep.results.display import config_summary
-    from sweep.study.writer import save_dashboard_note
+    from sweep.study import spool
 
     say = on_event or (lambda _: None)
+    series = SeriesStore(url)
+    spool.replay(study, series, on_wait=say)  # what an earlier one could not record counts below
     targets, skipped = front_to_verify(study, trials, again, len(tasks), repeats)
     for row in targets:
         path = row["config"]["model_path"]
@@ -169,6 +167,7 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
     settings = StudyMeta.of(study).settings
     for row in targets:
         n = row["number"]
+        trial = trial_by_number(study, n)
         config = TrialConfig.from_dict(row["config"])
         say(f"trial {n}: {config_summary(row['config'])}: {len(tasks)} tasks x {repeats} runs")
 
@@ -183,6 +182,5 @@ def verify_study(study: Any, url: str, tasks: list[Task], repeats: int = 2, tria
 
         record, runs = verify_trial(config, settings, tasks, repeats, on_run, on_message, lock, say)
         record["task_set"] = task_set
-        save_verification(study, url, n, record, runs)
-        save_dashboard_note(study)
+        save_verification(study, series, trial, record, runs, say)
     return [r["number"] for r in targets], skipped

@@ -7,6 +7,9 @@ read-only or not mounted at all (``unshare -m``), as on a host where cgroups are
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import os
 import re
 import subprocess
@@ -14,16 +17,19 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from test_runner import config
 
 from sweep.correctness.tasks import load_tasks, stratified_subset
+from sweep.procs import owner_tag
 from sweep.records import TrialSettings
 from sweep.trial import cgroups
 from sweep.trial.runner import run_trial
 
 from conftest import stray_processes, sweep_cli, write_space
+from test_hostlock import _again, _in_another_pid_namespace, needs_pid_control
 
 TASKS = stratified_subset(load_tasks(), 4)
 SETTINGS = TrialSettings(prompts=4, idle_seconds=0.5, baseline_seconds=0.2, timeout_seconds=120, noise_retries=0,
@@ -37,7 +43,7 @@ def _trial_cgroups() -> list[str]:
     """The trial cgroups of this process still present beneath its own."""
     found = []
     for site in cgroups._own_dirs(["cpu", "memory"]).values():
-        found += [name for name in os.listdir(site[1]) if name.startswith(f"sweep-trial-{os.getpid()}-")]
+        found += [name for name in os.listdir(site[1]) if name.startswith(f"sweep-trial-{owner_tag()}-")]
     return found
 
 
@@ -185,8 +191,8 @@ def test_a_trial_runs_in_a_cgroup_of_its_own_and_the_foreground_in_a_sibling(smo
     outcome = run_trial(config(smollm2_path), settings, TASKS[:2], on_event=where)
     assert outcome.ok, (outcome.reason, outcome.detail)
     assert outcome.figures["cgroup_own"] == 1.0 and outcome.series["cgroup"] == {"topology": "own"}
-    assert f"/sweep-trial-{os.getpid()}-" in _cpu_path(seen["worker"])
-    assert f"/sweep-fg-{os.getpid()}-" in _cpu_path(seen["fg"])
+    assert f"/sweep-trial-{owner_tag()}-" in _cpu_path(seen["worker"])
+    assert f"/sweep-fg-{owner_tag()}-" in _cpu_path(seen["fg"])
     shared = run_trial(config(smollm2_path), TrialSettings(prompts=2, idle_seconds=0.3, baseline_seconds=0.2,
                                                             noise_retries=0, probe="off", cgroup="shared"), TASKS[:2])
     assert shared.ok and shared.figures["cgroup_own"] == 0.0 and shared.series["cgroup"] == {"topology": "shared"}
@@ -286,3 +292,172 @@ def test_a_polite_trial_measured_in_its_own_cgroup_slows_the_user_as_its_unit_do
     # allows; the trial measured beside the user, in one cgroup, reads clearly less.
     assert abs(trial - unit_slowdown) <= 0.35, (trial, unit_slowdown, beside)
     assert unit_slowdown - beside >= 0.25, (trial, unit_slowdown, beside)
+
+
+# ---- issue 34 §9 d: on cgroup v2 a trial's cgroups are made before any process of the trial starts
+
+
+class _Written(io.StringIO):
+    """A file of the hierarchy, taken (or refused) whole when it is closed, as the kernel takes a write."""
+
+    def __init__(self, take: Callable[[str], None]) -> None:
+        super().__init__()
+        self._take = take
+
+    def close(self) -> None:
+        if not self.closed:
+            text = self.getvalue()
+            super().close()
+            self._take(text)
+
+
+class _CgroupV2:
+    """A cgroup v2 hierarchy in a temp directory, as the kernel keeps it for the ``open`` of
+    sweep.trial.cgroups (with the /proc/self/mountinfo and /proc/self/cgroup that point at it): a new
+    cgroup is offered what its parent hands down; a pid written into cgroup.procs moves there; and a
+    cgroup other than the root cannot hand controllers down while it holds a process, nor take a
+    process once it does (the "no internal processes" rule: EBUSY)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.root = tmp / "sys" / "fs" / "cgroup"
+        self.scope = self.root / "user.slice" / "sweep.scope"  # the delegated cgroup sweep was started in
+        self.scope.mkdir(parents=True)
+        (self.root / "cgroup.controllers").write_text("cpu io memory pids\n")
+        (self.root / "cgroup.subtree_control").write_text("cpu memory\n")
+        (self.root / "user.slice" / "cgroup.subtree_control").write_text("cpu memory\n")
+        self.where: dict[int, Path] = {os.getpid(): self.scope}
+
+    def procs(self, d: Path) -> list[int]:
+        return [pid for pid, at in self.where.items() if at == d]
+
+    def handed_down(self, d: Path) -> list[str]:
+        f = d / "cgroup.subtree_control"
+        return f.read_text().split() if f.exists() else []
+
+    def move(self, pid: int, d: Path) -> None:
+        if d != self.root and self.handed_down(d):
+            raise OSError(errno.EBUSY, f"{d} hands controllers down: it cannot hold a process")
+        self.where[pid] = d
+
+    def hand_down(self, d: Path, text: str) -> None:
+        if d != self.root and self.procs(d):
+            raise OSError(errno.EBUSY, f"{d} holds processes {self.procs(d)}: it cannot hand controllers down")
+        wanted = set(self.handed_down(d)) | {c.lstrip("+") for c in text.split()}
+        (d / "cgroup.subtree_control").write_text(" ".join(sorted(wanted)) + "\n")
+
+    def open(self, path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        me = (f"/proc/self/", f"/proc/{os.getpid()}/")
+        if path in [m + "mountinfo" for m in me]:
+            return io.StringIO(f"35 24 0:30 / {self.root} rw,nosuid,nodev,relatime shared:9 - cgroup2 cgroup2 rw\n")
+        if path in [m + "cgroup" for m in me]:
+            return io.StringIO(f"0::/{self.where[os.getpid()].relative_to(self.root)}\n")
+        p = Path(path)
+        if self.root in p.parents and p.name == "cgroup.procs":
+            return _Written(lambda text: self.move(int(text), p.parent)) if "w" in mode else \
+                io.StringIO("".join(f"{pid}\n" for pid in self.procs(p.parent)))
+        if self.root in p.parents and p.name == "cgroup.subtree_control":
+            return _Written(lambda text: self.hand_down(p.parent, text)) if "w" in mode else \
+                io.StringIO(" ".join(self.handed_down(p.parent)) + "\n")
+        if self.root in p.parents and p.name == "cgroup.controllers" and not p.exists():
+            return io.StringIO(" ".join(self.handed_down(p.parent.parent)) + "\n")
+        return builtins.open(path, mode, *args, **kwargs)
+
+
+FG_PID = 2**22 + 23  # the foreground stand-in's pid, as the fake hierarchy knows it
+
+
+@pytest.mark.parametrize("mode, limits", [
+    ("shared", {"cpu_quota_pct": 50.0}),  # sweep verify / sweep trial of a limited config, trial.cgroup: shared
+    ("shared", {"memory_max_gb": 1.0, "cpu_weight": 50}),
+    ("own", {"memory_max_gb": 1.0}),  # the foreground's cgroup hands cpu down, the model's memory too
+    ("own", {}),
+])
+def test_on_cgroup_v2_a_trials_cgroups_are_made_before_its_foreground_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, limits: dict[str, Any]) -> None:
+    """A foreground started beside the orchestrator, in its cgroup, forbids that cgroup to hand
+    controllers down (EBUSY), so the trial's cgroup must be made, and this process moved into a leaf
+    of its own, first. ``sweep run`` escaped only because its load-time check moved it already."""
+    from sweep.trial import runner
+
+    tree = _CgroupV2(tmp_path)
+    started: list[Path] = []
+
+    class Foreground:
+        def __init__(self, settings: TrialSettings, wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+            tree.where[FG_PID] = tree.where[os.getpid()]  # a child starts in its parent's cgroup
+            argv = wrap(["foreground"]) if wrap else []
+            for procs in argv[argv.index("sweep-cgroup") + 1:argv.index("--")] if wrap else []:
+                with tree.open(procs, "w") as f:  # as the shell of TrialCgroup.join moves itself
+                    f.write(str(FG_PID))
+            started.append(tree.where[FG_PID])
+            self.samples: list[Any] = []
+
+        def stop(self) -> list[Any]:
+            tree.where.pop(FG_PID, None)
+            return []
+
+    class Spawn(Exception):
+        """The worker would start now."""
+
+    def spawn(*_: Any) -> int:
+        raise Spawn
+
+    monkeypatch.setattr(cgroups, "open", tree.open, raising=False)
+    monkeypatch.setattr(runner, "Probe", Foreground)
+    monkeypatch.setattr(runner, "sweep_dead", spawn)  # called just before the worker's spawn
+    settings = TrialSettings(prompts=1, baseline_seconds=0, noise_retries=0, probe="interactive", cgroup=mode)
+    watch = runner._Watch(config(tmp_path / "model.gguf", **limits), settings, [], None, None)
+    with pytest.raises(Spawn):
+        watch.observe(False)
+    # before (shared): "its cgroup could not be made (.../sweep.scope holds other processes too, ...)"
+    assert watch.cgroup_problems == [] and watch.topology == ("own", "")
+    assert watch.cgroup is not None and all(tree.root in Path(d).parents for d in watch.cgroup.dirs.values())
+    assert tree.where[os.getpid()] == tree.scope / f"sweep-self-{os.getpid()}" and tree.procs(tree.scope) == []
+    assert started == [Path(watch.fg_cgroup.dirs["cpu"]) if watch.fg_cgroup else tree.where[os.getpid()]]
+
+
+# ---- issue 34 §9 c: a stale trial cgroup is judged by its owner's pid and start, on this host only
+
+_MAKE = """
+import sys
+from sweep.trial.cgroups import TrialCgroup
+cg = TrialCgroup.create({"cpu_weight": 100})
+print(" ".join(sorted(set(cg.dirs.values()))), flush=True)
+sys.stdin.readline()
+"""
+
+
+def _owner_pid(cgroup_dir: str) -> int:
+    return int(os.path.basename(cgroup_dir).split("-")[2].split(".")[0])
+
+
+@needs_pid_control
+def test_a_stale_cgroup_whose_pid_was_given_to_another_process_is_swept() -> None:
+    made = subprocess.run([sys.executable, "-c", _MAKE], input="\n", capture_output=True, text=True, check=True)
+    dirs = made.stdout.split()  # its orchestrator was killed before it could remove them
+    again = _again(_owner_pid(dirs[0]))
+    try:
+        cgroups.sweep_stale()
+        assert not any(os.path.exists(d) for d in dirs)  # before: kept, for a stranger with the pid
+    finally:
+        again.kill()
+        again.wait()
+        for d in dirs:
+            if os.path.exists(d):
+                os.rmdir(d)
+
+
+def test_a_cgroup_of_a_live_process_of_another_pid_namespace_is_kept() -> None:
+    """A container beside this one in the same cgroup (its pids not this namespace's) keeps its cgroups."""
+    other = _in_another_pid_namespace(_MAKE)
+    assert other.stdout is not None
+    dirs = other.stdout.readline().split()
+    try:
+        assert dirs and not os.path.exists(f"/proc/{_owner_pid(dirs[0])}")
+        cgroups.sweep_stale()
+        assert all(os.path.exists(d) for d in dirs)  # before: removed, the pid being absent here
+    finally:
+        other.communicate("\n", timeout=60)
+        for d in dirs:
+            if os.path.exists(d):
+                os.rmdir(d)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -140,3 +141,131 @@ def test_a_full_disk_is_not_bad_input(study_env: dict) -> None:
     proc = sweep_cli("export", "--study", "x", "-o", "/dev/full", "--allow-infeasible", env=study_env["env"])
     assert proc.returncode == 4, proc.stderr  # before: an internal error (1); exit 2 would claim bad input
     assert "No space left on device" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _keyed_record(server: str) -> dict:
+    """A hand-built record whose llama-server is ``server`` (model /etc/hostname): no model loads."""
+    return {"config": {"model": "m", "quant": "Q4_0", "cpus": None, "nice": 0, "sched_policy": "normal"},
+            "provenance": {"study": "s", "trial": 1}, "meets_all_budgets": True, "budgets": {}, "metrics": {},
+            "environment": {}, "llama_server": f"{server} -m /etc/hostname",
+            "llama_server_args": f"{server} -m /etc/hostname"}
+
+
+def test_the_llama_server_script_refuses_a_key_file_that_holds_no_key(tmp_path: Path) -> None:
+    from sweep.results.export import render
+
+    # llama-server skips the empty lines of --api-key-file, and with no key at all serves anyone.
+    started = tmp_path / "started"
+    server = tmp_path / "server.sh"
+    server.write_text(f"#!/bin/sh\ntouch {started}\n")
+    server.chmod(0o755)
+    script = tmp_path / "serve.sh"
+    script.write_text(render(_keyed_record(str(server)), "llama-server"))
+    key = tmp_path / "api-key"
+    for empty in ("", " \n\t\n\n"):  # touched, or half written
+        key.write_text(empty)
+        proc = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, timeout=30,
+                              env={"PATH": "/usr/bin:/bin", "SWEEP_LLM_API_KEY_FILE": str(key)})
+        assert proc.returncode == 2 and not started.exists(), (empty, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and "no API key" in proc.stderr and str(key) in proc.stderr
+    key.write_text("\n  \nsecret\n")
+    proc = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin", "SWEEP_LLM_API_KEY_FILE": str(key)})
+    assert proc.returncode == 0 and started.exists(), proc.stderr
+
+
+def test_the_unit_refuses_to_start_on_a_credential_that_holds_no_key(tmp_path: Path) -> None:
+    from sweep.results.export import API_KEY_SOURCE, render
+
+    import unitrun
+
+    if os.geteuid() != 0:
+        pytest.skip("the unit stand-in starts the service as its own user: run the tests as root")
+    unit = tmp_path / "sweep-llm.service"
+    unit.write_text(render(_keyed_record("/bin/true"), "systemd"))
+    if shutil.which("systemd-analyze"):
+        check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+    key = tmp_path / "api-key"
+    for empty in ("", " \n\t\n\n"):
+        key.write_text(empty)
+        with pytest.raises(RuntimeError, match="no API key"):
+            unitrun.start(unit, credentials={API_KEY_SOURCE: key})
+    key.write_text("secret\n")
+    proc = unitrun.start(unit, credentials={API_KEY_SOURCE: key})
+    assert proc.wait(timeout=30) == 0  # /bin/true: the service did start
+
+
+def test_a_link_is_refused_where_a_user_could_repoint_it(tmp_path: Path) -> None:
+    from sweep.results.export import service_path_problem
+
+    if os.geteuid() != 0:
+        pytest.skip("the links must be root's: run the tests as root")
+    # The link's target is root's (/bin/true), but whoever can write its directory can repoint it.
+    writable = tmp_path / "open"
+    writable.mkdir()
+    writable.chmod(0o757)
+    (writable / "llama-server").symlink_to("/bin/true")
+    assert "writable by others" in (service_path_problem(str(writable / "llama-server")) or "")
+    # A sticky directory (as /tmp) protects root's link in it, but not another user's.
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "root").symlink_to("/bin/true")
+    (sticky / "user").symlink_to("/bin/true")
+    os.lchown(sticky / "user", 1000, 1000)
+    assert service_path_problem(str(sticky / "root")) is None
+    assert "belongs to uid 1000" in (service_path_problem(str(sticky / "user")) or "")
+    # A link on the way to a link is checked too, as the kernel follows it.
+    (tmp_path / "hop").symlink_to(writable / "llama-server")
+    assert "writable by others" in (service_path_problem(str(tmp_path / "hop")) or "")
+    assert service_path_problem("/bin/true") is None
+
+
+def test_install_never_follows_a_link_planted_in_its_directory(tmp_path: Path) -> None:
+    import tempfile
+
+    from sweep.results.export import install
+
+    if os.geteuid() != 0:
+        pytest.skip("--install copies into a directory of root's: run the tests as root")
+    opt = Path(tempfile.mkdtemp(prefix="sweep-opt-"))
+    try:
+        opt.chmod(0o755)
+        server, model = tmp_path / "llama-server", tmp_path / "m.gguf"
+        server.write_text("#!/bin/sh\n")
+        model.write_text("model")
+        victim, other = tmp_path / "victim", tmp_path / "other"
+        victim.write_text("root's file")
+        victim.chmod(0o644)
+        other.write_text("MODEL")  # root's too, and the size of the model
+        for sub in ("bin", "models"):
+            (opt / sub).mkdir()
+        (opt / "bin" / "llama-server.partial").symlink_to(victim)  # the fixed name the copy went through
+        (opt / "models" / "m.gguf").symlink_to(other)  # what a size check through the link would keep
+        out = install({**_keyed_record(str(server)), "config": {"model_path": str(model)}}, opt)
+        assert victim.read_text() == "root's file" and victim.stat().st_mode & 0o777 == 0o644
+        for copy, text, mode in ((opt / "bin" / "llama-server", "#!/bin/sh\n", 0o755),
+                                 (opt / "models" / "m.gguf", "model", 0o644)):
+            assert not copy.is_symlink() and copy.read_text() == text and copy.stat().st_mode & 0o777 == mode, copy
+        assert out["llama_server_args"] == f"{opt / 'bin' / 'llama-server'} -m {opt / 'models' / 'm.gguf'}"
+        assert not list(opt.glob("*/.*.partial"))  # the copies' own temp files are gone
+    finally:
+        shutil.rmtree(opt)
+
+
+def test_install_checks_its_directory_before_it_copies(tmp_path: Path) -> None:
+    from sweep.errors import ExportError
+    from sweep.results.export import install
+
+    if os.geteuid() != 0:
+        pytest.skip("--install copies into a directory of root's: run the tests as root")
+    writable = tmp_path / "open"
+    writable.mkdir()
+    writable.chmod(0o777)
+    model = tmp_path / "m.gguf"
+    model.write_text("model")
+    record = {**_keyed_record("/bin/true"), "config": {"model_path": str(model)}}
+    with pytest.raises(ExportError, match="is writable by"):
+        install(record, writable / "opt")
+    assert not (writable / "opt" / "bin" / "true").exists()  # refused before a byte was copied

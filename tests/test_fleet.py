@@ -360,3 +360,183 @@ def test_two_hosts_asking_for_one_configuration_at_once_break_the_tie(isolated: 
     (first,) = measured(ts)
     assert first.number == 0 and ts[1].user_attrs["reused_from"] == 0
     assert not stray_processes()
+
+
+# Issue 34, items 4 and 9: outages, locks and secrets. None of these measures: no model is loaded.
+
+
+def _owned(trial: Any, owner: dict[str, Any]) -> None:
+    trial.set_user_attr("owner", owner)
+
+
+@pytest.mark.parametrize("reaper", ["measuring", "between_trials"])
+def test_an_outage_longer_than_the_grace_reaps_no_live_trial(reaper: str, pg_url: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database away for longer than the grace period: no heartbeat could land, so none is judged
+    stale until every owner has had a full grace period since the recovery; a trial whose owner is
+    really gone is still reaped after it. The reaper sees the outage through its trial's heartbeat
+    (measuring) or its database watch (between trials, as while it waits for the host's lock); a
+    reaper started after the outage does not judge at once either."""
+    from pgserver import pg_ctl
+
+    from sweep import _optuna
+    from sweep.study.fleet import DatabaseWatch, Heartbeat, Owner, reap_lost
+    from sweep.study.storage import open_optuna_storage
+
+    monkeypatch.setenv("SWEEP_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("SWEEP_GRACE_SECONDS", "3")
+    study = optuna.create_study(storage=open_optuna_storage(pg_url), study_name="outage")
+    me = Owner.me()
+    mine, peers, dead = study.ask(), study.ask(), study.ask()
+    _owned(mine, me.to_dict())  # this orchestrator's
+    _owned(peers, {**me.to_dict(), "host": "b"})  # a live orchestrator on another host
+    _owned(dead, {**me.to_dict(), "host": "c"})  # one on a third host, which dies before the outage
+    looks = Heartbeat(study, mine) if reaper == "measuring" else DatabaseWatch(study)
+    peers_beats = Heartbeat(study, peers)
+    try:
+        assert reap_lost(study, me) == []
+        time.sleep(3.5)  # the reaper has seen the database up for a grace period
+        _optuna.storage(study).record_heartbeat(dead._trial_id)  # c's last beat: it dies
+        assert reap_lost(study, me) == []  # every heartbeat fresh
+        peers_beats.stop()  # b's last beat before the outage; it beats again once the database is back
+        pg_ctl(pg_url, "stop")
+        time.sleep(5)  # longer than the grace: no heartbeat lands
+        pg_ctl(pg_url, "start")
+        # At once, before b's heartbeat thread got a beat through: no trial is judged from heartbeats
+        # that could not land, neither by this reaper nor by one that started after the outage.
+        reaped = reap_lost(study, me)
+        assert reaped == [], f"trials {reaped} reaped on heartbeats that could not land (mine {mine.number}, " \
+                             f"b's {peers.number}, the dead one {dead.number})"
+        fresh = optuna.load_study(study_name="outage", storage=open_optuna_storage(pg_url))
+        assert reap_lost(fresh, me) == []
+        peers_beats = Heartbeat(study, peers)  # b's thread beats again
+        time.sleep(4.5)  # a full grace period since the recovery
+        assert reap_lost(study, me) == [dead.number]  # only the trial whose owner is gone
+        states = {t.number: t.state.name for t in study.get_trials()}
+        assert states[mine.number] == states[peers.number] == "RUNNING"
+    finally:
+        looks.stop()
+        peers_beats.stop()
+
+
+def test_a_live_orchestrator_on_this_host_is_never_reaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On this host, in this boot, the owner's pid decides both ways: alive (same start ticks), its
+    trial is never reaped, however stale its heartbeat (SQLite busy, the owner stopped); gone, at once."""
+    from sweep import _optuna
+    from sweep.study.fleet import Owner, _start_ticks, reap_lost
+    from sweep.study.storage import open_optuna_storage
+
+    monkeypatch.setenv("SWEEP_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("SWEEP_GRACE_SECONDS", "2")
+    study = optuna.create_study(storage=open_optuna_storage(f"sqlite:///{tmp_path / 's.db'}"), study_name="s")
+    me = Owner.me()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        trial = study.ask()
+        _owned(trial, {**me.to_dict(), "pid": owner.pid, "start_ticks": _start_ticks(owner.pid)})
+        _optuna.storage(study).record_heartbeat(trial._trial_id)
+        assert reap_lost(study, me) == []
+        time.sleep(3.5)  # its heartbeat is older than the grace period
+        assert reap_lost(study, me) == [], "a live orchestrator on this host was reaped"
+    finally:
+        owner.kill()
+        owner.wait()
+    assert reap_lost(study, me) == [trial.number]
+
+
+def _holder(url: str) -> subprocess.Popen[str]:
+    """A process that takes the schema lock, says so, and lets go when its stdin closes."""
+    code = ("import sys\nfrom sweep.study.storage import schema_lock\n"
+            f"with schema_lock({url!r}):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_stopped_holder_of_the_schema_lock_is_named_and_waited_for(pg_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A holder SIGSTOPped inside the lock: the waiter says on stderr, at intervals, whom it waits for
+    (its pid and host), keeps waiting, and takes the lock once the holder lets go."""
+    import threading
+
+    from sweep.study import storage
+
+    monkeypatch.setattr(storage, "LOCK_SAY_S", 1.0)
+    monkeypatch.setattr(storage, "LOCK_REPEAT_S", 2.0)
+    holder = _holder(pg_url)
+    took = threading.Event()
+
+    def wait() -> None:
+        with storage.schema_lock(pg_url):
+            took.set()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    said = ""
+    try:
+        os.kill(holder.pid, signal.SIGSTOP)
+        waiter.start()
+        deadline = time.monotonic() + 8
+        while said.count(f"sweep pid {holder.pid} on ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            said += capsys.readouterr().err
+        assert f"sweep pid {holder.pid} on " in said, f"the waiter said nothing about whom it waits for: {said!r}"
+        assert said.count(f"sweep pid {holder.pid} on ") >= 2, said  # and says it again while it waits
+        assert waiter.is_alive() and not took.is_set()  # a stopped holder may be continued: it waits on
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    waiter.join(timeout=30)
+    assert took.is_set()
+
+
+@pytest.mark.parametrize("wrong", ["password", "database"])
+def test_a_wrong_password_or_database_name_is_refused_at_once(wrong: str, isolated: Path, pg_url: str) -> None:
+    """Bad input, not an outage: exit 2 at once, one line naming what is wrong, no password in it."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from pgserver import password_role
+
+    user = f"sweep_{uuid.uuid4().hex[:8]}"
+    url = password_role(pg_url, user, "right-horse")
+    if wrong == "password":
+        url, says = url.replace("right-horse", "hunter2"), f'password authentication failed for user "{user}"'
+    else:
+        url = sa.engine.make_url(url).set(database="no_such_sweep_db").render_as_string(hide_password=False)
+        says = 'database "no_such_sweep_db" does not exist'
+    space = write_space(isolated / "s.yaml", TINY_SPACE)
+    started = time.monotonic()
+    proc = sweep_cli("run", str(space), "--trials", "1", "--storage", url, env={"SWEEP_DB_RETRY_S": "8"},
+                     timeout=120)
+    took = time.monotonic() - started
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])
+    assert len(lines) == 1 and says in lines[0], lines
+    assert "hunter2" not in proc.stderr + proc.stdout and "right-horse" not in proc.stderr + proc.stdout
+    assert took < 8, f"{took:.1f} s: it retried"
+
+
+SECRETS = [
+    "postgresql://u@db.example/sweep?password=hunter2",
+    "postgresql+psycopg://u:hunter2@db.example/sweep?sslmode=require&sslpassword=hunter2",
+    "postgresql://u@db.example/sweep?sslmode=require&PASSWORD=hunter2",
+    "postgresql:///sweep?host=/run/postgresql&password=hunter2",  # no "@": no userinfo at all
+    "postgresql://u@db.example/sweep?api_token=hunter2&client_secret=hunter2&password=hunter2&password=hunter2",
+    "mysql+pymysql://u@db.example/sweep?passwd=hunter2&my_secret_key=hunter2",
+    "postgresql://u@db.example:notaport/sweep?password=hunter2",  # a URL SQLAlchemy cannot parse
+]
+
+
+@pytest.mark.parametrize("url", SECRETS)
+def test_no_secret_in_a_url_query_survives_safe_url_or_redact_argv(url: str) -> None:
+    from sweep.study.storage import redact_argv, safe_url
+
+    shown = safe_url(url)
+    assert "hunter2" not in shown, shown
+    assert "/sweep" in shown  # the rest is still there to read
+    for argv in (["sweep", "run", "s.yaml", "--storage", url], ["sweep", "run", f"--storage={url}"]):
+        assert "hunter2" not in " ".join(redact_argv(argv)), redact_argv(argv)
+    assert safe_url("postgresql://u@h/db?sslmode=require") == "postgresql://u@h/db?sslmode=require"

@@ -44,7 +44,7 @@ def _as_other_user(path: Path, mode: str) -> subprocess.Popen[str]:
     if not code.exists():
         code.mkdir(parents=True)
         (code / "__init__.py").write_text("")
-        for name in ("hostlock.py", "errors.py", "platforms/__init__.py"):
+        for name in ("hostlock.py", "procs.py", "errors.py", "platforms/__init__.py"):
             (code / name).parent.mkdir(exist_ok=True)
             shutil.copy(Path(sweep.__file__).parent / name, code / name)
         for p in (code.parent, code, *code.iterdir(), *code.glob("*/*")):
@@ -169,3 +169,216 @@ def test_a_new_waiter_names_those_already_in_line_not_only_the_last_holder(
         waiter.kill()
         waiter.wait()
     assert not list(tmp_path.glob(f"host.lock.queue.*.{os.getpid()}"))  # the newcomer gave its place up
+
+
+# ---- issue 34 §9: a lock file anyone can write, and whose files are whose
+
+
+@pytest.mark.parametrize("content", [b"[]", b'"a string"', b"42", b"null", b'{"pid": [1], "what": {"a": 1}}',
+                                     b"\xff\xfe not UTF-8", b"[" * 100_000, b""],
+                         ids=["list", "string", "number", "null", "wrong-types", "not-utf8", "deep", "empty"])
+def test_a_lock_file_of_any_content_names_no_holder_and_never_crashes_a_waiter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes) -> None:
+    """The lock file is world-writable: whatever another user wrote into it reads as no holder."""
+    import fcntl
+
+    from sweep.hostlock import LockWaitStopped
+
+    lock = tmp_path / "host.lock"
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(lock))
+    lock.write_bytes(content)
+    other = os.open(lock, os.O_RDWR)  # a second open file holds the lock, as another process's would
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        said: list[str] = []
+        with pytest.raises(LockWaitStopped):  # before: AttributeError ('list' object has no attribute 'get')
+            with measurement_lock("a waiter", on_wait=said.append, should_stop=lambda: bool(said)):
+                pytest.fail("it measured while the lock was held")
+        assert said == ["waiting for the measurement lock held by pid ? (?)"]
+    finally:
+        os.close(other)
+    assert holder(str(lock)) == {}
+    with measurement_lock("the next holder"):
+        pass
+    assert holder(str(lock))["what"] == "the next holder"  # written over whole
+
+
+def test_a_place_in_line_dated_in_the_future_holds_no_one_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A place another user made, dated a year ahead, named for a live process that is not waiting:
+    freshness by mtime alone kept it ahead of everyone for good."""
+    import time
+
+    from sweep.hostlock import LockWaitStopped
+
+    lock = tmp_path / "host.lock"
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(lock))
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        place = tmp_path / f"host.lock.queue.{1:020d}.{bystander.pid}"
+        place.write_text("")
+        future = time.time() + 365 * 86400
+        os.utime(place, (future, future))
+        gave_up = time.monotonic() + 3
+        try:
+            with measurement_lock("a waiter", should_stop=lambda: time.monotonic() > gave_up) as waited:
+                assert waited < 2
+        except LockWaitStopped:
+            pytest.fail("a place dated in the future held the line")
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+ABSENT = 2**22 + 17  # above the kernel's largest pid_max: no process here has it
+
+
+def test_a_place_in_line_of_another_host_is_kept_and_waited_for_while_fresh(tmp_path: Path) -> None:
+    """A lock directory shared between hosts (NFS, containers sharing /tmp): a waiter's place records
+    its host, and one of another host is never removed for its pid, which means nothing here."""
+    from sweep.hostlock import _Place
+
+    lock = tmp_path / "host.lock"
+    place = tmp_path / f"host.lock.queue.{1:020d}.{ABSENT}"
+    place.write_text(f"{ABSENT}.1234.ffffffff.ffffffff")  # pid.start ticks.host.boot of a waiter elsewhere
+    assert _Place(str(lock)).ahead() == [ABSENT]  # before: removed, its pid being absent here
+    assert place.exists()
+
+
+def _again(pid: int) -> subprocess.Popen[bytes]:
+    """A new process given ``pid``, which an ended process had: the kernel's next pid set by hand."""
+    for _ in range(100):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen(["sleep", "60"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    pytest.skip(f"another process took pid {pid} each time")
+
+
+needs_pid_control = pytest.mark.skipif(os.geteuid() != 0 or not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK),
+                                       reason="needs root, to give an ended process's pid to a new one")
+
+_JOIN = """
+import sys
+from sweep.hostlock import _Place
+_Place(sys.argv[1]).join()
+"""
+
+
+@needs_pid_control
+def test_a_place_of_a_dead_waiter_whose_pid_was_given_again_is_removed(tmp_path: Path) -> None:
+    import sys
+
+    from sweep.hostlock import _Place
+
+    lock = tmp_path / "host.lock"
+    subprocess.run([sys.executable, "-c", _JOIN, str(lock)], check=True)  # it joined the line, then ended
+    [place] = tmp_path.glob("host.lock.queue.*")
+    pid = int(place.name.rsplit(".", 1)[1])
+    again = _again(pid)
+    try:
+        assert _Place(str(lock)).ahead() == []  # before: [pid], kept by a stranger with its number
+        assert not place.exists()
+    finally:
+        again.kill()
+        again.wait()
+
+
+_LEAVE = """
+import os, sys
+from sweep.procs import owned_prefix
+os.mkdir(os.path.join(sys.argv[1], owned_prefix("sweep-trial-") + "x"))
+print("made", flush=True)
+sys.stdin.readline()
+"""
+
+
+@needs_pid_control
+def test_a_temp_name_whose_pid_was_given_to_another_process_is_swept(tmp_path: Path) -> None:
+    import sys
+
+    from sweep.procs import sweep_dead
+
+    subprocess.run([sys.executable, "-c", _LEAVE, str(tmp_path)], input="\n", text=True, check=True)
+    [left] = tmp_path.iterdir()
+    pid = int(left.name[len("sweep-trial-"):].split("-")[0].split(".")[0])
+    again = _again(pid)
+    try:
+        assert sweep_dead(tmp_path, "sweep-trial-") == 1  # before: 0, a stranger with its pid kept it
+        assert not left.exists()
+    finally:
+        again.kill()
+        again.wait()
+
+
+def _in_another_pid_namespace(code: str, *args: str) -> subprocess.Popen[str]:
+    """``code`` run as a container sharing this /tmp would run it: in a PID namespace of its own, its
+    pid a number no process has here."""
+    import shutil
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare, to run a process in a PID namespace of its own")
+    for pid in range(30000, 32000):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+    shell = f'echo {pid - 1} > /proc/sys/kernel/ns_last_pid && "$@"'  # not exec: the child is given {pid}
+    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", shell, "sh",
+                             sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_live_process_of_another_pid_namespace_keeps_its_temp_files(tmp_path: Path) -> None:
+    """Containers sharing /tmp: a pid of one is meaningless in another, so its files are never swept."""
+    from sweep.procs import sweep_dead
+
+    other = _in_another_pid_namespace(_LEAVE, str(tmp_path))
+    try:
+        assert other.stdout is not None and other.stdout.readline() == "made\n"
+        [made] = tmp_path.iterdir()
+        assert not os.path.exists(f"/proc/{made.name[len('sweep-trial-'):].split('-')[0].split('.')[0]}")
+        assert sweep_dead(tmp_path, "sweep-trial-") == 0  # before: 1, the live container's directory
+        assert made.exists()
+    finally:
+        other.communicate("\n", timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_lock_path_that_is_no_regular_file_is_refused_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Anyone may put a FIFO or a directory at the well-known path first: refused with what to do,
+    never a hang or a traceback."""
+    from sweep.errors import SweepError
+
+    lock = tmp_path / "host.lock"
+    os.mkfifo(lock) if kind == "fifo" else lock.mkdir()
+    monkeypatch.setenv("SWEEP_LOCK_FILE", str(lock))
+    with pytest.raises(SweepError, match="measurement lock (is not a regular file|is a directory).*SWEEP_LOCK_FILE"):
+        with measurement_lock("a trial"):
+            pass
+    assert holder(str(lock)) == {}
+
+
+def test_what_an_earlier_boot_of_this_machine_left_is_swept_once_older_than_the_boot(tmp_path: Path) -> None:
+    """Not a pid judgement: no process of an earlier boot runs now, but a clone of this machine (the
+    same machine id, booted apart) might share the directory, so only what was last changed before
+    this boot began is taken for the earlier boot's (a partial download a power loss left, say)."""
+    import time
+
+    from sweep.procs import _booted, owner_tag, sweep_dead
+
+    if owner_tag().count(".") != 3 or owner_tag().split(".")[2] == "0" * 8:
+        pytest.skip("needs /proc and a machine id to tell this machine's boots apart")
+    pid, ticks, host, _boot = owner_tag().split(".")
+    earlier = tmp_path / f"sweep-trial-{pid}.{ticks}.{host}.ffffffff-a"
+    earlier.mkdir()
+    os.utime(earlier, (_booted() - 60, _booted() - 60))
+    recent = tmp_path / f"sweep-trial-{pid}.{ticks}.{host}.fffffffe-b"  # changed since: perhaps a clone's, running
+    recent.mkdir()
+    elsewhere = tmp_path / f"sweep-trial-{pid}.{ticks}.ffffffff.ffffffff-c"  # another machine's: never judged
+    elsewhere.mkdir()
+    os.utime(elsewhere, (time.time() - 10 * 365 * 86400,) * 2)
+    assert sweep_dead(tmp_path, "sweep-trial-") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, elsewhere.name])

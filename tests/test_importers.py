@@ -309,3 +309,18 @@ def test_f1_stays_honest_on_long_lists() -> None:
     two = Task(id="a", kind="attack", input="x", expected=["T1003.001", "T1003.002"], source="test")
     assert score(two, "T1003").value == pytest.approx(2 * 0.5 / 3)  # one parent matches one of them
     assert score(two, "T1003.001\nT1003.003").value == pytest.approx(2 * 1.5 / 4)
+
+
+def test_an_imported_item_holding_a_line_separator_stays_one_line(tmp_path: Path) -> None:
+    """Written raw, U+2028 and U+2029 (and NEL) end a line for any reader that splits lines as
+    ``str.splitlines`` does: the writer escapes them, so each item is one line for every reader."""
+    from sweep.correctness.importers import write_tasks
+
+    tasks = [Task(id="a", kind="mcq", input="first\u2028second\u2029third\x85fourth A) x B) y", expected="A",
+                  source="q\u2028 1"), Task(id="b", kind="mcq", input="café A) x B) y", expected="B", source="s")]
+    out = tmp_path / "out.jsonl"
+    write_tasks(tasks, out)
+    text = out.read_text(encoding="utf-8")
+    assert text.splitlines() == text.split("\n")[:-1] and len(text.splitlines()) == 2  # before: 6 lines
+    assert "café" in text  # other text stays as it is, readable
+    assert load_tasks(out) == tasks

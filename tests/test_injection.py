@@ -38,11 +38,36 @@ def test_delimit_fences_the_input_and_sandwich_asks_again_after_it() -> None:
     sandwich = request_for(task, guard="sandwich")["messages"][-1]["content"]
     assert request_for(task, guard="escape")["messages"][-1]["content"] == plain  # escape is the backend's
     fence = fenced.split("<", 1)[1].split(">", 1)[0]
-    assert fence.startswith("UNTRUSTED-") and fence != "UNTRUSTED-00000000"  # the author cannot close it
+    # A fresh nonce, not the input's: the author cannot know the marker that would close it.
+    assert fence.startswith("UNTRUSTED-") and fence != "UNTRUSTED-00000000" and fence not in task.input
     assert f"<{fence}>\n{task.input}\n</{fence}>" in fenced and "never instructions" in fenced
     # The last instruction the model reads is the defender's question, after the input.
     assert sandwich.index(task.input) < sandwich.rindex("Classify this command line")
     assert fenced.index(task.input) > fenced.rindex("Classify this command line")
+
+
+def test_each_request_fences_its_input_with_a_fresh_nonce() -> None:
+    import re
+
+    from sweep.correctness.prompts import prefix_probes, request_for
+    from sweep.correctness.tasks import Task
+
+    task = Task(id="x", kind="verdict", input="whoami", expected="malicious", source="t")
+
+    def fence(request: dict) -> str:
+        return re.findall(r"<(UNTRUSTED-[0-9a-f]+)>", request["messages"][-1]["content"])[0]
+
+    a, b = request_for(task, 3, "grammar", "sandwich"), request_for(task, 3, "grammar", "sandwich")
+    # 64 random bits drawn for each request: the input decides none of them, so its author cannot
+    # search for an input that holds its own closing marker (a hash of the input could be searched).
+    assert re.fullmatch(r"UNTRUSTED-[0-9a-f]{16}", fence(a)) and fence(a) != fence(b)
+    # What a shared-prefix cache holds (the system prompt and the worked examples, fenced too) is
+    # still the same in every request and in the probes that find it; only the item differs.
+    probes = prefix_probes("verdict", 3, "grammar", "sandwich")
+    assert len(a["messages"]) == 8 and "<UNTRUSTED-" in a["messages"][1]["content"]
+    assert a["messages"][:-1] == b["messages"][:-1] == probes[0][:-1] == probes[1][:-1]
+    lead = a["messages"][-1]["content"].split("<UNTRUSTED-")[0]
+    assert all(p[-1]["content"].startswith(lead + "<UNTRUSTED-") for p in probes)
 
 
 def test_injection_figures_count_moves_towards_benign() -> None:

@@ -9,6 +9,7 @@ databases, the real CLI, and real processes that race on one spool.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -228,6 +229,19 @@ def test_a_temp_file_a_killed_writer_left_stops_no_sweep(tmp_path: Path) -> None
     assert not dead.exists() and live.exists()
 
 
+@contextlib.contextmanager
+def _database_away(url: str) -> Iterator[None]:
+    """The SQLite database as unreachable as a stopped server: a write lock held on it, which every
+    read and write meets as "database is locked" (give SWEEP_SQLITE_BUSY_S a short wait)."""
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 def _study(url: str, name: str = "demo") -> Any:
     """A study as ``sweep run`` opens one (sweep's tables beside Optuna's), with a seeded sampler: two
     studies made alike propose alike, as two projects with one search space do."""
@@ -347,6 +361,36 @@ def test_apply_checks_the_study_and_the_trial_before_it_writes(change: str) -> N
         spool.apply(target, SeriesStore(url), p)
     for name in ("one", "two"):
         assert all(t.state.name == "RUNNING" and "correctness" not in t.user_attrs for t in _trials(url, name))
+
+
+@pytest.mark.parametrize("change", ["study", "trial_number", "params", "database"])
+def test_a_verification_is_checked_against_its_database_study_and_trial_as_a_measurement_is(change: str) -> None:
+    """A spooled verification applied to a study it is not of, naming a trial by a number or parameters
+    the trial does not have, or made for another database, is refused before anything is written."""
+    import dataclasses
+
+    from sweep.study import spool
+    from sweep.study.storage import VERIFICATION, SeriesStore
+
+    url = os.environ["SWEEP_STORAGE"]
+    one, two = _study(url, "one"), _study(url, "two")
+    trial_one = _told(one, "its own record")
+    _told(two, "its own record")
+    v = spool.PendingVerification.of(SeriesStore(url), one, trial_one, {"n_items": 1, "at": "now"}, {"runs": []})
+    target = one
+    if change == "study":
+        target = two
+    elif change == "trial_number":
+        _told(one, "another record")  # trial 1 exists, but the record's trial is 0
+        v = dataclasses.replace(v, trial_number=1)
+    elif change == "params":
+        v = dataclasses.replace(v, params={"n_threads": trial_one.params["n_threads"] + 1})
+    else:
+        v = dataclasses.replace(v, database="another database's identity")
+    with pytest.raises(spool.SpoolMismatch, match="left in place"):
+        spool.apply_verification(target, SeriesStore(url), v)
+    assert not any(k.startswith("verified:") for study in (one, two) for k in study.user_attrs)
+    assert all(SeriesStore(url).get(t._trial_id, VERIFICATION) is None for t in _trials(url, "one"))
 
 
 def _as_an_older_sweep_wrote_it(path: Path, storage: str) -> None:
@@ -534,3 +578,81 @@ def test_a_record_is_left_where_the_url_and_the_identity_disagree(case: str, tmp
     assert str(path) in line and said in line and path.exists()
     if case == "copied":
         assert spool.replay(study, SeriesStore(url)) == 1 and not path.exists()
+
+
+# A replay killed (SIGKILL, by the test hook) between making the late trial and writing its series.
+_KILLED_REPLAY = """
+import sys
+
+import optuna
+
+from sweep.study import spool
+from sweep.study.storage import SeriesStore
+
+url = sys.argv[1]
+spool.replay(optuna.load_study(study_name="demo", storage=url), SeriesStore(url))
+"""
+
+
+def test_a_replay_killed_between_the_late_trial_and_its_series_is_completed_by_the_next(tmp_path: Path) -> None:
+    """The late trial is made, then its series row is written: a replay killed between the two leaves
+    the record in the spool, and the next replay writes the series on that late trial (the answers
+    too) instead of finding the trial and dropping the record, or making a second one."""
+    from sweep import _optuna
+    from sweep.study import spool
+    from sweep.study.storage import SeriesStore
+
+    url = os.environ["SWEEP_STORAGE"]
+    study = _study(url)
+    trial = _asked(study)
+    path = _spool(url, study, trial)
+    assert _optuna.fail_if_running(study, _optuna.trial_id(trial), {"fail_reason": "orchestrator_lost"})
+    killed = subprocess.run([sys.executable, "-c", _KILLED_REPLAY, url], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "SWEEP_TEST_KILL_AT": "late_series"})
+    assert killed.returncode == -9, killed.stderr
+    assert [t.state.name for t in _trials(url, "demo")] == ["FAIL", "COMPLETE"] and path.exists()
+    assert spool.replay(study, SeriesStore(url)) == 1
+    assert spool.replay(study, SeriesStore(url)) == 0
+    trials = _trials(url, "demo")
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].user_attrs["recorded_late_for"] == 0
+    assert SeriesStore(url).get(_optuna.trial_id(trials[1])) == {"series": {"t": [0.0]}, "answers": []}
+    assert not path.exists()
+
+
+def test_a_measurement_neither_the_spool_nor_the_database_takes_is_printed_and_exits_6(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool cannot be written (a file where its directory should be: root cannot write there either)
+    and the database stays away past the window: the message says the measurement is kept nowhere, it is
+    printed on stderr as the spool's JSON, and exit 6, not 5's promise of a later record. Saved in a
+    spool, that JSON is recorded by `sweep db upgrade`."""
+    from sweep.errors import SweepError
+    from sweep.records import Outcome
+    from sweep.study import writer
+    from sweep.study.storage import SeriesStore
+
+    monkeypatch.setenv("SWEEP_SQLITE_BUSY_S", "0.2")
+    monkeypatch.setenv("SWEEP_DB_RETRY_S", "1")
+    url = os.environ["SWEEP_STORAGE"]
+    study = _study(url)
+    trial = _asked(study)
+    series = SeriesStore(url)
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("SWEEP_SPOOL_DIR", str(tmp_path / "not-a-dir" / "spool"))
+    outcome = Outcome(ok=True, figures={"correctness": 0.5}, series={"t": [0.0]}, answers=[{"id": "a", "score": 1.0}])
+    with _database_away(url), pytest.raises(SweepError) as raised:
+        writer.record(study, trial, outcome, series, {}, ["correctness"])
+    assert raised.value.exit_code == 6
+    message = str(raised.value)
+    assert "could not be written" in message and "not kept" in message and "records it" not in message
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert len(printed) == 1
+    record = json.loads(printed[0])
+    assert (record["study"], record["trial_number"], record["attrs"]["correctness"]) == ("demo", 0, 0.5)
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "lost.json").write_text(printed[0])
+    proc = sweep_cli("db", "upgrade", env={"SWEEP_SPOOL_DIR": str(saved)})
+    assert proc.returncode == 0 and "recorded 1 spooled measurement" in proc.stdout, proc.stderr
+    (t,) = _trials(url, "demo")
+    assert t.state.name == "COMPLETE" and t.user_attrs["correctness"] == 0.5
+    assert series.get(t._trial_id)["answers"] == [{"id": "a", "score": 1.0}]

@@ -179,3 +179,27 @@ def test_old_task_sets_stay_loadable_by_name() -> None:
     v1, v2 = load_tasks("tasks-v1"), load_tasks("tasks-v2")
     assert len(v1) == 82 and len(v2) >= 240
     assert {t.id for t in v1} <= {t.id for t in v2}
+
+
+def test_a_line_separator_inside_an_item_is_text_not_a_line_end(tmp_path: Path) -> None:
+    """JSON allows U+2028, U+2029 and NEL raw inside a string; ``str.splitlines`` ends a line at each."""
+    item = ('{"id": "a", "kind": "verdict", "input": "one\u2028two\u2029three\x85four", "expected": "benign", '
+            '"source": "s"}')
+    path = tmp_path / "t.jsonl"
+    path.write_text(item + "\n", encoding="utf-8")
+    [task] = load_tasks(path)  # before: "t.jsonl:1: invalid JSON (Unterminated string ...)"
+    assert task.input == "one\u2028two\u2029three\x85four"
+
+
+def test_a_task_file_that_is_not_utf8_is_one_line_naming_file_line_and_byte_exit_2(tmp_path: Path) -> None:
+    from conftest import sweep_cli
+
+    good = b'{"id": "a", "kind": "verdict", "input": "x", "expected": "benign", "source": "s"}\n'
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(good + good.replace(b'"a"', b'"b"').replace(b'"x"', b'"caf\xe9"'))
+    said = rf"^{re.escape(str(path))}:2: not UTF-8 text \(byte offset {len(good) + 44}\)$"
+    with pytest.raises(TaskFileError, match=said):
+        load_tasks(path)
+    proc = sweep_cli("tasks", "check", str(path))
+    assert proc.returncode == 2, proc.stderr  # before: 1, "internal error: UnicodeDecodeError"
+    assert proc.stderr == f"error: {path}:2: not UTF-8 text (byte offset {len(good) + 44})\n"

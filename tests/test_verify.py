@@ -3,10 +3,14 @@ end to end on a real SmolLM2 study."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
+import sqlite3
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import optuna
@@ -33,7 +37,18 @@ def test_correctness_summary_by_kind() -> None:
     s = correctness_summary(scores)
     assert s["all"]["mean"] == 0.5 and s["all"]["n"] == 4
     assert s["by_kind"]["verdict"]["mean"] == s["by_kind"]["mcq"]["mean"] == 0.5
-    assert s["all"]["ci"] == pytest.approx(list(wilson(0.5, 4)))
+    assert s["by_kind"]["verdict"]["ci"] == pytest.approx(list(wilson(0.5, 2)))  # scored 0 or 1: Wilson's
+    lo, hi = s["all"]["ci"]  # partial credit: a bootstrap over the items, seeded
+    assert 0.0 <= lo < 0.5 < hi <= 1.0 and s["all"]["ci"] == correctness_summary(scores)["all"]["ci"]
+
+
+def test_a_mean_of_partial_credit_gets_a_bootstrap_interval_that_narrows_with_more_items() -> None:
+    from sweep.measure.metrics import score_interval
+
+    few, many = [0.5, 1.0, 0.0, 0.5] * 3, [0.5, 1.0, 0.0, 0.5] * 60
+    assert score_interval(few)[1] - score_interval(few)[0] > score_interval(many)[1] - score_interval(many)[0]
+    assert score_interval(many)[0] < 0.5 < score_interval(many)[1]
+    assert score_interval([1.0, 0.0] * 5) == wilson(0.5, 10)
 
 
 def _synthetic_study() -> optuna.Study:
@@ -198,3 +213,92 @@ def test_verify_without_the_lock_does_not_wait_for_it(smollm2_path: Path) -> Non
     assert done, "verify_trial(lock=False) waited for the measurement lock"
     record, runs = done[0]
     assert record["measured_without_lock"] and runs[0].ok
+
+
+@contextlib.contextmanager
+def _database_away(url: str) -> Iterator[None]:
+    """The SQLite database as unreachable as a stopped server: a write lock held on it, which every
+    read and write meets as "database is locked" (give SWEEP_SQLITE_BUSY_S a short wait)."""
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def _swept_study(url: str, model: Path) -> optuna.Study:
+    """A sweep study of one complete trial, as `sweep run` leaves one (nothing measured here)."""
+    from optuna.distributions import IntDistribution
+
+    from sweep.records import TrialConfig
+    from sweep.study.storage import SeriesStore, open_optuna_storage
+
+    SeriesStore(url)
+    study = optuna.create_study(study_name="v", storage=open_optuna_storage(url), directions=["maximize", "minimize"])
+    for key, value in {"objectives": OBJECTIVES, "budgets": BUDGETS, "settings": {"prompts": 10}}.items():
+        study.set_user_attr(key, value)
+    config = TrialConfig(model="m", quant="Q4_1", model_path=str(model), chat_format=None, n_threads=1,
+                         n_threads_batch=1, n_batch=64, n_ubatch=64, n_ctx=512)
+    study.add_trial(optuna.trial.create_trial(
+        params={"n_threads": 1}, distributions={"n_threads": IntDistribution(1, 8)}, values=[0.9, 45.0],
+        user_attrs={"correctness": 0.9, "cpu_active_p99_share_pct": 45.0, "config": config.to_dict(),
+                    "violations": [], "constraint_values": [-5.0, -0.4]}))
+    return study
+
+
+@pytest.mark.parametrize("replayer", ["sweep db upgrade", "sweep verify", "sweep run"])
+def test_a_verification_the_database_cannot_take_is_kept_in_the_spool_and_recorded_once(
+        replayer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database goes away while a trial is verified (an hour of runs): the verification is kept in
+    the spool, `sweep verify` stops as `sweep run` does (exit 5, the spool file named), and the next
+    replay records it once, checked against its database, study and trial like a trial's record."""
+    from sweep import verify
+    from sweep.correctness.tasks import load_tasks, stratified_subset
+    from sweep.records import Outcome
+    from sweep.study import spool
+    from sweep.study.storage import VERIFICATION, SeriesStore
+
+    monkeypatch.setenv("SWEEP_SQLITE_BUSY_S", "0.2")
+    monkeypatch.setenv("SWEEP_DB_RETRY_S", "1")
+    url = os.environ["SWEEP_STORAGE"]
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    study = _swept_study(url, model)
+    tasks = stratified_subset(load_tasks(), SMALL_TASKS)
+    record = {"n_items": SMALL_TASKS, "repeats": 2, "failed": None, "detail": "", "at": "2026-01-01T00:00:00+00:00",
+              "figures": {"correctness": 0.8, "cpu_active_p99_share_pct": 40.0}, "correctness_ci": [0.5, 0.95],
+              "by_kind": {}}
+    runs = [Outcome(ok=True, figures={"correctness": 0.8}, answers=[{"id": "a", "score": 0.8}])] * 2
+    measured: list[int] = []
+
+    with contextlib.ExitStack() as away:
+        def verified_while_the_database_went_away(*args: object, **kwargs: object) -> tuple[dict, list[Outcome]]:
+            assert not measured, "measured again: the spooled verification was not recorded first"
+            measured.append(1)
+            away.enter_context(_database_away(url))
+            return dict(record), runs
+
+        monkeypatch.setattr(verify, "verify_trial", verified_while_the_database_went_away)
+        with pytest.raises(spool.DatabaseUnavailable) as raised:
+            verify.verify_study(study, url, tasks, repeats=2, trials=[0], task_set="mine")
+    (path,) = sorted(Path(os.environ["SWEEP_SPOOL_DIR"]).glob("*.json"))
+    message = str(raised.value)
+    assert raised.value.exit_code == 5 and str(path) in message and "next sweep run records it" in message
+    assert "verified:0" not in study.user_attrs
+    if replayer == "sweep db upgrade":
+        proc = sweep_cli("db", "upgrade")
+        assert proc.returncode == 0 and "recorded 1 spooled measurement" in proc.stdout, proc.stderr
+    elif replayer == "sweep verify":  # recorded first, so the trial counts as verified: nothing is run
+        assert verify.verify_study(study, url, tasks, repeats=2, trials=[0]) == ([], [0])
+    else:  # what run_study replays before it measures
+        assert spool.replay(study, SeriesStore(url)) == 1
+    assert not path.exists() and spool.replay(study, SeriesStore(url)) == 0
+    again = optuna.load_study(study_name="v", storage=url)
+    assert again.user_attrs["verified:0"] == {**record, "task_set": "mine"}
+    stored = SeriesStore(url).get(again.trials[0]._trial_id, VERIFICATION)
+    assert stored == {"runs": [{"ok": True, "reason": None, "figures": {"correctness": 0.8},
+                                "answers": [{"id": "a", "score": 0.8}]}] * 2}
+    note = "".join(str(v) for v in again._storage.get_study_system_attrs(again._study_id).values())
+    assert "Verified on the whole task set" in note  # optuna-dashboard's note, written with it

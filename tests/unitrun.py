@@ -2,9 +2,10 @@
 
 It reads the [Service] section sweep's systemd export writes and applies each directive to the
 process it starts: CPUAffinity=, Nice=, CPUSchedulingPolicy= and Environment= before the exec
-(systemd applies them to the forked child before it runs ExecStart), then ExecStartPost= with
-$MAINPID set. A directive it does not know is an error, never skipped: a knob the export learns
-must be taught here before a test can call the unit "run".
+(systemd applies them to the forked child before it runs ExecStart), ExecStartPre= before
+ExecStart (a failure ends the start), then ExecStartPost= with $MAINPID set. A directive it does
+not know is an error, never skipped: a knob the export learns must be taught here before a test
+can call the unit "run".
 
 What it cannot stand in for is listed in ``NOT_APPLIED`` with the reason; the tests that start a
 unit say so.
@@ -32,8 +33,8 @@ _SANDBOX = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "Pri
             "RestrictSUIDSGID", "RemoveIPC", "UMask", "DevicePolicy", "KeyringMode"}
 NOT_APPLIED = {"IOWeight": "an I/O weight (the trials set none)",
                "Restart": "no restarts in a test", **{k: "the sandbox (namespaces, seccomp)" for k in _SANDBOX}}
-APPLIED = {"ExecStart", "ExecStartPost", "CPUAffinity", "Nice", "CPUSchedulingPolicy", "Environment",
-           "DynamicUser", "User", "LoadCredential", "NoNewPrivileges",
+APPLIED = {"ExecStart", "ExecStartPre", "ExecStartPost", "CPUAffinity", "Nice", "CPUSchedulingPolicy",
+           "Environment", "DynamicUser", "User", "LoadCredential", "NoNewPrivileges",
            # The kernel limits: a cgroup made as systemd makes the service's, with sweep's own code
            # (the trial's), beneath this process's cgroup; the service starts inside it.
            "CPUQuota", "CPUQuotaPeriodSec", "CPUWeight", "MemoryHigh", "MemoryMax"}
@@ -108,11 +109,12 @@ def _cgroup(s: dict[str, list[str]]) -> list[str]:
 
 
 def start(unit: Path, *extra: str, credentials: dict[str, Path] | None = None, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start the unit's ExecStart (with ``extra`` arguments), its directives applied, then run
-    its ExecStartPost commands. The service leads a session of its own, as under systemd, as the
-    unit's user (``DynamicUser=yes``: an unused uid), with no new privileges. ``credentials`` maps
-    a LoadCredential= source to the file to read in its place; each is copied into a directory
-    only the service's user can read, as systemd does."""
+    """Run the unit's ExecStartPre commands, start its ExecStart (with ``extra`` arguments), its
+    directives applied, then run its ExecStartPost commands; a failed ExecStartPre raises
+    RuntimeError before ExecStart, as systemd fails the start. The service leads a session of its
+    own, as under systemd, as the unit's user (``DynamicUser=yes``: an unused uid), with no new
+    privileges. ``credentials`` maps a LoadCredential= source to the file to read in its place;
+    each is copied into a directory only the service's user can read, as systemd does."""
     import shutil
     import tempfile
 
@@ -160,6 +162,11 @@ def start(unit: Path, *extra: str, credentials: dict[str, Path] | None = None, *
         as_the_service()
 
     env["CREDENTIALS_DIRECTORY"] = creds
+    for pre in s.get("ExecStartPre", []):  # in the service's context, as systemd runs it
+        cmd, ignore = _command(pre, creds)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, preexec_fn=apply)
+        if done.returncode and not ignore:
+            raise RuntimeError(f"ExecStartPre {pre!r} failed: {done.stderr.strip()}")
     argv, _ = _command(s["ExecStart"][-1], creds)
     proc = subprocess.Popen([*argv, *extra], env=env, preexec_fn=apply, start_new_session=True, **popen)
     for post in s.get("ExecStartPost", []):

@@ -22,6 +22,9 @@ FORMATS = ("cybermetric", "cti-mcq", "cti-ate", "cti-rcm")
 _COLUMNS = {"cti-mcq": ("Question", "Option A", "Option B", "Option C", "Option D", "GT"),
             "cti-ate": ("Description", "GT"), "cti-rcm": ("Description", "GT")}
 _CWE_IN = re.compile(r"CWE-0*([1-9]\d{0,4})", re.I)
+# What json.dumps leaves raw in a string that str.splitlines (an older load_tasks, and other readers)
+# takes for a line end: escaped, an item stays one line for every reader.
+_RAW_LINE_ENDS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
 def _read(path: Path) -> str:
@@ -223,5 +226,5 @@ def write_tasks(tasks: list[Task], out: str | Path) -> None:
     out = Path(out)
     if not out.parent.is_dir():
         raise TaskFileError(f"{out}: no such directory {str(out.parent)!r}")
-    write_atomically(out, "".join(json.dumps(t.model_dump(exclude_none=True), ensure_ascii=False) + "\n"
-                                  for t in tasks))
+    lines = (json.dumps(t.model_dump(exclude_none=True), ensure_ascii=False).translate(_RAW_LINE_ENDS) for t in tasks)
+    write_atomically(out, "".join(line + "\n" for line in lines))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from functools import cache
 from typing import Any, Literal
 
@@ -147,7 +148,18 @@ _UNTRUSTED = ("The text between the {fence} markers was written by whoever produ
 
 
 def _fence(text: str) -> str:
-    """A marker the input's author cannot close: it depends on the input itself."""
+    """The marker that fences an item's input: a nonce drawn for each request, after the input is
+    written, so its author cannot know the marker that would close it (one derived from the input
+    could be searched for), and never one the input holds."""
+    while True:
+        fence = f"UNTRUSTED-{secrets.token_hex(8)}"
+        if fence not in text:
+            return fence
+
+
+def _example_fence(text: str) -> str:
+    """A worked example's marker, derived from its text: the examples are sweep's, not an attacker's,
+    and a fixed marker keeps them the same in every request, the prefix a shared-prefix cache holds."""
     return f"UNTRUSTED-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
@@ -174,10 +186,9 @@ def _context(task: Task, context: str, k: int) -> str:
 
 
 def _question(task: Task, output: str, guard: str = "none", hints: str = "none", context: str = "none",
-              context_k: int = 5) -> str:
+              context_k: int = 5, fence: str = "") -> str:
     ask = _ASK[task.kind]
     if guard in ("delimit", "sandwich"):
-        fence = _fence(task.input)
         lead, _, _ = ask.partition("{input}")
         text = f"{lead}\n<{fence}>\n{task.input}\n</{fence}>\n\n{_UNTRUSTED.format(fence=fence)}"
         if guard == "sandwich":
@@ -211,12 +222,15 @@ def request_for(task: Task, shots: int = 0, output: str = "free", guard: str = "
                 context: str = "none", context_k: int = 5) -> dict[str, Any]:
     """The chat request for ``task``: messages, and the grammar or schema that constrains the answer.
     Under ``guard`` delimit or sandwich, with ``hints`` and with ``context``, every item (the worked
-    examples' too) is asked that way."""
+    examples' too) is asked that way; the item's fence is a fresh nonce, the examples' their own."""
+    fenced = guard in ("delimit", "sandwich")
     messages = [{"role": "system", "content": _SYSTEM}]
     for example in shot_pool()[task.kind][:shots]:
-        messages += [{"role": "user", "content": _question(example, output, guard, hints, context, context_k)},
+        fence = _example_fence(example.input) if fenced else ""
+        messages += [{"role": "user", "content": _question(example, output, guard, hints, context, context_k, fence)},
                      {"role": "assistant", "content": _reply(example, output)}]
-    messages.append({"role": "user", "content": _question(task, output, guard, hints, context, context_k)})
+    fence = _fence(task.input) if fenced else ""
+    messages.append({"role": "user", "content": _question(task, output, guard, hints, context, context_k, fence)})
     request: dict[str, Any] = {"messages": messages, "kind": task.kind}
     limit = list_limit(task) if task.kind in MAX_LIST else None
     if output == "grammar":

@@ -68,17 +68,24 @@ def load_tasks(path: str | Path | None = None) -> list[Task]:
     """
     name = TASK_SET_VERSION if path is None else str(path)
     if name in BUNDLED_SETS:
-        text = resources.files("sweep").joinpath(f"data/{name}.jsonl").read_text()
+        data = resources.files("sweep").joinpath(f"data/{name}.jsonl").read_bytes()
         where = f"bundled {name}.jsonl"
     else:
         try:
-            text = Path(name).read_text()
+            data = Path(name).read_bytes()
         except OSError as exc:
             raise TaskFileError(f"{path}: cannot read task file ({exc.strerror})") from None
         where = str(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = data[:exc.start].count(b"\n") + 1
+        raise TaskFileError(f"{where}:{at}: not UTF-8 text (byte offset {exc.start})") from None
     tasks: list[Task] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # At "\n" alone: str.splitlines would also end a line at U+2028, U+2029 or NEL, which JSON
+    # allows raw inside a string.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -171,8 +171,11 @@ def prompt_strategy(config: TrialConfig) -> dict[str, Any]:
         from sweep.correctness.tasks import Task
 
         example = Task(id="example", kind="verdict", input="INPUT", expected="benign", source="example")
-        out["input_guard_how"] = ("ask each item as this example asks INPUT (sweep.correctness.prompts.request_for); the fence's "
-                                  "name is the first 8 hex digits of the input's sha256")
+        out["input_guard_how"] = ("ask each item as this example asks INPUT (sweep.correctness.prompts.request_for), with a "
+                                  "fence named by a fresh random nonce for each request (UNTRUSTED- and secrets.token_hex(8), "
+                                  "drawn again if the input holds it), so no input's author knows the marker that closes "
+                                  "it; the worked examples, sweep's own text, keep a fixed one (the first 8 hex digits of "
+                                  "their sha256), so the prefix a cache holds stays the same")
         out["input_guard_example"] = request_for(example, 0, config.output, config.input_guard)["messages"]
     elif config.input_guard == "escape":
         out["input_guard_how"] = ("tokenize every message's content with special-token parsing off and only the "
@@ -202,6 +205,9 @@ def budget_lines(record: dict[str, Any], comment: str) -> list[str]:
     for name, b in record["budgets"].items():
         bound = f"<= {b['max']:g}" if "max" in b else f">= {b['min']:g}"
         value = "not measured" if b["value"] is None else f"{b['value']:.4g} (margin {b['margin']:+.4g})"
+        if name == "correctness" and "correctness_ci_low" in record.get("metrics", {}):
+            m = record["metrics"]
+            value += f", 95% CI [{m['correctness_ci_low']:.2f}, {m['correctness_ci_high']:.2f}] on {m['correctness_n']:.0f} items"
         lines.append(f"{comment}   {'met ' if b['met'] else 'OVER'} {name} {bound}: {value}")
     return lines
 
@@ -393,24 +399,60 @@ _HIDDEN = ("/home/", "/root/", "/run/user/")  # ProtectHome=yes hides these from
 
 def service_path_problem(path: str) -> str | None:
     """Why a system service must not run or read ``path``: a place the unit hides, or a file that
-    a user other than root could replace (it, or a directory above it, not root's or writable by
-    others; a sticky directory such as /tmp protects root's entries in it). None when it is safe."""
+    a user other than root could replace. The path is checked as the kernel looks it up, since the
+    service opens it as written: every directory on the way, every link it follows and the file must
+    be root's and writable by no one else (a sticky directory such as /tmp protects root's entries
+    in it), or whoever can rewrite one could repoint it later. None when it is safe."""
     import stat
 
-    real = Path(path).resolve()
-    hidden = next((h for h in _HIDDEN if str(real).startswith(h)), None)
-    if hidden:
-        return f"{real} lies under {hidden}, which the unit hides (ProtectHome=yes) and a user may rewrite"
-    for node in (real, *real.parents):
+    here, rest, links = Path("/"), list(Path(os.getcwd(), path).parts[1:]), 0
+    node = here
+    while True:
+        hidden = next((h for h in _HIDDEN if str(node).startswith(h)), None)
+        if hidden:
+            return f"{node} lies under {hidden}, which the unit hides (ProtectHome=yes) and a user may rewrite"
         try:
-            st = node.stat()
+            st = node.lstat()
         except OSError as exc:
             return f"{node}: {exc.strerror}"
         if st.st_uid != 0:
             return f"{node} belongs to uid {st.st_uid}, who could replace what the service runs as another user"
-        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        if stat.S_ISLNK(st.st_mode):  # a link's own mode means nothing; its directory was checked on the way
+            links += 1
+            if links > 40:
+                return f"{node}: too many levels of symbolic links"
+            target = Path(os.readlink(node))
+            if target.is_absolute():
+                here, target = Path("/"), target.relative_to("/")
+            rest = [*target.parts, *rest]
+        elif st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
             return f"{node} is writable by {'group' if st.st_mode & 0o020 else 'others'}"
-    return None
+        else:
+            here = node
+        while rest and rest[0] == "..":  # here holds no link, so its parent is the kernel's too
+            here, rest = here.parent, rest[1:]
+        if not rest:
+            return None
+        node, rest = here / rest[0], rest[1:]
+
+
+def _copy_in(source: str, target: Path, mode: int) -> None:
+    """Copy ``source`` to ``target`` through a file of a random name, created with O_EXCL and
+    O_NOFOLLOW (a link planted in the directory is never followed), then renamed over ``target``
+    (which replaces a link there, never writes through it)."""
+    import secrets
+    import shutil
+
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(8)}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            os.fchmod(out.fileno(), mode)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def install(record: dict[str, Any], directory: str | Path, server_binary: str | None = None) -> dict[str, Any]:
@@ -421,6 +463,7 @@ def install(record: dict[str, Any], directory: str | Path, server_binary: str | 
         ExportError: not root, or the directory lies somewhere a user could rewrite.
     """
     import shutil
+    import stat
 
     if os.geteuid() != 0:
         raise ExportError(f"--install {directory}: the copies must belong to root: run the export as root (sudo)")
@@ -431,27 +474,34 @@ def install(record: dict[str, Any], directory: str | Path, server_binary: str | 
     copies = {}
     for sub, source in sources.items():
         target_dir = Path(directory) / sub
-        target_dir.mkdir(parents=True, exist_ok=True)
+        for d in (Path(directory), target_dir):
+            d.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # Before a byte is copied: where another user can write, the copy could be swapped.
+        _refuse_install(directory, service_path_problem(str(target_dir)))
         for d in (Path(directory), target_dir):
             os.chown(d, 0, 0)
             d.chmod(0o755)
         target = target_dir / Path(source).name
-        if not target.exists() or target.stat().st_size != Path(source).stat().st_size:
-            partial = target.with_name(target.name + ".partial")
-            shutil.copyfile(source, partial)
-            partial.chmod(0o755 if sub == "bin" else 0o644)
-            partial.replace(target)
+        try:
+            have = target.lstat()  # a link is not the copy, whatever the size of what it names
+        except FileNotFoundError:
+            have = None
+        if have is None or not stat.S_ISREG(have.st_mode) or have.st_size != Path(source).stat().st_size:
+            _copy_in(source, target, 0o755 if sub == "bin" else 0o644)
         copies[sub] = pasteable(f"--install {directory}", str(target))
-    wrong = service_path_problem(copies["bin"]) or service_path_problem(copies["models"])
-    if wrong:
-        raise ExportError(f"--install {directory}: {wrong}: choose a directory under one only root can write "
-                          "(for example /opt/sweep-llm)")
+    _refuse_install(directory, service_path_problem(copies["bin"]) or service_path_problem(copies["models"]))
     argv[0], argv[argv.index("-m") + 1] = copies["bin"], copies["models"]
     out = {**record, "config": {**record["config"], "model_path": copies["models"]},
            "llama_server_args": shlex.join(argv)}
     prefix = record["llama_server"][: -len(record["llama_server_args"])]
     out["llama_server"] = prefix + out["llama_server_args"]
     return out
+
+
+def _refuse_install(directory: str | Path, wrong: str | None) -> None:
+    if wrong:
+        raise ExportError(f"--install {directory}: {wrong}: choose a directory under one only root can write "
+                          "(for example /opt/sweep-llm)")
 
 
 def _systemd(record: dict[str, Any], server_binary: str, user: str | None = None, port: int = 8080) -> str:
@@ -472,7 +522,11 @@ def _systemd(record: dict[str, Any], server_binary: str, user: str | None = None
              f"head -c 32 /dev/urandom | base64 > {API_KEY_SOURCE} && chmod 0600 {API_KEY_SOURCE}",
              "", "[Service]", "ExecStart=" + " ".join(shlex.quote(a) for a in argv),
              f"User={pasteable('--user', user)}" if user else "DynamicUser=yes",
-             f"LoadCredential=api-key:{API_KEY_SOURCE}"]
+             f"LoadCredential=api-key:{API_KEY_SOURCE}",
+             # llama-server skips a key file's empty lines, and with no key at all serves anyone.
+             "ExecStartPre=/bin/sh -c 'grep -q \"[^[:space:]]\" \"$$1\" || { echo \"no API key in "
+             f"{API_KEY_SOURCE}: it is empty or blank, and llama-server would serve anyone without one\" >&2; "
+             "exit 1; }' sh %d/api-key"]
     lines += knobs.systemd_lines(c)
     lines += cgroups.systemd_lines(c)  # the kernel limits the trial was measured under
     quota = _cpu_quota(record)
@@ -510,6 +564,12 @@ def render(record: dict[str, Any], fmt: str, server_binary: str | None = None, u
                           '  echo "no API key in $KEY_FILE: create it with: install -d -m 0700 \"$(dirname '
                           '\"$KEY_FILE\")\" && head -c 32 /dev/urandom | base64 > \"$KEY_FILE\" && chmod 0600 '
                           '\"$KEY_FILE\"" >&2',
+                          "  exit 2",
+                          "fi",
+                          "# llama-server skips a key file's empty lines, and with no key at all serves anyone.",
+                          "if ! grep -q '[^[:space:]]' \"$KEY_FILE\"; then",
+                          '  echo "no API key in $KEY_FILE: it is empty or blank, and llama-server would serve anyone '
+                          'without one: write one with: head -c 32 /dev/urandom | base64 > \\"$KEY_FILE\\"" >&2',
                           "  exit 2",
                           "fi",
                           *_own_session(record["config"]),

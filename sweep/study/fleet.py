@@ -3,9 +3,14 @@
 A RUNNING trial is never taken for an orphan on its state alone: it may belong to a
 live orchestrator on another host. It is lost only when
 
-- its heartbeat is older than the storage's grace period (Optuna's RDB heartbeat), or
 - it was run on this host (hostname, machine id and PID namespace alike), in this boot, by a
-  pid that is gone: then it is reaped at once, without waiting out the grace period, or
+  pid that is gone: then it is reaped at once, without waiting out the grace period. Its pid
+  decides both ways: a live owner on this host is never reaped, however old its heartbeat, or
+- its heartbeat is older than the storage's grace period (Optuna's RDB heartbeat), and a
+  heartbeat could have landed all that while: this process has seen the database answer for
+  a full grace period (``Witness``). After the database was away, or slower to answer than a
+  heartbeat interval, and in a process that has only just begun to look, every owner gets a
+  full grace period before its heartbeat is judged; or
 - it carries no owner (asked, its owner not yet written, or a sweep before heartbeats): the first
   reaper to see it gives it a heartbeat, at the database's clock, and it is lost once that is
   older than the grace period. Optuna's ``datetime_start`` is never compared with a clock here:
@@ -17,18 +22,23 @@ parameters once; the storage lets only one of several reapers win.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import socket
 import threading
+import time
+import weakref
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from sweep import _optuna, platforms
 from sweep.errors import StudyError
 from sweep.measure.host import cpu_model, machine_cpus, mem_total_gb
+from sweep.study.storage import heartbeat_settings
 
 
 def _boot_id() -> str:
@@ -107,6 +117,10 @@ class Owner:
         return (other.get("host"), other.get("machine_id"), other.get("pid_namespace")) == \
             (self.host, self.machine_id, self.pid_namespace)
 
+    def this_boot(self, other: dict[str, Any]) -> bool:
+        """Whether ``other`` ran on this host in this boot, where its pid tells whether it still runs."""
+        return self.same_host(other) and other.get("boot_id") == self.boot_id
+
     def gone(self, other: dict[str, Any]) -> bool:
         """Whether ``other`` (an owner on this host, in this boot) can no longer be running. Another
         boot id proves nothing: a clone of this machine booted too. Its heartbeat decides then."""
@@ -183,23 +197,85 @@ def describe_class(study: Any) -> str:
             f"logical CPUs, {fp['mem_gb']} GB, llama-cpp-python {fp['llama_cpp_python']})")
 
 
-class Heartbeat:
-    """Marks one trial alive in the storage every interval, until stopped. A failed beat (the
-    database briefly away) is tried again at the next interval rather than ending the sweep."""
+class Witness:
+    """What this process has seen of one database: since when it has answered every request, each
+    within a heartbeat interval. Only then could every owner's heartbeats have landed."""
 
-    def __init__(self, study: Any, trial: Any) -> None:
-        self._storage = _optuna.storage(study)
-        self._tid = _optuna.trial_id(trial)
-        self._interval = self._storage.get_heartbeat_interval()
+    def __init__(self, interval: float, grace: float) -> None:
+        self.interval, self.grace = interval, grace
+        self.watched = False  # a DatabaseWatch asks every interval: a longer silence is this process not looking
+        self._since: float | None = None  # None: not seen answering since the last failure (or ever)
+        self._last: float | None = None  # the last answer
+        self._asked: dict[int, float] = {}  # the requests in flight, and when each was sent
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def asking(self) -> Iterator[None]:
+        """Around one request to the database: its answer, or its failure, is what was seen."""
+        key, started = next(self._ids), time.monotonic()
+        with self._lock:
+            self._asked[key] = started
+        try:
+            yield
+        except Exception:
+            self._saw(key, answered=False)
+            raise
+        self._saw(key, answered=True)
+
+    def _saw(self, key: int, answered: bool) -> None:
+        now = time.monotonic()
+        with self._lock:
+            started = self._asked.pop(key)
+            if not answered or now - started > self.interval:  # away, or too slow for a heartbeat to land
+                self._since = None
+                return
+            if self._since is None or self._silent(now):
+                self._since = now
+            self._last = now
+
+    def _silent(self, now: float) -> bool:
+        """A watched database unasked for two intervals: this process was stopped (or starved) meanwhile."""
+        return self.watched and self._last is not None and now - self._last > 2 * self.interval
+
+    def vouches(self) -> bool:
+        """Whether the database has answered for a full grace period, and answers now: a heartbeat older
+        than that is evidence. A request still unanswered after an interval says it may be away."""
+        now = time.monotonic()
+        with self._lock:
+            if any(now - started > self.interval for started in self._asked.values()) or self._silent(now):
+                return False
+            return self._since is not None and now - self._since >= self.grace
+
+
+_WITNESSES: weakref.WeakKeyDictionary[Any, Witness] = weakref.WeakKeyDictionary()
+
+
+def witness(study: Any) -> Witness:
+    """This process's witness of the study's database (one per storage it opened)."""
+    storage = _optuna.storage(study)
+    if storage not in _WITNESSES:
+        _WITNESSES[storage] = Witness(*heartbeat_settings())
+    return _WITNESSES[storage]
+
+
+class _Beats:
+    """Calls ``beat`` every heartbeat interval on a thread of its own, each under the study's witness,
+    until stopped. A failed call (the database briefly away) is tried again at the next interval."""
+
+    def __init__(self, study: Any, beat: Callable[[], object], name: str) -> None:
+        self._witness = witness(study)
+        self._beat = beat
+        self._interval = _optuna.storage(study).get_heartbeat_interval() or self._witness.interval
         self._stop = threading.Event()
-        self._storage.record_heartbeat(self._tid)  # at once: a trial with no beat is never judged stale
-        self._thread = threading.Thread(target=self._loop, name="sweep-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._storage.record_heartbeat(self._tid)
+                with self._witness.asking():
+                    self._beat()
             except Exception:  # noqa: BLE001 - the next beat may get through; the grace period allows it
                 pass
 
@@ -208,17 +284,44 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
 
+class Heartbeat(_Beats):
+    """Marks one trial alive in the storage every interval, until stopped."""
+
+    def __init__(self, study: Any, trial: Any) -> None:
+        storage, tid = _optuna.storage(study), _optuna.trial_id(trial)
+        with witness(study).asking():
+            storage.record_heartbeat(tid)  # at once: a trial with no beat is never judged stale
+        super().__init__(study, lambda: storage.record_heartbeat(tid), "sweep-heartbeat")
+
+
+class DatabaseWatch(_Beats):
+    """Asks the database every heartbeat interval, for the whole of a sweep, so that its witness sees
+    an outage between trials too (waiting for the host's lock, say), when no heartbeat would."""
+
+    def __init__(self, study: Any) -> None:
+        super().__init__(study, lambda: _optuna.stale_trial_ids(study), "sweep-database-watch")
+        self._witness.watched = True
+
+    def __enter__(self) -> DatabaseWatch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._witness.watched = False
+        self.stop()
+
+
 def _lost(study: Any, t: Any, me: Owner, stale: set[int]) -> bool:
     owner = t.user_attrs.get("owner")
     tid = _optuna.trial_id(t)
+    if owner is not None and me.this_boot(owner):
+        return me.gone(owner)  # its pid decides, both ways, whatever its heartbeat says
     if tid in stale:
         return True
     if owner is None:
         # Its first heartbeat (ours, or its owner's) ages it by the database's clock; a storage
         # without heartbeats (never one sweep opens) judges no trial stale.
         _optuna.first_heartbeat(study, tid)
-        return False
-    return me.same_host(owner) and owner.get("pid") != me.pid and me.gone(owner)
+    return False
 
 
 def reap_lost(study: Any, me: Owner) -> list[int]:
@@ -231,7 +334,11 @@ def reap_lost(study: Any, me: Owner) -> list[int]:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
-    stale = set(_optuna.stale_trial_ids(study))
+    seen = witness(study)
+    with seen.asking():
+        stale = set(_optuna.stale_trial_ids(study))
+    if not seen.vouches():
+        stale = set()  # heartbeats that could not have landed prove nothing
     reaped = []
     for t in running:
         if not _lost(study, t, me, stale):

@@ -27,7 +27,7 @@ from sweep.errors import WorkFailed
 from sweep.hostlock import LockWaitStopped, measurement_lock
 from sweep.measure.metrics import METRICS
 from sweep.records import Outcome, Progress, StudyMeta
-from sweep.study.fleet import Heartbeat, Owner, others_running, reap_lost
+from sweep.study.fleet import DatabaseWatch, Heartbeat, Owner, others_running, reap_lost
 from sweep.study.space import Space
 from sweep.study.spool import replay, with_retries
 from sweep.study.storage import SeriesStore, study_lock
@@ -147,7 +147,8 @@ def run_study(space: Space, opts: RunOptions, on_progress: Callable[[Progress], 
     replay(study, series, on_wait=say)
     study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)), orchestrator=index)
     run = _Run(study, space, series, opts, stratified_subset(opts.tasks, space.settings.prompts), on_progress)
-    with StopOnInterrupt() as run.stop:
+    # The watch lets this orchestrator tell an outage of the database from a lost owner (fleet.reap_lost).
+    with StopOnInterrupt() as run.stop, DatabaseWatch(study):
         while not run.stop.requested:
             if opts.timeout_s is not None and time.monotonic() - run.started >= opts.timeout_s:
                 break
@@ -176,6 +177,7 @@ class _Run:
         self._said = ""
         self.measured = 0
         self.failed: list[str] = []
+        self.abandoned: list[Any] = []  # trials a failed step left RUNNING while the database was away
 
     def _report(self, trial: Any = None, config: Any = None, outcome: Outcome | None = None, feasible: bool = False,
                 phase: str | None = None, reused_from: int | None = None, waiting: str | None = None) -> None:
@@ -198,6 +200,7 @@ class _Run:
             with measurement_lock(f"study {self.study.study_name}", on_wait=lambda w: self._report(waiting=w),
                                   should_stop=lambda: self.stop.requested, enabled=self.lock) as waited:
                 t0 = time.monotonic()
+                self.abandoned = [t for t in self.abandoned if not self._abandon(t)]
                 reap_lost(self.study, self.me)
                 with study_lock(self.url, _optuna.study_id(self.study)):
                     done, elsewhere = finished_count(self.study), len(others_running(self.study, self.me))
@@ -215,7 +218,8 @@ class _Run:
                         self._interrupted(trial)
                         raise
                     except Exception:
-                        self._abandon(trial)
+                        if not self._abandon(trial):
+                            self.abandoned.append(trial)
                         raise
                     finally:
                         if heartbeat is not None:
@@ -232,16 +236,21 @@ class _Run:
         with self.stop.shield():
             _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "interrupted"})
 
-    def _abandon(self, trial: Any) -> None:
+    def _abandon(self, trial: Any) -> bool:
         """A step that failed (the database went away, say) leaves no trial RUNNING behind it where
         it can help it: the trial is failed as ``storage_error``, which does not count towards
-        ``--trials``, and its parameters are queued again. A measurement is in the spool."""
+        ``--trials``, and its parameters are queued again. A measurement is in the spool.
+
+        Returns False while the database is still away: the next step tries again, for no reaper on
+        this host fails a live orchestrator's trial (another host's does, once its heartbeat is stale).
+        """
         try:
             if _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "storage_error"}) \
                     and trial.params:
                 self.study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
-        except Exception:  # noqa: BLE001 - the database is still away: its heartbeat goes stale, it is reaped
-            pass
+            return True
+        except Exception:  # noqa: BLE001 - the database is still away
+            return False
 
     def _measure(self, trial: Any, waited: float, asked_s: float) -> bool:
         config = self.space.sample(trial)

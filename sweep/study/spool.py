@@ -1,17 +1,21 @@
 """The spool: each measurement is on disk before it goes to the database, and replayed until it lands.
 
-A trial's measurement (its figures, answers and series) is written atomically to a file in
-``<cache>/spool/`` before the database is touched, and the file is removed once the record is
-complete. Whatever happens in between (a PostgreSQL restart, a dropped connection, SQLite's
-"database is locked", a full disk, the orchestrator killed), the next ``sweep run`` or
-``sweep db upgrade`` on that database records what the spool holds.
+A trial's measurement (its figures, answers and series), or a verification's (its record and its
+runs), is written atomically to a file in ``<cache>/spool/`` before the database is touched, and the
+file is removed once the record is complete (``record``). Whatever happens in between (a PostgreSQL
+restart, a dropped connection, SQLite's "database is locked", a full disk, the orchestrator killed),
+the next ``sweep run``, ``sweep verify`` or ``sweep db upgrade`` on that database records what the
+spool holds. Where the spool itself cannot be written and the database does not answer either, the
+record is printed on stderr as the spool's JSON, its one copy left (``MeasurementLost``).
 
 Recording is several writes (the series row, the user attributes, the constraints, Optuna's tell),
 so ``apply`` is idempotent instead: every record carries the spool id, and a replay finds where the
 last attempt stopped. A trial still RUNNING is recorded; one that carries the id is already done;
 one failed meanwhile by another orchestrator (its owner looked lost) gets the measurement as a new
 trial marked ``recorded_late_for``, once. A failed trial that already carried the figures (its
-owner stopped between writing them and the tell) is marked ``recorded_late_as`` that new trial.
+owner stopped between writing them and the tell) is marked ``recorded_late_as`` that new trial. A
+replay that finds the late trial writes the rest again (its series, that mark): its maker may have
+stopped between them. A verification's writes each replace the last.
 
 A record names its database twice, by its URL (a SQLite path made absolute) and by the identity
 the database holds (``sweep_database``), and its trial by study id, number, start and parameters:
@@ -37,14 +41,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, ClassVar, Iterator
 
 from sweep import _optuna
 from sweep.errors import SweepError
 from sweep.procs import owned_prefix, sweep_dead
-from sweep.study.storage import SeriesStore, StorageUnreachable
+from sweep.records import VERIFIED_PREFIX
+from sweep.study.storage import VERIFICATION, SeriesStore, StorageUnreachable
 
-SPOOL_VERSION = 2  # 2: the database's identity, the study id and the trial's start
+SPOOL_VERSION = 3  # 2: the database's identity, the study id and the trial's start; 3: records of verifications
 RETRY_ENV = "SWEEP_DB_RETRY_S"  # how long a record waits for the database before the sweep stops
 DEFAULT_RETRY_S = 600.0
 
@@ -53,6 +58,13 @@ class DatabaseUnavailable(SweepError):
     """The database stayed unreachable past the retry window; the measurement is safe in the spool."""
 
     exit_code = 5
+
+
+class MeasurementLost(DatabaseUnavailable):
+    """The database stayed unreachable and the spool could not be written: the record is kept only in
+    the JSON line printed on stderr."""
+
+    exit_code = 6
 
 
 class SpoolMismatch(SweepError):
@@ -71,6 +83,8 @@ def spool_dir() -> Path:
 class Pending:
     """One measurement on its way to the database."""
 
+    kind: ClassVar[str] = "trial"
+    tag: ClassVar[str] = "t"  # in the file's name
     id: str
     storage: str  # the database's URL without its password, a SQLite path absolute (``database_url``)
     study: str
@@ -101,6 +115,46 @@ class Pending:
     @property
     def feasible(self) -> bool:
         return self.values is not None and not self.attrs.get("violations")
+
+    @property
+    def what(self) -> str:
+        return f"measurement of trial {self.trial_number}"
+
+
+@dataclass(frozen=True)
+class PendingVerification:
+    """One verification on its way to the database: its record (the study's ``verified:<number>``) and
+    its runs (a row of ``sweep_verified``), checked against its trial as a measurement is."""
+
+    kind: ClassVar[str] = "verification"
+    tag: ClassVar[str] = "v"
+    id: str
+    storage: str
+    database: str | None
+    study: str
+    study_id: int
+    trial_id: int
+    trial_number: int
+    trial_start: str | None
+    params: dict[str, Any]
+    record: dict[str, Any]
+    runs: dict[str, Any]
+
+    @classmethod
+    def of(cls, series: SeriesStore, study: Any, trial: Any, record: dict[str, Any],
+           runs: dict[str, Any]) -> PendingVerification:
+        """The record of ``trial``'s verification; nothing here reads the database."""
+        return cls(uuid.uuid4().hex, database_url(series.url), series.database_id, study.study_name,
+                   _optuna.study_id(study), _optuna.trial_id(trial), trial.number, _started(trial), dict(trial.params),
+                   record, runs)
+
+    @property
+    def what(self) -> str:
+        return f"verification of trial {self.trial_number}"
+
+
+Record = Pending | PendingVerification
+_KINDS: dict[str, type[Record]] = {k.kind: k for k in (Pending, PendingVerification)}
 
 
 def database_url(url: str) -> str:
@@ -145,8 +199,8 @@ def _started(trial: Any) -> str | None:
     return None if start is None else str(start.astimezone(datetime.timezone.utc).isoformat())
 
 
-def _about(p: Pending) -> str:
-    return f"a measurement of trial {p.trial_number} of study {p.study!r}"
+def _about(p: Record) -> str:
+    return f"a {p.what} of study {p.study!r}"
 
 
 def _tell(line: str) -> None:
@@ -155,19 +209,19 @@ def _tell(line: str) -> None:
 
 
 @contextlib.contextmanager
-def holding(p: Pending, directory: Path | None = None) -> Iterator[Path]:
+def holding(p: Record, directory: Path | None = None) -> Iterator[Path]:
     """The record, atomically and durably on disk (a temp file, fsync, rename, fsync of the directory),
     held by this process for the block. It is held from before its name is visible, which
     ``write_atomically`` could not do: no replay records a measurement its writer is still recording."""
     directory = directory or spool_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', p.study)}-t{p.trial_number}-{p.id}.json"
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', p.study)}-{p.tag}{p.trial_number}-{p.id}.json"
     sweep_dead(directory, ".partial-")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=owned_prefix(".partial-"), suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         try:
             _lock(f)  # a file no one else has opened yet
-            f.write(json.dumps({"spool_version": SPOOL_VERSION, **asdict(p)}))
+            f.write(_dumps(p))
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -179,10 +233,15 @@ def holding(p: Pending, directory: Path | None = None) -> Iterator[Path]:
         yield path
 
 
-def write(p: Pending, directory: Path | None = None) -> Path:
+def write(p: Record, directory: Path | None = None) -> Path:
     """The record on disk, held by no one (``holding`` for the writer that records it itself)."""
     with holding(p, directory) as path:
         return path
+
+
+def _dumps(p: Record) -> str:
+    """A record file's text."""
+    return json.dumps({"spool_version": SPOOL_VERSION, "kind": p.kind, **asdict(p)})
 
 
 def _fsync(directory: Path) -> None:
@@ -243,7 +302,7 @@ def _records(directory: Path) -> list[Path]:
     return [path for _, path in sorted(dated)]
 
 
-def _read(path: Path) -> Pending | None:
+def _read(path: Path) -> Record | None:
     """A record file; None: it is gone (recorded meanwhile by another replay). A file of another spool
     version, or one that cannot be read, stops the caller with its name: it is left where it is."""
     try:
@@ -252,13 +311,18 @@ def _read(path: Path) -> Pending | None:
         return None
     except (OSError, ValueError) as exc:
         raise SweepError(f"{path}: a spooled measurement that cannot be read ({exc}); move it aside") from None
-    if data.pop("spool_version", None) not in (1, SPOOL_VERSION):
+    if data.pop("spool_version", None) not in range(1, SPOOL_VERSION + 1):
         raise SweepError(f"{path}: a spooled measurement of another sweep version; this sweep reads "
                          f"versions 1 to {SPOOL_VERSION}")
-    return Pending(**data)
+    kind = data.pop("kind", Pending.kind)  # versions 1 and 2 spooled trials' measurements only
+    try:
+        return _KINDS[kind](**data)
+    except (KeyError, TypeError) as exc:
+        raise SweepError(f"{path}: a spooled measurement that cannot be read (kind {kind!r}: {exc}); "
+                         "move it aside") from None
 
 
-def _belongs(p: Pending, series: SeriesStore) -> bool:
+def _belongs(p: Record, series: SeriesStore) -> bool:
     """Whether the record is of this database: its identity and URL both (a copy of the database has
     its identity, not its URL).
 
@@ -286,7 +350,7 @@ def _belongs(p: Pending, series: SeriesStore) -> bool:
 
 
 def pending(series: SeriesStore, study: str | None = None, directory: Path | None = None,
-            say: Callable[[str], None] = _tell) -> list[tuple[Path, Pending]]:
+            say: Callable[[str], None] = _tell) -> list[tuple[Path, Record]]:
     """The spooled records for the database ``series`` opened (and this study), oldest first. Another
     database's are not touched; one that may be this database's but cannot be told is named (``say``)
     and left in place.
@@ -313,9 +377,10 @@ def _kill_at(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _its_trial(study: Any, series: SeriesStore, p: Pending) -> Any:
+def _its_trial(study: Any, series: SeriesStore, p: Record) -> Any:
     """The trial ``p`` is of, once the database, the study and the trial are checked to be the ones
-    it was measured on (a record of spool version 1 has no identity, study id or start to check).
+    it was measured (or verified) on (a record of spool version 1 has no identity, study id or start
+    to check).
 
     Raises:
         SpoolMismatch: naming what differs.
@@ -378,15 +443,16 @@ def apply(study: Any, series: SeriesStore, p: Pending) -> bool:
     if current.user_attrs.get("spool_id") == p.id and \
             (current.state == TrialState.COMPLETE or p.values is None):
         return p.feasible  # recorded before: the last attempt stopped after the tell
-    if any(t.user_attrs.get("spool_id") == p.id for t in study.get_trials(deepcopy=False)
-           if t.number != current.number):
-        return p.feasible  # recorded late before
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("spool_id") == p.id and t.number != current.number:
+            return _late_rest(study, series, p, current, _optuna.trial_id(t))  # recorded late before, perhaps part
     return _record_late(study, series, p, current, attrs)
 
 
 def _record_late(study: Any, series: SeriesStore, p: Pending, current: Any, attrs: dict[str, Any]) -> bool:
     """The trial was failed by another orchestrator (its owner looked lost): the measurement is not
-    lost, it becomes a new trial with the same parameters, marked ``recorded_late_for``."""
+    lost, it becomes a new trial with the same parameters, marked ``recorded_late_for``. The new trial
+    is made with the figures in one write, and the rest follows (``_late_rest``)."""
     import optuna
     from optuna.distributions import json_to_distribution
     from optuna.trial import TrialState
@@ -398,6 +464,15 @@ def _record_late(study: Any, series: SeriesStore, p: Pending, current: Any, attr
         values=p.values, state=TrialState.FAIL if p.values is None else TrialState.COMPLETE, user_attrs=user_attrs,
         system_attrs={"constraints": p.constraints} if p.values is not None else {})
     tid = _optuna.add_trial(study, late)
+    _kill_at("late_series")
+    return _late_rest(study, series, p, current, tid)
+
+
+def _late_rest(study: Any, series: SeriesStore, p: Pending, current: Any, tid: int) -> bool:
+    """What a late record writes after its trial ``tid``: the series and answers, and the failed trial's
+    link to it. Each write replaces the last, so a replay that finds the late trial writes them again
+    (whoever made it may have stopped before they were written) and the record leaves the spool only
+    once they are."""
     if p.payload is not None:
         series.put(_optuna.study_id(study), tid, p.payload)
     if current.user_attrs.get("spool_id") == p.id:
@@ -407,6 +482,30 @@ def _record_late(study: Any, series: SeriesStore, p: Pending, current: Any, attr
         _optuna._write_attrs(study._storage, current._trial_id,
                              {"recorded_late_as": study._storage.get_trial_number_from_id(tid)}, running_only=False)
     return p.feasible
+
+
+def apply_verification(study: Any, series: SeriesStore, v: PendingVerification) -> None:
+    """Record ``v`` on its trial's study (its runs, its record, the dashboard's note), or find that it
+    is; idempotent, as each write replaces the last. A verification of the trial begun later that is
+    recorded already stands.
+
+    Raises:
+        SpoolMismatch: the record is not of this database, this study or this trial; nothing is written.
+    """
+    from sweep.study.writer import save_dashboard_note
+
+    _its_trial(study, series, v)
+    key = f"{VERIFIED_PREFIX}{v.trial_number}"
+    there = study.user_attrs.get(key)
+    if there is not None and str(there.get("at", "")) > str(v.record.get("at", "")):
+        return  # a replay that came after `sweep verify --again` had recorded a newer one
+    series.put(_optuna.study_id(study), v.trial_id, v.runs, table=VERIFICATION)
+    study.set_user_attr(key, v.record)
+    save_dashboard_note(study)
+
+
+def _apply(study: Any, series: SeriesStore, r: Record) -> Any:
+    return apply(study, series, r) if isinstance(r, Pending) else apply_verification(study, series, r)
 
 
 def transient(exc: BaseException) -> bool:
@@ -464,6 +563,52 @@ def with_retries(fn: Callable[[], Any], what: Callable[[float], str], on_wait: C
             delay = min(delay * 2, 10.0)
 
 
+def record(study: Any, series: SeriesStore, r: Record, on_wait: Callable[[str], None] | None = None) -> Any:
+    """Spool ``r``, record it and unspool it: the path of every measurement and verification (``replay``
+    takes up those an earlier one left). The database is retried with backoff while it is unreachable
+    (``on_wait`` is told, once a try). Returns what recording it returns (``apply``: whether the trial
+    met every budget).
+
+    Raises:
+        DatabaseUnavailable: the database stayed unreachable past the retry window; the record is in
+            the spool, and the next sweep run records it.
+        MeasurementLost: that, and the spool could not be written either: the record's one copy is the
+            JSON line printed on stderr just before.
+    """
+    with contextlib.ExitStack() as held:  # the spool file, held until it is recorded (``holding``)
+        try:
+            path: Path | None = held.enter_context(holding(r))
+            kept = f"safe in {path}"
+        except OSError as exc:  # a full disk, say: the database may still take it
+            path = None
+            unwritable = f"the spool {exc.filename or spool_dir()} could not be written ({exc.strerror or exc})"
+            kept = f"in memory only: {unwritable}"
+
+        def gone(s: float) -> str:
+            if path is not None:
+                return f"the database has been unreachable for {s:.0f} s; the {r.what} is kept in {path}, and the " \
+                       "next sweep run records it"
+            return (f"the database has been unreachable for {s:.0f} s and {unwritable}: the {r.what} is not kept "
+                    "but in the JSON line above; save that line as a .json file in a spool directory that can be "
+                    "written (SWEEP_SPOOL_DIR) for sweep db upgrade to record")
+
+        try:
+            result = with_retries(lambda: _apply(study, series, r),
+                                  lambda s: f"database unreachable since {s:.0f} s, retrying; the {r.what} is {kept}",
+                                  on_wait, gone=gone)
+        except BaseException as exc:
+            if path is not None:
+                raise
+            _tell(_dumps(r))  # its one copy now, whatever stopped it
+            if isinstance(exc, DatabaseUnavailable):
+                raise MeasurementLost(str(exc)) from exc
+            raise
+        _kill_at("unspool")
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return result
+
+
 def replay(study: Any, series: SeriesStore, on_wait: Callable[[str], None] | None = None,
            say: Callable[[str], None] = _tell) -> int:
     """Record what the spool holds for this study; returns how many records it recorded. One that this
@@ -471,7 +616,7 @@ def replay(study: Any, series: SeriesStore, on_wait: Callable[[str], None] | Non
     return _replay(study, series, pending(series, study.study_name, say=say), on_wait, say)
 
 
-def _replay(study: Any, series: SeriesStore, records: list[tuple[Path, Pending]],
+def _replay(study: Any, series: SeriesStore, records: list[tuple[Path, Record]],
             on_wait: Callable[[str], None] | None, say: Callable[[str], None]) -> int:
     done = 0
     for path, p in records:
@@ -479,11 +624,11 @@ def _replay(study: Any, series: SeriesStore, records: list[tuple[Path, Pending]]
             if not mine:
                 continue  # another process records it now, or has recorded it
             try:
-                with_retries(lambda: apply(study, series, p),
-                             lambda s: f"database unreachable since {s:.0f} s, retrying; the measurement of trial "
-                                       f"{p.trial_number} is safe in {path}", on_wait,
-                             gone=lambda s: f"the database has been unreachable for {s:.0f} s; the measurement of "
-                                            f"trial {p.trial_number} is kept in {path} for the next sweep run")
+                with_retries(lambda: _apply(study, series, p),
+                             lambda s: f"database unreachable since {s:.0f} s, retrying; the {p.what} is safe in "
+                                       f"{path}", on_wait,
+                             gone=lambda s: f"the database has been unreachable for {s:.0f} s; the {p.what} is kept "
+                                            f"in {path} for the next sweep run")
             except SpoolMismatch as exc:
                 say(f"{path}: {exc}")
                 continue
@@ -501,7 +646,7 @@ def replay_storage(url: str, series: SeriesStore, on_wait: Callable[[str], None]
     from sweep.study.storage import open_optuna_storage
 
     storage = open_optuna_storage(url)
-    by_study: dict[str, list[tuple[Path, Pending]]] = {}
+    by_study: dict[str, list[tuple[Path, Record]]] = {}
     for path, p in pending(series, say=say):
         by_study.setdefault(p.study, []).append((path, p))
     done = 0

@@ -10,6 +10,14 @@ relative, so every project directory has the same one). Schema changes and study
 creation run under ``schema_lock``, so processes opening one database at once never
 race. Readers (``write=False``) never write, and refuse a database whose sweep schema
 is older.
+
+A PostgreSQL lock (``schema_lock``, ``study_lock``) that is not had at once is waited for
+aloud: every so often a line on stderr names its holder (its pid and host, from the
+``application_name`` every sweep connection carries), for a holder may be stopped (Ctrl-Z,
+SIGSTOP) or cut off while inside. The wait has no bound: a live holder lets go.
+
+A server that refuses the connection (a wrong password, user or database name) is bad input
+(``StorageRefused``, exit 2 at once); one that does not answer is waited for (``StorageUnreachable``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ import fcntl
 import importlib
 import json
 import os
+import re
+import socket
+import sys
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -31,6 +43,8 @@ from sweep.errors import StudyError
 DEFAULT_STORAGE = "sqlite:///studies.db"
 HEARTBEAT_SECONDS = 10  # how often an orchestrator marks its trial alive
 GRACE_SECONDS = 60  # a RUNNING trial whose heartbeat is older than this lost its orchestrator
+LOCK_SAY_S = 5.0  # a PostgreSQL lock not had within this is waited for aloud, naming its holder,
+LOCK_REPEAT_S = 60.0  # and the line is said again at this interval while the wait lasts
 
 metadata = sa.MetaData()
 schema_table = sa.Table("sweep_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
@@ -107,7 +121,10 @@ def require_existing(url: str) -> None:
 def engine_kwargs(url: str) -> dict[str, Any]:
     # A reader such as optuna-dashboard, or a second orchestrator, may hold the file briefly:
     # wait instead of failing (``SWEEP_SQLITE_BUSY_S``, 60 s; past it the spool's retries take
-    # over). A server connection is checked before use (a restart drops it).
+    # over). A server connection is checked before use (a restart drops it), and a PostgreSQL one
+    # says whose it is, for a process waiting for a lock it holds (unless the URL names it).
+    if url.startswith("postgresql") and "application_name" not in _parsed(url).query:
+        return {"pool_pre_ping": True, "connect_args": {"application_name": application_name()}}
     if not url.startswith("sqlite"):
         return {"pool_pre_ping": True}
     try:
@@ -130,31 +147,85 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
+def application_name() -> str:
+    """How this process's PostgreSQL sessions name themselves (``SWEEP_HOST_ID`` names a simulated host)."""
+    host = os.environ.get("SWEEP_HOST_ID") or socket.gethostname()
+    return f"sweep pid {os.getpid()} on {host}"[:63]  # PostgreSQL keeps 63 bytes
+
+
 class StorageUnreachable(StudyError):
     """The database server did not answer (down, restarting, its socket gone): bad input to a
     command that only reads, but something a sweep waits out (``spool.transient``)."""
 
 
+class StorageRefused(StudyError):
+    """The server answered and refused the connection for a reason no wait mends (a wrong password,
+    user or database name): bad input, which a sweep never retries."""
+
+
+# The reasons a server refuses a connection for good: PostgreSQL's (libpq gives no SQLSTATE for a failed
+# connection, only its text) and MySQL's.
+_REFUSED = re.compile(r'\w+ authentication failed for user "[^"]*"|no password supplied|no pg_hba\.conf entry.*'
+                      r'|(database|role) "[^"]*" does not exist|role "[^"]*" is not permitted to log in'
+                      r'|permission denied for database.*|access denied for user.*|unknown database.*', re.IGNORECASE)
+
+
 def _connect_error(url: str, exc: BaseException) -> StudyError:
-    kind = StorageUnreachable if isinstance(exc, sa.exc.OperationalError) else StudyError
-    return kind(f"cannot open the study storage {safe_url(url)}: {str(exc).splitlines()[0]}")
+    """The error to raise for a failed connection. Raise it outside the ``except`` that caught ``exc``:
+    ``spool.transient`` follows ``__context__`` and would take a refusal for an outage."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, sa.exc.OperationalError):
+        refused = next((m.group(0).strip() for line in text.splitlines() if (m := _REFUSED.search(line))), None)
+        if refused:
+            return StorageRefused(f"the study storage {safe_url(url)} refused the connection: {refused}; check the "
+                                  "user, the password and the database name in --storage (or SWEEP_STORAGE)")
+        return StorageUnreachable(f"cannot open the study storage {safe_url(url)}: {text.splitlines()[0]}")
+    return StudyError(f"cannot open the study storage {safe_url(url)}: {text.splitlines()[0]}")
+
+
+def _parsed(url: str) -> sa.engine.URL:
+    """The URL parsed.
+
+    Raises:
+        StudyError: it is not a database URL (the message shows it without its secrets).
+    """
+    try:
+        return sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise StudyError(f"{_masked(url)} is not a database URL ({exc})") from None
+
+
+def _secret(key: str) -> bool:
+    """Whether a URL query key names a secret: ``password``, ``sslpassword``, ``passwd``, ``pwd``, ``*secret*``,
+    ``*token*``."""
+    key = key.lower()
+    return key == "pwd" or any(word in key for word in ("password", "passwd", "secret", "token"))
+
+
+def _masked(url: str) -> str:
+    """``url`` with its password and secret query values as ``***``, by pattern (for a URL that does not parse)."""
+    url = re.sub(r"(://[^/@:]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&])([^=&#]+)=([^&#]*)", lambda m: f"{m[1]}{m[2]}={'***' if _secret(m[2]) else m[3]}", url)
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for messages and exports."""
+    """The URL without its password, nor any query value whose key names a secret (``?password=``,
+    ``sslpassword``, ``…secret…``, ``…token…``), for messages and exports."""
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return _masked(url)
+    hidden = parsed.set(query={k: ("***" if _secret(k) else v) for k, v in parsed.query.items()})
+    return hidden.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
 
 
 def redact_argv(argv: list[str]) -> list[str]:
     """A command line fit to store or show: every database URL in it (``--storage URL`` or
-    ``--storage=URL``) without its password."""
+    ``--storage=URL``) without its password or the secrets of its query."""
     out = []
     for arg in argv:
         flag, eq, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
-        if "://" in value and "@" in value:
+        if "://" in value and "***" in safe_url(value):  # only a URL with a secret is rewritten
             value = safe_url(value)
         out.append(f"{flag}{eq}{value}" if eq else value)
     return out
@@ -168,6 +239,8 @@ def open_optuna_storage(url: str, write: bool = True) -> Any:
 
     quiet()
     interval, grace = heartbeat_settings()
+    _parsed(url)
+    error: StudyError
     try:
         def make() -> optuna.storages.RDBStorage:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), heartbeat_interval=interval,
@@ -178,9 +251,10 @@ def open_optuna_storage(url: str, write: bool = True) -> Any:
         with schema_lock(url):
             return make()
     except (sa.exc.OperationalError, sa.exc.ArgumentError, ImportError) as exc:
-        raise _connect_error(url, exc) from None
+        error = _connect_error(url, exc)
     except optuna.exceptions.StorageInternalError as exc:  # Optuna wraps a failed connection
-        raise _connect_error(url, exc.__cause__ or exc) from None
+        error = _connect_error(url, exc.__cause__ or exc)
+    raise error  # outside the handlers (``_connect_error``)
 
 
 @contextlib.contextmanager
@@ -217,6 +291,7 @@ _ENGINES: dict[str, sa.Engine] = {}
 def engine_for(url: str) -> sa.Engine:
     """One engine (and its pool) per URL per process."""
     if url not in _ENGINES:
+        _parsed(url)
         try:
             _ENGINES[url] = sa.create_engine(url, **engine_kwargs(url))
         except (sa.exc.ArgumentError, ImportError) as exc:
@@ -224,24 +299,85 @@ def engine_for(url: str) -> sa.Engine:
     return _ENGINES[url]
 
 
+def _connect(url: str) -> sa.Connection:
+    """A connection from the URL's engine."""
+    error: StudyError
+    try:
+        return engine_for(url).connect()
+    except sa.exc.OperationalError as exc:
+        error = _connect_error(url, exc)
+    raise error  # outside the handler (``_connect_error``)
+
+
 @contextlib.contextmanager
 def advisory_lock(url: str, name: str) -> Iterator[None]:
-    """A PostgreSQL session advisory lock named ``name``, held on its own connection."""
+    """A PostgreSQL session advisory lock named ``name``, held on its own connection; waited for
+    without bound, naming its holder on stderr now and then (``LOCK_SAY_S``, ``LOCK_REPEAT_S``)."""
     key = zlib.crc32(name.encode())
+    conn = _connect(url)
     try:
-        conn = engine_for(url).connect()
-    except sa.exc.OperationalError as exc:
-        raise _connect_error(url, exc) from None
-    try:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        conn.commit()
+        _acquire(conn, key, f"the lock {name!r} on {safe_url(url)}")
         try:
             yield
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.commit()
+            _release(conn, key)
     finally:
         conn.close()
+
+
+def _acquire(conn: sa.Connection, key: int, what: str) -> None:
+    """``pg_advisory_lock`` under a ``lock_timeout`` (``SET LOCAL``: for this transaction only, so the
+    pooled connection keeps none); each time it runs out, say who holds the lock, and wait again.
+    (A try-lock loop would poll, and keep no place in the server's queue of waiters.)"""
+    started = time.monotonic()
+    timeout = LOCK_SAY_S
+    while True:
+        try:
+            conn.execute(sa.text(f"SET LOCAL lock_timeout = {max(1, round(timeout * 1000))}"))
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            return
+        except sa.exc.DBAPIError as exc:
+            if _sqlstate(exc) != "55P03":  # lock_not_available: the timeout ran out; anything else is raised
+                raise
+        conn.rollback()
+        waited = time.monotonic() - started
+        print(f"waiting {waited:.0f} s for {what}, held by {_lock_holder(conn, key)}", file=sys.stderr, flush=True)
+        timeout = LOCK_REPEAT_S
+
+
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a failed statement (psycopg 3 calls it ``sqlstate``, psycopg2 ``pgcode``)."""
+    return getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+
+
+def _lock_holder(conn: sa.Connection, key: int) -> str:
+    """Who holds the advisory lock ``key`` in this database, in words, from ``pg_locks`` and
+    ``pg_stat_activity`` (a role that may not see another's session gets its backend pid only)."""
+    row = conn.execute(sa.text(
+        "SELECT l.pid, a.application_name, a.client_addr::text, a.state, "
+        "EXTRACT(EPOCH FROM now() - a.state_change) FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.classid::bigint = :hi "
+        "AND l.objid::bigint = :lo AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+        {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).first()
+    conn.rollback()
+    if row is None:
+        return "a session that has just let go; trying again"
+    pid, app, addr, state, for_s = row
+    where = f"from {addr}" if addr else "local socket"
+    idle = f", {state} for {float(for_s or 0):.0f} s" if state else ""
+    return (f"{app or 'an unnamed client'} (server backend {pid}, {where}{idle}); still waiting: a live holder "
+            f"lets go, a stopped one once continued; if it is gone, pg_terminate_backend({pid}) on the server frees it")
+
+
+def _release(conn: sa.Connection, key: int) -> None:
+    """Let go of the lock. A connection that is gone took its session's lock with it: it is dropped
+    from the pool rather than failing the block that ran under the lock."""
+    try:
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        conn.commit()
+    except sa.exc.DBAPIError:
+        conn.invalidate()
 
 
 @contextlib.contextmanager
@@ -290,13 +426,15 @@ class SeriesStore:
                              f"sweep's {SCHEMA_VERSION}; `sweep db upgrade` brings it up to date (it writes)")
 
     def _read_version(self) -> int:
+        error: StudyError
         try:
             with self.engine.connect() as conn:
                 if not sa.inspect(conn).has_table(schema_table.name):
                     return 0
                 return int(conn.execute(sa.select(schema_table.c.version)).scalar_one())
         except sa.exc.OperationalError as exc:
-            raise _connect_error(self.url, exc) from None
+            error = _connect_error(self.url, exc)
+        raise error  # outside the handler (``_connect_error``)
 
     def _read_identity(self) -> str:
         """Read once, when the store opens: a record is spooled before the database is touched."""

@@ -5,9 +5,7 @@ The loop that asks and measures is the orchestrator's (``sweep.study.orchestrato
 
 from __future__ import annotations
 
-import contextlib
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 from sweep import _optuna, platforms
@@ -99,7 +97,7 @@ def open_or_create(space: Space, storage_url: str, name: str, task_set: str,
             objectives=list(space.spec.objectives), settings=space.settings,
             budgets={k: v.model_dump(exclude_none=True) for k, v in space.spec.constraints.items()},
             space_file=str(space.path), space_fingerprint=space.fingerprint(), task_set=task_set,
-            sweep_version=SWEEP_VERSION, host=host_info(), hardware_class=mine,
+            sweep_version=SWEEP_VERSION, host=host_info(), hardware_class=mine, floor=space.spec.floor(),
             models={f"{n}:{q}": str(space.registry.resolve(n, q).path) for n, qs in space.spec.models.items() for q in qs})
         for key, value in {**meta.to_attrs(), "orchestrator_runs": 1}.items():
             study.set_user_attr(key, value)
@@ -228,6 +226,8 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
     Raises:
         DatabaseUnavailable: the database stayed unreachable past the retry window; the
             measurement is in the spool, and the next run records it.
+        MeasurementLost: that, and the spool could not be written either: the measurement's one
+            copy is the JSON line printed on stderr (``spool.record``).
     """
     from sweep.study import spool
 
@@ -235,19 +235,4 @@ def record(study: Any, trial: Any, outcome: Outcome, series: SeriesStore, budget
     attrs.update(extra or {})
     pending = spool.Pending.of(series, study, trial, attrs, values, cv,
                                {"series": outcome.series, "answers": outcome.answers})
-    with contextlib.ExitStack() as held:  # the spool file, held until it is recorded (spool.holding)
-        try:
-            path: Path | None = held.enter_context(spool.holding(pending))
-            where = str(path)
-        except OSError as exc:  # a full disk, say: the database may still take it
-            path, where = None, f"memory only (the spool could not be written: {exc.strerror or exc})"
-        feasible = spool.with_retries(
-            lambda: spool.apply(study, series, pending),
-            lambda s: f"database unreachable since {s:.0f} s, retrying; the measurement of trial {trial.number} "
-                      f"is safe in {where}", on_wait,
-            gone=lambda s: f"the database has been unreachable for {s:.0f} s; the measurement of trial "
-                           f"{trial.number} is kept in {where}, and the next sweep run records it")
-        spool._kill_at("unspool")
-        if path is not None:
-            path.unlink(missing_ok=True)
-    return bool(feasible)
+    return bool(spool.record(study, series, pending, on_wait))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweep.params import CGROUP_KNOBS
+from sweep.procs import owner_gone, owner_tag
 
 
 def _own_dirs(controllers, pid="self"):
@@ -308,7 +309,7 @@ class TrialCgroup:
         """A cgroup beneath this process's own: the trial's (``kind`` trial), or the foreground's (``fg``)."""
         ncpu = ncpu or os.cpu_count() or 1
         sweep_stale()
-        name = f"sweep-{kind}-{os.getpid()}-{time.monotonic_ns()}"
+        name = f"sweep-{kind}-{owner_tag()}-{time.monotonic_ns()}"  # whose: for another's sweep_stale
         dirs = make(limits, name, ncpu)
         sites = _own_dirs(sorted(dirs))
         return cls(limits, dirs, {c: sites[c][0] for c in dirs}, ncpu)
@@ -439,7 +440,8 @@ def _remove(d: str, timeout_s: float = 3.0) -> None:
 
 
 def sweep_stale(controllers: tuple[str, ...] = ("cpu", "memory")) -> int:
-    """Remove the empty trial cgroups of orchestrators that are gone (killed before they could)."""
+    """Remove the empty trial cgroups of orchestrators that are gone (killed before they could),
+    judged by ``procs.owner_gone``: never one of another PID namespace (a container beside this one)."""
     removed = 0
     try:
         sites = _own_dirs(list(controllers))
@@ -455,11 +457,13 @@ def sweep_stale(controllers: tuple[str, ...] = ("cpu", "memory")) -> int:
             continue
         for entry in names:
             parts = entry.split("-")
-            if entry.startswith(("sweep-trial-", "sweep-fg-")) and len(parts) == 4 and parts[2].isdigit() \
-                    and not os.path.exists(f"/proc/{parts[2]}"):
-                try:
-                    os.rmdir(os.path.join(parent, entry))
+            if not (entry.startswith(("sweep-trial-", "sweep-fg-")) and len(parts) == 4):
+                continue
+            path = os.path.join(parent, entry)
+            try:
+                if owner_gone(parts[2], os.stat(path).st_mtime):
+                    os.rmdir(path)
                     removed += 1
-                except OSError:
-                    pass
+            except OSError:
+                pass
     return removed

@@ -147,26 +147,45 @@ class _Watch:
             noise = noise_guard(s)
             if noise[1] and retry_if_busy:
                 raise _Busy
-        # The foreground starts first: it runs as the user's program would, on any CPU, and under
-        # trial.cgroup own in a cgroup of its own at normal weight, as a user's session is.
-        why = self._foreground_cgroup()
-        wrap = self.fg_cgroup.join if self.fg_cgroup else None
-        if s.probe == "interactive":
-            self.probe = Probe(s, wrap)
-        elif s.probe == "cpu":
-            self.load = CpuLoad(s.fg_threads or os.cpu_count() or 1, s.fg_unit_mib, wrap)
+        # Every cgroup of the trial is made before any of its processes starts: on cgroup v2 a cgroup
+        # that holds a process cannot hand controllers to its children, so this process first moves
+        # into a leaf of its own (cgroups._enable), which a foreground already started beside it in
+        # its cgroup would forbid (EBUSY).
+        self._make_cgroups()
         try:
+            # The foreground starts first: it runs as the user's program would, on any CPU, and under
+            # trial.cgroup own in a cgroup of its own at normal weight, as a user's session is.
+            wrap = self.fg_cgroup.join if self.fg_cgroup else None
+            if s.probe == "interactive":
+                self.probe = Probe(s, wrap)
+            elif s.probe == "cpu":
+                self.load = CpuLoad(s.fg_threads or os.cpu_count() or 1, s.fg_unit_mib, wrap)
             with stay_off(self.config.cpus):
-                return self._watch(noise, retry_if_busy, why)
+                return self._watch(noise, retry_if_busy)
         finally:
             self._stop_foreground()
-            if self.fg_cgroup:
-                self.fg_cgroup.remove()
+            for cgroup in (self.fg_cgroup, self.cgroup):
+                if cgroup:
+                    cgroup.remove()
+
+    def _make_cgroups(self) -> None:
+        """The foreground's cgroup (trial.cgroup own) and the model's (own, or a kernel limit), and
+        the topology: own, or shared with the reason where trial.cgroup asked for own."""
+        why = self._foreground_cgroup()
+        limits = limits_of(self.config.to_dict())
+        if limits or (self.settings.cgroup == "own" and not why):  # the worker starts in it (TrialCgroup.join)
+            try:
+                self.cgroup = TrialCgroup.create(limits or NORMAL_WEIGHT)
+            except OSError as exc:
+                if limits:
+                    self.cgroup_problems = [f"its cgroup could not be made ({exc.strerror or exc})"]
+                why = f"no cgroup could be made for the model ({exc.strerror or exc})"
+        # Own when the model runs in a cgroup of its own; why not, where trial.cgroup asked for it.
+        self.topology = ("own", "") if self.cgroup else ("shared", why)
 
     def _foreground_cgroup(self) -> str:
-        """Under trial.cgroup own, make the foreground's cgroup (before it starts, so that cgroup v2
-        can still hand controllers down); the reason the trial cannot be measured in its own cgroup
-        here, or "" when it can."""
+        """Under trial.cgroup own, make the foreground's cgroup; the reason the trial cannot be
+        measured in its own cgroup here, or "" when it can."""
         if self.settings.cgroup != "own":
             return ""
         if is_portable():
@@ -206,7 +225,7 @@ class _Watch:
             job["contended"] = True
         return job
 
-    def _watch(self, noise: tuple[float, bool], retry_if_busy: bool, why: str = "") -> Observation:
+    def _watch(self, noise: tuple[float, bool], retry_if_busy: bool) -> Observation:
         """Spawn the worker and see it through to its end (or kill it), with the monitor running."""
         s = self.settings
         job = self._job()
@@ -215,17 +234,6 @@ class _Watch:
             time.sleep(s.baseline_seconds)
             if not self.load:
                 noise = self._judge_baseline(monitor.series, retry_if_busy)
-            limits = limits_of(self.config.to_dict())
-            own = self.settings.cgroup == "own" and not why
-            if limits or own:  # made before the spawn: the worker starts inside it (TrialCgroup.join)
-                try:
-                    self.cgroup = TrialCgroup.create(limits or NORMAL_WEIGHT)
-                except OSError as exc:
-                    if limits:
-                        self.cgroup_problems = [f"its cgroup could not be made ({exc.strerror or exc})"]
-                    why = f"no cgroup could be made for the model ({exc.strerror or exc})"
-            # Own when the model runs in a cgroup of its own; why not, where trial.cgroup asked for it.
-            self.topology = ("own", "") if self.cgroup else ("shared", why)
             sweep_dead(tempfile.gettempdir(), "sweep-trial-")  # what killed trials left behind
             with tempfile.TemporaryDirectory(prefix=owned_prefix("sweep-trial-")) as tmp:
                 log_path = os.path.join(tmp, "worker.log")
@@ -263,8 +271,6 @@ class _Watch:
                 cgroup_figures = self.cgroup.figures() if self.cgroup else {}
         finally:
             monitor.stop()
-            if self.cgroup:
-                self.cgroup.remove()
         return Observation(
             config=self.config, messages=(spawn_mark, *self.reader.messages),
             protocol_errors=tuple(self.reader.protocol_errors), series=series,
