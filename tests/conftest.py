@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -273,3 +274,16 @@ def pg_url(postgres: str, monkeypatch: pytest.MonkeyPatch) -> str:
     url = new_database(postgres)
     monkeypatch.setenv("SWEEP_STORAGE", url)
     return url
+
+
+@contextlib.contextmanager
+def database_away(url: str) -> Iterator[None]:
+    """The SQLite database as unreachable as a stopped server: a write lock held on it, which every
+    read and write meets as "database is locked" (give SWEEP_SQLITE_BUSY_S a short wait)."""
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()

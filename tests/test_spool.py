@@ -9,7 +9,6 @@ databases, the real CLI, and real processes that race on one spool.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
@@ -18,11 +17,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from conftest import TINY_SPACE, sweep_cli, wait_for, write_space
+from conftest import TINY_SPACE, database_away, sweep_cli, wait_for, write_space
 
 
 def _trials(url: str, name: str = "tiny") -> list:
@@ -227,19 +226,6 @@ def test_a_temp_file_a_killed_writer_left_stops_no_sweep(tmp_path: Path) -> None
     proc = sweep_cli("db", "upgrade")
     assert proc.returncode == 0, proc.stderr
     assert not dead.exists() and live.exists()
-
-
-@contextlib.contextmanager
-def _database_away(url: str) -> Iterator[None]:
-    """The SQLite database as unreachable as a stopped server: a write lock held on it, which every
-    read and write meets as "database is locked" (give SWEEP_SQLITE_BUSY_S a short wait)."""
-    conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 def _study(url: str, name: str = "demo") -> Any:
@@ -639,7 +625,7 @@ def test_a_measurement_neither_the_spool_nor_the_database_takes_is_printed_and_e
     (tmp_path / "not-a-dir").write_text("")
     monkeypatch.setenv("SWEEP_SPOOL_DIR", str(tmp_path / "not-a-dir" / "spool"))
     outcome = Outcome(ok=True, figures={"correctness": 0.5}, series={"t": [0.0]}, answers=[{"id": "a", "score": 1.0}])
-    with _database_away(url), pytest.raises(SweepError) as raised:
+    with database_away(url), pytest.raises(SweepError) as raised:
         writer.record(study, trial, outcome, series, {}, ["correctness"])
     assert raised.value.exit_code == 6
     message = str(raised.value)

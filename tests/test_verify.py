@@ -8,9 +8,7 @@ import json
 import math
 import os
 import shutil
-import sqlite3
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import optuna
@@ -19,7 +17,7 @@ import pytest
 from sweep.results.front import choose, front_moves, pareto_front
 from sweep.verify import correctness_summary, wilson
 
-from conftest import TINY_SPACE, sweep_cli, write_space
+from conftest import TINY_SPACE, database_away, sweep_cli, write_space
 
 BUDGETS = {"cpu_active_p99_share_pct": {"max": 50.0}, "correctness": {"min": 0.5}}
 OBJECTIVES = ["correctness", "cpu_active_p99_share_pct"]
@@ -215,19 +213,6 @@ def test_verify_without_the_lock_does_not_wait_for_it(smollm2_path: Path) -> Non
     assert record["measured_without_lock"] and runs[0].ok
 
 
-@contextlib.contextmanager
-def _database_away(url: str) -> Iterator[None]:
-    """The SQLite database as unreachable as a stopped server: a write lock held on it, which every
-    read and write meets as "database is locked" (give SWEEP_SQLITE_BUSY_S a short wait)."""
-    conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
-
-
 def _swept_study(url: str, model: Path) -> optuna.Study:
     """A sweep study of one complete trial, as `sweep run` leaves one (nothing measured here)."""
     from optuna.distributions import IntDistribution
@@ -277,7 +262,7 @@ def test_a_verification_the_database_cannot_take_is_kept_in_the_spool_and_record
         def verified_while_the_database_went_away(*args: object, **kwargs: object) -> tuple[dict, list[Outcome]]:
             assert not measured, "measured again: the spooled verification was not recorded first"
             measured.append(1)
-            away.enter_context(_database_away(url))
+            away.enter_context(database_away(url))
             return dict(record), runs
 
         monkeypatch.setattr(verify, "verify_trial", verified_while_the_database_went_away)
