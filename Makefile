@@ -6,7 +6,7 @@ STUDY ?= demo
 TRIALS ?= 8
 EXPORT ?= demo-config.json
 
-.PHONY: sweep verify test test-fast install lock clean-study tools docs tables
+.PHONY: sweep verify test test-fast install lock clean-study tools docs tables cli-docs
 
 # Exact versions from requirements.lock (pip constraints); `make lock` refreshes it. llama-cpp-python
 # is built for this CPU less Intel AMX: sweep.models.tools.NO_AMX says why (and builds llama-server the same).
@@ -71,6 +71,11 @@ docs: $(VENV)/.installed
 # the standard library is enough, so no virtualenv). tests/test_bench.py fails while one is out of date.
 tables:
 	$(PYTHON) bench/tables.py
+
+# The command reference, docs/cli.md, rendered again from sweep/cli.py's click commands
+# (bench/cli_reference.py; it measures nothing). tests/test_bench.py fails while it is out of date.
+cli-docs: $(VENV)/.installed
+	$(BIN)/python bench/cli_reference.py
 
 clean-study:
 	rm -f studies.db

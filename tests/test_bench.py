@@ -1,5 +1,6 @@
 """The bench harness (bench/_harness.py) and the docs' tables it feeds (bench/tables.py): a table
-in docs/ is what its data in bench/data/ renders, so a figure edited by hand fails here."""
+in docs/ is what its data in bench/data/ renders, so a figure edited by hand fails here. The
+command reference (bench/cli_reference.py) likewise is what sweep/cli.py renders."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from conftest import REPO
 
 TABLES = REPO / "bench" / "tables.py"
+CLI_REFERENCE = REPO / "bench" / "cli_reference.py"
 
 
 def test_the_docs_tables_are_what_bench_data_renders() -> None:
@@ -30,6 +32,25 @@ def test_a_figure_edited_by_hand_fails_the_check(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "bench:injection" in proc.stdout
+
+
+def test_the_cli_reference_is_what_the_command_tree_renders() -> None:
+    proc = subprocess.run([sys.executable, str(CLI_REFERENCE), "--check"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_cli_reference_edited_by_hand_fails_the_check(tmp_path: Path) -> None:
+    page = shutil.copy(REPO / "docs" / "cli.md", tmp_path / "cli.md")
+    text = page.read_text()
+    line = "sweep run [OPTIONS] SPACE\n"
+    assert text.count(line) == 1
+    page.write_text(text.replace(line, "sweep run [OPTIONS] SPACE FILE\n"))
+    proc = subprocess.run([sys.executable, str(CLI_REFERENCE), "--check", str(page)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": "40"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "make cli-docs" in proc.stderr
+    assert page.read_text() != text  # --check writes nothing
 
 
 BENCH = '''
