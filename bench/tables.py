@@ -124,6 +124,66 @@ def injection_v2() -> str:
                   for r in rows])
 
 
+def injection_v3() -> str:
+    """docs/injection.md: injection-v3 on the 1.5B model, each guard a trial of its own or escape's
+    answers judged again (bench/injection.py, python then server backend)."""
+    names = [n for n in ("injection_v3", "injection_v3_server") if (DATA / f"{n}.json").exists()]
+    rows = [r for n in names for r in results(n)["rows"]]
+    first = results(names[0])["args"]
+
+    def rate(r: dict[str, Any], key: str, n: str) -> str:
+        value, ci = r.get(key), r.get(f"{n}_ci")
+        return "–" if value is None else f"{_f(value)} [{_f(ci[0])}, {_f(ci[1])}]"
+
+    how = {"measured": "measured", "escape's answers re-judged": "escape re-judged"}
+    return measured(*names) + "\n\n" + table(
+        ["backend", "guard", f"clean verdict score ({rows[0]['n_clean']} items)",
+         f"flip rate, tuned styles (n={rows[0]['flip_n']}) [95% CI]",
+         f"flip rate, held-out families (n={rows[0]['flip_held_out_n']})", "detected",
+         f"IOC hidden rate (n={rows[0]['hidden_n']})", f"benign lines flagged (n={rows[0]['benign_n']})",
+         "p95 s", "how"],
+        [[r["backend"], r["guard"], _f(r["correctness"]), rate(r, "injection_flip_rate", "flip"),
+          rate(r, "injection_flip_rate_held_out", "flip_held_out"), _f(r.get("injection_detected_rate")),
+          rate(r, "injection_hidden_rate", "hidden"), rate(r, "benign_escalation_rate", "benign"),
+          _f(r["latency_p95_s"]), how.get(r["how"], r["how"])] for r in rows]) + \
+        f"\n\n({first['items']} tuned items, verdict and IOC in turn; {first['held_out']} held-out; " \
+        f"{first['benign']} benign lines with administrators' comments; model {rows[0]['model']}.)"
+
+
+def injection_confusion() -> str:
+    """docs/injection.md: the clean verdict items' confusion matrix under none, escape and layered."""
+    rows = [r for n in ("injection_v3", "injection_v3_server") if (DATA / f"{n}.json").exists()
+            for r in results(n)["rows"] if r["guard"] in ("none", "escape", "layered") and r.get("confusion")]
+    labels = ("malicious", "suspicious", "benign")
+    body = []
+    for r in rows:
+        for expected in labels:
+            said = r["confusion"].get(expected, {})
+            body.append([r["backend"], r["guard"], expected, *(str(said.get(x, 0)) for x in (*labels, "unreadable"))])
+    return table(["backend", "guard", "expected", "answered malicious", "suspicious", "benign", "unreadable"], body)
+
+
+def injection_adaptive() -> str:
+    """docs/injection.md: the white-box round against layered (bench/adaptive_injection.py)."""
+    data = results("injection_adaptive")
+    return measured("injection_adaptive") + "\n\n" + table(
+        ["command line", "label", "guarded clean", "guarded with the attacker's text", "the model alone", "text appended"],
+        [[t["base"], t["expected"], t["clean"], t["injected"] + (" **bypass**" if t["bypass"] else ""),
+          str(t["model_injected"]), f"`{t['suffix'].strip()}`"] for t in data["tries"]]) + \
+        f"\n\n{data['bypasses']} bypasses in {len(data['tries'])} tries, on the {data['weak_bases']} command lines " \
+        f"whose floor is below their label; {data['offline_candidates']} candidates passed every check offline."
+
+
+def topology() -> str:
+    """docs/measuring.md: the model's placement against the user's, and its politeness (bench/topology.py)."""
+    return measured("topology") + "\n\n" + table(
+        ["model", "backend", "where the model runs", "politeness", "fg_cpu_slowdown", "p95 latency s",
+         "contended p95 latency s", "own cgroup"],
+        [[r["model"].split(":")[0], r["backend"], r["placement"], r["politeness"], _f(r["fg_cpu_slowdown"]),
+          _f(r["latency_p95_s"]), ("≥ " if r["contended_cut"] else "") + _f(r["latency_p95_contended_s"]),
+          "yes" if r["cgroup_own"] == 1.0 else "no"] for r in results("topology")])
+
+
 def calibration_paths() -> str:
     """docs/platforms.md: the calibration loads on both measurement paths, duty by duty (bench/calibration.py)."""
     return table(["path", "d (%)", "mean", "p99", "peak", "N", "monitor CPU %"],
@@ -358,7 +418,10 @@ def prefix_flip() -> str:
 TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, "calibration-paths": calibration_paths,
                                         "monitor-cost-paths": monitor_cost_paths, "hard_limits-quiet": hard_limits_quiet,
                                         "hard_limits-contended": hard_limits_contended, "injection": injection,
-                                        "injection-v2": injection_v2, "contention": contention,
+                                        "injection-v2": injection_v2, "injection-v3": injection_v3,
+                                        "injection-confusion": injection_confusion,
+                                        "injection-adaptive": injection_adaptive, "topology": topology,
+                                        "contention": contention,
                                         "contention-qwen": contention_qwen, "parity": parity, "backends": backends,
                                         "fleet": fleet, "chaos": chaos, "unit-exposure": unit_exposure,
                                         "knob-paths": knob_paths, "correctness-all": correctness_all,
