@@ -158,7 +158,7 @@ def sweep_summary(study: Any, where: str, n_prompts: int, n_tasks: int) -> str:
     and what ``sweep verify`` would add."""
     from sweep.errors import ExportError
     from sweep.records import StudyMeta
-    from sweep.results.front import choose, pareto_front, rows
+    from sweep.results.front import choose, constant_reference, pareto_front, rows, why_chosen
 
     name = study.study_name
     all_rows = rows(study)
@@ -169,18 +169,15 @@ def sweep_summary(study: Any, where: str, n_prompts: int, n_tasks: int) -> str:
     if not front:
         return "\n".join(lines)
     lines.append("Pareto front" + ("" if feasible else " (no trial meets every budget; front ignoring budgets)") + ":")
-    lines.append(front_table(front, StudyMeta.of(study).objectives))
+    lines.append(front_table(front, StudyMeta.of(study).objectives, constant_reference(study)))
     try:
         pick = choose(study, allow_infeasible=True)
     except ExportError:
         pick = None
-    if pick and pick["feasible"]:
-        lines.append(f"Export policy's pick: trial {pick['number']} (meets every budget; best on the objectives, "
-                     "in the space's order).")
-    elif pick:
-        lines.append(f"Export policy's pick: trial {pick['number']}, the closest to meeting every budget (smallest "
-                     f"total overshoot; it breaks {', '.join(pick['violations'])}). It can sit off the front above: "
-                     "the front weighs only the objectives, the pick weighs every budget.")
+    if pick:
+        lines.append(f"Export policy's pick: trial {pick['number']}: {why_chosen(study, pick)}."
+                     + ("" if pick["feasible"] else " It can sit off the front above: the front weighs only the "
+                        "objectives, the pick weighs every budget."))
     unverified = [r for r in front if not r["verified"]]
     if unverified:
         lines.append(f"{len(unverified)} front trial(s) rest on a subset of {n_prompts} tasks and one run; "
