@@ -175,7 +175,7 @@ def test_a_trial_runs_in_a_cgroup_of_its_own_and_the_foreground_in_a_sibling(smo
 
     def where(event: dict) -> None:  # read while the worker is loaded, and the foreground runs
         if event["type"] == "knobs" and "fg" not in seen:
-            for pid in map(int, os.listdir("/proc")) if os.path.isdir("/proc") else []:
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
                 try:
                     cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
                     own = open(f"/proc/{pid}/cgroup").read()
@@ -269,7 +269,7 @@ def test_a_polite_trial_measured_in_its_own_cgroup_slows_the_user_as_its_unit_do
 
     opt = Path(tempfile.mkdtemp(prefix="sweep-opt-"))
     opt.chmod(0o755)
-    args = llama_server_command(polite, str(server_tools / "llama-server"))
+    args = llama_server_command(polite, str(server_tools))
     record = {"config": polite.to_dict(), "provenance": {"study": "s", "trial": 0}, "meets_all_budgets": True,
               "budgets": {}, "metrics": own.figures, "llama_server_args": args, "llama_server": args}
     unit = tmp_path / "polite.service"
