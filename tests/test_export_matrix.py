@@ -105,6 +105,30 @@ def _label(record: dict[str, Any]) -> str:
                      if k in c)
 
 
+def _guarded(record: dict[str, Any]) -> bool:
+    """A configuration whose guard is code outside the model: only the python export carries it, and
+    the server exports refuse it (tests/test_guard.py runs that python export)."""
+    from sweep.correctness.guard import layers
+
+    return bool(layers(record["config"].get("input_guard", "none")))
+
+
+def _served(exported: dict[str, Any], fmt: str) -> list[dict[str, Any]]:
+    """The records a server export can carry; each other one is refused, with the line that says why."""
+    from sweep.errors import ExportError
+    from sweep.results.export import render
+
+    out = []
+    for record in exported["records"]:
+        if not _guarded(record):
+            out.append(record)
+            continue
+        with pytest.raises(ExportError, match="llama-server alone cannot run"):
+            render(record, fmt, exported["server"])
+    assert out, "every configuration of the space has a layered guard: nothing for a server export to carry"
+    return out
+
+
 def _render(exported: dict[str, Any], record: dict[str, Any], fmt: str, name: str) -> Path:
     from sweep.results.export import render
 
@@ -132,7 +156,7 @@ def test_llama_server_script_answers_with_every_knob(exported: dict[str, Any]) -
     import urllib.error
 
     key, env = exported["key"].read_text().strip(), {**os.environ, "SWEEP_LLM_API_KEY_FILE": str(exported["key"])}
-    for i, record in enumerate(exported["records"]):
+    for i, record in enumerate(_served(exported, "llama-server")):
         script = _render(exported, record, "llama-server", f"serve-{i}.sh")
         # As a service would start it: a session of its own, so the script renices its autogroup.
         with serving(lambda port: subprocess.Popen([str(script), "--port", str(port)], start_new_session=True, env=env,
@@ -146,7 +170,7 @@ def test_llama_server_script_answers_with_every_knob(exported: dict[str, Any]) -
 
 
 def test_llama_server_script_refuses_to_start_without_its_key(exported: dict[str, Any]) -> None:
-    script = _render(exported, exported["records"][0], "llama-server", "serve-nokey.sh")
+    script = _render(exported, _served(exported, "llama-server")[0], "llama-server", "serve-nokey.sh")
     proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "SWEEP_LLM_API_KEY_FILE": str(exported["work"] / "missing")})
     assert proc.returncode == 2 and "no API key" in proc.stderr and "chmod 0600" in proc.stderr
@@ -195,7 +219,7 @@ def test_systemd_unit_verifies_and_its_service_answers_with_every_knob(exported:
     import unitrun
 
     key = exported["key"].read_text().strip()
-    for i, record in enumerate(exported["records"]):
+    for i, record in enumerate(_served(exported, "systemd")):
         unit = _render(exported, install(record, opt_dir, exported["server"]), "systemd", f"sweep-llm-{i}.service")
         unit.chmod(0o644)
         check = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
@@ -228,7 +252,7 @@ def _exposure(unit: Path) -> float:
 def test_the_unit_is_rated_ok_by_systemd(exported: dict[str, Any], opt_dir: Path) -> None:
     from sweep.results.export import install
 
-    record = install(exported["records"][0], opt_dir, exported["server"])
+    record = install(_served(exported, "systemd")[0], opt_dir, exported["server"])
     unit = _render(exported, record, "systemd", "sweep-llm.service")
     text = unit.read_text()
     assert "DynamicUser=yes" in text and "User=" not in text.replace("DynamicUser=", "")
@@ -249,7 +273,7 @@ def test_a_unit_never_runs_what_a_user_can_rewrite(exported: dict[str, Any], tmp
 
     # The built llama-server is in root's ~/.cache here: hidden from a service and the user's to change.
     with pytest.raises(ExportError, match="--install DIR"):
-        render(exported["records"][0], "systemd", exported["server"])
+        render(_served(exported, "systemd")[0], "systemd", exported["server"])
     writable = tmp_path / "open"
     writable.mkdir()
     writable.chmod(0o757)  # others may write: any user could swap the model
