@@ -209,10 +209,12 @@ def test_a_layered_trial_records_each_check_on_the_server(smollm2_path: Path, se
 
 
 def _record(smollm2: Path, input_guard: str) -> dict:
-    return {"config": {"model": "smollm2-135m", "quant": "Q4_1", "model_path": str(smollm2), "chat_format": None,
-                       "n_threads": 1, "n_threads_batch": 1, "n_batch": 512, "n_ubatch": 512, "n_ctx": 1024,
-                       "cpus": None, "nice": 0, "sched_policy": "normal", "input_guard": input_guard, "shots": 3,
-                       "output": "grammar", "max_tokens": 8},
+    from sweep.records import TrialConfig
+
+    config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2), chat_format=None, n_threads=1,
+                         n_threads_batch=1, n_batch=512, n_ubatch=512, n_ctx=1024, input_guard=input_guard, shots=3,
+                         output="grammar", max_tokens=8)
+    return {"config": config.to_dict(),
             "provenance": {"study": "s", "trial": 1}, "meets_all_budgets": True, "budgets": {}, "metrics": {},
             "llama_server_args": "llama-server -m x", "llama_server": "llama-server -m x",
             "llama_kwargs": {"model_path": str(smollm2), "n_ctx": 1024, "n_threads": 1, "verbose": False}}
