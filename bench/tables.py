@@ -175,13 +175,15 @@ def injection_adaptive() -> str:
 
 
 def topology() -> str:
-    """docs/measuring.md: the model's placement against the user's, and its politeness (bench/topology.py)."""
-    return measured("topology") + "\n\n" + table(
+    """docs/measuring.md: the model's placement against the user's, and its politeness (bench/topology.py,
+    one run per model)."""
+    names = [n for n in ("topology_smollm2", "topology_qwen") if (DATA / f"{n}.json").exists()]
+    return measured(*names) + "\n\n" + table(
         ["model", "backend", "where the model runs", "politeness", "fg_cpu_slowdown", "p95 latency s",
          "contended p95 latency s", "own cgroup"],
         [[r["model"].split(":")[0], r["backend"], r["placement"], r["politeness"], _f(r["fg_cpu_slowdown"]),
           _f(r["latency_p95_s"]), ("≥ " if r["contended_cut"] else "") + _f(r["latency_p95_contended_s"]),
-          "yes" if r["cgroup_own"] == 1.0 else "no"] for r in results("topology")])
+          "yes" if r["cgroup_own"] == 1.0 else "no"] for n in names for r in results(n)])
 
 
 def calibration_paths() -> str:

@@ -256,7 +256,11 @@ class StudyMeta:
                              f"version {META_VERSION}")
         if "objectives" not in a or "budgets" not in a:
             raise SweepError(f"study {study.study_name!r} was not made by sweep (it has no objectives and budgets)")
-        settings = {**TrialSettings().to_dict(), **(a.get("settings") or {}), "schema_version": SCHEMA_VERSION}
+        stored = a.get("settings") or {}
+        # Trials were measured in sweep's own cgroup before trial.cgroup existed: such a study stays
+        # "shared", so that a continued one is never measured the other way under the same name.
+        settings = {**TrialSettings().to_dict(), "cgroup": "shared", **stored,
+                    "schema_version": SCHEMA_VERSION}
         names = {f.name for f in fields(cls)} - {"settings"}
         return cls(settings=TrialSettings.from_dict(settings), **{k: a[k] for k in names if k in a})
 

@@ -461,3 +461,17 @@ def test_a_cgroup_of_a_live_process_of_another_pid_namespace_is_kept() -> None:
         for d in dirs:
             if os.path.exists(d):
                 os.rmdir(d)
+
+
+def test_a_study_from_before_trial_cgroup_stays_shared_and_is_not_continued_the_other_way(tmp_path: Path) -> None:
+    import optuna
+
+    from sweep.records import StudyMeta
+
+    old = optuna.create_study()
+    old.set_user_attr("objectives", ["correctness"])
+    old.set_user_attr("budgets", {})
+    old.set_user_attr("settings", {"prompts": 10})  # written before trial.cgroup existed
+    assert StudyMeta.of(old).settings.cgroup == "shared"
+    old.set_user_attr("settings", {"prompts": 10, "cgroup": "own"})
+    assert StudyMeta.of(old).settings.cgroup == "own"
