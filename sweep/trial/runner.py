@@ -171,6 +171,7 @@ class _Watch:
     def _make_cgroups(self) -> None:
         """The foreground's cgroup (trial.cgroup own) and the model's (own, or a kernel limit), and
         the topology: own, or shared with the reason where trial.cgroup asked for own."""
+        self.cgroup = self.fg_cgroup = None  # a busy machine's retry starts again: the last ones are removed
         why = self._foreground_cgroup()
         limits = limits_of(self.config.to_dict())
         if limits or (self.settings.cgroup == "own" and not why):  # the worker starts in it (TrialCgroup.join)
