@@ -215,6 +215,7 @@ class Progress:
     done_this_run: int = 0  # trials finished by this run (for the ETA)
     study: Any = None
     waiting: str | None = None  # why no trial runs now (the measurement lock, another host's trials)
+    promotes: tuple[int, int] | None = None  # a promotion trial's original and its items
 
 
 META_VERSION = 1

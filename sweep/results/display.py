@@ -61,6 +61,13 @@ def _under_load(f: dict[str, float]) -> str:
 
 def progress_line(p: Progress) -> str:
     config = p.config.to_dict() if p.config else None
+    if p.promotes is not None:  # not one of the run's trials: its count stays where it is
+        what = f"[{p.done}/{p.target}] trial {p.trial_number}, trial {p.promotes[0]} promoted to {p.promotes[1]} items"
+        if p.outcome is None:
+            return f"{what} ..."
+        verdict = (figures_summary(p.outcome.figures) + (" | meets budgets" if p.feasible else " | over budget")
+                   if p.outcome.ok else f"FAILED ({p.outcome.reason}: {p.outcome.detail[:160]})")
+        return f"{what}, in {p.outcome.wall_seconds:.1f}s: {verdict}"
     if p.outcome is None:
         return f"[{p.done + 1}/{p.target}] trial {p.trial_number}: {config_summary(config)} ..."
     if p.reused_from is not None:
@@ -101,7 +108,7 @@ def objective_cell(f: dict[str, float], name: str) -> str:
 
 
 def front_table(front: list[dict[str, Any]], objectives: list[str],
-                constant: tuple[float, int] | None = None) -> str:
+                constant: dict[int, float] | None = None) -> str:
     """The front, best first by the export policy, and a reference row: the best constant answer on
     the same items. A trial whose interval reaches down to it is marked."""
     from sweep.results.front import no_better_than
@@ -111,13 +118,22 @@ def front_table(front: list[dict[str, Any]], objectives: list[str],
     for r in front:
         vals = [objective_cell(r["figures"], m) for m in objectives]
         ok = budget_cell(r) + (" [no better than a constant answer]" if no_better_than(r, constant) else "")
-        v = r.get("verified")
-        source = f"verified {v['n_items']}x{v['repeats']}" if v and not v["failed"] else "sweep subset"
-        body.append([str(r["number"])] + vals + [ok, source, config_summary(r["config"])])
-    if constant is not None and "correctness" in objectives:
-        body.append(["const"] + [f"{constant[0]:.2f} n={constant[1]}" if m == "correctness" else "" for m in objectives]
-                    + ["", "sweep subset", "the best constant answer of each kind (chosen knowing the answers)"])
+        body.append([str(r["number"])] + vals + [ok, sample_text(r), config_summary(r["config"])])
+    for n, score in sorted((constant or {}).items()) if "correctness" in objectives else ():
+        body.append(["const"] + [f"{score:.2f} n={n}" if m == "correctness" else "" for m in objectives]
+                    + ["", f"{n} items", "the best constant answer of each kind (chosen knowing the answers)"])
     return grid(body, header)
+
+
+def sample_text(r: dict[str, Any]) -> str:
+    """Which sample a row's figures come from: a verification, a promotion or the trial itself."""
+    v, p = r.get("verified"), r.get("promoted")
+    if v and not v["failed"]:
+        return f"verified {v['n_items']}x{v['repeats']}"
+    if p and not p["failed"]:
+        return f"promoted: {p['n_items']} items (trial {p['trial']})"
+    n = r["figures"].get("correctness_n")
+    return f"own: {n:.0f} items" if n is not None else "sweep subset"
 
 
 def verification_table(study: Any) -> str:
@@ -161,10 +177,13 @@ def sweep_summary(study: Any, where: str, n_prompts: int, n_tasks: int) -> str:
     from sweep.results.front import choose, constant_reference, pareto_front, rows, why_chosen
 
     name = study.study_name
-    all_rows = rows(study)
+    every = rows(study)
+    all_rows = [r for r in every if r["promotes"] is None]
+    promotions = len(every) - len(all_rows)
     failed = [r for r in all_rows if r["state"] == "FAIL"]
     lines = [f"\nstudy {name!r} in {where}: {len(all_rows)} finished trials, {len(failed)} failed, "
-             f"{sum(r['feasible'] for r in all_rows)} meet every budget"]
+             f"{sum(r['feasible'] for r in all_rows)} meet every budget"
+             + (f"; {promotions} promotion(s) measured configurations again on more items" if promotions else "")]
     front, feasible = pareto_front(study)
     if not front:
         return "\n".join(lines)
@@ -178,7 +197,7 @@ def sweep_summary(study: Any, where: str, n_prompts: int, n_tasks: int) -> str:
         lines.append(f"Export policy's pick: trial {pick['number']}: {why_chosen(study, pick)}."
                      + ("" if pick["feasible"] else " It can sit off the front above: the front weighs only the "
                         "objectives, the pick weighs every budget."))
-    unverified = [r for r in front if not r["verified"]]
+    unverified = [r for r in front if not r["verified"] and not r["promoted"]]
     if unverified:
         lines.append(f"{len(unverified)} front trial(s) rest on a subset of {n_prompts} tasks and one run; "
                      f"`sweep verify --study {name}` re-runs them on all {n_tasks}.")
@@ -195,11 +214,13 @@ def status_text(study: Any, policy_pick: dict[str, Any] | None) -> str:
     finished = rows(study)
     states = Counter(t.state.name for t in trials)
     reasons = Counter(r["fail_reason"] or "?" for r in finished if r["state"] == "FAIL")
-    feasible = sum(r["feasible"] for r in finished)
+    feasible = sum(r["feasible"] for r in finished if r["promotes"] is None)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    promotions = sum("promotes" in t.user_attrs for t in trials)
     lines = [f"study {study.study_name!r}: {len(trials)} trials: "
-             + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))]
+             + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+             + (f" ({promotions} of them promotions: a configuration again on more items)" if promotions else "")]
     if reasons:
         lines.append("failed: " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()))
     lines.append(f"meet every budget: {feasible}")
@@ -207,7 +228,9 @@ def status_text(study: Any, policy_pick: dict[str, Any] | None) -> str:
         lines.append(f"first trial started {min(starts):%Y-%m-%d %H:%M:%S}, last finished {max(ends):%Y-%m-%d %H:%M:%S}")
     running = [t for t in trials if t.state.name == "RUNNING"]
     for t in running:
-        lines.append(f"running: trial {t.number}: {config_summary(t.user_attrs.get('config'))}")
+        what = (f" (trial {t.user_attrs['promotes']} promoted to {t.user_attrs['items']} items)"
+                if "promotes" in t.user_attrs else "")
+        lines.append(f"running: trial {t.number}{what}: {config_summary(t.user_attrs.get('config'))}")
     if policy_pick:
         lines.append(f"export policy's pick: trial {policy_pick['number']}"
                      + ("" if policy_pick["feasible"] else " (closest; breaks " + ", ".join(policy_pick["violations"]) + ")")

@@ -144,6 +144,11 @@ def _figures_from(row: dict[str, Any], study: Any) -> str:
         lo, hi = v["correctness_ci"]
         return (f"verification: {v['n_items']} tasks x {v['repeats']} runs on {v['at']}; "
                 f"correctness 95% CI [{lo:.3f}, {hi:.3f}]")
+    p = row.get("promoted")
+    if p and not p["failed"]:
+        f = row["figures"]
+        return (f"promotion: trial {p['trial']} measured this configuration again on {p['n_items']} tasks, one run; "
+                f"correctness 95% CI [{f.get('correctness_ci_low', 0):.3f}, {f.get('correctness_ci_high', 1):.3f}]")
     prompts = StudyMeta.of(study).settings.prompts
     failed = f" (its verification failed: {v['failed']})" if v else " (not verified: run sweep verify)"
     return f"the sweep: a subset of {prompts} tasks, one run{failed}"

@@ -1,8 +1,8 @@
 """From a finished study to a decision: rows, the Pareto front, the export policy, exports.
 
-Verified figures: where ``sweep verify`` has re-run a trial on the whole task set,
-its verified figures replace the sweep's in every row, so the front, the
-feasibility and the export policy all rest on the larger sample.
+Larger samples: where a promotion (``sweep.study.promotion``) or ``sweep verify`` has re-run
+a trial's configuration on more items, the figures of the largest sample replace the trial's
+own in every row, so the front, the feasibility and the export policy all rest on it.
 
 Export policy: trials that meet every budget first; among them the best on the space's
 first objective, then its second, and so on (by default: the highest correctness, then the
@@ -40,30 +40,72 @@ def trial_row(t: Any) -> dict[str, Any]:
         "constraint_values": a.get("constraint_values"), "violations": a.get("violations", []),
         "feasible": t.state.name == "COMPLETE" and not a.get("violations"),
         "fail_reason": a.get("fail_reason"), "fail_detail": a.get("fail_detail"),
-        "reused_from": a.get("reused_from"),
+        "reused_from": a.get("reused_from"), "promotes": a.get("promotes"),
     }
 
 
 def rows(study: Any, prefer_verified: bool = True) -> list[dict[str, Any]]:
     """One dict per finished trial: number, state, config, figures, feasibility.
 
-    With ``prefer_verified``, a verified trial's figures, objective values and
-    feasibility come from its verification (``row["verified"]`` says so); the
-    sweep's own figures stay under ``sweep_figures``.
+    A configuration's figures come from its largest sample: a promotion trial's
+    (``row["promoted"]``, ``sweep.study.promotion``), or, with ``prefer_verified``,
+    a verification on more items (``row["verified"]``); the trial's own figures stay
+    under ``sweep_figures``. A promotion trial's own row has ``promotes`` set and
+    takes no part in the front or the policy.
     """
     meta = StudyMeta.of(study)
     checked = verifications(study) if prefer_verified else {}
+    trials = study.get_trials(deepcopy=False)
+    promoted = _largest_promotions(trials)  # promotions are the sweep's own measurements
     out = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if t.state.name not in ("COMPLETE", "FAIL"):
             continue
-        row = {**trial_row(t), "verified": None}
+        row = {**trial_row(t), "verified": None, "promoted": None}
         # A reused copy holds its original's measurement, so it stands or falls with its verification.
-        v = checked.get(t.number) or checked.get(t.user_attrs.get("reused_from", -1))
-        if v is not None and t.state.name == "COMPLETE":
+        origin = t.user_attrs.get("reused_from", t.number)
+        v = checked.get(t.number) or checked.get(origin)
+        p = promoted.get(origin) if t.state.name == "COMPLETE" and row["promotes"] is None else None
+        if p is not None and (v is None or v["n_items"] < p.user_attrs["items"]):
+            _apply_promotion(row, p, meta.objectives, meta.budgets)
+        elif v is not None and t.state.name == "COMPLETE":
             _apply_verification(row, v, meta.objectives, meta.budgets)
         out.append(row)
     return out
+
+
+def _largest_promotions(trials: list[Any]) -> dict[int, Any]:
+    """Each promoted trial's promotion on the most items, by the original's number (promotions that
+    failed for a reason not the configuration's own measured nothing, and are left out)."""
+    from sweep.study.promotion import NOT_ITS_FAULT
+
+    best: dict[int, Any] = {}
+    for t in trials:
+        a = t.user_attrs
+        if "promotes" not in a or t.state.name not in ("COMPLETE", "FAIL") or a.get("fail_reason") in NOT_ITS_FAULT:
+            continue
+        n = int(a["promotes"])
+        if n not in best or a["items"] > best[n].user_attrs["items"]:
+            best[n] = t
+    return best
+
+
+def _apply_promotion(row: dict[str, Any], p: Any, objectives: list[str], budgets: dict[str, dict[str, float]]) -> None:
+    """The figures of the promotion trial ``p`` in place of the row's own (those stay under ``sweep_figures``)."""
+    promo = trial_row(p)
+    row["promoted"] = {"trial": p.number, "rung": p.user_attrs["rung"], "n_items": p.user_attrs["items"],
+                       "failed": promo["fail_reason"] if promo["state"] == "FAIL" else None}
+    row["sweep_figures"] = row["figures"]
+    if row["promoted"]["failed"]:
+        # The configuration did not survive more items: keep its first figures, never call it feasible.
+        row["feasible"] = False
+        row["violations"] = [*row["violations"], f"promotion ({row['promoted']['failed']})"]
+        return
+    row["figures"] = promo["figures"]
+    row["values"] = promo["values"] or [row["figures"].get(m, math.nan) for m in objectives]
+    row["constraint_values"] = constraint_values(row["figures"], budgets)
+    row["violations"] = [name for name, c in zip(budgets, row["constraint_values"]) if c > 0]
+    row["feasible"] = not row["violations"]
 
 
 def _apply_verification(row: dict[str, Any], v: dict[str, Any], objectives: list[str],
@@ -92,7 +134,8 @@ def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
 
 
 def _failed_verification(r: dict[str, Any]) -> bool:
-    return bool(r["verified"] and r["verified"]["failed"])
+    """Whether a larger sample of the trial's configuration (a verification, a promotion) failed."""
+    return bool((r["verified"] and r["verified"]["failed"]) or (r.get("promoted") and r["promoted"]["failed"]))
 
 
 def _signs(study: Any) -> list[int]:
@@ -102,7 +145,7 @@ def _signs(study: Any) -> list[int]:
 def _pool(all_rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
     """The trials a front is drawn from: feasible ones if any, else every complete one."""
     complete = [r for r in all_rows if r["state"] == "COMPLETE" and r["reused_from"] is None
-                and not _failed_verification(r)]
+                and r["promotes"] is None and not _failed_verification(r)]
     feasible = [r for r in complete if r["feasible"]]
     return feasible or complete, bool(feasible)
 
@@ -195,7 +238,7 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
         ExportError: no complete trial, the named trial is not complete, or no
             trial meets every budget and ``allow_infeasible`` is False.
     """
-    complete = [r for r in rows(study) if r["state"] == "COMPLETE"]
+    complete = [r for r in rows(study) if r["state"] == "COMPLETE" and r["promotes"] is None]
     if trial is not None:
         match = [r for r in complete if r["number"] == trial]
         if not match:
@@ -220,26 +263,33 @@ def choose(study: Any, allow_infeasible: bool = False, trial: int | None = None)
     return closest
 
 
-def constant_reference(study: Any) -> tuple[float, int] | None:
-    """What the best constant answer of each kind scores on the sweep's own items (chosen knowing
-    the answers: the bar a model must clear), and how many items; None where the task set cannot
-    be read any more."""
+def constant_reference(study: Any) -> dict[int, float] | None:
+    """What the best constant answer of each kind scores (chosen knowing the answers: the bar a model
+    must clear) on each sample the study's figures rest on (the trials' own items, each promotion's,
+    each verification's), by the number of items; None where the task set cannot be read any more."""
     from sweep.correctness.tasks import best_constants, load_tasks, stratified_subset
     from sweep.errors import TaskFileError
 
     meta = StudyMeta.of(study)
     try:
-        tasks = stratified_subset(load_tasks(meta.task_set), meta.settings.prompts)
+        tasks = load_tasks(meta.task_set)
     except TaskFileError:
         return None
-    scores = [s for _, kind_scores in best_constants(tasks).values() for s in kind_scores]
-    return (sum(scores) / len(scores), len(scores)) if scores else None
+    sizes = {meta.settings.prompts, *(v["n_items"] for v in verifications(study).values())}
+    sizes |= {int(t.user_attrs["items"]) for t in study.get_trials(deepcopy=False) if "promotes" in t.user_attrs}
+    out = {}
+    for n in sorted(sizes):
+        scores = [s for _, kind_scores in best_constants(stratified_subset(tasks, n)).values() for s in kind_scores]
+        if scores:
+            out[len(scores)] = sum(scores) / len(scores)
+    return out or None
 
 
-def no_better_than(r: dict[str, Any], constant: tuple[float, int] | None) -> bool:
-    """Whether a trial's correctness interval reaches down to the constant answer's score."""
-    low = r["figures"].get("correctness_ci_low")
-    return constant is not None and low is not None and low <= constant[0]
+def no_better_than(r: dict[str, Any], constant: dict[int, float] | None) -> bool:
+    """Whether a trial's correctness interval reaches down to the constant answer's score on as many items."""
+    low, n = r["figures"].get("correctness_ci_low"), r["figures"].get("correctness_n")
+    bar = constant.get(int(n)) if constant and n is not None else None
+    return bar is not None and low is not None and low <= bar
 
 
 def trial_by_number(study: Any, number: int) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sweep.measure.metrics import METRICS
 from sweep.records import StudyMeta
-from sweep.results.display import budget_cell, config_summary, objective_cell
+from sweep.results.display import budget_cell, config_summary, objective_cell, sample_text
 from sweep.results.front import constant_reference, no_better_than, pareto_front, rows, trial_series
 from sweep.results.timeline import (
     _PHASE_COLOUR,
@@ -31,7 +31,8 @@ from sweep.study.fleet import describe_class
 def _front_chart(study: Any) -> Any:
     import plotly.graph_objects as go
 
-    complete = [r for r in rows(study) if r["state"] == "COMPLETE" and r["reused_from"] is None]
+    complete = [r for r in rows(study) if r["state"] == "COMPLETE" and r["reused_from"] is None
+                and r["promotes"] is None]
     front, _ = pareto_front(study)
     on_front = {r["number"] for r in front}
     fig = go.Figure()
@@ -144,20 +145,20 @@ def _latency_chart(front_answers: dict[int, list[dict[str, Any]]]) -> Any:
     return fig.update_layout(title="latency of each request, front trials", yaxis_title="seconds", height=380)
 
 
-def _front_table(front: list[dict[str, Any]], objectives: list[str], constant: tuple[float, int] | None) -> str:
+def _front_table(front: list[dict[str, Any]], objectives: list[str], constant: dict[int, float] | None) -> str:
     head = "".join(f"<th>{html.escape(m)} ({html.escape(METRICS[m].unit)})</th>" for m in objectives)
     body = []
     for r in front:
         cells = "".join(f"<td>{html.escape(objective_cell(r['figures'], m))}</td>" for m in objectives)
         ok = budget_cell(r) + (" [no better than a constant answer]" if no_better_than(r, constant) else "")
-        body.append(f"<tr><td>{r['number']}</td>{cells}<td>{html.escape(ok)}</td>"
+        body.append(f"<tr><td>{r['number']}</td>{cells}<td>{html.escape(ok)}</td><td>{html.escape(sample_text(r))}</td>"
                     f"<td><code>{html.escape(config_summary(r['config']))}</code></td></tr>")
-    if constant is not None and "correctness" in objectives:
-        cells = "".join(f"<td>{constant[0]:.2f} n={constant[1]}</td>" if m == "correctness" else "<td></td>"
-                        for m in objectives)
-        body.append(f"<tr><td>const</td>{cells}<td></td><td>the best constant answer of each kind, on the same "
-                    "items (chosen knowing the answers): the bar a model must clear</td></tr>")
-    return (f"<table><tr><th>trial</th>{head}<th>budgets</th><th>configuration</th></tr>{''.join(body)}</table>")
+    for n, score in sorted((constant or {}).items()) if "correctness" in objectives else ():
+        cells = "".join(f"<td>{score:.2f} n={n}</td>" if m == "correctness" else "<td></td>" for m in objectives)
+        body.append(f"<tr><td>const</td>{cells}<td>{n} items</td><td>the best constant answer of each kind, on "
+                    "those items (chosen knowing the answers): the bar a model must clear</td></tr>")
+    return (f"<table><tr><th>trial</th>{head}<th>budgets</th><th>figures from</th><th>configuration</th></tr>"
+            f"{''.join(body)}</table>")
 
 
 def write_report(study: Any, storage_url: str, path: Path) -> Path:

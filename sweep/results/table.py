@@ -90,7 +90,8 @@ def make_table(study: Any, storage_url: str, command: list[str] | None = None) -
     Returns:
         A dict: ``format``, ``version``, ``meta`` and ``rows``. Rows of one effective
         configuration share ``config_key`` and are numbered by ``repeat`` (0, 1, ...) in trial
-        order; a trial that reused another's figures has ``repeat`` None and ``reused_from``.
+        order; a trial that reused another's figures has ``repeat`` None and ``reused_from``, and a
+        promotion (the configuration on more items) ``repeat`` None and ``promotes``.
 
     Raises:
         SweepError: the study was not made by sweep (``StudyMeta``).
@@ -104,7 +105,7 @@ def make_table(study: Any, storage_url: str, command: list[str] | None = None) -
     rows = [_row(t, store.get(_optuna.trial_id(t))) for t in trials]
     seen: dict[str | None, int] = {}
     for r in rows:
-        if r["reused_from"] is None:
+        if r["reused_from"] is None and r["promotes"] is None:  # a promotion answered other items
             r["repeat"] = seen.get(r["config_key"], 0)
             seen[r["config_key"]] = r["repeat"] + 1
     params: dict[str, Any] = {}

@@ -346,7 +346,8 @@ def reap_lost(study: Any, me: Owner) -> list[int]:
         if not _optuna.fail_if_running(study, _optuna.trial_id(t), {"fail_reason": "orchestrator_lost"}):
             continue
         reaped.append(t.number)
-        if t.params and "requeued_from" not in t.user_attrs:
+        # A promotion is not queued: its rung decides it again (sweep.study.promotion.NOT_ITS_FAULT).
+        if t.params and "requeued_from" not in t.user_attrs and "promotes" not in t.user_attrs:
             study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
     return reaped
 

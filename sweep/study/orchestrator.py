@@ -13,12 +13,13 @@ command again after an interruption carries on to it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 from sweep import _optuna
@@ -27,6 +28,7 @@ from sweep.errors import WorkFailed
 from sweep.hostlock import LockWaitStopped, measurement_lock
 from sweep.measure.metrics import METRICS
 from sweep.records import Outcome, Progress, StudyMeta
+from sweep.study import promotion
 from sweep.study.fleet import DatabaseWatch, Heartbeat, Owner, others_running, reap_lost
 from sweep.study.space import Space
 from sweep.study.spool import replay, with_retries
@@ -167,6 +169,9 @@ class _Run:
                  on_progress: Callable[[Progress], None] | None) -> None:
         self.study, self.space, self.series, self.url, self.subset = study, space, series, opts.storage_url, subset
         self.n_trials, self.on_progress, self.lock = opts.n_trials, on_progress, opts.lock
+        self.tasks = opts.tasks
+        promote = space.spec.promote
+        self.rungs = promotion.rungs(promote.prompts, len(opts.tasks)) if promote else []
         meta = StudyMeta.of(study)
         self.budgets = meta.budgets
         self.me = Owner.me()
@@ -190,9 +195,11 @@ class _Run:
         if outcome is not None:  # count again only when a trial ends: phase events come mid-measurement
             self.done = finished_count(self.study)
         done = self.done
+        a = trial.user_attrs if trial is not None else {}
+        promotes = (a["promotes"], a["items"]) if "promotes" in a else None
         self.on_progress(Progress(done, self.n_trials, trial.number if trial else None, config, outcome, feasible,
                                   time.monotonic() - self.started, reused_from, phase, done - self.first,
-                                  self.study, waiting))
+                                  self.study, waiting, promotes))
 
     def step(self) -> bool:
         """Measure one trial, or wait for trials in flight elsewhere. False: nothing is left to do."""
@@ -203,11 +210,15 @@ class _Run:
                 self.abandoned = [t for t in self.abandoned if not self._abandon(t)]
                 reap_lost(self.study, self.me)
                 with study_lock(self.url, _optuna.study_id(self.study)):
-                    done, elsewhere = finished_count(self.study), len(others_running(self.study, self.me))
+                    done = finished_count(self.study)
+                    elsewhere = sum(not promotion.is_promotion(t) for t in others_running(self.study, self.me))
                     self.done = done
-                    if done >= self.n_trials:
+                    # A promotion due goes first; when the run has its trials, promotions alone are left.
+                    trial = self._promotion(finishing=done >= self.n_trials)
+                    if trial is None and done >= self.n_trials:
                         return False
-                    trial = self.study.ask() if done + elsewhere < self.n_trials else None
+                    if trial is None:
+                        trial = self.study.ask() if done + elsewhere < self.n_trials else None
                 if trial is not None:
                     heartbeat = None
                     try:
@@ -230,6 +241,16 @@ class _Run:
         time.sleep(_WAIT_S)
         return True
 
+    def _promotion(self, finishing: bool) -> Any:
+        """The promotion trial due now, created and so claimed (under the study's lock), or None."""
+        if len(self.rungs) < 2:
+            return None
+        due = promotion.due(self.study, self.rungs, self.space.spec.promote.keep, finishing)
+        if due is None:
+            return None
+        original, rung = due
+        return promotion.start(self.study, original, rung, self.rungs[rung])
+
     def _interrupted(self, trial: Any) -> None:
         """Record an aborted trial as failed (``interrupted``), unless it was already recorded; a run
         trial's worker group has already been ended by ``run_trial``."""
@@ -246,7 +267,7 @@ class _Run:
         """
         try:
             if _optuna.fail_if_running(self.study, _optuna.trial_id(trial), {"fail_reason": "storage_error"}) \
-                    and trial.params:
+                    and trial.params and "promotes" not in trial.user_attrs:
                 self.study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
             return True
         except Exception:  # noqa: BLE001 - the database is still away
@@ -254,9 +275,11 @@ class _Run:
 
     def _measure(self, trial: Any, waited: float, asked_s: float) -> bool:
         config = self.space.sample(trial)
+        promotes = trial.user_attrs.get("promotes")
         self._report(trial, config, phase="starting")
         _test_barrier()
-        original = self._settled_original(trial)
+        # A promotion measures a configuration again on purpose: it is neither reused nor waited for.
+        original = self._settled_original(trial) if promotes is None else None
         if original is not None:
             if self.space.settings.duplicates == "reuse":
                 with self.stop.shield():
@@ -273,8 +296,15 @@ class _Run:
                                                                   if "prompt" in msg else ""))
 
         latency_budget = self.budgets.get("latency_p95_s", {}).get("max")
+        settings, subset = self.space.settings, self.subset
+        if promotes is not None:
+            # As sweep verify measures: every item answered, the timeout sized for the items.
+            items = trial.user_attrs["items"]
+            subset = stratified_subset(self.tasks, items)
+            settings = replace(settings, prompts=items, early_abort=False,
+                               timeout_seconds=settings.timeout_seconds * math.ceil(items / max(settings.prompts, 1)))
         start = time.time()
-        outcome = run_trial(config, self.space.settings, self.subset,
+        outcome = run_trial(config, settings, subset,
                             latency_budget_s=latency_budget, on_event=on_event if self.on_progress else None)
         extra = {"measured_at": [round(start, 3), round(time.time(), 3)], "hardware_class": self.hardware,
                  "lock_wait_s": round(waited, 3)}

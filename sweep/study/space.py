@@ -125,6 +125,21 @@ class PolicyBlock(BaseModel):
     floor: Optional[list[str]] = None
 
 
+class PromoteBlock(BaseModel):
+    """Multi-fidelity measurement (``sweep.study.promotion``): the rungs' item counts, the first being
+    ``trial.prompts``, and the share of a rung measured again on the next rung's items."""
+
+    model_config = _Strict
+    prompts: list[int] = Field(min_length=2)
+    keep: float = Field(0.34, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _rising(self) -> PromoteBlock:
+        if any(n < 1 for n in self.prompts) or any(b <= a for a, b in zip(self.prompts, self.prompts[1:])):
+            raise ValueError("the rungs must be item counts of at least 1, each larger than the one before")
+        return self
+
+
 class SpaceFile(BaseModel):
     model_config = _Strict
     version: Literal[1]
@@ -139,6 +154,7 @@ class SpaceFile(BaseModel):
     trial: TrialBlock = TrialBlock()
     sampler: SamplerBlock = SamplerBlock()
     policy: PolicyBlock = PolicyBlock()
+    promote: Optional[PromoteBlock] = None
 
     def floor(self) -> list[str]:
         """The policy's floor budgets (``policy.floor``, by default correctness where it is budgeted)."""
@@ -166,7 +182,7 @@ class Space:
 
     def fingerprint(self) -> str:
         """A hash of what the space asks for, to refuse continuing a study with another space."""
-        canon = self.spec.model_dump(mode="json", exclude={"description", "trial", "sampler", "policy"})
+        canon = self.spec.model_dump(mode="json", exclude={"description", "trial", "sampler", "policy", "promote"})
         return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
 
     def sample(self, trial: Any) -> TrialConfig:
@@ -422,6 +438,9 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name.startswith("cg_") and not limited:
             raise SpaceError(f"{path}: {where}: {name} is counted in a trial's own cgroup, and this space sets no "
                              "kernel limit (cpu_quota_pct, cpu_weight, memory_high_gb or memory_max_gb)")
+    if spec.promote and spec.promote.prompts[0] != spec.trial.prompts:
+        raise SpaceError(f"{path}: promote.prompts: the first rung ({spec.promote.prompts[0]}) must be the items every "
+                         f"trial answers, trial.prompts ({spec.trial.prompts})")
     if spec.trial.idle_seconds >= spec.trial.progress_timeout_seconds:
         raise SpaceError(f"{path}: trial.idle_seconds ({spec.trial.idle_seconds:g}) must be below "
                          f"trial.progress_timeout_seconds ({spec.trial.progress_timeout_seconds:g}): the worker is "

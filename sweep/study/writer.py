@@ -155,11 +155,13 @@ def save_dashboard_note(study: Any) -> None:
 
 def finished_count(study: Any) -> int:
     """The trials that count towards ``--trials``: finished ones, less those the database would not
-    let start (``storage_error``: nothing was measured, and its parameters were queued again)."""
+    let start (``storage_error``: nothing was measured, and its parameters were queued again) and
+    promotions (a configuration measured again on more items, not a new one)."""
     from optuna.trial import TrialState
 
     return sum(t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-               and t.user_attrs.get("fail_reason") != "storage_error" for t in study.get_trials(deepcopy=False))
+               and t.user_attrs.get("fail_reason") != "storage_error" and "promotes" not in t.user_attrs
+               for t in study.get_trials(deepcopy=False))
 
 
 def measured_path(trial: Any) -> str:
@@ -175,7 +177,8 @@ def measured_before(study: Any, config: dict[str, Any]) -> Any:
 
     path = platforms.name()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("config") == config and "reused_from" not in t.user_attrs and measured_path(t) == path:
+        if t.user_attrs.get("config") == config and "reused_from" not in t.user_attrs \
+                and "promotes" not in t.user_attrs and measured_path(t) == path:
             return t
     return None
 
