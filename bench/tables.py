@@ -417,7 +417,52 @@ def prefix_flip() -> str:
          for d in data["differing"]])
 
 
-TABLES: dict[str, Callable[[], str]] = {"calibration-linux": calibration_linux, "calibration-paths": calibration_paths,
+def promotion() -> str:
+    """docs/studies.md: what promotion buys for the same trial-hours, replayed on the recorded grid
+    (bench/promotion_grid.py, then bench/promotion.py)."""
+    data = results("promotion")
+
+    def mid(x: list[float], fmt: str = ".3f") -> str:
+        return f"{_f(x[0], fmt)} [{_f(x[1], fmt)}, {_f(x[2], fmt)}]"
+
+    rows = []
+    for p in data["plans"]:
+        w, o = p["with"], p["without"]
+        rows.append([" / ".join(map(str, p["rungs"])), _f(p["keep"]), _f(w["spent_s"][0] / 60, ".1f"),
+                     mid(w["hv"]), mid(o["hv"]), f"{p['hv_better']} / {p['hv_worse']}",
+                     mid(w["pick_correctness"]), mid(o["pick_correctness"]), f"{p['pick_better']} / {p['pick_worse']}",
+                     f"{_f(w['pick_items'][0], '.0f')} / {_f(o['pick_items'][0], '.0f')}"])
+    return (measured("promotion_grid", "promotion") + f" {len(data['configs'])} configurations, each on all "
+            f"{data['items']} items; {data['seeds']} seeds of {data['trials']} trials; the best full-set correctness "
+            f"in the grid is {data['best_correctness']:.3f}. Medians [quartiles].\n\n" + table(
+                ["rungs", "keep", "trial-min (median)", "hypervolume, with", "without", "seeds better / worse",
+                 "pick's full-set correctness, with", "without", "seeds better / worse", "pick's items, with / without"],
+                rows))
+
+
+def open_load() -> str:
+    """docs/open-load.md: response, queueing, duty cycle and the probe at five rates, and each
+    configuration's capacity (bench/open_load.py)."""
+    data = results("open_load")
+    rows = []
+    for c in data["configs"]:
+        for r in c["runs"]:
+            f = r["figures"]
+            lb = ">=" if f.get("response_lower_bound") else ""
+            rows.append([c["label"], _f(r["rate_per_min"], ".3g"),
+                         lb + _f(f.get("response_p95_s")) if r["ok"] else f"failed ({r['reason']})",
+                         _f(f.get("service_p95_s")), _f(f.get("queue_wait_p95_s")), _f(f.get("queue_max"), ".0f"),
+                         _f(f.get("cpu_mean_share_pct"), ".1f"), _f(f.get("cpu_s_per_answer")),
+                         _f(f.get("fg_open_p95_ratio")), f"{_f(f.get('open_answered'), '.0f')}/{_f(f.get('open_events'), '.0f')}",
+                         "yes" if f.get("saturated") else "no", "holds" if not r["broken"] else ", ".join(r["broken"])])
+    caps = "; ".join(f"{c['label']}: **{_f(c['capacity_per_min'], '.1f')} events/min**" for c in data["configs"])
+    return (measured("open_load") + f" Each open-loop phase {data['seconds']:g} s. Capacity (response p95 <= 2.5 s, "
+            f"CPU mean <= 35%, not saturated): {caps}.\n\n" + table(
+                ["configuration", "rate /min", "response p95 s", "service p95 s", "wait p95 s", "queue max",
+                 "CPU mean %", "CPU s/answer", "probe p95 x", "answered", "saturated", "budgets"], rows))
+
+
+TABLES: dict[str, Callable[[], str]] = {"promotion": promotion, "open-load": open_load, "calibration-linux": calibration_linux, "calibration-paths": calibration_paths,
                                         "monitor-cost-paths": monitor_cost_paths, "hard_limits-quiet": hard_limits_quiet,
                                         "hard_limits-contended": hard_limits_contended, "injection": injection,
                                         "injection-v2": injection_v2, "injection-v3": injection_v3,

@@ -347,6 +347,81 @@ def trial(config_file: Path, as_json: bool, tasks_file: Path | None, prompts: in
 
 
 @main.command()
+@click.argument("config_file", type=click.Path(path_type=Path))
+@click.option("--budget", "budget_opts", multiple=True, metavar="NAME=VALUE",
+              help="An open-load budget (response_p95_s=2.5, cpu_mean_share_pct=35, ...); repeatable. Default: "
+                   "the file's budgets, each as its open-load figure.")
+@click.option("--arrival", type=click.Choice(["poisson", "constant"]), default=None,
+              help="The arrival process [the file's, else poisson].")
+@click.option("--seconds", "arrival_seconds", type=click.FloatRange(min=5), default=None,
+              help="Length of each rate's open-loop phase [the file's, else 60].")
+@click.option("--low", type=click.FloatRange(min=0.01), default=1.0, show_default=True, help="First rate (events/min).")
+@click.option("--high", type=click.FloatRange(min=0.01), default=600.0, show_default=True, help="Highest rate tried.")
+@click.option("--steps", type=click.IntRange(min=0, max=10), default=4, show_default=True, help="Bisection steps.")
+@click.option("--tasks", "tasks_file", type=click.Path(path_type=Path), default=None)
+@click.option("--png", type=click.Path(path_type=Path), default=None, help="Draw the capacity curve here.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@lock_option
+def capacity(config_file: Path, budget_opts: tuple[str, ...], arrival: str | None, arrival_seconds: float | None,
+             low: float, high: float, steps: int, tasks_file: Path | None, png: Path | None, as_json: bool,
+             no_lock: bool) -> None:
+    """The highest arrival rate at which a configuration's budgets hold under open load."""
+    from dataclasses import replace
+
+    import yaml
+
+    from sweep.capacity import find_capacity, open_budgets, png_curve
+    from sweep.correctness.tasks import load_tasks, stratified_subset
+    from sweep.results.display import capacity_line, capacity_step_line
+    from sweep.study.space import load_trial
+
+    config, settings = load_trial(config_file)
+    budgets = open_budgets((yaml.safe_load(config_file.read_text()) or {}).get("budgets") or {})
+    budgets.update(_budget_options(budget_opts))
+    if not budgets:
+        raise SweepError(f"{config_file}: no budget to judge a rate by: give --budget NAME=VALUE "
+                         "(for example response_p95_s=2.5)")
+    if low > high:
+        raise SweepError(f"--low {low:g} is above --high {high:g}")
+    settings = replace(settings, arrival=arrival or (settings.arrival if settings.arrival != "closed" else "poisson"),
+                       arrival_seconds=arrival_seconds or settings.arrival_seconds)
+    click.echo("budgets: " + ", ".join(f"{k} {'<=' if 'max' in b else '>='} {b.get('max', b.get('min')):g}"
+                                       for k, b in budgets.items()) + "; and not saturated", err=as_json)
+    result = find_capacity(config, settings, stratified_subset(load_tasks(tasks_file), settings.prompts), budgets,
+                           low, high, steps, on_step=lambda st: click.echo(capacity_step_line(st), err=as_json),
+                           lock=not no_lock, on_wait=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps({"budgets": budgets, "capacity_per_min": result.best.rate_per_min if result.best else None,
+                               "steps": [{"rate_per_min": s.rate_per_min, "holds": s.holds, "broken": s.broken,
+                                          "ok": s.outcome.ok, "figures": s.outcome.figures} for s in result.steps]},
+                              indent=2))
+    else:
+        click.echo(capacity_line(result, low))
+    if png:
+        png_curve(result, png, f"{config_file.name}: capacity under {settings.arrival} arrivals")
+        click.echo(f"capacity curve written to {png}", err=as_json)
+
+
+def _budget_options(opts: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """``--budget NAME=VALUE`` as budgets: a bound above for a figure to minimise, below for one to maximise."""
+    from sweep.measure.metrics import METRICS
+    from sweep.measure.open_load import FIGURES
+
+    out = {}
+    for opt in opts:
+        name, sep, value = opt.partition("=")
+        if not sep or name not in FIGURES:
+            raise SweepError(f"--budget {opt}: expected NAME=VALUE with NAME an open-load figure "
+                             f"({', '.join(FIGURES)})")
+        try:
+            bound = float(value)
+        except ValueError:
+            raise SweepError(f"--budget {opt}: {value!r} is not a number") from None
+        out[name] = {"max" if METRICS[name].direction == "minimize" else "min": bound}
+    return out
+
+
+@main.command()
 @storage_option
 def fleet(storage: str | None) -> None:
     """Every study in the database, by hardware class: trials done, meeting budgets, the pick."""

@@ -162,6 +162,14 @@ class TrialSettings:
     held_out_items: int = 0  # as many variants of the held-out families (never tuned to), apart
     benign_items: int = 0  # as many benign lines with administrators' comments: the false-escalation side
     duplicates: str = "reuse"  # a configuration measured before: "reuse" its figures or "repeat" it
+    # Open load (sweep.trial.arrivals): after the answers, events arrive at a rate for arrival_seconds
+    # and are answered in arrival order, waiting behind each other; "closed": no such phase.
+    arrival: str = "closed"  # closed, poisson, constant or trace
+    rate_per_min: float = 6.0  # the mean arrival rate
+    burstiness: float = 1.0  # the gamma shape of the gaps (1: poisson), as vLLM's --burstiness
+    arrival_seconds: float = 60.0  # the open-loop phase's length
+    arrival_seed: int = 0  # every trial of a study sees the same schedule
+    trace: str | None = None  # arrival: trace: a JSONL file of {"t": seconds[, "item": id]}
 
     def __post_init__(self) -> None:
         if isinstance(self.probe, bool):

@@ -84,6 +84,27 @@ METRICS: dict[str, Metric] = {
                                      "uncontended pass's", "cpu"),
     "latency_p50_s": Metric("s", "minimize", "request latency p50"),
     "latency_p95_s": Metric("s", "minimize", "request latency p95"),
+    # Open load (trial.arrival other than closed; sweep.measure.open_load).
+    "response_p50_s": Metric("s", "minimize", "open load: from an event's arrival to its answer, p50"),
+    "response_p95_s": Metric("s", "minimize", "open load: from an event's arrival to its answer (its wait "
+                             "behind others included), p95"),
+    "response_p99_s": Metric("s", "minimize", "open load: from an event's arrival to its answer, p99"),
+    "response_lower_bound": Metric("flag", "minimize", "open load: 1 if events were still waiting at the phase's "
+                                   "end: the response figures are lower bounds"),
+    "queue_wait_p95_s": Metric("s", "minimize", "open load: the time an event waits before its answer starts, p95"),
+    "queue_max": Metric("count", "minimize", "open load: the longest queue an arrival found (the one being "
+                        "answered included)"),
+    "service_p95_s": Metric("s", "minimize", "open load: the answer's own time, p95"),
+    "cpu_mean_share_pct": Metric("% of machine", "minimize", "open load: LLM CPU mean over the whole phase, idle "
+                                 "gaps included: the duty cycle"),
+    "cpu_p99_share_pct": Metric("% of machine", "minimize", "open load: LLM CPU p99 over the phase's windows"),
+    "cpu_s_per_answer": Metric("CPU s", "minimize", "open load: CPU-seconds per answered event: the cost of one event"),
+    "saturated": Metric("flag", "minimize", "open load: 1 if the arrivals outran the answers (the queue grew "
+                        "through the phase, or the phase was cut with its queue full)"),
+    "open_events": Metric("count", "maximize", "open load: events that arrived in the phase"),
+    "open_answered": Metric("count", "maximize", "open load: events answered in the phase"),
+    "fg_open_p95_ratio": Metric("ratio", "minimize", "open load: foreground probe p95 latency during the phase / "
+                                "baseline", "interactive"),
     "latency_p99_s": Metric("s", "minimize", "request latency p99"),
     "latency_p99_p50_ratio": Metric("ratio", "minimize", "latency predictability"),
     "ttft_p50_s": Metric("s", "minimize", "time to first token p50"),
@@ -155,7 +176,8 @@ METRICS: dict[str, Metric] = {
 
 # "start": spawn until the worker loads; "contended": the second pass, under the CPU-bound foreground
 # "injection": the attacker-written variants and their clean items, after the answers and out of their figures
-MAJOR_PHASES = ("baseline", "start", "load", "idle", "active", "injection", "contended", "done")
+# "open": the open-loop phase (sweep.trial.arrivals), after the injection pass, out of the figures above
+MAJOR_PHASES = ("baseline", "start", "load", "idle", "active", "injection", "open", "contended", "done")
 SUB_PHASES = ("prefill", "decode", "between")
 ACTIVE_TAGS = ("active",) + SUB_PHASES  # every window of the answering phase
 
@@ -310,7 +332,7 @@ def probe_figures(samples: list[tuple[float, float]], events: list[dict[str, Any
     marks = major_marks(events)
     if "load" not in marks or "active" not in marks:
         return {}
-    end = marks.get("injection", marks.get("contended", marks.get("done", math.inf)))
+    end = min((t for name, t in marks.items() if t > marks["active"]), default=math.inf)  # the phase after
     base = [lat for t, lat in samples if t + lat < marks.get("start", marks["load"])]  # before the worker exists
     active = [lat for t, lat in samples if marks["active"] <= t and t + lat <= end]
     if not base or not active:

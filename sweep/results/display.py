@@ -47,7 +47,8 @@ def figures_summary(f: dict[str, float]) -> str:
             f"(peak {f.get('cpu_active_peak_share_pct', float('nan')):.1f}%, W={f.get('window_ms', 0):.0f}ms "
             f"N={f.get('n_windows_active', 0):.0f}) | idle {f.get('cpu_idle_share_pct', float('nan')):.2f}% | "
             f"p95 {f.get('latency_p95_s', float('nan')):.2f}s p99/p50 {f.get('latency_p99_p50_ratio', float('nan')):.2f} | "
-            f"RSS {f.get('rss_peak_gb', float('nan')):.2f} GB" + _under_load(f))
+            f"RSS {f.get('rss_peak_gb', float('nan')):.2f} GB" + _under_load(f)
+            + (f" | open load: {open_load_summary(f)}" if "response_p95_s" in f else ""))
 
 
 def _under_load(f: dict[str, float]) -> str:
@@ -254,3 +255,37 @@ def fleet_table(classes: list[dict[str, Any]]) -> str:
         body.append([c["class"], what, ", ".join(c["hosts"]), ", ".join(c["studies"]), str(c["done"]),
                      str(c["feasible"]), best])
     return grid(body, ["hardware class", "hardware", "hosts", "studies", "trials", "meet budgets", "policy's pick"])
+
+
+def open_load_summary(f: dict[str, float]) -> str:
+    """An open-loop phase's figures in one line (sweep.measure.open_load)."""
+    if "response_p95_s" not in f:
+        return "no open-load figures"
+    bound = ">=" if f.get("response_lower_bound") else ""
+    return (f"response p95 {bound}{f['response_p95_s']:.2f}s (service p95 {f.get('service_p95_s', float('nan')):.2f}s, "
+            f"wait p95 {f.get('queue_wait_p95_s', float('nan')):.2f}s) | queue max {f.get('queue_max', 0):.0f} | "
+            f"CPU mean {f.get('cpu_mean_share_pct', float('nan')):.1f}% p99 {f.get('cpu_p99_share_pct', float('nan')):.1f}%"
+            f" of machine | {f.get('cpu_s_per_answer', float('nan')):.2f} CPU s/answer | "
+            f"{f.get('open_answered', 0):.0f}/{f.get('open_events', 0):.0f} answered"
+            + (" | SATURATED" if f.get("saturated") else ""))
+
+
+def capacity_step_line(step: Any) -> str:
+    """One rate of ``sweep capacity``: its figures, and whether its budgets held."""
+    o = step.outcome
+    what = open_load_summary(o.figures) if o.ok else f"FAILED ({o.reason}: {o.detail[:160]})"
+    verdict = "holds" if step.holds else "breaks " + ", ".join(step.broken)
+    return f"rate {step.rate_per_min:.3g}/min: {what} -> {verdict}"
+
+
+def capacity_line(result: Any, low: float) -> str:
+    """``sweep capacity``'s answer, in one line."""
+    best = result.best
+    if best is None:
+        return f"capacity: below {low:g} events/min (the lowest rate tried broke a budget)"
+    f = best.outcome.figures
+    tried = max(s.rate_per_min for s in result.steps)
+    ceiling = " (the highest rate tried; it may hold more)" if best.rate_per_min >= tried else ""
+    return (f"capacity: {best.rate_per_min:.3g} events/min{ceiling} (response p95 {f['response_p95_s']:.2f} s, "
+            f"CPU mean {f.get('cpu_mean_share_pct', float('nan')):.1f}%, queue max {f.get('queue_max', 0):.0f}, "
+            f"{f.get('cpu_s_per_answer', float('nan')):.2f} CPU s per event)")

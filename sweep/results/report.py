@@ -136,6 +136,37 @@ def _timeline_chart(series: dict[str, Any], budgets: dict[str, Any], title: str)
     return fig
 
 
+def _open_chart(series: dict[str, Any], title: str) -> Any:
+    """The open-loop phase of a trial: each event's arrival and answer (its wait, then its service),
+    and the queue, on the CPU timeline's clock (sweep.measure.open_load)."""
+    import plotly.graph_objects as go
+
+    events = series.get("open") or []
+    if not events:
+        return None
+    t0 = series["t"][0] - series["dt"][0]
+    fig = go.Figure()
+    for k, e in enumerate(events):
+        a = e["arrival"] - t0
+        if "start" in e:
+            fig.add_trace(go.Scatter(x=[a, e["start"] - t0], y=[k, k], mode="lines", line=dict(color="#e67e22", width=3),
+                                     showlegend=k == 0, name="waiting"))
+            fig.add_trace(go.Scatter(x=[e["start"] - t0, e["end"] - t0], y=[k, k], mode="lines",
+                                     line=dict(color="#1f618d", width=3), showlegend=k == 0, name="answering"))
+        else:
+            fig.add_trace(go.Scatter(x=[a], y=[k], mode="markers", marker=dict(symbol="x", color="#c0392b"),
+                                     showlegend=False, name="never answered"))
+    ends = sorted(e["end"] - t0 for e in events if "end" in e)
+    arrivals = [e["arrival"] - t0 for e in events]
+    times = sorted(set(arrivals + ends))
+    queue = [sum(a <= t for a in arrivals) - sum(x <= t for x in ends) for t in times]
+    fig.add_trace(go.Scatter(x=times, y=queue, line_shape="hv", yaxis="y2", name="queue (events)",
+                             line=dict(color="#7d3c98")))
+    return fig.update_layout(title=f"{title}: open load: each event from its arrival (waiting, then answered)",
+                             xaxis_title="seconds (the CPU timeline's clock)", yaxis_title="event",
+                             yaxis2=dict(title="queue", overlaying="y", side="right", rangemode="tozero"), height=360)
+
+
 def _latency_chart(front_answers: dict[int, list[dict[str, Any]]]) -> Any:
     import plotly.graph_objects as go
 
@@ -175,6 +206,9 @@ def write_report(study: Any, storage_url: str, path: Path) -> Path:
         stored = trial_series(study, r["number"], storage_url)
         if stored and stored["series"].get("t"):
             parts.append(_timeline_chart(stored["series"], budgets, f"trial {r['number']}"))
+            opened = _open_chart(stored["series"], f"trial {r['number']}")
+            if opened is not None:
+                parts.append(opened)
             answers[r["number"]] = stored["answers"]
     if answers:
         parts.append(_latency_chart(answers))

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 _PHASE_CHAR = {"baseline": "B", "start": "S", "load": "L", "idle": "I", "active": "A", "prefill": "P", "decode": "D",
-               "between": "b", "contended": "C", "done": "E", "transition": "|"}
+               "between": "b", "injection": "J", "open": "O", "contended": "C", "done": "E", "transition": "|"}
 _PHASE_COLOUR = {"baseline": "#dddddd", "start": "#fcf3cf", "load": "#f4d03f", "idle": "#aed6f1", "active": "#f5b7b1",
-                 "prefill": "#ec7063", "decode": "#f1948a", "between": "#fadbd8", "contended": "#d2b4de",
-                 "done": "#dddddd"}
+                 "prefill": "#ec7063", "decode": "#f1948a", "between": "#fadbd8", "injection": "#f9e79f",
+                 "open": "#a9dfbf", "contended": "#d2b4de", "done": "#dddddd"}
 FG_LABEL = {"cpu": "CPU-bound foreground: time per unit", "interactive": "interactive probe: time per wake-up"}
 _FG_STEPS = [(1.05, "."), (1.25, "-"), (1.5, "+"), (float("inf"), "#")]
 
@@ -111,7 +111,8 @@ def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]],
         rows.append("fg      " + "".join(marks))
     w_ms = series["window_s"] * 1000
     rows.append(f"LLM CPU as % of the machine ({series['ncpu']} CPUs); W={w_ms:.0f} ms, {per} window(s) per column "
-                "(max); B baseline L load I idle A active P prefill D decode b between C contended E done | transition")
+                "(max); B baseline L load I idle A active P prefill D decode b between J injection O open load "
+                "C contended E done | transition")
     if base:
         rows.append(f"fg: {fg_label(series)} against its baseline "
                     f"({base:.1f} ms): . <=1.05x  - <=1.25x  + <=1.5x  # more (worst window per column)")

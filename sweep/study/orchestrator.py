@@ -243,9 +243,10 @@ class _Run:
 
     def _promotion(self, finishing: bool) -> Any:
         """The promotion trial due now, created and so claimed (under the study's lock), or None."""
-        if len(self.rungs) < 2:
+        promote = self.space.spec.promote
+        if promote is None or len(self.rungs) < 2:
             return None
-        due = promotion.due(self.study, self.rungs, self.space.spec.promote.keep, finishing)
+        due = promotion.due(self.study, self.rungs, promote.keep, finishing)
         if due is None:
             return None
         original, rung = due

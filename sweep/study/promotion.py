@@ -26,6 +26,9 @@ import math
 from typing import Any
 
 from sweep import _optuna
+from sweep.errors import ExportError
+from sweep.records import StudyMeta
+from sweep.study.policy import _dominates, _signs, choose, policy_key, trial_by_number, trial_row
 
 # A promotion that failed for one of these reasons measured nothing about the configuration; it is
 # made again. Any other failure (a timeout or a crash on more items) is the configuration's.
@@ -61,7 +64,6 @@ def _made(study: Any) -> dict[tuple[int, int], Any]:
 
 def _members(study: Any, made: dict[tuple[int, int], Any], rung: int) -> list[dict[str, Any]]:
     """The configurations measured on a rung, as rows of that rung's figures (``number``: the original's)."""
-    from sweep.results.front import trial_row
 
     if rung == 0:
         return [trial_row(t) for t in study.get_trials(deepcopy=False)
@@ -71,8 +73,6 @@ def _members(study: Any, made: dict[tuple[int, int], Any], rung: int) -> list[di
 
 def ranked(study: Any, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A rung's configurations, best first (the module docstring says how)."""
-    from sweep.records import StudyMeta
-    from sweep.results.front import _dominates, _signs, policy_key
 
     meta = StudyMeta.of(study)
     signs = _signs(study)
@@ -106,8 +106,6 @@ def due(study: Any, sizes: list[int], keep: float, finishing: bool) -> tuple[int
     """The promotion to make now, as (original trial number, rung), or None. Deeper rungs first.
     ``finishing``: the run has its trials, so the policy's pick is promoted too while it rests on
     the first rung only. Call it under the study's lock, with the trial's creation (``start``)."""
-    from sweep.errors import ExportError
-    from sweep.results.front import choose
 
     made = _made(study)
     for rung in range(len(sizes) - 2, -1, -1):
@@ -130,8 +128,6 @@ def start(study: Any, original: int, rung: int, items: int) -> Any:
     is not used: another orchestrator's ask would take it as a new configuration)."""
     import optuna
     from optuna.trial import TrialState
-
-    from sweep.results.front import trial_by_number
 
     t = trial_by_number(study, original)
     frozen = optuna.trial.create_trial(state=TrialState.RUNNING, params=t.params, distributions=t.distributions,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sweep.errors import ModelError, SpaceError
 from sweep.measure.host import allowed_cpus, place_cores
 from sweep.measure.metrics import METRICS
+from sweep.measure.open_load import FIGURES as OPEN_FIGURES
 from sweep.models.registry import Registry
 from sweep import platforms
 from sweep.platforms import is_portable
@@ -103,6 +104,12 @@ class TrialBlock(BaseModel):
     held_out_items: int = Field(_D.held_out_items, ge=0, le=1000)
     benign_items: int = Field(_D.benign_items, ge=0, le=1000)
     duplicates: Literal["reuse", "repeat"] = _D.duplicates  # type: ignore[assignment]
+    arrival: Literal["closed", "poisson", "constant", "trace"] = _D.arrival  # type: ignore[assignment]
+    rate_per_min: float = Field(_D.rate_per_min, gt=0, le=100000)
+    burstiness: float = Field(_D.burstiness, gt=0, le=1000)
+    arrival_seconds: float = Field(_D.arrival_seconds, gt=0)
+    arrival_seed: int = _D.arrival_seed
+    trace: Optional[str] = _D.trace
 
 
 class SamplerBlock(BaseModel):
@@ -322,6 +329,24 @@ def _check_cgroups(path: Path, spec: SpaceFile) -> None:
                          "(systemd-run --user --scope -p Delegate=yes sweep run ...)")
 
 
+def _check_arrivals(path: Path, trial: TrialBlock) -> None:
+    """An open-loop trace: given exactly with arrival: trace, read whole now (relative to the space
+    file), and kept as an absolute path, so that no trial fails on it later."""
+    from sweep.trial.arrivals import TraceError, read_trace
+
+    if (trial.arrival == "trace") != (trial.trace is not None):
+        raise SpaceError(f"{path}: trial.trace: give a trace file exactly when trial.arrival is trace "
+                         f"(arrival is {trial.arrival}, trace is {trial.trace!r})")
+    if trial.trace is None:
+        return
+    where = Path(trial.trace) if Path(trial.trace).is_absolute() else path.parent / trial.trace
+    try:
+        read_trace(where)
+    except TraceError as exc:
+        raise SpaceError(f"{path}: trial.trace: {exc}") from None
+    trial.trace = str(where.resolve())
+
+
 def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     """Refuse an objective or budget on a figure these settings (or this host) can never produce:
     each trial would be scored as hugely infeasible (``MISSING_FIGURE``), which misleads the sampler."""
@@ -337,6 +362,9 @@ def _check_producible(where: str, name: str, trial: TrialBlock) -> None:
     if name.startswith("psi_") and not os.path.exists("/proc/pressure/cpu"):
         raise SpaceError(f"{where}: {name} needs the kernel's pressure stall information (/proc/pressure/cpu), "
                          "which this host does not have")
+    if name in OPEN_FIGURES and trial.arrival == "closed":
+        raise SpaceError(f"{where}: {name} comes from the open-loop phase, and trial.arrival is closed (set "
+                         "trial.arrival: poisson, constant or trace, and trial.rate_per_min)")
     if name == "injection_flip_rate_held_out" and not trial.held_out_items:
         raise SpaceError(f"{where}: {name} comes from the held-out attack families: set trial.held_out_items "
                          "(for example 40)")
@@ -438,6 +466,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name.startswith("cg_") and not limited:
             raise SpaceError(f"{path}: {where}: {name} is counted in a trial's own cgroup, and this space sets no "
                              "kernel limit (cpu_quota_pct, cpu_weight, memory_high_gb or memory_max_gb)")
+    _check_arrivals(path, spec.trial)
     if spec.promote and spec.promote.prompts[0] != spec.trial.prompts:
         raise SpaceError(f"{path}: promote.prompts: the first rung ({spec.promote.prompts[0]}) must be the items every "
                          f"trial answers, trial.prompts ({spec.trial.prompts})")

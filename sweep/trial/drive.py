@@ -1,5 +1,5 @@
 """One trial's sequence, the same for every backend: the knobs, load, idle, the answers, the knob
-check, the injection pass, the contended pass, done.
+check, the injection pass, the open-loop phase, the contended pass, done.
 
 A backend (``sweep.trial.worker.PythonBackend``, ``sweep.trial.server_worker.ServerBackend``) supplies only what
 differs: how the model is loaded, how each kind's shared prefix is prepared, how one prompt is
@@ -55,13 +55,37 @@ def shared_length(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def _answer(backend: Backend, request: dict[str, Any], i: int, chan: Channel, tokens: bool = False) -> PromptResult:
+    result = backend.answer(request, i, chan, tokens=tokens)
+    if request.get("view"):  # the differential check reads the input's view too, as part of this answer
+        result = result.then(backend.answer(request["view"], i, chan, tokens=False))
+    return result
+
+
 def _answer_all(backend: Backend, prompts: list[dict[str, Any]], chan: Channel, passname: str | None = None) -> None:
     extra = {"pass": passname} if passname else {}
     for i, request in enumerate(prompts):
-        result = backend.answer(request, i, chan, tokens=passname == "injection")
-        if request.get("view"):  # the differential check reads the input's view too, as part of this answer
-            result = result.then(backend.answer(request["view"], i, chan, tokens=False))
+        result = _answer(backend, request, i, chan, tokens=passname == "injection")
         chan.send("prompt", index=i, **extra, **result.to_message())
+
+
+def _answer_open(backend: Backend, prompts: list[dict[str, Any]], plan: dict[str, Any], chan: Channel) -> None:
+    """The open-loop phase (``sweep.trial.arrivals``): each event answered in arrival order, once it
+    has arrived and the one before it is answered; until ``seconds`` have passed, or ``cap`` events
+    wait (the arrivals outrun the answers). Each answer carries its arrival and its start."""
+    t0 = time.monotonic()
+    events = plan["events"]
+    for k, (t, i) in enumerate(events):
+        arrival = t0 + t
+        while (now := time.monotonic()) < arrival:  # idle until it arrives, saying so now and then
+            time.sleep(min(arrival - now, 5.0))
+            chan.send("tick", t=time.monotonic())
+        start = time.monotonic()
+        result = _answer(backend, prompts[i], i, chan)
+        chan.send("prompt", index=i, **{"pass": "open"}, event=k, arrival=arrival, start=start, **result.to_message())
+        now = time.monotonic()
+        if now >= t0 + plan["seconds"] or sum(t0 + tt <= now for tt, _ in events[k + 1:]) >= plan["cap"]:
+            return
 
 
 def drive(job: dict[str, Any], chan: Channel, backend: Backend) -> int:
@@ -87,6 +111,9 @@ def drive(job: dict[str, Any], chan: Channel, backend: Backend) -> int:
             if job.get("injection"):  # attacker-written items and their clean originals, out of the figures above
                 chan.send("phase", phase="injection", t=time.monotonic())
                 _answer_all(backend, job["injection"], chan, passname="injection")
+            if job.get("open"):  # events at a rate, waiting behind each other: out of the figures above
+                chan.send("phase", phase="open", t=time.monotonic())
+                _answer_open(backend, job["prompts"], job["open"], chan)
             if job.get("contended"):
                 # The same prompts again, under the user's CPU-bound foreground: the runner resumes it
                 # on this mark and says "go" on stdin once it runs.

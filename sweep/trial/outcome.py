@@ -12,6 +12,7 @@ records is then computed here, without a process, a clock or a model:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from sweep.measure.metrics import (
     series_figures,
 )
 from sweep.measure.monitor import Series
+from sweep.measure.open_load import open_figures
 from sweep.procs import signal_name
 from sweep.records import Outcome, TrialConfig, TrialSettings
 from sweep.trial import knobs, server
@@ -58,6 +60,7 @@ class Observation:
     cgroup_problems: tuple[str, ...] = ()
     injection_tasks: tuple[Task, ...] = ()  # each clean item, then its injected variant
     special_tokens: frozenset[int] = frozenset()  # the model's special token ids (under injection items)
+    open_events: tuple[tuple[float, int], ...] = ()  # the open-loop phase's schedule (sweep.trial.arrivals)
     topology: tuple[str, str] = ("shared", "")  # own or shared cgroups (trial.cgroup), and why shared if asked own
 
     @property
@@ -118,6 +121,8 @@ def figures(obs: Observation, settings: TrialSettings) -> tuple[dict[str, float]
         disturbed = figs.get("other_cpu_contended_pct", 0.0) > s.noise_max_pct or \
             figs["fg_cpu_baseline_share_pct"] < 100 - s.noise_max_pct
         figs["machine_busy_active"] = max(figs.get("machine_busy_active", 0.0), float(disturbed))
+    if obs.open_events:
+        figs.update(_open(obs, settings, events, tags))
     if obs.cgroup:
         figs.update(obs.cgroup_figures)
     figs["cgroup_own"] = float(obs.topology[0] == "own")
@@ -126,6 +131,19 @@ def figures(obs: Observation, settings: TrialSettings) -> tuple[dict[str, float]
     elif s.memory_limit_gb:
         figs["memory_limit_sampled"] = 1.0  # no cgroup: the limit is enforced by sampling, then checked
     return figs, tags
+
+
+def _open(obs: Observation, settings: TrialSettings, events: list[dict[str, Any]], tags: list[str]) -> dict[str, float]:
+    """The open-loop phase's figures (``sweep.measure.open_load``), where the phase began."""
+    marks = major_marks(events)
+    if "open" not in marks:
+        return {}
+    end = min((t for t in marks.values() if t > marks["open"]), default=obs.ended)
+    windows = [w for w, t in zip(obs.series.windows, tags) if t == "open"]
+    probe = list(obs.probe_samples or [])
+    base = [lat for t, lat in probe if t + lat < marks.get("start", marks.get("load", -math.inf))]
+    return open_figures(list(obs.open_events), obs.prompts("open"), marks["open"], end, settings.arrival_seconds,
+                        windows, obs.series.ncpu, probe, base)
 
 
 def classify(obs: Observation, figs: dict[str, float], settings: TrialSettings,
@@ -259,6 +277,13 @@ def series_record(obs: Observation, tags: list[str]) -> dict[str, Any]:
         "phase": tags,
         "cgroup": {"topology": obs.topology[0], **({"why": obs.topology[1]} if obs.topology[1] else {})},
     }
+    if obs.open_events and series.windows:  # each event of the open-loop phase, on the windows' clock
+        marks = major_marks(obs.events())
+        done = {p["event"]: p for p in obs.prompts("open")}
+        out["open"] = [{"arrival": round(marks.get("open", 0.0) + t, 4), "item": i,
+                        **({"start": round(done[k]["start"], 4), "end": round(done[k]["start"] + done[k]["latency_s"], 4)}
+                           if k in done else {})}
+                       for k, (t, i) in enumerate(obs.open_events) if "open" in marks]
     fg = ("interactive", obs.probe_samples) if obs.probe_samples is not None else \
         ("cpu", obs.load_samples) if obs.load_samples is not None else None
     if fg and series.windows:  # the foreground's time per unit, window by window

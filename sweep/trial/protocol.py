@@ -58,6 +58,7 @@ REQUIRED: dict[str, dict[str, Any]] = {
     "knobs": {"threads": list},
     "server": {"pid": int, "port": int},  # the server backend's llama-server, once started
     "result": {},
+    "tick": {"t": _NUMBER},  # the open-loop phase idles until an event arrives: alive, nothing to report
 }
 
 

@@ -28,6 +28,7 @@ from sweep.models.gguf import special_token_ids
 from sweep.platforms import is_portable
 from sweep.procs import kill_group, killer, owned_prefix, reap, stay_off, sweep_dead, tail
 from sweep.records import Outcome, TrialConfig, TrialSettings
+from sweep.trial.arrivals import QUEUE_CAP, schedule
 from sweep.trial.cgroups import NORMAL_WEIGHT, TrialCgroup, limits_of
 from sweep.trial.outcome import Observation, outcome_of
 from sweep.trial.protocol import problem
@@ -130,6 +131,8 @@ class _Watch:
         self.server_pid: int | None = None
         asked = zip(INJECTION_GROUPS, (settings.injection_items, settings.held_out_items, settings.benign_items))
         self.injection_tasks = [t for group, n in asked if n for pair in injection_pairs(n, group) for t in pair]
+        # The open-loop phase's events (seconds from its start, item index); none under arrival: closed.
+        self.open_events = schedule(settings, [t.id for t in tasks]) if settings.arrival != "closed" else []
 
     def _on_sample(self, w: Any) -> None:
         limit = self.settings.memory_limit_gb
@@ -224,6 +227,8 @@ class _Watch:
             job["prefixes"] = {k: prefix_probes(k, **strategy_of(c)) for k in sorted(kinds)}
         if self.load:
             job["contended"] = True
+        if self.open_events:
+            job["open"] = {"events": self.open_events, "seconds": self.settings.arrival_seconds, "cap": QUEUE_CAP}
         return job
 
     def _watch(self, noise: tuple[float, bool], retry_if_busy: bool) -> Observation:
@@ -281,7 +286,7 @@ class _Watch:
             probe_samples=tuple(self.probe.samples) if self.probe else None, probe_pct=self._probe_pct(series.ncpu),
             load_samples=tuple(self.load.samples) if self.load else None, cgroup=self.cgroup is not None,
             cgroup_figures=cgroup_figures, cgroup_problems=tuple(self.cgroup_problems),
-            injection_tasks=tuple(self.injection_tasks), topology=self.topology,
+            injection_tasks=tuple(self.injection_tasks), topology=self.topology, open_events=tuple(self.open_events),
             special_tokens=frozenset(special_token_ids(self.config.model_path)) if self.injection_tasks else frozenset())
 
     def _send_job(self, proc: subprocess.Popen[bytes], job: dict[str, Any]) -> None:
@@ -328,7 +333,8 @@ class _Watch:
         s = self.settings
         assert self.reader is not None
         spawned = time.monotonic()
-        deadline = spawned + s.timeout_seconds  # from spawn, not from the noise guard
+        # From spawn, not from the noise guard; an open-loop phase adds its own length.
+        deadline = spawned + s.timeout_seconds + (s.arrival_seconds if self.open_events else 0.0)
         while True:
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
