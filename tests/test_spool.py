@@ -642,3 +642,19 @@ def test_a_measurement_neither_the_spool_nor_the_database_takes_is_printed_and_e
     (t,) = _trials(url, "demo")
     assert t.state.name == "COMPLETE" and t.user_attrs["correctness"] == 0.5
     assert series.get(t._trial_id)["answers"] == [{"id": "a", "score": 1.0}]
+
+
+def test_a_spool_file_never_holds_a_secret_of_the_url_and_an_older_one_still_names_its_database() -> None:
+    """database_url, which a spooled record stores, leaves out the password and every secret of the query;
+    a record spooled before that, with ?password= in its URL, still belongs to its database."""
+    from types import SimpleNamespace
+
+    from sweep.study import spool
+
+    url = "postgresql://sweep:pw1@db.example:5432/studies?password=pw2&sslmode=require&access_token=tk3"
+    named = spool.database_url(url)
+    assert not any(secret in named for secret in ("pw1", "pw2", "tk3")) and "sslmode=require" in named
+    series = SimpleNamespace(url=url, database_id="its identity")
+    older = SimpleNamespace(database="its identity", storage=url.replace("pw1", "***"), study="demo", trial_number=0,
+                            what="measurement of trial 0", kind="measurement")
+    assert spool._belongs(older, series)  # type: ignore[arg-type]

@@ -47,7 +47,7 @@ from sweep import _optuna
 from sweep.errors import SweepError
 from sweep.procs import owned_prefix, sweep_dead
 from sweep.records import VERIFIED_PREFIX
-from sweep.study.storage import VERIFICATION, SeriesStore, StorageUnreachable
+from sweep.study.storage import VERIFICATION, SeriesStore, StorageUnreachable, secret_query_key
 
 SPOOL_VERSION = 3  # 2: the database's identity, the study id and the trial's start; 3: records of verifications
 RETRY_ENV = "SWEEP_DB_RETRY_S"  # how long a record waits for the database before the sweep stops
@@ -158,8 +158,9 @@ _KINDS: dict[str, type[Record]] = {k.kind: k for k in (Pending, PendingVerificat
 
 
 def database_url(url: str) -> str:
-    """The URL that names one database wherever it is used: without its password, and a SQLite path
-    absolute and without symlinks (the default ``sqlite:///studies.db`` is another file in each directory)."""
+    """The URL that names one database wherever it is used: without its password or any secret of its
+    query, and a SQLite path absolute and without symlinks (the default ``sqlite:///studies.db`` is
+    another file in each directory)."""
     import sqlalchemy as sa
 
     try:
@@ -169,6 +170,9 @@ def database_url(url: str) -> str:
     path = _sqlite_path(url)
     if path is not None:
         parsed = parsed.set(database=str(Path(path).resolve()))
+    # A secret in the query (?password=, sslpassword, a token) names no database: it is left out,
+    # so that a spool file never holds it.
+    parsed = parsed.set(query={k: v for k, v in parsed.query.items() if not secret_query_key(k)})
     return parsed.render_as_string(hide_password=True)
 
 
@@ -338,7 +342,8 @@ def _belongs(p: Record, series: SeriesStore) -> bool:
         raise SpoolMismatch(f"{_about(p)} spooled by an older sweep for the relative {p.storage}, which names "
                             f"no one directory's database; left in place (if it is {here}'s, write that as its "
                             '"storage" and run again)')
-    ours, here_too = p.database == series.database_id, p.storage == here
+    # A record spooled before secrets were left out of its URL still names its database by it.
+    ours, here_too = p.database == series.database_id, database_url(p.storage) == here
     if ours and not here_too:
         raise SpoolMismatch(f"{_about(p)} spooled for {p.storage}, which bears this database's identity (a copy "
                             "of it, or it under another URL); left in place: sweep db upgrade --storage with that "

@@ -195,7 +195,7 @@ def _parsed(url: str) -> sa.engine.URL:
         raise StudyError(f"{_masked(url)} is not a database URL ({exc})") from None
 
 
-def _secret(key: str) -> bool:
+def secret_query_key(key: str) -> bool:
     """Whether a URL query key names a secret: ``password``, ``sslpassword``, ``passwd``, ``pwd``, ``*secret*``,
     ``*token*``."""
     key = key.lower()
@@ -205,7 +205,7 @@ def _secret(key: str) -> bool:
 def _masked(url: str) -> str:
     """``url`` with its password and secret query values as ``***``, by pattern (for a URL that does not parse)."""
     url = re.sub(r"(://[^/@:]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"([?&])([^=&#]+)=([^&#]*)", lambda m: f"{m[1]}{m[2]}={'***' if _secret(m[2]) else m[3]}", url)
+    return re.sub(r"([?&])([^=&#]+)=([^&#]*)", lambda m: f"{m[1]}{m[2]}={'***' if secret_query_key(m[2]) else m[3]}", url)
 
 
 def safe_url(url: str) -> str:
@@ -215,7 +215,7 @@ def safe_url(url: str) -> str:
         parsed = sa.engine.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
         return _masked(url)
-    hidden = parsed.set(query={k: ("***" if _secret(k) else v) for k, v in parsed.query.items()})
+    hidden = parsed.set(query={k: ("***" if secret_query_key(k) else v) for k, v in parsed.query.items()})
     return hidden.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
 
 
