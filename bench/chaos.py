@@ -8,7 +8,7 @@ the time is up and every kind has been injected at least once:
 
 - ``kill``: SIGKILL of an orchestrator, which is then restarted;
 - ``pg_restart``: PostgreSQL stopped (``-m fast``: connections cut) and started again;
-- ``db_outage``: PostgreSQL down for 90 s, far past the heartbeat grace period and within the
+- ``db_outage``: PostgreSQL down for 90 s (``--outage``), far past the heartbeat grace period and within the
   retry window, while both orchestrators measure: neither may reap the other's live trial once
   it is back (no heartbeat could land meanwhile);
 - ``pg_down``: PostgreSQL down for longer than the retry window (``SWEEP_DB_RETRY_S``), so that
@@ -59,7 +59,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 HEARTBEAT_S, GRACE_S = 2, 8
-OUTAGE_S = 90  # db_outage: past the grace period, within the retry window
+OUTAGE_S = 90  # db_outage: past the grace period, within the retry window (--outage)
 RETRY_S = OUTAGE_S + 30  # the database retry window the orchestrators get; pg_down outlasts it
 PROGRESS_TIMEOUT_S = 8
 SPOOL_BYTES = 8 << 20  # each host's spool tmpfs
@@ -484,6 +484,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="how long faults are injected [20]")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--outage", type=float, default=OUTAGE_S,
+                    help=f"db_outage's length in s, past the {GRACE_S} s grace; pg_down outlasts it by 36 s [{OUTAGE_S}]")
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON after the line")
     return ap.parse_args(argv)
 
@@ -491,11 +493,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     from pgserver import throwaway_postgres
 
+    global OUTAGE_S, RETRY_S
+    if args.outage <= GRACE_S + 2 * HEARTBEAT_S:
+        sys.exit(f"--outage {args.outage:g}: must be past the heartbeat grace ({GRACE_S} s) and two beats")
+    OUTAGE_S, RETRY_S = args.outage, args.outage + 30
+
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="sweep-chaos-"))
     with throwaway_postgres() as template:
         r = soak(args.minutes, args.seed, work, template)
     r["wall_s"] = time.time() - started
+    r["outage_s"] = OUTAGE_S
     print(line(r))
     print(f"(wall {r['wall_s'] / 60:.1f} min; exits by host {r['exits']}; failed trials by reason "
           f"{r['failed_by_reason']}; late records {r['late']}; recorded with the spool full {r['recorded_without_spool']})")
