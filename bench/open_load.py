@@ -2,12 +2,12 @@
 arrival rates, and each configuration's capacity.
 
     .venv/bin/python bench/open_load.py [--models smollm2-135m:Q4_1,qwen2.5-coder-1.5b:Q4_K_M]
-        [--backends python,server] [--rates 1,6,30,120,480] [--seconds 30] [--steps 2]
+        [--backends python,server] [--parallel 1,2] [--rates 1,6,30,120,480] [--seconds 30] [--steps 2]
         -o bench/data/open_load.json
 
-Each configuration (1 thread on CPU 0, 3-shot grammar, shared prefix cache, 32 tokens) runs one
-trial per rate: 4 items answered back to back, then a Poisson open-loop phase of ``--seconds``
-(``arrival_seed`` 1) under the interactive probe. Then its capacity under the seed's budgets read
+Each configuration (1 thread on CPU 0, 0-shot grammar, no prefix cache, 32 tokens; on the server,
+``--parallel`` slots, one run each) runs one trial per rate: 4 items answered back to back, then a
+Poisson open-loop phase of ``--seconds`` (``arrival_seed`` 1) under the interactive probe. Then its capacity under the seed's budgets read
 on open load (response p95 <= 2.5 s, CPU mean over the phase <= 35% of the machine, not
 saturated): bisected ``--steps`` times (geometrically) between the highest rate that held and
 the lowest that did not, as ``sweep capacity`` does.
@@ -41,10 +41,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     out = []
     for spec in args.models.split(","):
         name, _, quant = spec.partition(":")
-        for backend in args.backends.split(","):
-            config = _harness.config(name, quant, n_threads=1, n_threads_batch=1, cpus=(0,), shots=3, output="grammar",
-                                     prefix_cache="shared", backend=backend)
-            label = f"{config.model}:{config.quant} {backend}"
+        arms = [(b, p) for b in args.backends.split(",")
+                for p in (map(int, args.parallel.split(",")) if b == "server" else [None])]
+        for backend, parallel in arms:
+            config = _harness.config(name, quant, n_threads=1, n_threads_batch=1, cpus=(0,), shots=0, output="grammar",
+                                     backend=backend, parallel=parallel)
+            label = f"{config.model}:{config.quant} {backend}" + (f" parallel {parallel}" if parallel else "")
             runs: dict[float, dict[str, Any]] = {}
 
             def measure(rate: float) -> bool:
@@ -73,7 +75,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     bad = mid
             capacity = max((r for r, x in runs.items() if not x["broken"]), default=None)
             print(f"{label}: capacity {capacity if capacity is None else round(capacity, 1)} events/min", flush=True)
-            out.append({"label": label, "model": f"{config.model}:{config.quant}", "backend": backend,
+            out.append({"label": label, "model": f"{config.model}:{config.quant}", "backend": backend, "parallel": parallel,
                         "runs": [runs[r] for r in sorted(runs)], "capacity_per_min": capacity})
     return {"budgets": BUDGETS, "seconds": args.seconds, "rates": rates, "configs": out}
 
@@ -85,4 +87,5 @@ if __name__ == "__main__":
     ap.add_argument("--rates", default="1,6,30,120,480")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--parallel", default="1,2", help="llama-server's slots, one run of rates each [1,2]")
     _harness.run(main, ap)

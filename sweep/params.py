@@ -162,6 +162,9 @@ PARAMS: dict[str, Param] = {
                         backends=_SERVER, recorded_at_default=False,
                         why="prio_batch must be 0 (normal): llama.cpp has no low level for it, and its higher "
                             "levels are SCHED_FIFO" + _NULL_LLAMA, shown="prio_batch={}", needs=("thread_readback",)),
+    "parallel": Param("int", None, "server", "--parallel: request slots; under open load (trial.arrival), that many "
+                      "events answered at once, batched continuously", low=1, high=8, nullable=True, backends=_SERVER,
+                      recorded_at_default=False, why="parallel must be 1..8 slots" + _NULL_LLAMA, shown="parallel={}"),
     "cpu_strict": Param("int", None, "server", "--cpu-strict: 1 pins each thread to one CPU of the mask", low=0,
                         high=1, nullable=True, backends=_SERVER, recorded_at_default=False,
                         why="cpu_strict must be 0 or 1" + _NULL_LLAMA, shown="cpu_strict={}"),

@@ -71,6 +71,7 @@ class TrialConfig:
     poll_batch: int | None = None  # --poll-batch (default: as poll)
     prio_batch: int | None = None  # --prio-batch: 0 normal
     cpu_strict: int | None = None  # --cpu-strict (and -batch): 1 pins each thread to one CPU of the mask
+    parallel: int | None = None  # --parallel: slots; under open load, events answered at once (None: one)
     # Kernel limits on the trial's process tree, in a cgroup of its own (sweep.trial.cgroups); None: no limit.
     cpu_quota_pct: float | None = None  # % of the whole machine, over each period
     cpu_period_ms: float = 100

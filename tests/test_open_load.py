@@ -118,3 +118,24 @@ def test_open_load_figures_need_arrivals_and_a_readable_trace(tmp_path: Path) ->
     proc = sweep_cli("run", str(write_space(tmp_path / "t.yaml", traced)))
     assert proc.returncode == 2 and "trial.trace" in proc.stderr and "nowhere.jsonl" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_parallel_slots_answer_events_at_once_on_the_server(smollm2_path: Path, server_tools: Path) -> None:
+    """llama-server with parallel 2: under arrivals faster than its answers, two events are answered
+    at once (their answering times overlap); with one slot, never."""
+    from sweep.records import TrialConfig
+    from sweep.trial.runner import run_trial
+
+    def overlaps(parallel: int) -> int:
+        config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2_path), n_threads=2,
+                             n_threads_batch=2, n_ctx=512, max_tokens=16, backend="server", parallel=parallel)
+        settings = TrialSettings(prompts=4, idle_seconds=0.3, baseline_seconds=0.2, noise_retries=0,
+                                 timeout_seconds=120, arrival="constant", rate_per_min=240, arrival_seconds=8)
+        out = run_trial(config, settings, stratified_subset(load_tasks(), 4), lock=False)
+        assert out.ok, (out.reason, out.detail)
+        spans = sorted((e["start"], e["end"]) for e in out.series["open"] if "start" in e)
+        assert len(spans) >= 4
+        return sum(b[0] < a[1] - 1e-3 for a, b in zip(spans, spans[1:]))
+
+    assert overlaps(1) == 0
+    assert overlaps(2) >= 1

@@ -27,7 +27,7 @@ from sweep import platforms
 from sweep.platforms import is_portable
 from sweep.params import CGROUP_KNOBS, CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
 from sweep.records import TrialConfig, TrialSettings
-from sweep.trial.server import config_problem, tools_problem
+from sweep.trial.server import PARALLEL_PREFIX, config_problem, tools_problem
 
 # The seed study's budgets (experiment-learnings.md), as metric -> bound.
 SEED_BUDGETS: dict[str, dict[str, float]] = {
@@ -283,6 +283,8 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
         if any(v is not None for v in _choices(spec, name)):
             raise SpaceError(f"{key(name)}: llama-server cannot pace decoding (it streams as fast as it "
                              "computes); pacing needs backend: python")
+    if any((v or 1) > 1 for v in _choices(spec, "parallel")) and "shared" in _choices(spec, "prefix_cache"):
+        raise SpaceError(f"{key('parallel')}: {PARALLEL_PREFIX}")
     missing = tools_problem()  # last: what the space asks is checked even where the tools are not built
     if missing:
         raise SpaceError(f"{key('backend')}: server: {missing}")

@@ -10,6 +10,7 @@ channel as ``sweep.trial.protocol`` messages, and each answer is a ``PromptResul
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any, Protocol
 
@@ -70,22 +71,49 @@ def _answer_all(backend: Backend, prompts: list[dict[str, Any]], chan: Channel, 
 
 
 def _answer_open(backend: Backend, prompts: list[dict[str, Any]], plan: dict[str, Any], chan: Channel) -> None:
-    """The open-loop phase (``sweep.trial.arrivals``): each event answered in arrival order, once it
-    has arrived and the one before it is answered; until ``seconds`` have passed, or ``cap`` events
-    wait (the arrivals outrun the answers). Each answer carries its arrival and its start."""
+    """The open-loop phase (``sweep.trial.arrivals``): events taken in arrival order by ``parallel``
+    servers (llama-server's slots; one otherwise), each answered once it has arrived and a server is
+    free; until ``seconds`` have passed, or ``cap`` events wait (the arrivals outrun the answers).
+    Each answer carries its arrival and its start."""
     t0 = time.monotonic()
     events = plan["events"]
-    for k, (t, i) in enumerate(events):
-        arrival = t0 + t
-        while (now := time.monotonic()) < arrival:  # idle until it arrives, saying so now and then
-            time.sleep(min(arrival - now, 5.0))
-            chan.send("tick", t=time.monotonic())
-        start = time.monotonic()
-        result = _answer(backend, prompts[i], i, chan)
-        chan.send("prompt", index=i, **{"pass": "open"}, event=k, arrival=arrival, start=start, **result.to_message())
-        now = time.monotonic()
-        if now >= t0 + plan["seconds"] or sum(t0 + tt <= now for tt, _ in events[k + 1:]) >= plan["cap"]:
-            return
+    lock = threading.Lock()
+    state: dict[str, Any] = {"next": 0, "stop": False, "error": None}
+
+    def serve() -> None:
+        try:
+            while True:
+                with lock:
+                    if state["stop"] or state["error"] or state["next"] >= len(events):
+                        return
+                    k = state["next"]
+                    state["next"] += 1
+                t, i = events[k]
+                arrival = t0 + t
+                while (now := time.monotonic()) < arrival:  # idle until it arrives, saying so now and then
+                    time.sleep(min(arrival - now, 5.0))
+                    chan.send("tick", t=time.monotonic())
+                start = time.monotonic()
+                result = _answer(backend, prompts[i], i, chan)
+                chan.send("prompt", index=i, **{"pass": "open"}, event=k, arrival=arrival, start=start,
+                          **result.to_message())
+                now = time.monotonic()
+                with lock:
+                    waiting = sum(t0 + tt <= now for tt, _ in events[state["next"]:])
+                    if now >= t0 + plan["seconds"] or waiting >= plan["cap"]:
+                        state["stop"] = True
+        except BaseException as exc:  # noqa: BLE001 - the phase's thread hands its failure to the driver
+            with lock:
+                state["error"] = state["error"] or exc
+
+    servers = [threading.Thread(target=serve, name=f"sweep-open-{n}") for n in range(plan.get("parallel", 1) - 1)]
+    for thread in servers:
+        thread.start()
+    serve()
+    for thread in servers:
+        thread.join()
+    if state["error"] is not None:
+        raise state["error"]
 
 
 def drive(job: dict[str, Any], chan: Channel, backend: Backend) -> int:

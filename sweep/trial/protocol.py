@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any, Callable
 
@@ -104,8 +105,10 @@ class Channel:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._lock = threading.Lock()  # the open-loop phase answers from several threads at once
 
     def send(self, kind: str, **payload: Any) -> None:
         data = encode(kind, **payload)
-        while data:
-            data = data[os.write(self.fd, data):]
+        with self._lock:  # a message longer than the pipe's atomic write must not interleave with another
+            while data:
+                data = data[os.write(self.fd, data):]

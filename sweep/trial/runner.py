@@ -228,7 +228,8 @@ class _Watch:
         if self.load:
             job["contended"] = True
         if self.open_events:
-            job["open"] = {"events": self.open_events, "seconds": self.settings.arrival_seconds, "cap": QUEUE_CAP}
+            job["open"] = {"events": self.open_events, "seconds": self.settings.arrival_seconds, "cap": QUEUE_CAP,
+                           "parallel": self.config.parallel or 1}
         return job
 
     def _watch(self, noise: tuple[float, bool], retry_if_busy: bool) -> Observation:

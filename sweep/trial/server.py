@@ -28,13 +28,17 @@ def server_args(c: dict[str, Any], binary: str = "llama-server", host: str | Non
     """The llama-server argv for a configuration (a ``TrialConfig.to_dict()``): what a server trial
     runs and what the exports deploy. Both thread counts are always explicit; llama.cpp's prefill
     (batch) threads do not inherit --cpu-mask, --prio or --poll when --threads-batch is given, so
-    each is passed for both. One slot (``--parallel 1``) and no RAM prompt cache (``--cache-ram 0``),
-    as a trial asks one question at a time, cold unless the request says otherwise. ``slot_dir``
+    each is passed for both. One slot (``--parallel 1``) unless ``parallel`` asks for more (then a
+    unified KV pool of ``n_ctx`` per slot), and no RAM prompt cache (``--cache-ram 0``), as a trial
+    asks one question at a time, cold unless the request says otherwise. ``slot_dir``
     is where ``prefix_cache: shared`` keeps each kind's prefilled prefix (``--slot-save-path``)."""
+    slots = c.get("parallel") or 1
     args = [binary, "-m", c["model_path"], "--threads", str(c["n_threads"]),
             "--threads-batch", str(c["n_threads_batch"]), "--batch-size", str(c["n_batch"]),
-            "--ubatch-size", str(c["n_ubatch"]), "--ctx-size", str(c["n_ctx"]), "--n-gpu-layers", "0",
-            "--parallel", "1", "--cache-ram", "0", "--no-webui"]
+            "--ubatch-size", str(c["n_ubatch"]), "--ctx-size", str(c["n_ctx"] * slots), "--n-gpu-layers", "0",
+            "--parallel", str(slots), "--cache-ram", "0", "--no-webui"]
+    if slots > 1:  # one KV pool of n_ctx per slot, shared: each request may use a whole n_ctx, as with one slot
+        args.append("--kv-unified")
     if host is not None:
         args += ["--host", host]
     if port is not None:
@@ -59,6 +63,11 @@ def server_args(c: dict[str, Any], binary: str = "llama-server", host: str | Non
     return args
 
 
+# Why prefix_cache: shared and several slots do not go together.
+PARALLEL_PREFIX = ("prefix_cache: shared restores each kind's prefix into slot 0 only, and with parallel above 1 "
+                   "an event may land in another slot (use prefix_cache: off)")
+
+
 def config_problem(c: dict[str, Any]) -> str | None:
     """Why a configuration cannot run as given (``config.KEY: why``), or None."""
     if c.get("backend", "python") != "server":
@@ -69,6 +78,8 @@ def config_problem(c: dict[str, Any]) -> str | None:
         return wrong
     if c.get("pace_tps") or c.get("pace_duty"):
         return "config.pace_tps/pace_duty: llama-server cannot pace decoding"
+    if (c.get("parallel") or 1) > 1 and c.get("prefix_cache") == "shared":
+        return f"config.parallel: {PARALLEL_PREFIX}"
     missing = tools_problem()
     return f"config.backend: server: {missing}" if missing else None
 
