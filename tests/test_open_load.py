@@ -139,3 +139,18 @@ def test_parallel_slots_answer_events_at_once_on_the_server(smollm2_path: Path, 
 
     assert overlaps(1) == 0
     assert overlaps(2) >= 1
+
+
+def test_the_report_draws_each_event_and_the_queue_of_an_open_loop_phase() -> None:
+    from sweep.results.report import _open_chart
+
+    series = {"t": [100.1, 100.2], "dt": [0.1, 0.1],
+              "open": [{"arrival": 101.0, "item": 0, "start": 101.0, "end": 102.0},
+                       {"arrival": 101.5, "item": 1, "start": 102.0, "end": 103.0},
+                       {"arrival": 102.5, "item": 2}]}  # never answered
+    fig = _open_chart(series, "trial 3")
+    names = [t.name for t in fig.data]
+    assert names.count("waiting") == 2 and names.count("answering") == 2 and "never answered" in names
+    queue = next(t for t in fig.data if t.name == "queue (events)")
+    assert max(queue.y) == 2 and list(queue.x)[0] == pytest.approx(1.0)  # seconds on the timeline's clock
+    assert _open_chart({"t": [1.0], "dt": [0.1]}, "trial 4") is None  # no phase, no chart

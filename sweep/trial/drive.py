@@ -2,9 +2,11 @@
 check, the injection pass, the open-loop phase, the contended pass, done.
 
 A backend (``sweep.trial.worker.PythonBackend``, ``sweep.trial.server_worker.ServerBackend``) supplies only what
-differs: how the model is loaded, how each kind's shared prefix is prepared, how one prompt is
-answered, and which process's threads carry the knobs. Everything it reports goes through the
-channel as ``sweep.trial.protocol`` messages, and each answer is a ``PromptResult``.
+differs: how the model is loaded, how each kind's shared prefix is prepared, how one request is set
+up and streams its text, and which process's threads carry the knobs. The driver times every
+request with one loop (``timed``), so latency, TTFT, prefill and decode mean the same on both.
+Everything goes through the channel as ``sweep.trial.protocol`` messages, and each answer is a
+``PromptResult``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from sweep.trial import knobs
 from sweep.trial.protocol import Channel, PromptResult
@@ -27,6 +29,20 @@ class BackendFailed(Exception):
         self.reason, self.detail = reason, detail
 
 
+class Answering(Protocol):
+    """One request on its way, as a backend starts it (``Backend.request``). The driver times it."""
+
+    def pieces(self) -> Iterator[str]:
+        """The answer's text as it streams; computing starts at the first ``next``."""
+
+    def first(self) -> None:
+        """Called at the first piece: what the backend reads once the prompt is evaluated."""
+
+    def done(self, answered: bool) -> dict[str, Any]:
+        """After the last piece: ``PromptResult``'s other fields (``prompt_tokens``, ``prefill_tokens``,
+        ``server``, ``tokens``); ``answered`` is whether any piece came."""
+
+
 class Backend(Protocol):
     def load(self, config: dict[str, Any], chan: Channel) -> None:
         """Load the model (raise ``BackendFailed`` when it cannot be)."""
@@ -34,9 +50,9 @@ class Backend(Protocol):
     def prepare(self, probes: dict[str, list[list[dict[str, str]]]]) -> None:
         """Prefill each kind's fixed prefix once (``prefix_cache: shared``); counted in load."""
 
-    def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
-        """Answer one request, sending its prefill, decode and between marks; with ``tokens``, the
-        result carries the prompt's tokens."""
+    def request(self, request: dict[str, Any], tokens: bool) -> Answering:
+        """Set one request up, untimed (a restored prefix, an escaped prompt, a grammar); with
+        ``tokens``, its ``done`` carries the prompt's tokens."""
 
     def knob_pid(self) -> int | str:
         """The process whose threads carry the knobs (``self`` or the server's pid)."""
@@ -56,21 +72,66 @@ def shared_length(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _answer(backend: Backend, request: dict[str, Any], i: int, chan: Channel, tokens: bool = False) -> PromptResult:
-    result = backend.answer(request, i, chan, tokens=tokens)
+def _pause(cfg: dict[str, Any], now: float, resumed: float, t_first: float, n: int) -> float:
+    """Decode pacing: how long to idle before asking for the next piece. A backend computes the
+    next token only when asked (the python backend's generator), so idling here idles its threads."""
+    pause = 0.0
+    if cfg.get("pace_duty"):
+        pause = (now - resumed) * (1 - cfg["pace_duty"]) / cfg["pace_duty"]
+    if cfg.get("pace_tps"):
+        pause = max(pause, t_first + n / cfg["pace_tps"] - now)
+    return pause
+
+
+def timed(backend: Backend, request: dict[str, Any], index: int, chan: Channel, cfg: dict[str, Any],
+          tokens: bool = False) -> PromptResult:
+    """One request, timed the same way for every backend: its latency from the prefill mark to the
+    last piece, TTFT at the first piece, decode from the first piece to the last; the prefill,
+    decode and between marks sent as they happen."""
+    answering = backend.request(request, tokens)
+    chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
+    t0 = resumed = time.monotonic()
+    t_first = t_last = None
+    pieces: list[str] = []
+    for text in answering.pieces():
+        if not text:
+            continue
+        now = time.monotonic()
+        if t_first is None:
+            t_first = now
+            answering.first()
+            chan.send("phase", phase="decode", t=now, prompt=index)
+        t_last = now
+        pieces.append(text)
+        pause = _pause(cfg, now, resumed, t_first, len(pieces))
+        if pause > 0:
+            time.sleep(pause)
+        resumed = time.monotonic()
+    t_end = time.monotonic()
+    chan.send("phase", phase="between", t=t_end, prompt=index)
+    return PromptResult(latency_s=t_end - t0, ttft_s=(t_first - t0) if t_first else None,
+                        completion_chunks=len(pieces), decode_s=(t_last - t_first) if t_first and t_last else 0.0,
+                        answer="".join(pieces), **answering.done(t_first is not None))
+
+
+def _answer(backend: Backend, request: dict[str, Any], i: int, chan: Channel, cfg: dict[str, Any],
+            tokens: bool = False) -> PromptResult:
+    result = timed(backend, request, i, chan, cfg, tokens)
     if request.get("view"):  # the differential check reads the input's view too, as part of this answer
-        result = result.then(backend.answer(request["view"], i, chan, tokens=False))
+        result = result.then(timed(backend, request["view"], i, chan, cfg))
     return result
 
 
-def _answer_all(backend: Backend, prompts: list[dict[str, Any]], chan: Channel, passname: str | None = None) -> None:
+def _answer_all(backend: Backend, prompts: list[dict[str, Any]], chan: Channel, cfg: dict[str, Any],
+                passname: str | None = None) -> None:
     extra = {"pass": passname} if passname else {}
     for i, request in enumerate(prompts):
-        result = _answer(backend, request, i, chan, tokens=passname == "injection")
+        result = _answer(backend, request, i, chan, cfg, tokens=passname == "injection")
         chan.send("prompt", index=i, **extra, **result.to_message())
 
 
-def _answer_open(backend: Backend, prompts: list[dict[str, Any]], plan: dict[str, Any], chan: Channel) -> None:
+def _answer_open(backend: Backend, prompts: list[dict[str, Any]], plan: dict[str, Any], chan: Channel,
+                 cfg: dict[str, Any]) -> None:
     """The open-loop phase (``sweep.trial.arrivals``): events taken in arrival order by ``parallel``
     servers (llama-server's slots; one otherwise), each answered once it has arrived and a server is
     free; until ``seconds`` have passed, or ``cap`` events wait (the arrivals outrun the answers).
@@ -94,7 +155,7 @@ def _answer_open(backend: Backend, prompts: list[dict[str, Any]], plan: dict[str
                     time.sleep(min(arrival - now, 5.0))
                     chan.send("tick", t=time.monotonic())
                 start = time.monotonic()
-                result = _answer(backend, prompts[i], i, chan)
+                result = _answer(backend, prompts[i], i, chan, cfg)
                 chan.send("prompt", index=i, **{"pass": "open"}, event=k, arrival=arrival, start=start,
                           **result.to_message())
                 now = time.monotonic()
@@ -131,23 +192,23 @@ def drive(job: dict[str, Any], chan: Channel, backend: Backend) -> int:
             chan.send("phase", phase="idle", t=time.monotonic())
             time.sleep(job["idle_seconds"])
             chan.send("phase", phase="active", t=time.monotonic())
-            _answer_all(backend, job["prompts"], chan)
+            _answer_all(backend, job["prompts"], chan, cfg)
             backend.check()
             # Read back after inference: compute threads are created lazily, on first use.
             pid = backend.knob_pid()
             chan.send("knobs", threads=knobs.read_threads(pid), autogroup=knobs.read_autogroup(pid))
             if job.get("injection"):  # attacker-written items and their clean originals, out of the figures above
                 chan.send("phase", phase="injection", t=time.monotonic())
-                _answer_all(backend, job["injection"], chan, passname="injection")
+                _answer_all(backend, job["injection"], chan, cfg, passname="injection")
             if job.get("open"):  # events at a rate, waiting behind each other: out of the figures above
                 chan.send("phase", phase="open", t=time.monotonic())
-                _answer_open(backend, job["prompts"], job["open"], chan)
+                _answer_open(backend, job["prompts"], job["open"], chan, cfg)
             if job.get("contended"):
                 # The same prompts again, under the user's CPU-bound foreground: the runner resumes it
                 # on this mark and says "go" on stdin once it runs.
                 chan.send("phase", phase="contended", t=time.monotonic())
                 sys.stdin.readline()
-                _answer_all(backend, job["prompts"], chan, passname="contended")
+                _answer_all(backend, job["prompts"], chan, cfg, passname="contended")
             chan.send("phase", phase="done", t=time.monotonic())
         except BackendFailed:
             raise

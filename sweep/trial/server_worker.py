@@ -36,7 +36,7 @@ from typing import Any, Iterator
 from sweep.correctness.guard import escapes
 from sweep.procs import die_with_parent, signal_name
 from sweep.trial.drive import BackendFailed, drive, shared_length
-from sweep.trial.protocol import Channel, PromptResult, serve
+from sweep.trial.protocol import Channel, serve
 from sweep.trial.server import completion_body, request_body, server_args
 
 HOST = "127.0.0.1"
@@ -198,48 +198,45 @@ def shared_prefixes(server: Server, probes: dict[str, list[list[dict[str, str]]]
     return held
 
 
-def _run_prompt(server: Server, request: dict[str, Any], cfg: dict[str, Any], chan: Channel,
-                index: int, held: int | None = None, tokens: bool = False) -> PromptResult:
-    if held is not None:  # start from the kind's prefix and nothing more, untimed
-        server.post("/slots/0?action=restore", {"filename": f"{request['kind']}.bin"})
-    # Under escape the prompt goes as tokens to /completion, built before the request is timed.
-    escaped = server.escaped_tokens(request["messages"]) if escapes(cfg.get("input_guard", "none")) else None
-    body, path = request_body(request, cfg), "/v1/chat/completions"
-    if escaped is not None:
-        body, path = completion_body(escaped, request, cfg), "/completion"
-    chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
-    t0 = time.monotonic()
-    t_first = t_last = None
-    pieces: list[str] = []
-    timings: dict[str, Any] = {}
-    for event in server.stream(body, path):
-        if event.get("timings"):
-            timings = event["timings"]
-        choices = event.get("choices") or [{}]
-        text = (choices[0].get("delta") or {}).get("content") or event.get("content")
-        if not text:
-            continue
-        now = time.monotonic()
-        if t_first is None:
-            t_first = now
-            chan.send("phase", phase="decode", t=now, prompt=index)
-        t_last = now
-        pieces.append(text)
-    t_end = time.monotonic()
-    chan.send("phase", phase="between", t=t_end, prompt=index)
-    prompt_n = timings.get("prompt_n")
-    return PromptResult(
-        latency_s=t_end - t0, ttft_s=(t_first - t0) if t_first else None,
-        # llama.cpp's own counts: the whole prompt (what it prefilled and what it took from cache).
-        prompt_tokens=(prompt_n or 0) + (timings.get("cache_n") or 0) if prompt_n is not None else 0,
-        prefill_tokens=prompt_n, completion_chunks=len(pieces),
-        decode_s=(t_last - t_first) if t_first and t_last else 0.0, answer="".join(pieces),
-        server={**{k: timings.get(k) for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n",
-                                               "predicted_ms", "predicted_per_second", "cache_n")},
-                "slot_tokens": held},  # what the restored slot held: cache_n can be no more
-        # The prompt's own tokens, where asked (injection): what reached the model, special tokens
-        # included; for the chat endpoint, from its own template and tokenizer (untimed, after the answer).
-        tokens=(escaped if escaped is not None else server.prompt_tokens(request["messages"])) if tokens else None)
+class _Answering:
+    """One streamed request to llama-server (``sweep.trial.drive.Answering``). The kind's prefix slot is
+    restored and an escaped prompt tokenized before the timing starts."""
+
+    def __init__(self, server: Server, request: dict[str, Any], cfg: dict[str, Any], held: int | None,
+                 tokens: bool) -> None:
+        if held is not None:  # start from the kind's prefix and nothing more, untimed
+            server.post("/slots/0?action=restore", {"filename": f"{request['kind']}.bin"})
+        # Under escape the prompt goes as tokens to /completion, built before the request is timed.
+        self.escaped = server.escaped_tokens(request["messages"]) if escapes(cfg.get("input_guard", "none")) else None
+        self.body, self.path = request_body(request, cfg), "/v1/chat/completions"
+        if self.escaped is not None:
+            self.body, self.path = completion_body(self.escaped, request, cfg), "/completion"
+        self.server, self.request, self.held, self.tokens = server, request, held, tokens
+        self.timings: dict[str, Any] = {}
+
+    def pieces(self) -> Iterator[str]:
+        for event in self.server.stream(self.body, self.path):
+            if event.get("timings"):
+                self.timings = event["timings"]
+            choices = event.get("choices") or [{}]
+            yield (choices[0].get("delta") or {}).get("content") or event.get("content") or ""
+
+    def first(self) -> None:
+        return None
+
+    def done(self, answered: bool) -> dict[str, Any]:
+        timings, prompt_n = self.timings, self.timings.get("prompt_n")
+        return {
+            # llama.cpp's own counts: the whole prompt (what it prefilled and what it took from cache).
+            "prompt_tokens": (prompt_n or 0) + (timings.get("cache_n") or 0) if prompt_n is not None else 0,
+            "prefill_tokens": prompt_n,
+            "server": {**{k: timings.get(k) for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n",
+                                                      "predicted_ms", "predicted_per_second", "cache_n")},
+                       "slot_tokens": self.held},  # what the restored slot held: cache_n can be no more
+            # The prompt's own tokens, where asked (injection): what reached the model, special tokens
+            # included; for the chat endpoint, from its own template and tokenizer (untimed, after the answer).
+            "tokens": (self.escaped if self.escaped is not None else self.server.prompt_tokens(self.request["messages"]))
+            if self.tokens else None}
 
 
 class ServerBackend:
@@ -273,9 +270,9 @@ class ServerBackend:
         assert self.server is not None
         self.held = shared_prefixes(self.server, probes, escapes(self.cfg.get("input_guard", "none")))
 
-    def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
+    def request(self, request: dict[str, Any], tokens: bool) -> _Answering:
         assert self.server is not None
-        return _run_prompt(self.server, request, self.cfg, chan, index, self.held.get(request["kind"]), tokens)
+        return _Answering(self.server, request, self.cfg, self.held.get(request["kind"]), tokens)
 
     def knob_pid(self) -> int | str:
         assert self.server is not None

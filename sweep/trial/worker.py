@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from sweep.correctness.escape import Escape
 from sweep.correctness.guard import escapes
 from sweep.records import TrialConfig
 from sweep.trial.drive import BackendFailed, drive, shared_length
-from sweep.trial.protocol import Channel, PromptResult, serve
+from sweep.trial.protocol import Channel, serve
 
 
 def _messages(messages: list[dict[str, str]], escape: Escape | None) -> list[dict[str, str]]:
@@ -62,56 +62,39 @@ def _prefill_count(llm: Any) -> int:
     return int(llama_cpp.llama_perf_context(llm._ctx.ctx).n_p_eval)
 
 
-def _run_prompt(llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], chan: Channel,
-                index: int, prefix: Any = None, escape: Escape | None = None,
-                tokens: bool = False) -> PromptResult:
-    # Without a shared prefix, reset so each latency is a full request, not a KV-cache prefix hit;
-    # with one, start from the kind's prefilled prefix and nothing more.
-    if prefix is None:
-        llm.reset()
-    else:
-        llm.load_state(prefix)
-    prefilled = _prefill_count(llm)
-    chan.send("phase", phase="prefill", t=time.monotonic(), prompt=index)
-    t0 = time.monotonic()
-    t_first = t_last = None
-    prompt_tokens = 0
-    pieces: list[str] = []
-    stream = llm.create_chat_completion(
-        messages=_messages(request["messages"], escape), max_tokens=cfg["max_tokens"], temperature=cfg["temperature"], seed=cfg["seed"],
-        stream=True, grammar=grammar, response_format=request.get("response_format"),
-    )
-    resumed = t0
-    for chunk in stream:
-        text = chunk["choices"][0]["delta"].get("content")
-        if not text:
-            continue
-        now = time.monotonic()
-        if t_first is None:
-            t_first = now
-            prompt_tokens = llm.n_tokens  # at the first token only the prompt has been evaluated
-            prefilled = _prefill_count(llm) - prefilled  # what llama.cpp evaluated of it in this request
-            chan.send("phase", phase="decode", t=now, prompt=index)
-        t_last = now
-        pieces.append(text)
-        # Decode pacing: the generator computes the next token only when asked, so
-        # sleeping here idles the compute threads between tokens.
-        pause = 0.0
-        if cfg.get("pace_duty"):
-            pause = (now - resumed) * (1 - cfg["pace_duty"]) / cfg["pace_duty"]
-        if cfg.get("pace_tps"):
-            pause = max(pause, t_first + len(pieces) / cfg["pace_tps"] - now)
-        if pause > 0:
-            time.sleep(pause)
-        resumed = time.monotonic()
-    t_end = time.monotonic()
-    chan.send("phase", phase="between", t=t_end, prompt=index)
-    return PromptResult(
-        latency_s=t_end - t0, ttft_s=(t_first - t0) if t_first else None, prompt_tokens=prompt_tokens,
-        prefill_tokens=prefilled if t_first else None, completion_chunks=len(pieces),
-        decode_s=(t_last - t_first) if t_first and t_last else 0.0, answer="".join(pieces),
-        # The prompt's own tokens, where asked (injection): what reached the model, special tokens included.
-        tokens=[int(t) for t in llm._input_ids[:prompt_tokens]] if tokens else None)
+class _Answering:
+    """One request to llama-cpp-python (``sweep.trial.drive.Answering``). Without a shared prefix the
+    cache is reset, so each latency is a full request, not a KV-cache prefix hit; with one, the
+    request starts from the kind's prefilled prefix and nothing more. Both before the timing starts."""
+
+    def __init__(self, llm: Any, request: dict[str, Any], grammar: Any, cfg: dict[str, Any], prefix: Any,
+                 escape: Escape | None, tokens: bool) -> None:
+        if prefix is None:
+            llm.reset()
+        else:
+            llm.load_state(prefix)
+        self.llm, self.request, self.grammar, self.cfg = llm, request, grammar, cfg
+        self.escape, self.tokens = escape, tokens
+        self.prefilled = _prefill_count(llm)
+        self.prompt_tokens = 0
+
+    def pieces(self) -> Iterator[str]:
+        # A generator computes the next token only when asked: decode pacing idles between asks.
+        stream = self.llm.create_chat_completion(
+            messages=_messages(self.request["messages"], self.escape), max_tokens=self.cfg["max_tokens"],
+            temperature=self.cfg["temperature"], seed=self.cfg["seed"], stream=True, grammar=self.grammar,
+            response_format=self.request.get("response_format"))
+        for chunk in stream:
+            yield chunk["choices"][0]["delta"].get("content") or ""
+
+    def first(self) -> None:
+        self.prompt_tokens = self.llm.n_tokens  # at the first token only the prompt has been evaluated
+        self.prefilled = _prefill_count(self.llm) - self.prefilled  # what llama.cpp evaluated of it here
+
+    def done(self, answered: bool) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "prefill_tokens": self.prefilled if answered else None,
+                # The prompt's own tokens, where asked (injection): what reached the model, special tokens included.
+                "tokens": [int(t) for t in self.llm._input_ids[:self.prompt_tokens]] if self.tokens else None}
 
 
 class PythonBackend:
@@ -138,13 +121,12 @@ class PythonBackend:
     def prepare(self, probes: dict[str, list[list[dict[str, str]]]]) -> None:
         self.prefixes = shared_prefixes(self.llm, probes, self.escape)
 
-    def answer(self, request: dict[str, Any], index: int, chan: Channel, tokens: bool) -> PromptResult:
+    def request(self, request: dict[str, Any], tokens: bool) -> _Answering:
         from llama_cpp.llama_grammar import LlamaGrammar
 
         # llama.cpp parses the grammar for each request, as a deployment would.
         grammar = LlamaGrammar.from_string(request["grammar"], verbose=False) if request.get("grammar") else None
-        return _run_prompt(self.llm, request, grammar, self.cfg, chan, index, self.prefixes.get(request["kind"]),
-                           self.escape, tokens)
+        return _Answering(self.llm, request, grammar, self.cfg, self.prefixes.get(request["kind"]), self.escape, tokens)
 
     def knob_pid(self) -> int | str:
         return "self"
