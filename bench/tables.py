@@ -431,12 +431,14 @@ def promotion() -> str:
         rows.append([" / ".join(map(str, p["rungs"])), _f(p["keep"]), _f(w["spent_s"][0] / 60, ".1f"),
                      mid(w["hv"]), mid(o["hv"]), f"{p['hv_better']} / {p['hv_worse']}",
                      mid(w["pick_correctness"]), mid(o["pick_correctness"]), f"{p['pick_better']} / {p['pick_worse']}",
-                     f"{_f(w['pick_items'][0], '.0f')} / {_f(o['pick_items'][0], '.0f')}"])
+                     f"{_f(w['pick_items'][0], '.0f')} / {_f(o['pick_items'][0], '.0f')}",
+                     f"{mid(w['pick_claim_error'])} / {mid(o['pick_claim_error'])}"])
     return (measured("promotion_grid", "promotion") + f" {len(data['configs'])} configurations, each on all "
             f"{data['items']} items; {data['seeds']} seeds of {data['trials']} trials; the best full-set correctness "
             f"in the grid is {data['best_correctness']:.3f}. Medians [quartiles].\n\n" + table(
                 ["rungs", "keep", "trial-min (median)", "hypervolume, with", "without", "seeds better / worse",
-                 "pick's full-set correctness, with", "without", "seeds better / worse", "pick's items, with / without"],
+                 "pick's full-set correctness, with", "without", "seeds better / worse", "pick's items, with / without",
+                 "pick's claim off by, with / without"],
                 rows))
 
 

@@ -134,12 +134,14 @@ PROMOTING = TINY_SPACE.replace("  nice: [0, 19]\n", "  nice: [0, 19]\n  shots: [
     "promote:\n  prompts: [3, 6]\n  keep: 0.5\n"
 
 
-@pytest.mark.slow
 def test_two_orchestrators_promote_each_configuration_once_and_record_it(tmp_path: Path) -> None:
     """Two real orchestrators on one study: each promotion is made once, measured on its rung's items
-    and recorded; the run holds its trials plus the promotions, and the pick rests on the larger sample."""
+    and recorded; the run holds its trials plus the promotions, and the pick rests on the larger sample.
+    The claims and the records are the point, not the model: the trials run on the fake backend
+    (sweep.testing), through the real runner, monitor, orchestrator, spool and database."""
     space = write_space(tmp_path / "s.yaml", PROMOTING)
-    env = {**os.environ, "SWEEP_STORAGE": f"sqlite:///{tmp_path / 'db.sqlite'}", "SWEEP_SPOOL_DIR": str(tmp_path / "spool")}
+    env = {**os.environ, "SWEEP_STORAGE": f"sqlite:///{tmp_path / 'db.sqlite'}", "SWEEP_SPOOL_DIR": str(tmp_path / "spool"),
+           "SWEEP_TEST_WORKER": "fake"}
     first = sweep_cli("run", str(space), "--study", "p", "--trials", "1", "--quiet", env=env)
     assert first.returncode == 0, first.stderr  # the study exists before two orchestrators race on it
     procs = [subprocess.Popen([sys.executable, "-m", "sweep", "run", str(space), "--study", "p", "--trials", "5",

@@ -175,6 +175,11 @@ def _answer_open(backend: Backend, prompts: list[dict[str, Any]], plan: dict[str
         thread.join()
     if state["error"] is not None:
         raise state["error"]
+    # Every event answered early: the phase still lasts its length, idle, so that its CPU is a duty
+    # cycle over the whole of it. Cut by the queue (saturated), it ends here.
+    while not state["stop"] and (now := time.monotonic()) < t0 + plan["seconds"]:
+        time.sleep(min(t0 + plan["seconds"] - now, 5.0))
+        chan.send("tick", t=time.monotonic())
 
 
 def drive(job: dict[str, Any], chan: Channel, backend: Backend) -> int:

@@ -35,6 +35,7 @@ from sweep.trial.protocol import problem
 
 WORKER_CMD = [sys.executable, "-m", "sweep.trial.worker"]
 SERVER_WORKER_CMD = [sys.executable, "-m", "sweep.trial.server_worker"]  # the server backend (sweep.trial.server)
+FAKE_WORKER_CMD = [sys.executable, "-m", "sweep.testing.worker"]  # SWEEP_TEST_WORKER=fake (sweep.testing)
 
 
 class _Reader(threading.Thread):
@@ -113,6 +114,8 @@ class _Watch:
                  on_event: Callable[[dict[str, Any]], None] | None) -> None:
         self.config, self.settings, self.tasks = config, settings, tasks
         self.worker_cmd = SERVER_WORKER_CMD if config.backend == "server" else WORKER_CMD
+        if os.environ.get("SWEEP_TEST_WORKER") == "fake":  # a test hook: no model (sweep.testing)
+            self.worker_cmd = FAKE_WORKER_CMD
         self.latency_budget_s, self.on_event = latency_budget_s, on_event
         self.started = time.monotonic()
         self.over_memory = threading.Event()
