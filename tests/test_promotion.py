@@ -116,6 +116,15 @@ def test_the_best_share_of_a_rung_is_due_once_and_the_pick_before_the_run_ends()
     _add(study2, 1, _figs(0.5, 1.0))
     assert due(study2, [10, 40], 0.34, finishing=False) is None
     assert due(study2, [10, 40], 0.34, finishing=True) == (pick, 1)
+    # A pick on 40 items, lucky, beside a rival on all 246: the pick goes as deep before the run ends.
+    study3 = _study()
+    lucky, steady = _add(study3, 0, _figs(0.6, 1.0)), _add(study3, 1, _figs(0.7, 1.0))
+    _add(study3, 0, _figs(0.57, 1.0, n=40), promotes=lucky, rung=1, items=40)
+    _add(study3, 1, _figs(0.62, 1.0, n=40), promotes=steady, rung=1, items=40)
+    _add(study3, 1, _figs(0.52, 1.0, n=246), promotes=steady, rung=2, items=246)
+    assert choose(study3, allow_infeasible=True)["number"] == lucky
+    assert due(study3, [10, 40, 246], 0.34, finishing=False) is None
+    assert due(study3, [10, 40, 246], 0.34, finishing=True) == (lucky, 2)
 
 
 @pytest.mark.parametrize("block, wrong", [("promote:\n  prompts: [5, 40]\n", "the first rung (5) must be"),

@@ -13,8 +13,9 @@ of several orchestrators exactly one measures it.
 A rung's best: configurations whose correctness interval reaches every floor budget come first
 (a small sample does not rule out a good model), then the non-dominated rank on the study's
 objectives, then the export policy's order. When the run has its trials, the policy's pick is
-promoted too while it rests on the first rung only, so the morning's answer never rests on the
-smallest sample alone.
+promoted too until it rests on the deepest rung any configuration reached (the second at least),
+so the morning's answer never rests on the smallest sample alone, and a mean on few items never
+wins over one on more for its luck alone.
 
 Readers (``sweep.results.front.rows``) give each configuration the figures of its largest
 sample: its promotion on the most items, or its verification where that has more.
@@ -105,7 +106,8 @@ def ranked(study: Any, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def due(study: Any, sizes: list[int], keep: float, finishing: bool) -> tuple[int, int] | None:
     """The promotion to make now, as (original trial number, rung), or None. Deeper rungs first.
     ``finishing``: the run has its trials, so the policy's pick is promoted too while it rests on
-    the first rung only. Call it under the study's lock, with the trial's creation (``start``)."""
+    a rung below the deepest reached (the second at least). Call it under the study's lock, with
+    the trial's creation (``start``)."""
 
     made = _made(study)
     for rung in range(len(sizes) - 2, -1, -1):
@@ -118,8 +120,12 @@ def due(study: Any, sizes: list[int], keep: float, finishing: bool) -> tuple[int
             pick = choose(study, allow_infeasible=True)
         except ExportError:
             return None
-        if pick.get("promoted") is None and (pick["number"], 1) not in made:
-            return pick["number"], 1
+        # The pick goes as deep as the deepest rung any configuration reached (the second at least):
+        # a mean on fewer items must not win over one on more for its luck alone.
+        deepest = max([1] + [r for (_, r), t in made.items() if t.state.name == "COMPLETE"])
+        at = (pick.get("promoted") or {}).get("rung", 0)
+        if at < deepest and (pick["number"], at + 1) not in made:
+            return pick["number"], at + 1
     return None
 
 
