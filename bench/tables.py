@@ -457,7 +457,9 @@ def open_load() -> str:
                          _f(f.get("cpu_mean_share_pct"), ".1f"), _f(f.get("cpu_s_per_answer")),
                          _f(f.get("fg_open_p95_ratio")), f"{_f(f.get('open_answered'), '.0f')}/{_f(f.get('open_events'), '.0f')}",
                          "yes" if f.get("saturated") else "no", "holds" if not r["broken"] else ", ".join(r["broken"])])
-    caps = "; ".join(f"{c['label']}: **{_f(c['capacity_per_min'], '.1f')} events/min**" for c in data["configs"])
+    caps = "; ".join(f"{c['label']}: **{_f(c['capacity_per_min'], '.1f')} events/min**" if c["capacity_per_min"]
+                     else f"{c['label']}: **below {_f(min(data['rates']), 'g')} event/min** (no rate held)"
+                     for c in data["configs"])
     return (measured("open_load") + f" Each open-loop phase {data['seconds']:g} s. Capacity (response p95 <= 2.5 s, "
             f"CPU mean <= 35%, not saturated): {caps}.\n\n" + table(
                 ["configuration", "rate /min", "response p95 s", "service p95 s", "wait p95 s", "queue max",
