@@ -138,20 +138,7 @@ sampler:
   seed: 3
 """
 
-TINY_SPACE = """\
-version: 1
-name: tiny
-models:
-  smollm2-135m: [Q4_1]
-params:
-  n_threads: {low: 1, high: all}
-  n_batch: [64, 512]
-  nice: [0, 19]
-fixed:
-  n_threads_batch: 1
-  n_ctx: 512
-  max_tokens: 16
-""" + QUICK_TAIL
+from sweep.testing import TINY_SPACE  # noqa: E402 - the tests' tiny space is the one sweep.testing ships
 
 
 @pytest.fixture(scope="session")
