@@ -125,20 +125,7 @@ def write_space(path: Path, body: str) -> Path:
     return path
 
 
-# A quick trial block and a seeded random sampler: the tail of every small test space.
-QUICK_TAIL = """\
-trial:
-  prompts: 3
-  idle_seconds: 0.5
-  baseline_seconds: 0.2
-  timeout_seconds: 120
-  noise_retries: 0
-sampler:
-  name: random
-  seed: 3
-"""
-
-from sweep.testing import TINY_SPACE  # noqa: E402 - the tests' tiny space is the one sweep.testing ships
+from sweep.testing import QUICK_TAIL, TINY_SPACE  # noqa: E402,F401 - the tiny space sweep.testing ships
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,19 @@ from typing import Any, Iterator
 ENV_WORKER = "SWEEP_TEST_WORKER"
 ENV_SCRIPT = "SWEEP_FAKE_SCRIPT"
 
+# A quick trial block and a seeded random sampler: the tail of every small test space.
+QUICK_TAIL = """\
+trial:
+  prompts: 3
+  idle_seconds: 0.5
+  baseline_seconds: 0.2
+  timeout_seconds: 120
+  noise_retries: 0
+sampler:
+  name: random
+  seed: 3
+"""
+
 TINY_SPACE = """\
 version: 1
 name: tiny
@@ -35,16 +48,7 @@ fixed:
   n_threads_batch: 1
   n_ctx: 512
   max_tokens: 16
-trial:
-  prompts: 3
-  idle_seconds: 0.5
-  baseline_seconds: 0.2
-  timeout_seconds: 120
-  noise_retries: 0
-sampler:
-  name: random
-  seed: 3
-"""
+""" + QUICK_TAIL
 
 
 @dataclass(frozen=True)
