@@ -75,6 +75,38 @@ def mark_spans(series: dict[str, Any]) -> list[tuple[str, float, float]]:
     return [(name, a - t0, b - t0) for (name, a), b in zip(starts, ends)]
 
 
+def column_phases(series: dict[str, Any], per: int) -> list[str]:
+    """The phase drawn under each column of ``per`` windows: the most common window tag.
+
+    A column of windows that straddle a change of major phase (``transition``) takes the major
+    phase from the worker's marks that filled most of it, and a major phase shorter than a window
+    (a load from the page cache takes a tenth of a second) still gets the column it overlaps most,
+    so every phase the worker went through is drawn.
+    """
+    phases, ends = series["phase"], seconds(series)
+    starts = [t - dt for t, dt in zip(ends, series["dt"])]
+    cols = list(range(0, len(phases), per))
+    drawn = [Counter(phases[i:i + per]).most_common(1)[0][0] for i in cols]
+    spans = [s for s in mark_spans(series) if s[2] > s[1]] if series.get("marks") else []
+
+    def overlap(col: int, span: tuple[str, float, float]) -> float:
+        a, b = starts[cols[col]], ends[min(cols[col] + per, len(ends)) - 1]
+        return max(0.0, min(b, span[2]) - max(a, span[1]))
+
+    open_cols = [c for c, p in enumerate(drawn) if p == "transition"]
+    for c in open_cols:
+        best = max(spans, key=lambda s: overlap(c, s), default=None)
+        if best is not None and overlap(c, best) > 0:
+            drawn[c] = best[0]
+    for span in spans:
+        if span[0] in drawn:
+            continue
+        spare = [c for c in open_cols if drawn.count(drawn[c]) > 1 and overlap(c, span) > 0]
+        if spare:
+            drawn[max(spare, key=lambda c: overlap(c, span))] = span[0]
+    return drawn
+
+
 def cpu_budgets(budgets: dict[str, dict[str, float]]) -> dict[str, float]:
     """The CPU budgets that are upper bounds, by name: the lines a timeline draws."""
     return {name: b["max"] for name, b in budgets.items() if name.startswith("cpu_") and "max" in b}
@@ -89,7 +121,7 @@ def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]],
         return "(no windows)"
     per = max(1, -(-len(values) // width))
     cols = [max(values[i:i + per]) for i in range(0, len(values), per)]
-    col_phase = [Counter(phases[i:i + per]).most_common(1)[0][0] for i in range(0, len(values), per)]
+    col_phase = column_phases(series, per)
     top = max(100.0, max(cols))
     lines = {round(limit / top * height): f"{name} {limit:g}%" for name, limit in cpu_budgets(budgets).items()}
     rows = []
