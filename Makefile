@@ -6,19 +6,20 @@ STUDY ?= demo
 TRIALS ?= 8
 EXPORT ?= demo-config.json
 
-.PHONY: sweep verify test test-fast install lock clean-study tools docs tables cli-docs
+.PHONY: sweep verify test test-fast soak install lock clean-study tools docs tables cli-docs
 
-# Exact versions from requirements.lock (pip constraints); `make lock` refreshes it. llama-cpp-python
-# is built for this CPU less Intel AMX: sweep.models.tools.NO_AMX says why (and builds llama-server the same).
-NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+# Exact versions from requirements.lock (pip constraints); `make lock` refreshes it. llama.cpp is
+# compiled once: llama-cpp-python is installed as Python only (LLAMA_BUILD=OFF; without pip's cache,
+# where a wheel with its own libraries could be reused), then `sweep tools build` compiles the shared
+# libraries, llama-server and llama-bench from the llama.cpp it vendors and puts the libraries in the
+# bindings (sweep.models.tools), so a python trial, a server trial and an export run one build.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "installing (the first install builds llama-cpp-python from source: about 5 minutes on 2 cores)"
-	@# First and without pip's cache: a wheel cached from a build with other flags would be reused.
-	CMAKE_ARGS="$(if $(NO_AMX),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')" \
-		$(BIN)/python -m pip install --quiet --no-cache-dir -c requirements.lock llama-cpp-python
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF" $(BIN)/python -m pip install --quiet --no-cache-dir -c requirements.lock llama-cpp-python
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@echo "compiling llama.cpp once, for the bindings and llama-server alike (about 6 minutes on 2 cores)"
+	$(BIN)/sweep tools build
 	touch $@
 
 # Resolve the newest versions pyproject.toml allows, into requirements.lock (run make test after).
@@ -41,8 +42,8 @@ verify: $(VENV)/.installed
 	$(BIN)/sweep verify --study $(STUDY)
 	$(BIN)/sweep export --study $(STUDY) -o $(EXPORT) --allow-infeasible
 
-# llama-server and llama-bench from the llama.cpp the installed llama-cpp-python vendors (cached per
-# version under the sweep cache; about 7 minutes on 2 cores the first time). The server backend needs them.
+# The one compile of llama.cpp (the bindings' libraries, llama-server, llama-bench), cached per
+# llama-cpp-python version under the sweep cache; `make install` runs it, so this only checks.
 tools: $(VENV)/.installed
 	$(BIN)/sweep tools build
 
@@ -52,9 +53,13 @@ test: $(VENV)/.installed
 	@$(BIN)/sweep tools list 2>/dev/null | grep -q "^llama-server" || echo "*** llama-server is not built: the server-backend tests will be SKIPPED (make tools; .ci/run builds it) ***"
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q --durations=30
+	$(BIN)/python -m pytest -q --durations=30 -m "not soak"
 	@echo "== the end-to-end, fault and CLI tests again, on the portable measurement path (psutil, portalocker)"
 	SWEEP_PLATFORM=portable $(BIN)/python -m pytest -q --durations=10 -m "portable and not linux_path"
+
+# Three minutes of real faults (bench/chaos.py on a real PostgreSQL server): its own CI step.
+soak: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m soak
 
 # The inner loop: everything but the tests that run a real model, server or calibrated load.
 test-fast: $(VENV)/.installed

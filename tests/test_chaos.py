@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_a_three_minute_chaos_soak_loses_nothing_and_leaves_nothing(postgres: str) -> None:
     # A 30 s outage is still past the 8 s grace by far; the 20-minute soaks on record hold it for 90 s.
     run = subprocess.run([sys.executable, str(BENCH), "--minutes", "3", "--seed", "3", "--outage", "30", "--json"],

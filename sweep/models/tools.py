@@ -1,21 +1,29 @@
-"""llama.cpp's own programs (``llama-server``, ``llama-bench``), built from the very llama.cpp that
-the installed llama-cpp-python vendors, so a server trial measures the same code as a python trial.
+"""llama.cpp, compiled once: the shared libraries the bindings load and the programs
+(``llama-server``, ``llama-bench``) a server trial and an export run, from one build of the very
+llama.cpp that the installed llama-cpp-python vendors, so a server trial measures the same code as
+a python trial, and the export deploys what was measured.
 
 The source is llama-cpp-python's sdist for the installed version (``vendor/llama.cpp`` inside it),
-fetched once with pip into the sweep cache and kept there, so a rebuild needs no network. The
-binaries are static (no rpath into a build tree), built with the flags pip uses for the bindings
-(native CPU features, OpenMP), and kept per llama-cpp-python version under
-``<cache>/tools/llama-cpp-python-<version>/`` (``SWEEP_TOOLS_DIR`` moves ``<cache>/tools``), with a ``tools.json`` manifest: the llama.cpp
-commit, the flags, the build's wall time and what ``--version`` says.
+fetched once with pip into the sweep cache and kept there, so a rebuild needs no network. The build
+makes shared libraries (``lib/``) and the programs (``bin/``, which find the libraries through the
+run path ``$ORIGIN/../lib``), with native CPU features and OpenMP, and keeps them per
+llama-cpp-python version under ``<cache>/tools/llama-cpp-python-<version>/`` (``SWEEP_TOOLS_DIR``
+moves ``<cache>/tools``), with a ``tools.json`` manifest: the llama.cpp commit, the flags, the
+build's wall time, what ``--version`` says and each library's digest. The libraries are then copied
+into the bindings' own ``llama_cpp/lib``: ``make install`` installs llama-cpp-python without
+compiling (``LLAMA_BUILD=OFF``), so this is the one compile of llama.cpp.
 
 Compiling takes minutes of both cores, so the build holds the host's measurement lock.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -30,16 +38,17 @@ from sweep.errors import SweepError
 from sweep.models.registry import cache_dir
 
 PROGRAMS = ("llama-server", "llama-bench")
-# The bindings are built by pip with llama.cpp's defaults, GGML_NATIVE (this CPU's features) and
-# OpenMP, less Intel AMX (the Makefile passes the same NO_AMX in CMAKE_ARGS): CPUID reports AMX in
-# virtual machines whose kernel never enables its tile state, and there ggml's first batched matrix
-# product (``ldtilecfg``) dies with a general protection fault, so every trial would crash. Laptops
-# have no AMX; a Xeon's prefill loses it. The programs are built the same way, static, and without
-# what a measurement never uses: no curl or TLS (nothing is downloaded), no web UI (its assets are
-# not in the sdist, and the prebuilt ones would be downloaded), no tests or examples.
+# llama.cpp is built with its defaults, GGML_NATIVE (this CPU's features) and OpenMP, less Intel
+# AMX: CPUID reports AMX in virtual machines whose kernel never enables its tile state, and there
+# ggml's first batched matrix product (``ldtilecfg``) dies with a general protection fault, so every
+# trial would crash. Laptops have no AMX; a Xeon's prefill loses it. Left out too is what a
+# measurement never uses: no curl or TLS (nothing is downloaded), no web UI (its assets are not in
+# the sdist, and the prebuilt ones would be downloaded), no tests or examples. The libraries are
+# shared (the bindings load them), and the programs find them in ``../lib`` wherever they are copied.
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" if platform.machine() in ("x86_64", "AMD64") else ""
 CMAKE_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DGGML_OPENMP=ON",
+    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    "-DCMAKE_INSTALL_RPATH=$ORIGIN/../lib:$ORIGIN", "-DGGML_NATIVE=ON", "-DGGML_OPENMP=ON",
     "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
     *((f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}") if NO_AMX else ()),
@@ -158,7 +167,63 @@ def _same_flags(done: dict[str, Any] | None) -> bool:
 
 def _current(done: dict[str, Any] | None, target: Path, force: bool) -> TypeGuard[dict[str, Any]]:
     """Built already, with this sweep's flags (a build with other flags, one with AMX say, is redone)."""
-    return bool(done and not force and _same_flags(done) and all((target / "bin" / p).is_file() for p in PROGRAMS))
+    return bool(done and not force and _same_flags(done) and all((target / "bin" / p).is_file() for p in PROGRAMS)
+                and done.get("libraries") and all((target / "lib" / n).is_file() for n in done["libraries"]))
+
+
+_SONAME = re.compile(r"^lib[\w.+-]+?\.so\.\d+$")  # libllama.so.0: the name a program or library asks the loader for
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bindings_lib_dir() -> Path:
+    """The installed llama-cpp-python's ``llama_cpp/lib``, found without importing it (an import
+    loads the libraries, which may not be there yet)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolsError("llama-cpp-python is not installed in this environment")
+    return Path(list(spec.submodule_search_locations)[0]) / "lib"
+
+
+def bindings_differ(done: dict[str, Any], lib_dir: Path | None = None) -> list[str]:
+    """The built libraries the bindings do not load byte for byte (missing, or another build's)."""
+    lib_dir = lib_dir or bindings_lib_dir()
+    differ = []
+    for name, digest in done["libraries"].items():
+        path = lib_dir / name
+        if not path.is_file() or _digest(path) != digest:
+            differ.append(name)
+    return differ
+
+
+def link_bindings(done: dict[str, Any], log: Callable[[str], None] = print, lib_dir: Path | None = None) -> Path:
+    """Put the built libraries in the bindings' ``llama_cpp/lib``, each under its soname and its
+    plain name (ctypes loads ``libllama.so``; the libraries ask for ``libggml.so.0``), so the
+    bindings run the code the programs run. Each file is replaced by a rename: a worker that has
+    the old one open keeps it."""
+    lib_dir = lib_dir or bindings_lib_dir()
+    todo = bindings_differ(done, lib_dir)
+    if not todo:
+        return lib_dir
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    source = tools_dir(done["llama_cpp_python"]) / "lib"
+    for name in todo:
+        partial = lib_dir / f".{name}.partial"
+        shutil.copy2(source / name, partial)
+        os.replace(partial, lib_dir / name)
+        plain = lib_dir / name[: name.index(".so") + 3]
+        partial_link = lib_dir / f".{plain.name}.link"
+        partial_link.unlink(missing_ok=True)
+        partial_link.symlink_to(name)
+        os.replace(partial_link, plain)
+    log(f"the bindings now load the built libraries ({', '.join(sorted(todo))}) from {lib_dir}")
+    return lib_dir
 
 
 def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print, lock: bool = True,
@@ -175,6 +240,7 @@ def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print
     version = bindings_version()
     done = manifest(version)
     if _current(done, tools_dir(version), force):
+        link_bindings(done, log)
         return done
     missing = missing_toolchain()
     if missing:
@@ -185,11 +251,12 @@ def build(jobs: int = 2, force: bool = False, log: Callable[[str], None] = print
     target.parent.mkdir(parents=True, exist_ok=True)
     with measurement_lock(f"building llama.cpp tools for llama-cpp-python {version}", on_wait=on_wait, enabled=lock):
         done = manifest(version)  # another process may have built them while this one waited
-        if _current(done, target, force):
-            return done
-        sweep_dead(target.parent, "sweep-tools-")  # build trees of builds that were killed
-        with tempfile.TemporaryDirectory(prefix=owned_prefix("sweep-tools-"), dir=target.parent) as tmp:
-            return _build_in(Path(tmp), sdist, version, target, jobs, log)
+        if not _current(done, target, force):
+            sweep_dead(target.parent, "sweep-tools-")  # build trees of builds that were killed
+            with tempfile.TemporaryDirectory(prefix=owned_prefix("sweep-tools-"), dir=target.parent) as tmp:
+                done = _build_in(Path(tmp), sdist, version, target, jobs, log)
+        link_bindings(done, log)
+        return done
 
 
 def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -207,7 +274,7 @@ def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log
     started = time.monotonic()
     with open(log_path, "w") as out:
         for step, cmd in (("configuring", configure), ("compiling", compile_)):
-            log(f"{step}: {' '.join(cmd)}" + (" (about 7 minutes on 2 cores)" if step == "compiling" else ""))
+            log(f"{step}: {' '.join(cmd)}" + (" (about 6 minutes on 2 cores)" if step == "compiling" else ""))
             rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
             if rc != 0:
                 lines = log_path.read_text(errors="replace").strip().splitlines()
@@ -215,13 +282,22 @@ def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log
                 raise ToolsError(f"building llama.cpp's tools failed while {step} (exit {rc}): " + " | ".join(errors))
     wall = time.monotonic() - started
     staged = tmp / "out"
-    (staged / "bin").mkdir(parents=True)
+    for sub in ("bin", "lib"):
+        (staged / sub).mkdir(parents=True)
     for p in PROGRAMS:
         shutil.copy2(build_dir / "bin" / p, staged / "bin" / p)
+    # Each shared library once, as a plain file under its soname (the link chain libggml.so ->
+    # libggml.so.0 -> libggml.so.0.25.3 is the build's; the loader asks for the soname).
+    sonames = sorted(f.name for f in (build_dir / "bin").iterdir() if _SONAME.match(f.name))
+    if "libllama.so.0" not in sonames and not any(n.startswith("libllama.so.") for n in sonames):
+        raise ToolsError(f"building llama.cpp made no shared libllama in {build_dir / 'bin'}")
+    for name in sonames:
+        shutil.copyfile((build_dir / "bin" / name).resolve(), staged / "lib" / name)
     shutil.copy2(log_path, staged / "build.log")
     info = {
         "llama_cpp_python": version, "llama_cpp_commit": llama_cpp_commit(src),
         "versions": {p: program_version(staged / "bin" / p) for p in PROGRAMS},
+        "libraries": {name: _digest(staged / "lib" / name) for name in sonames},
         "cmake_flags": list(CMAKE_FLAGS), "jobs": jobs, "build_seconds": round(wall, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sdist": str(sdist),
     }
@@ -229,7 +305,7 @@ def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log
     if target.exists():
         shutil.rmtree(target)
     os.replace(staged, target)  # whole or not at all
-    log(f"built {', '.join(PROGRAMS)} in {wall:.0f} s into {target / 'bin'}")
+    log(f"built {', '.join(PROGRAMS)} and {len(sonames)} libraries in {wall:.0f} s into {target}")
     return info
 
 

@@ -461,8 +461,9 @@ def _copy_in(source: str, target: Path, mode: int) -> None:
 
 
 def install(record: dict[str, Any], directory: str | Path, server_binary: str | None = None) -> dict[str, Any]:
-    """Copy llama-server and the model into ``directory`` (root's, modes 0755 and 0644), and return
-    the record with its command line pointing at the copies: what a system unit may run.
+    """Copy llama-server (with the libraries it loads) and the model into ``directory`` (root's,
+    modes 0755 and 0644), and return the record with its command line pointing at the copies: what a
+    system unit may run.
 
     Raises:
         ExportError: not root, or the directory lies somewhere a user could rewrite.
@@ -476,8 +477,10 @@ def install(record: dict[str, Any], directory: str | Path, server_binary: str | 
     sources = {"bin": server_binary or argv[0], "models": record["config"]["model_path"]}
     if shutil.which(sources["bin"]):
         sources["bin"] = shutil.which(sources["bin"]) or sources["bin"]
+    # The shared libraries `sweep tools build` put beside the program (it finds them in ../lib).
+    libs = sorted(str(f) for f in (Path(sources["bin"]).resolve().parent.parent / "lib").glob("lib*.so.*"))
     copies = {}
-    for sub, source in sources.items():
+    for sub, source in [*sources.items(), *(("lib", lib) for lib in libs)]:
         target_dir = Path(directory) / sub
         for d in (Path(directory), target_dir):
             d.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -493,7 +496,8 @@ def install(record: dict[str, Any], directory: str | Path, server_binary: str | 
             have = None
         if have is None or not stat.S_ISREG(have.st_mode) or have.st_size != Path(source).stat().st_size:
             _copy_in(source, target, 0o755 if sub == "bin" else 0o644)
-        copies[sub] = pasteable(f"--install {directory}", str(target))
+        if sub != "lib":
+            copies[sub] = pasteable(f"--install {directory}", str(target))
     _refuse_install(directory, service_path_problem(copies["bin"]) or service_path_problem(copies["models"]))
     argv[0], argv[argv.index("-m") + 1] = copies["bin"], copies["models"]
     out = {**record, "config": {**record["config"], "model_path": copies["models"]},
