@@ -54,7 +54,7 @@ test: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q --durations=30 -m "not soak"
-	@echo "== the end-to-end, fault and CLI tests again, on the portable measurement path (psutil, portalocker)"
+	@echo "== the end-to-end and fault tests again, on the portable measurement path (psutil, portalocker)"
 	SWEEP_PLATFORM=portable $(BIN)/python -m pytest -q --durations=10 -m "portable and not linux_path"
 
 # Three minutes of real faults (bench/chaos.py on a real PostgreSQL server): its own CI step.

@@ -10,7 +10,9 @@ knobs, the refusals and ``display.config_summary`` all read this table; a test h
 
 Adding a knob: one entry here, its ``TrialConfig`` field, and the code that applies it at the place
 ``applied`` names (``knobs`` for the OS, ``server.server_args`` for llama.cpp's flags,
-``prompts`` for the prompt, ``records.TrialConfig.llama_kwargs`` for the bindings).
+``prompts`` for the prompt, ``records.TrialConfig.llama_kwargs`` for the bindings). Which backends
+take it (``backends``) and which knob it needs set (``only_with``) are read by one rule,
+``idle_knobs``, for the space, a trial's config and a config given to ``sweep trial``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Param:
     check: Union[Callable[[Any], Union[str, None]], None] = None  # bounds that low and high cannot say
     shown: str = ""  # how a trial's one-line summary names a value other than the default (a format of {})
     needs: tuple[str, ...] = ()  # what a value other than the default needs of the OS (sweep.platforms.CAPABILITIES)
+    only_with: str = ""  # the knob that must be set (away from its default) for this one to mean anything
+    backend_why: str = ""  # why a backend outside ``backends`` cannot take it (default: "a <backends> knob")
 
     def upper(self) -> float | None:
         return self.high() if callable(self.high) else self.high
@@ -85,6 +89,8 @@ def _max_shots() -> int:
 _POLICIES = ("normal", "batch", "idle")
 _AFFINITY = ("affinity",)
 _SERVER = ("server",)
+_PYTHON = ("python",)
+_NO_PACING = "llama-server cannot pace decoding (it streams as fast as it computes)"
 _NULL_LLAMA = " (or null for llama.cpp's default), got {value!r}"
 _PACE = "expected a number above 0 (or null for no pacing), got {value!r}"
 
@@ -121,9 +127,11 @@ PARAMS: dict[str, Param] = {
     "temperature": Param("number", 0.0, "worker", "sampling temperature", low=0, fixed_only=True,
                          why="expected a number >= 0, got {value!r}"),
     "pace_tps": Param("float", None, "worker", "decode pacing: at most this many tokens per second",
-                      nullable=True, backends=("python",), why=_PACE, check=_pace, shown="cap={:g}tok/s"),
+                      nullable=True, backends=_PYTHON, backend_why=_NO_PACING, why=_PACE, check=_pace,
+                      shown="cap={:g}tok/s"),
     "pace_duty": Param("float", None, "worker", "decode pacing: compute at most this share of decode time",
-                       nullable=True, backends=("python",), why=_PACE, check=_duty, shown="duty={:g}"),
+                       nullable=True, backends=_PYTHON, backend_why=_NO_PACING, why=_PACE, check=_duty,
+                       shown="duty={:g}"),
     # Prompt strategy (sweep.correctness.prompts).
     "shots": Param("int", 0, "prompt", "worked examples before each question", low=0, high=_max_shots,
                    why="the worked-example pool has {high} examples of each kind; shots must be 0..{high}, "
@@ -143,7 +151,8 @@ PARAMS: dict[str, Param] = {
     "context": Param("choice", "none", "prompt", "ATT&CK items: the catalog's most similar techniques (BM25) in the "
                      "prompt", choices=("none", "attack-catalog"), recorded_at_default=False, shown="context={}"),
     "context_k": Param("int", 5, "prompt", "how many techniques the catalog gives", low=1, high=20,
-                       recorded_at_default=False, why="context_k must be 1..20 techniques, got {value}", shown="k={}"),
+                       recorded_at_default=False, why="context_k must be 1..20 techniques, got {value}", shown="k={}",
+                       only_with="context"),
     # Which program computes.
     "backend": Param("choice", "python", "worker", "llama-cpp-python in the worker, or llama-server",
                      choices=("python", "server"), recorded_at_default=False, shown="backend={}"),
@@ -152,7 +161,7 @@ PARAMS: dict[str, Param] = {
                   backends=_SERVER, recorded_at_default=False, why="poll must be a busy-wait level 0..100" + _NULL_LLAMA,
                   shown="poll={}"),
     "poll_batch": Param("int", None, "server", "--poll-batch (default: as poll)", low=0, high=100, nullable=True,
-                        backends=_SERVER, recorded_at_default=False,
+                        backends=_SERVER, recorded_at_default=False, only_with="poll",
                         why="poll_batch must be a busy-wait level 0..100" + _NULL_LLAMA, shown="poll_batch={}"),
     "prio": Param("int", None, "server", "--prio: -1 low, 0 normal", low=-1, high=0, nullable=True, backends=_SERVER,
                   recorded_at_default=False,
@@ -177,7 +186,7 @@ PARAMS.update({
                            "(cpu.max; CPUQuota=)", low=0.5, high=100, why="cpu_quota_pct must be a share of the "
                            "machine in (0, 100] (or null for no cap), got {value!r}", **_CG, shown="quota={:g}%"),
     "cpu_period_ms": Param("number", 100, "cgroup", "the period the quota is counted over (cpu.max; CPUQuotaPeriodSec=)",
-                           low=1, high=1000, recorded_at_default=False,
+                           low=1, high=1000, recorded_at_default=False, only_with="cpu_quota_pct",
                            why="cpu_period_ms must be 1..1000 ms (the kernel's bounds), got {value!r}",
                            shown="period={:g}ms"),
     "cpu_weight": Param("weight", None, "cgroup", "the cgroup's CPU weight 1..10000 (100 normal), or idle "
@@ -192,6 +201,7 @@ PARAMS.update({
                            shown="mem_max={:g}GB"),
 })
 CGROUP_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied == "cgroup")
+CGROUP_LIMITS = tuple(name for name in CGROUP_KNOBS if not PARAMS[name].only_with)  # a limit of its own (a period is not)
 
 SERVER_ONLY = tuple(name for name, p in PARAMS.items() if p.backends == _SERVER)
 CONFIG_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied != "sampling")  # TrialConfig's fields
@@ -201,3 +211,34 @@ NEW_KEYS = tuple(name for name, p in PARAMS.items() if not p.recorded_at_default
 def defaults() -> dict[str, Any]:
     """Each knob's value when a space neither sweeps nor fixes it (derived ones are absent)."""
     return {name: p.default for name, p in PARAMS.items() if p.default is not DERIVED}
+
+
+def is_set(name: str, value: Any) -> bool:
+    """Whether ``value`` sets knob ``name`` away from what it is when left alone."""
+    return value is not None and value != PARAMS[name].default
+
+
+def idle_knobs(values: dict[str, Any]) -> dict[str, str]:
+    """The knobs ``values`` sets that the rest of ``values`` makes meaningless, each with why: one
+    its backend cannot take, or one whose ``only_with`` knob is left alone."""
+    backend = values.get("backend") or PARAMS["backend"].default
+    idle = {}
+    for name, p in PARAMS.items():
+        if not is_set(name, values.get(name)):
+            continue
+        if backend not in p.backends:
+            idle[name] = f"{backend_reason(name)}, and backend is {backend}"
+        elif p.only_with and not is_set(p.only_with, values.get(p.only_with)):
+            alone = PARAMS[p.only_with].default
+            idle[name] = f"{name} only means something with {p.only_with} set, which is left " + \
+                         ("unset" if alone is None else f"at {alone}")
+    return idle
+
+
+_PROGRAMS = {"python": "llama-cpp-python", "server": "llama-server"}
+
+
+def backend_reason(name: str) -> str:
+    """Why a backend outside knob ``name``'s ``backends`` cannot take it."""
+    p = PARAMS[name]
+    return p.backend_why or f"{name} is a {' or '.join(_PROGRAMS[b] for b in p.backends)} knob"

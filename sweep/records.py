@@ -31,6 +31,11 @@ def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
+def _default(name: str) -> Any:
+    """A knob's default, from the knob table (never written twice)."""
+    return PARAMS[name].default
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything the worker needs to run one configuration."""
@@ -45,39 +50,36 @@ class TrialConfig:
     n_ubatch: int
     n_ctx: int
     cpus: tuple[int, ...] | None = None  # CPU affinity; None leaves it as inherited
-    nice: int = 0
-    sched_policy: SchedPolicy = "normal"
-    omp_wait_policy: Literal["passive", "active"] | None = None
-    gomp_spincount: int | None = None
-    max_tokens: int = 48
-    shots: int = 0  # prompt strategy: worked examples before each question
-    output: Literal["free", "grammar", "json"] = "free"  # prompt strategy: how the answer is constrained
-    temperature: float = 0.0
-    seed: int = 1234
-    pace_tps: float | None = None  # decode pacing: at most this many tokens per second
-    pace_duty: float | None = None  # decode pacing: compute at most this fraction of decode time
-    prefix_cache: Literal["off", "shared"] = "off"  # "shared": each kind's fixed prefix is prefilled once, at load
-    backend: Literal["python", "server"] = "python"  # llama-cpp-python in the worker, or llama-server (sweep.trial.server)
-    # How attacker-written input is kept from steering the answer (sweep.correctness.prompts.GUARDS;
-    # the layers outside the model: sweep.correctness.guard).
+    # The knobs, in the table's order; what each means, its bounds and its default: sweep.params.PARAMS.
+    nice: int = _default("nice")
+    sched_policy: SchedPolicy = _default("sched_policy")
+    omp_wait_policy: Literal["passive", "active"] | None = _default("omp_wait_policy")
+    gomp_spincount: int | None = _default("gomp_spincount")
+    max_tokens: int = _default("max_tokens")
+    temperature: float = _default("temperature")
+    pace_tps: float | None = _default("pace_tps")
+    pace_duty: float | None = _default("pace_duty")
+    shots: int = _default("shots")
+    output: Literal["free", "grammar", "json"] = _default("output")
+    prefix_cache: Literal["off", "shared"] = _default("prefix_cache")
     input_guard: Literal["none", "escape", "delimit", "sandwich", "floor", "detect", "union", "differential",
-                         "layered"] = "none"
-    ioc_hints: Literal["none", "regex"] = "none"  # IOC items: the regex's candidates shown to the model
-    context: Literal["none", "attack-catalog"] = "none"  # ATT&CK items: retrieved techniques in the prompt
-    context_k: int = 5
-    # llama.cpp's own threadpool knobs, server backend only; None leaves llama.cpp's default.
-    poll: int | None = None  # --poll: busy-wait level 0..100 (no effect on OpenMP builds)
-    prio: int | None = None  # --prio: -1 low, 0 normal
-    poll_batch: int | None = None  # --poll-batch (default: as poll)
-    prio_batch: int | None = None  # --prio-batch: 0 normal
-    cpu_strict: int | None = None  # --cpu-strict (and -batch): 1 pins each thread to one CPU of the mask
-    parallel: int | None = None  # --parallel: slots; under open load, events answered at once (None: one)
-    # Kernel limits on the trial's process tree, in a cgroup of its own (sweep.trial.cgroups); None: no limit.
-    cpu_quota_pct: float | None = None  # % of the whole machine, over each period
-    cpu_period_ms: float = 100
-    cpu_weight: int | Literal["idle"] | None = None  # 1..10000 (100 normal), or idle
-    memory_high_gb: float | None = None
-    memory_max_gb: float | None = None
+                         "layered"] = _default("input_guard")
+    ioc_hints: Literal["none", "regex"] = _default("ioc_hints")
+    context: Literal["none", "attack-catalog"] = _default("context")
+    context_k: int = _default("context_k")
+    backend: Literal["python", "server"] = _default("backend")
+    poll: int | None = _default("poll")
+    poll_batch: int | None = _default("poll_batch")
+    prio: int | None = _default("prio")
+    prio_batch: int | None = _default("prio_batch")
+    parallel: int | None = _default("parallel")
+    cpu_strict: int | None = _default("cpu_strict")
+    cpu_quota_pct: float | None = _default("cpu_quota_pct")
+    cpu_period_ms: float = _default("cpu_period_ms")
+    cpu_weight: int | Literal["idle"] | None = _default("cpu_weight")
+    memory_high_gb: float | None = _default("memory_high_gb")
+    memory_max_gb: float | None = _default("memory_max_gb")
+    seed: int = 1234
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -104,18 +106,10 @@ class TrialConfig:
         return environment(self.to_dict())
 
     def llama_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``llama_cpp.Llama``; both thread counts always explicit."""
-        kw: dict[str, Any] = {
-            "model_path": self.model_path,
-            "n_threads": self.n_threads,
-            "n_threads_batch": self.n_threads_batch,
-            "n_batch": self.n_batch,
-            "n_ubatch": self.n_ubatch,
-            "n_ctx": self.n_ctx,
-            "n_gpu_layers": 0,
-            "seed": self.seed,
-            "verbose": False,
-        }
+        """Keyword arguments for ``llama_cpp.Llama``: the knobs the table applies through the bindings
+        (both thread counts always explicit), and what is fixed here."""
+        kw: dict[str, Any] = {name: getattr(self, name) for name, p in PARAMS.items() if p.applied == "bindings"}
+        kw.update(model_path=self.model_path, n_gpu_layers=0, seed=self.seed, verbose=False)
         if self.chat_format:
             kw["chat_format"] = self.chat_format
         return kw

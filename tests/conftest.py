@@ -18,17 +18,20 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SWEEP_TOOLS_DIR", str(Path(os.environ.get("SWEEP_CACHE_DIR") or Path.home() / ".cache" / "sweep")
                                              / "tools"))
 
-# A test that uses one of these runs a real model or a real server: it is marked ``slow``
-# (``make test-fast`` leaves those out; ``make test`` runs everything). Tests that start a real
-# sweep without such a fixture carry the mark themselves.
+# A test that starts a real model, server, sweep or calibrated load says so itself, with
+# ``@pytest.mark.slow`` (or its module's ``pytestmark``): ``make test-fast`` leaves those out. These
+# fixtures start such things, so a test that takes one without the mark is a collection error,
+# not a silently slow inner loop.
 SLOW_FIXTURES = {"smollm2_path", "swept", "verified", "study_env", "report", "one_trial", "three_trials", "postgres",
                  "pg_url", "server_tools", "server_study"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+    unmarked = [item.nodeid for item in items if SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("mark these @pytest.mark.slow (they take a fixture that starts a real model, server "
+                                "or sweep): " + ", ".join(unmarked[:5]) + (" ..." if len(unmarked) > 5 else ""))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,6 +64,16 @@ def isolated(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -
     return tmp_path
 
 
+@pytest.fixture
+def fake_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every trial the test starts (and its children start) runs ``sweep.testing``'s fake worker:
+    no model, the real runner, monitor, orchestrator, spool and database. For tests about what
+    surrounds a trial; the real model and llama-server keep tests of their own."""
+    from sweep.testing import ENV_WORKER
+
+    monkeypatch.setenv(ENV_WORKER, "fake")
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     from sweep.models.registry import _bundled_path
@@ -85,8 +98,9 @@ def stray_processes() -> list[str]:
                 cmd = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if cmd.startswith(mine) and any(name in cmd for name in (b"sweep.trial.worker", b"sweep.measure.probe",
-                                                           b"sweep.measure.foreground")):
+        ours = (b"sweep.trial.worker", b"sweep.trial.server_worker", b"sweep.testing.worker", b"sweep.measure.probe",
+                b"sweep.measure.foreground")
+        if cmd.startswith(mine) and any(name in cmd for name in ours):
             found.append(cmd.decode(errors="replace"))
     return found
 

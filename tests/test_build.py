@@ -32,6 +32,7 @@ def test_the_makefile_compiles_llama_cpp_once() -> None:
         assert all(f"-DCMAKE_{lang}_FLAGS={tools.NO_AMX}" in tools.CMAKE_FLAGS for lang in ("C", "CXX"))
 
 
+@pytest.mark.slow
 def test_the_bindings_load_the_very_libraries_llama_server_runs(server_tools: Path) -> None:
     """One compile: the process that imports llama_cpp maps the built libraries, byte for byte."""
     done = tools.manifest()
@@ -42,6 +43,7 @@ def test_the_bindings_load_the_very_libraries_llama_server_runs(server_tools: Pa
     loaded = {Path(line.split()[-1]) for line in maps.splitlines() if "/libllama.so" in line}
     assert loaded and all(tools._digest(path) == done["libraries"][path.name] for path in loaded), loaded
     needed = subprocess.run(["ldd", str(server_tools)], capture_output=True, text=True, check=True).stdout
+    assert "not found" not in needed, needed  # every library llama-server asks for is beside it
     assert str(tools.tools_dir() / "lib" / "libllama.so.0") in needed.replace("/bin/../lib/", "/lib/")
 
 
@@ -52,17 +54,19 @@ def test_link_bindings_copies_each_library_once_and_only_when_it_differs(tmp_pat
     built.mkdir(parents=True)
     (built / "libllama.so.0").write_bytes(b"llama")
     (built / "libggml.so.0").write_bytes(b"ggml")
-    done = {"llama_cpp_python": "9.9.9", "libraries": {n: tools._digest(built / n) for n in ("libllama.so.0",
-                                                                                              "libggml.so.0")}}
+    (built / "libllama-server-impl.so").write_bytes(b"no version")  # its own soname
+    names = ("libllama.so.0", "libggml.so.0", "libllama-server-impl.so")
+    done = {"llama_cpp_python": "9.9.9", "libraries": {n: tools._digest(built / n) for n in names}}
     lib = tmp_path / "site" / "llama_cpp" / "lib"
     lib.mkdir(parents=True)
     (lib / "libllama.so.0.5.0").write_bytes(b"pip's own build")
     (lib / "libllama.so.0").symlink_to("libllama.so.0.5.0")
-    assert sorted(tools.bindings_differ(done, lib)) == ["libggml.so.0", "libllama.so.0"]
+    assert sorted(tools.bindings_differ(done, lib)) == sorted(names)
     said: list[str] = []
     tools.link_bindings(done, said.append, lib)
     assert (lib / "libllama.so").read_bytes() == b"llama" and (lib / "libggml.so").read_bytes() == b"ggml"
     assert not (lib / "libllama.so.0").is_symlink() and (lib / "libllama.so").readlink() == Path("libllama.so.0")
+    assert (lib / "libllama-server-impl.so").read_bytes() == b"no version"
     assert tools.bindings_differ(done, lib) == [] and len(said) == 1
     tools.link_bindings(done, said.append, lib)
     assert len(said) == 1  # nothing to do, nothing said
@@ -81,6 +85,7 @@ def test_the_installed_bindings_hold_no_amx_instruction() -> None:
     assert not _amx_in(libs[0]), f"{libs[0]} was built with AMX: run `sweep tools build`"
 
 
+@pytest.mark.slow
 @x86_only
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
 def test_the_built_llama_server_and_its_libraries_hold_no_amx_instruction(server_tools: Path) -> None:
@@ -107,12 +112,13 @@ def test_tools_built_with_other_flags_are_refused_and_rebuilt(tmp_path: Path, mo
     (tools.tools_dir(version) / "lib" / "libllama.so.0").write_bytes(b"llama")
     libraries = {"libllama.so.0": tools._digest(tools.tools_dir(version) / "lib" / "libllama.so.0")}
     old = [f for f in tools.CMAKE_FLAGS if "AMX" not in f and "amx" not in f and "SHARED" not in f]
-    (tools.tools_dir(version) / tools.MANIFEST).write_text(json.dumps({"cmake_flags": old, "libraries": libraries}))
+    (tools.tools_dir(version) / tools.MANIFEST).write_text(json.dumps({"cmake_flags": old, "libraries": libraries,
+                                                                        "layout": tools.LAYOUT}))
     if old != list(tools.CMAKE_FLAGS):
         with pytest.raises(tools.ToolsError, match="built with other flags"):
             tools.binary("llama-server")
         assert not tools._current(tools.manifest(version), tools.tools_dir(version), force=False)
-    current = {"cmake_flags": list(tools.CMAKE_FLAGS), "libraries": libraries}
+    current = {"cmake_flags": list(tools.CMAKE_FLAGS), "libraries": libraries, "layout": tools.LAYOUT}
     (tools.tools_dir(version) / tools.MANIFEST).write_text(json.dumps(current))
     assert tools.binary("llama-server") == bin_dir / "llama-server"
     assert tools._current(tools.manifest(version), tools.tools_dir(version), force=False)

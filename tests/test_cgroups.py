@@ -47,6 +47,7 @@ def _trial_cgroups() -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_a_quota_caps_the_trial_and_the_kernel_counts_the_throttling(smollm2_path: Path) -> None:
     # A quarter of the machine over 100 ms periods, for a worker that would take two whole CPUs.
     outcome = run_trial(config(smollm2_path, n_threads=2, n_threads_batch=2, cpu_quota_pct=25.0, cpu_period_ms=100),
@@ -60,6 +61,7 @@ def test_a_quota_caps_the_trial_and_the_kernel_counts_the_throttling(smollm2_pat
     assert _trial_cgroups() == [] and not stray_processes()
 
 
+@pytest.mark.slow
 def test_the_cgroup_holds_the_worker_and_a_limit_that_did_not_hold_is_refused(smollm2_path: Path) -> None:
     limits = {"cpu_quota_pct": 40.0, "cpu_period_ms": 10, "cpu_weight": "idle", "memory_high_gb": 1.5,
               "memory_max_gb": 2.0}
@@ -84,6 +86,7 @@ def test_the_cgroup_holds_the_worker_and_a_limit_that_did_not_hold_is_refused(sm
     assert _trial_cgroups() == []
 
 
+@pytest.mark.slow
 def test_the_oom_killer_ends_a_trial_over_its_ceiling_by_the_kernels_count(smollm2_path: Path) -> None:
     # 40 MB: less than the interpreter, llama_cpp and the model's buffers need.
     outcome = run_trial(config(smollm2_path, memory_max_gb=0.04), SETTINGS, TASKS)
@@ -144,6 +147,7 @@ def test_a_space_with_limits_is_refused_where_no_cgroup_can_be_made(how: str, sa
     assert not (tmp_path / "studies.db").exists()  # the study is left untouched: none was made
 
 
+@pytest.mark.slow
 def test_a_space_without_limits_runs_where_none_can_be_made(smollm2_path: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path / "plain.yaml", SPACE.replace("cpu_quota_pct: [null, 50]", "nice: [0, 19]"))
     proc = _sweep_without_cgroups("umount {cpu}", "run", str(space), "--study", "plain", "--trials", "1")
@@ -157,6 +161,7 @@ def test_figures_from_the_cgroup_need_a_limit(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "cg_throttled_share is counted in a trial's own cgroup" in proc.stderr
 
 
+@pytest.mark.slow
 def test_llama_server_runs_inside_the_trials_cgroup(server_tools: Path, smollm2_path: Path) -> None:
     # The server backend: the quota holds over the worker and the llama-server it starts.
     events: list[dict] = []
@@ -170,6 +175,7 @@ def test_llama_server_runs_inside_the_trials_cgroup(server_tools: Path, smollm2_
     assert _trial_cgroups() == []
 
 
+@pytest.mark.slow
 def test_a_trial_runs_in_a_cgroup_of_its_own_and_the_foreground_in_a_sibling(smollm2_path: Path) -> None:
     seen: dict[str, str] = {}
 
@@ -241,6 +247,7 @@ def _slowdown_beside(drive, seconds: float = 6.0) -> float:
     return statistics.median(during) / statistics.median(before)
 
 
+@pytest.mark.slow
 def test_a_polite_trial_measured_in_its_own_cgroup_slows_the_user_as_its_unit_does(
         smollm2_path: Path, server_tools: Path, tmp_path: Path) -> None:
     """sched_policy idle and nice 19 hold beside the user in one cgroup; as a service, in a cgroup of

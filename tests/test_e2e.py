@@ -37,6 +37,7 @@ def finished_trials(db: Path) -> list[tuple]:
         return conn.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
 
 
+@pytest.mark.slow
 def test_sweep_runs_three_real_trials(swept: dict) -> None:
     proc = swept["run"]
     assert proc.returncode == 0, proc.stderr
@@ -49,6 +50,7 @@ def test_sweep_runs_three_real_trials(swept: dict) -> None:
 
 
 
+@pytest.mark.slow
 def test_each_trial_names_the_measurement_path_that_measured_it(swept: dict) -> None:
     """The same tests run on both paths (``make test``'s second pass sets SWEEP_PLATFORM=portable):
     here each trial says which one measured it, so a pass that silently fell back proves nothing."""
@@ -61,6 +63,7 @@ def test_each_trial_names_the_measurement_path_that_measured_it(swept: dict) -> 
     assert study.user_attrs["hardware_class"]["fingerprint"].get("measurement_path") == \
         (None if platforms.name() == "linux" else "portable")
 
+@pytest.mark.slow
 def test_pareto_json_lists_measured_trials(swept: dict) -> None:
     proc = sweep_cli("pareto", "--study", "e2e", "--json", env=swept["env"])
     assert proc.returncode == 0, proc.stderr
@@ -73,6 +76,7 @@ def test_pareto_json_lists_measured_trials(swept: dict) -> None:
         assert f["latency_p95_s"] > 0 and f["n_windows_active"] >= 1 and f["window_ms"] == 100
 
 
+@pytest.mark.slow
 def test_export_runs_back_through_sweep_trial(swept: dict) -> None:
     out = swept["work"] / "best.json"
     env = swept["env"]
@@ -101,6 +105,7 @@ def test_export_runs_back_through_sweep_trial(swept: dict) -> None:
     assert json.loads(again.stdout)["ok"]
 
 
+@pytest.mark.slow
 def test_rerun_continues_to_the_asked_count(swept: dict) -> None:
     db = swept["work"] / "studies.db"
     again = sweep_cli("run", str(swept["space"]), "--study", "e2e", "--trials", "3", "--quiet", env=swept["env"])
@@ -112,6 +117,7 @@ def test_rerun_continues_to_the_asked_count(swept: dict) -> None:
     assert "] trial " not in more.stdout  # --quiet prints only the summary
 
 
+@pytest.mark.slow
 def test_other_space_cannot_continue_the_study(swept: dict) -> None:
     other = write_space(swept["work"] / "other.yaml", TINY_SPACE.replace("nice: [0, 19]", "nice: [0, 5]"))
     proc = sweep_cli("run", str(other), "--study", "e2e", env=swept["env"])
@@ -119,6 +125,7 @@ def test_other_space_cannot_continue_the_study(swept: dict) -> None:
     assert "made from another search space" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unknown_study_and_missing_database(swept: dict, tmp_path: Path) -> None:
     assert "no study named 'nope'" in sweep_cli("pareto", "--study", "nope", env=swept["env"]).stderr
     proc = sweep_cli("pareto", "--study", "e2e", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
@@ -126,6 +133,7 @@ def test_unknown_study_and_missing_database(swept: dict, tmp_path: Path) -> None
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.slow
 def test_show_prints_figures_and_draws_the_timeline(swept: dict) -> None:
     png = swept["work"] / "t0.png"
     proc = sweep_cli("show", "0", "--study", "e2e", "--png", str(png), env=swept["env"])
@@ -144,6 +152,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_reads_the_study(swept: dict) -> None:
     port = _free_port()
     url = swept["env"]["SWEEP_STORAGE"]

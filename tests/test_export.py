@@ -36,6 +36,7 @@ def export(study_env: dict, fmt: str, *extra: str) -> str:
     return out.read_text()
 
 
+@pytest.mark.slow
 def test_json_and_yaml_are_the_same_record(study_env: dict) -> None:
     as_json = json.loads(export(study_env, "json"))
     as_yaml = yaml.safe_load(export(study_env, "yaml"))
@@ -56,12 +57,14 @@ def _python_export(study_env: dict) -> Path:
     return script
 
 
+@pytest.mark.slow
 def test_python_export_builds_the_model(study_env: dict) -> None:
     proc = subprocess.run([sys.executable, str(_python_export(study_env))], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "512" and "{0}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_python_export_sets_the_nice_of_its_own_session_only(study_env: dict) -> None:
     if knobs.read_autogroup() is None or not shutil.which("setsid"):
         pytest.skip("the kernel shows no autogroup here (/proc/self/autogroup is missing or empty), or no setsid")
@@ -76,6 +79,7 @@ def test_python_export_sets_the_nice_of_its_own_session_only(study_env: dict) ->
     assert own.stdout.split("autogroup")[-1].strip() == "19"
 
 
+@pytest.mark.slow
 def test_llama_server_line_carries_the_configuration(study_env: dict) -> None:
     config = json.loads(export(study_env, "json"))["config"]
     line = next(x for x in export(study_env, "llama-server").splitlines() if x.startswith("exec "))
@@ -92,6 +96,7 @@ def test_llama_server_line_carries_the_configuration(study_env: dict) -> None:
     assert "--prio" not in args  # a python trial never measured llama.cpp's --prio
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_unit_verifies(study_env: dict) -> None:
     unit = study_env["work"] / "sweep-llm.service"
@@ -104,6 +109,7 @@ def test_systemd_unit_verifies(study_env: dict) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_status_summarises_the_study(study_env: dict) -> None:
     proc = sweep_cli("status", "--study", "x", env=study_env["env"])
     assert proc.returncode == 0, proc.stderr
@@ -137,6 +143,7 @@ def test_a_unit_of_a_trial_measured_in_a_shared_cgroup_says_so() -> None:
     assert "WARNING" not in render(record, "systemd")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_not_bad_input(study_env: dict) -> None:
     proc = sweep_cli("export", "--study", "x", "-o", "/dev/full", "--allow-infeasible", env=study_env["env"])
     assert proc.returncode == 4, proc.stderr  # before: an internal error (1); exit 2 would claim bad input

@@ -147,6 +147,7 @@ def _render(exported: dict[str, Any], record: dict[str, Any], fmt: str, name: st
     return path
 
 
+@pytest.mark.slow
 def test_json_and_yaml_carry_each_configuration(exported: dict[str, Any]) -> None:
     from sweep.results.export import render
 
@@ -160,6 +161,7 @@ def _cmdline(pid: int) -> list[str]:
         return f.read().decode().split("\0")[:-1]
 
 
+@pytest.mark.slow
 def test_llama_server_script_answers_with_every_knob(exported: dict[str, Any]) -> None:
     import urllib.error
 
@@ -177,6 +179,7 @@ def test_llama_server_script_answers_with_every_knob(exported: dict[str, Any]) -
                 ask(port)  # no key, no answer
 
 
+@pytest.mark.slow
 def test_llama_server_script_refuses_to_start_without_its_key(exported: dict[str, Any]) -> None:
     script = _render(exported, _served(exported, "llama-server")[0], "llama-server", "serve-nokey.sh")
     proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=30,
@@ -184,6 +187,7 @@ def test_llama_server_script_refuses_to_start_without_its_key(exported: dict[str
     assert proc.returncode == 2 and "no API key" in proc.stderr and "chmod 0600" in proc.stderr
 
 
+@pytest.mark.slow
 def test_python_export_answers_with_every_knob(exported: dict[str, Any]) -> None:
     for i, record in enumerate(exported["records"]):
         script = _render(exported, record, "python", f"run-{i}.py")
@@ -220,6 +224,7 @@ def opt_dir() -> Path:
     return opt
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_systemd_unit_verifies_and_its_service_answers_with_every_knob(exported: dict[str, Any], opt_dir: Path) -> None:
     from sweep.results.export import API_KEY_SOURCE, install
@@ -256,6 +261,7 @@ def _exposure(unit: Path) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_the_unit_is_rated_ok_by_systemd(exported: dict[str, Any], opt_dir: Path) -> None:
     from sweep.results.export import install
@@ -275,6 +281,7 @@ def test_the_unit_is_rated_ok_by_systemd(exported: dict[str, Any], opt_dir: Path
     assert "User=nobody" in named.read_text() and "DynamicUser" not in named.read_text()
 
 
+@pytest.mark.slow
 def test_a_unit_never_runs_what_a_user_can_rewrite(exported: dict[str, Any], tmp_path: Path) -> None:
     from sweep.errors import ExportError
     from sweep.results.export import render, service_path_problem
@@ -320,6 +327,7 @@ def odd_study(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, smollm2
     return {"work": work, "env": env}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "llama-server", "systemd", "python"])
 def test_export_refuses_a_model_path_with_a_dollar(odd_study: dict[str, Any], fmt: str) -> None:
     out = odd_study["work"] / f"out.{fmt}"
@@ -340,6 +348,7 @@ def test_export_refuses_a_model_path_with_a_dollar(odd_study: dict[str, Any], fm
     ("gomp_spincount", "1 $(id)", "config.gomp_spincount"),
     ("sched_policy", "fifo", "config.sched_policy"),
 ])
+@pytest.mark.slow
 def test_export_revalidates_what_the_database_holds(odd_study: dict[str, Any], tmp_path: Path, key: str,
                                                     value: Any, needle: str) -> None:
     import sqlite3

@@ -28,7 +28,9 @@ from conftest import QUICK_TAIL, TINY_SPACE, stray_processes, sweep_cli, sweep_c
 TWO_CPUS = pytest.mark.skipif(len(allowed_cpus()) < 2, reason="two simulated hosts need a CPU each")
 FAST_HEARTBEAT = {"SWEEP_HEARTBEAT_SECONDS": "1", "SWEEP_GRACE_SECONDS": "4"}
 
-pytestmark = pytest.mark.slow  # every test here runs real sweeps, servers or calibrated loads
+# Every test here runs real sweeps, on the fake worker (sweep.testing) but the first, which reads
+# a real model's trial back from PostgreSQL.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fake_worker")]
 
 
 def trials(url: str, study: str = "tiny") -> list[optuna.trial.FrozenTrial]:
@@ -56,7 +58,9 @@ def measured(ts: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTria
     return [t for t in ts if "measured_at" in t.user_attrs]
 
 
-def test_postgres_study_completes_and_every_reader_works(isolated: Path, pg_url: str) -> None:
+def test_postgres_study_completes_and_every_reader_works(isolated: Path, pg_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEP_TEST_WORKER")  # the real model, end to end on PostgreSQL
     space = write_space(isolated / "s.yaml", TINY_SPACE)
     proc = sweep_cli("run", str(space), "--trials", "2")
     assert proc.returncode == 0, proc.stderr

@@ -43,6 +43,7 @@ def test_a_pinned_busy_loop_slows_the_workload_as_arithmetic_says() -> None:
     assert r["slowdown"] >= 1.15, r
 
 
+@pytest.mark.slow
 def test_a_real_trial_under_the_cpu_workload_stores_both_latencies_and_the_slowdown(smollm2_path: Path) -> None:
     tasks = stratified_subset(load_tasks(), 3)
     config = TrialConfig(model="smollm2-135m", quant="Q4_1", model_path=str(smollm2_path), chat_format=None,

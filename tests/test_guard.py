@@ -204,6 +204,7 @@ def test_a_layered_trial_records_each_check_on_the_python_backend(smollm2_path: 
     _layered_trial(smollm2_path, "python")
 
 
+@pytest.mark.slow
 def test_a_layered_trial_records_each_check_on_the_server(smollm2_path: Path, server_tools: Path) -> None:
     _layered_trial(smollm2_path, "server")
 
@@ -220,6 +221,7 @@ def _record(smollm2: Path, input_guard: str) -> dict:
             "llama_kwargs": {"model_path": str(smollm2), "n_ctx": 1024, "n_threads": 1, "verbose": False}}
 
 
+@pytest.mark.slow
 def test_an_export_that_cannot_carry_the_guard_is_refused(smollm2_path: Path) -> None:
     from sweep.errors import ExportError
     from sweep.results.export import render

@@ -181,10 +181,12 @@ def test_forged_template_tokens_reach_the_python_backend_unless_escaped(smollm2_
     _special_tokens_reached("python", smollm2_path)
 
 
+@pytest.mark.slow
 def test_forged_template_tokens_reach_the_server_unless_escaped(smollm2_path: Path, server_tools: Path) -> None:
     _special_tokens_reached("server", smollm2_path)
 
 
+@pytest.mark.slow
 def test_the_python_export_escapes_as_the_trial_did(smollm2_path: Path, tmp_path: Path) -> None:
     from sweep.results.export import render
 
@@ -205,6 +207,7 @@ def test_the_python_export_escapes_as_the_trial_did(smollm2_path: Path, tmp_path
     assert escaped.count(marker) == 1 and escaped[-1] == marker
 
 
+@pytest.mark.slow
 def test_injection_items_run_in_a_sweep_and_are_stored(tmp_path: Path, smollm2_path: Path) -> None:
     body = """\
 version: 1

@@ -48,6 +48,7 @@ def test_quantize_refuses_unknown_names() -> None:
         Registry().quantize("nope", ["Q8_0"])
 
 
+@pytest.mark.slow
 def test_user_directory_names_models_by_stem(tmp_path: Path, smollm2_path: Path) -> None:
     shutil.copy(smollm2_path, tmp_path / "My-Model.Q4_1.gguf")
     model = Registry(models_dir=tmp_path).resolve("my-model", "Q4_1")
@@ -83,6 +84,7 @@ def test_model_name_of_strips_the_quant_suffix() -> None:
     assert model_name_of(Path("llama.Q8_0.gguf")) == "llama"
 
 
+@pytest.mark.slow
 def test_file_cut_inside_the_vocabulary_is_refused(tmp_path: Path, smollm2_path: Path) -> None:
     skipped, decoded = read_metadata(smollm2_path), read_metadata(smollm2_path, keep_arrays=True)
     # Skipping the vocabulary and merges must land on the same keys and values after them.
@@ -175,6 +177,7 @@ def _nested_gguf(depth: int) -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + body
 
 
+@pytest.mark.slow
 def test_a_models_directory_with_odd_entries_lists_each_as_broken(tmp_path: Path, smollm2_path: Path) -> None:
     import threading
 

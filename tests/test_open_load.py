@@ -78,6 +78,7 @@ def _open_trial(model: Path, rate: float, seconds: float = 15.0) -> dict[str, fl
     return out.figures
 
 
+@pytest.mark.slow
 def test_open_load_physics_on_smollm2(smollm2_path: Path) -> None:
     """Far below capacity the response is the service time and the CPU a small duty cycle; far above,
     the queue grows and the trial is saturated; the CPU mean grows with the rate."""
@@ -92,14 +93,17 @@ def test_open_load_physics_on_smollm2(smollm2_path: Path) -> None:
     assert flood["cpu_mean_share_pct"] > 2 * calm["cpu_mean_share_pct"]
 
 
-def test_sweep_capacity_bisects_to_the_highest_rate_that_holds(tmp_path: Path, smollm2_path: Path) -> None:
+@pytest.mark.slow
+def test_sweep_capacity_bisects_to_the_highest_rate_that_holds(tmp_path: Path, fake_worker: None) -> None:
+    """The bisection, on the fake worker's steady 0.3 s answers (the real model's open load has
+    tests of its own, above)."""
     from sweep.testing import config
 
     conf = tmp_path / "c.json"
     settings = TrialSettings(prompts=4, idle_seconds=0.3, baseline_seconds=0.2, noise_retries=0, timeout_seconds=120)
     conf.write_text(json.dumps({"config": config(cpus=(0,)).to_dict(), "settings": settings.to_dict()}))
     proc = sweep_cli("capacity", str(conf), "--budget", "queue_wait_p95_s=1.0", "--arrival", "constant",
-                     "--seconds", "8", "--low", "15", "--high", "960", "--steps", "1", "--json", "--no-lock")
+                     "--seconds", "4", "--low", "15", "--high", "960", "--steps", "1", "--json", "--no-lock")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     steps = out["steps"]
@@ -120,6 +124,7 @@ def test_open_load_figures_need_arrivals_and_a_readable_trace(tmp_path: Path) ->
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_parallel_slots_answer_events_at_once_on_the_server(smollm2_path: Path, server_tools: Path) -> None:
     """llama-server with parallel 2: under arrivals faster than its answers, two events are answered
     at once (their answering times overlap); with one slot, never."""

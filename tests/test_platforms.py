@@ -74,6 +74,7 @@ def test_a_budget_on_psi_is_refused_on_the_portable_path(isolated: Path, portabl
         load_space(space)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
 def test_affinity_and_nice_are_set_and_read_back_through_psutil(smollm2_path: Path, portable: None) -> None:
     cpu = allowed_cpus()[-1]
@@ -85,6 +86,7 @@ def test_affinity_and_nice_are_set_and_read_back_through_psutil(smollm2_path: Pa
     assert outcome.knobs["autogroup"] is None
 
 
+@pytest.mark.slow
 def test_a_nice_that_did_not_apply_fails_the_trial_on_the_portable_path(smollm2_path: Path, portable: None,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_SKIP_KNOBS", "nice")

@@ -143,6 +143,7 @@ PROMOTING = TINY_SPACE.replace("  nice: [0, 19]\n", "  nice: [0, 19]\n  shots: [
     "promote:\n  prompts: [3, 6]\n  keep: 0.5\n"
 
 
+@pytest.mark.slow  # two real orchestrators, each with its fake workers
 def test_two_orchestrators_promote_each_configuration_once_and_record_it(tmp_path: Path) -> None:
     """Two real orchestrators on one study: each promotion is made once, measured on its rung's items
     and recorded; the run holds its trials plus the promotions, and the pick rests on the larger sample.

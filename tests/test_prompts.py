@@ -82,6 +82,7 @@ def _run(model_path, tasks, output: str, max_tokens: int, model: str = "smollm2-
     return run_trial(config, settings, tasks)
 
 
+@pytest.mark.slow
 def test_smollm2_with_a_grammar_gives_a_parseable_answer_to_every_item(smollm2_path) -> None:
     from sweep.correctness.tasks import stratified_subset
 
@@ -93,6 +94,7 @@ def test_smollm2_with_a_grammar_gives_a_parseable_answer_to_every_item(smollm2_p
     assert outcome.figures["parse_failures"] == 0
 
 
+@pytest.mark.slow
 def test_smollm2_answers_in_json_for_every_kind(smollm2_path) -> None:
     from sweep.correctness.tasks import stratified_subset
 
@@ -121,6 +123,7 @@ def test_the_qwen_model_with_a_grammar_parses_on_every_item(cache_dir) -> None:
     assert [(a["id"], a["answer"]) for a in outcome.answers if not a["parsed"]] == []
 
 
+@pytest.mark.slow
 def test_a_shared_prefix_gives_the_same_answers_and_still_prefills_every_item(smollm2_path) -> None:
     """prefix_cache: shared against off, 3-shot, on SmolLM2: the same answers, and llama.cpp's own
     count of prefilled tokens shows every item prefilled fresh (more than nothing, less than the

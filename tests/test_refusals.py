@@ -16,9 +16,6 @@ from sweep.results.front import choose
 
 from conftest import TINY_SPACE, sweep_cli, write_space
 
-pytestmark = pytest.mark.portable  # make test runs these on both measurement paths
-
-
 def _one_line(proc, code: int, *needles: str) -> str:
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
@@ -28,6 +25,7 @@ def _one_line(proc, code: int, *needles: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_other_trial_settings_cannot_continue_a_study(one_trial: Path, isolated: Path) -> None:
     db = isolated / "studies.db"
     shutil.copy(one_trial, db)
@@ -36,6 +34,7 @@ def test_other_trial_settings_cannot_continue_a_study(one_trial: Path, isolated:
     assert db.read_bytes() == one_trial.read_bytes()
 
 
+@pytest.mark.slow
 def test_other_tasks_cannot_continue_a_study(one_trial: Path, isolated: Path) -> None:
     db = isolated / "studies.db"
     shutil.copy(one_trial, db)
@@ -71,7 +70,7 @@ def _export(one_trial: Path, isolated: Path, fmt: str = "json") -> Path:
     return out
 
 
-@pytest.mark.linux_path
+@pytest.mark.slow
 def test_a_study_measured_on_linux_is_not_continued_on_the_portable_path_unasked(one_trial: Path, isolated: Path) -> None:
     """The measurement path is part of the hardware class: the portable path's figures (psutil,
     in clock ticks) are not the Linux path's. Named, the class is joined, and each trial says
@@ -108,6 +107,8 @@ def test_an_unknown_measurement_path_is_bad_input(isolated: Path) -> None:
     _one_line(sweep_cli("models", "list", env={"SWEEP_PLATFORM": "macos"}), 2, "SWEEP_PLATFORM='macos'", "linux, portable")
 
 
+@pytest.mark.slow
+@pytest.mark.portable  # the CPUs a host has are read through psutil on the portable path
 def test_sweep_trial_refuses_cpus_this_host_lacks(one_trial: Path, isolated: Path) -> None:
     out = _export(one_trial, isolated)
     record = json.loads(out.read_text())
@@ -117,6 +118,7 @@ def test_sweep_trial_refuses_cpus_this_host_lacks(one_trial: Path, isolated: Pat
     _one_line(sweep_cli("trial", str(out)), 2, "config.cpus", f"CPU {bad_cpu} not available")
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_exit_3(one_trial: Path, isolated: Path, smollm2_path: Path) -> None:
     out = _export(one_trial, isolated)
     record = json.loads(out.read_text())
@@ -129,6 +131,7 @@ def test_a_failed_trial_is_exit_3(one_trial: Path, isolated: Path, smollm2_path:
     assert json.loads(proc.stdout)["reason"] == "model_load_failed"
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_is_exit_2(one_trial: Path, isolated: Path) -> None:
     shutil.copy(one_trial, isolated / "studies.db")
     target = isolated / "no-such-dir" / "e.json"
@@ -137,6 +140,7 @@ def test_an_unwritable_output_is_exit_2(one_trial: Path, isolated: Path) -> None
     _one_line(sweep_cli("report", "--study", "tiny", "-o", str(target)), 2, str(target))
 
 
+@pytest.mark.slow
 def test_a_run_whose_every_trial_failed_is_exit_3_and_its_empty_front_too(isolated: Path, smollm2_path: Path) -> None:
     cut = isolated / "cut.gguf"
     cut.write_bytes(smollm2_path.read_bytes()[:5_000_000])

@@ -26,7 +26,9 @@ FAULT_SPACE = TINY_SPACE.replace("  timeout_seconds: 120\n", "  timeout_seconds:
                                  "  memory_limit_gb: 1.0\n")
 
 # Every test here runs real sweeps, servers or calibrated loads; make test runs them on both measurement paths.
-pytestmark = [pytest.mark.slow, pytest.mark.portable]
+# The faults are the runner's to handle, so the trials run the fake worker (sweep.testing), but for
+# the truncated model, which is the real bindings' to refuse.
+pytestmark = [pytest.mark.slow, pytest.mark.portable, pytest.mark.usefixtures("fake_worker")]
 
 
 def trials(db: Path) -> list[tuple[int, str, str | None]]:
@@ -73,7 +75,9 @@ def test_fault_is_recorded_and_the_sweep_goes_on(mode: str, reason: str, detail:
     assert not stray_processes()
 
 
-def test_truncated_model_fails_to_load_and_the_real_one_completes(isolated: Path, db: Path, smollm2_path: Path) -> None:
+def test_truncated_model_fails_to_load_and_the_real_one_completes(isolated: Path, db: Path, smollm2_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEP_TEST_WORKER")  # the real bindings refuse the truncated file
     data = smollm2_path.read_bytes()
     cut = isolated / "cut.gguf"
     cut.write_bytes(data[: len(data) * 6 // 10])  # the header survives; the tensors do not

@@ -10,6 +10,9 @@ import pytest
 
 from conftest import TINY_SPACE, sweep_cli, write_space
 
+pytestmark = pytest.mark.slow  # every test here runs a real model, server or sweep
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",

@@ -37,6 +37,7 @@ def config(path: Path, **kw) -> TrialConfig:
     ("abort", "crashed", "SIGABRT"),
     ("garbage", "protocol", "garbage instead of a result"),
 ])
+@pytest.mark.slow
 def test_worker_faults_become_reasons(mode: str, reason: str, detail: str, smollm2_path: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_FAULT", f"{mode}:{tmp_path / 'flag'}")
@@ -49,6 +50,7 @@ def test_worker_faults_become_reasons(mode: str, reason: str, detail: str, smoll
 @pytest.mark.parametrize("mode, detail", [("exit_nonzero", "status 7"), ("wrong_version", "protocol version 99"),
                                           ("not_an_object", "must be a JSON object, got list"),
                                           ("missing_field", "prompt message without a valid 'latency_s'")])
+@pytest.mark.slow
 def test_protocol_and_exit_faults(mode: str, detail: str, smollm2_path: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_FAULT", f"{mode}:{tmp_path / 'flag'}")
@@ -58,6 +60,7 @@ def test_protocol_and_exit_faults(mode: str, detail: str, smollm2_path: Path, tm
     assert not stray_processes()
 
 
+@pytest.mark.slow
 def test_hanging_worker_times_out_and_its_group_is_killed(smollm2_path: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_FAULT", f"hang:{tmp_path / 'flag'}")
@@ -69,6 +72,7 @@ def test_hanging_worker_times_out_and_its_group_is_killed(smollm2_path: Path, tm
     assert not stray_processes()
 
 
+@pytest.mark.slow
 def test_memory_limit_is_enforced_by_the_runner(smollm2_path: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_FAULT", f"memory:{tmp_path / 'flag'}")
@@ -79,6 +83,7 @@ def test_memory_limit_is_enforced_by_the_runner(smollm2_path: Path, tmp_path: Pa
     assert outcome.figures["rss_peak_gb"] > 0.25  # the kernel's high-water mark confirms it
 
 
+@pytest.mark.slow
 def test_corrupt_model_fails_to_load(tmp_path: Path, smollm2_path: Path) -> None:
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(smollm2_path.read_bytes()[: 5_000_000])
@@ -86,6 +91,7 @@ def test_corrupt_model_fails_to_load(tmp_path: Path, smollm2_path: Path) -> None
     assert outcome.reason == "model_load_failed"
 
 
+@pytest.mark.slow
 def test_real_trial_measures_and_answers(smollm2_path: Path) -> None:
     outcome = run_trial(config(smollm2_path, cpus=(allowed_cpus()[0],)), QUICK, TASKS)
     assert outcome.ok, (outcome.reason, outcome.detail, outcome.stderr_tail)
@@ -109,6 +115,7 @@ def test_real_trial_measures_and_answers(smollm2_path: Path) -> None:
     assert all(t["cpus"] == str(allowed_cpus()[0]) for t in outcome.knobs["threads"])
 
 
+@pytest.mark.slow
 def test_a_worker_pinned_to_one_cpu_never_reads_above_one_core(smollm2_path: Path) -> None:
     """A fact of physics, on any machine however loaded: a worker pinned to one CPU cannot use more.
 
@@ -125,6 +132,7 @@ def test_a_worker_pinned_to_one_cpu_never_reads_above_one_core(smollm2_path: Pat
     assert one.figures["cpu_active_p99_core_pct"] <= 110
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(allowed_cpus()) < 2, reason="needs two CPUs")
 def test_knob_that_did_not_apply_fails_the_trial(smollm2_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_SKIP_KNOBS", "affinity")
@@ -133,6 +141,7 @@ def test_knob_that_did_not_apply_fails_the_trial(smollm2_path: Path, monkeypatch
     assert "may run on CPUs" in outcome.detail
 
 
+@pytest.mark.slow
 def test_nice_and_policy_hold_on_every_thread(smollm2_path: Path) -> None:
     # SCHED_IDLE yields to everything else: on a loaded machine the worker may wait a long time
     # for a CPU, so one short answer and generous time limits.
@@ -146,6 +155,7 @@ def test_nice_and_policy_hold_on_every_thread(smollm2_path: Path) -> None:
     assert all(t["nice"] == 19 and t["policy"] == "idle" for t in threads)
 
 
+@pytest.mark.slow
 def test_decode_pacing_caps_rate_and_cpu(smollm2_path: Path) -> None:
     settings = TrialSettings(prompts=3, idle_seconds=0.2, baseline_seconds=0.2, timeout_seconds=120, noise_retries=0,
                              probe=False)
@@ -190,6 +200,7 @@ def test_orchestrator_keeps_off_the_trial_cpus_and_restores_itself() -> None:
     assert os.sched_getaffinity(0) == before
 
 
+@pytest.mark.slow
 def test_an_interrupt_stops_the_monitor_and_the_probe_and_reaps_the_worker(smollm2_path: Path) -> None:
     """Ctrl-C in the middle of a trial: every exit path stops the sampler and the probe, and no
     child of ours is left, not even as a zombie."""
@@ -216,6 +227,7 @@ def test_an_interrupt_stops_the_monitor_and_the_probe_and_reaps_the_worker(smoll
     assert not left  # the worker and the probe were reaped: not even a zombie is left
 
 
+@pytest.mark.slow
 def test_a_trial_measured_under_others_load_is_flagged_and_repeated(smollm2_path: Path) -> None:
     """Busy loops on every CPU all through the trial: the noise guard lets it run (no retries), and
     the trial says it was measured under others' load; with busy_trials: repeat it is measured again."""
@@ -237,6 +249,7 @@ def test_a_trial_measured_under_others_load_is_flagged_and_repeated(smollm2_path
     assert f["busy_repeats"] == 1  # measured again once (noise_retries), the last one kept
 
 
+@pytest.mark.slow
 def test_a_worker_killed_by_a_real_time_signal_is_a_recorded_crash(smollm2_path: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_FAULT", f"rt_signal:{tmp_path / 'flag'}")
@@ -245,6 +258,7 @@ def test_a_worker_killed_by_a_real_time_signal_is_a_recorded_crash(smollm2_path:
     assert not stray_processes()
 
 
+@pytest.mark.slow
 def test_a_worker_that_never_reads_a_large_job_is_still_timed_out(smollm2_path: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEP_TEST_FAULT", f"never_read:{tmp_path / 'flag'}")
@@ -278,6 +292,7 @@ def test_the_memory_sampler_survives_a_process_that_exits_while_it_reads(monkeyp
     assert LinuxSampler().rss_kb(os.getpid()) == (0, 0)
 
 
+@pytest.mark.slow
 def test_a_worker_whose_parent_died_during_its_start_up_exits_at_once(smollm2_path: Path) -> None:
     import json
 

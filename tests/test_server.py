@@ -66,6 +66,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_server_trial_answers_with_figures(server_tools: Path, smollm2_path: Path) -> None:
     from sweep.trial.runner import run_trial
 
@@ -88,6 +89,7 @@ def test_server_trial_answers_with_figures(server_tools: Path, smollm2_path: Pat
     assert not _alive(server["pid"])  # killed and reaped with its trial
 
 
+@pytest.mark.slow
 def test_a_shared_prefix_on_the_server_prefills_every_item_and_answers_the_same(server_tools: Path,
                                                                                  smollm2_path: Path) -> None:
     """prefix_cache: shared against off on llama-server, 3-shot grammar: the same answers, and the
@@ -115,6 +117,7 @@ def test_a_shared_prefix_on_the_server_prefills_every_item_and_answers_the_same(
         assert 0 < s["prefill_tokens"] < s["prompt_tokens"] // 2  # only the item and its lead-in
 
 
+@pytest.mark.slow
 def test_server_killed_mid_trial_is_crashed_and_the_next_trial_runs(server_tools: Path, smollm2_path: Path) -> None:
     from sweep.trial.runner import run_trial
 
@@ -135,6 +138,7 @@ def test_server_killed_mid_trial_is_crashed_and_the_next_trial_runs(server_tools
     assert again.ok, (again.reason, again.detail)
 
 
+@pytest.mark.slow
 def test_prio_and_poll_are_read_back(server_tools: Path, smollm2_path: Path) -> None:
     from sweep.trial.runner import run_trial
 
@@ -165,6 +169,7 @@ def _export(study: dict, fmt: str, *extra: str) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_exported_llama_server_script_answers_and_measures_again(server_study: dict, server_tools: Path) -> None:
     record = json.loads(_export(server_study, "json").read_text())
     assert record["config"]["backend"] == "server" and record["config"]["poll"] == 0
@@ -183,6 +188,7 @@ def test_exported_llama_server_script_answers_and_measures_again(server_study: d
     assert measured["ok"] and measured["figures"]["server_decode_tps"] > 0
 
 
+@pytest.mark.slow
 def test_systemd_export_verifies_and_its_service_answers(server_study: dict, server_tools: Path,
                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
     import tempfile

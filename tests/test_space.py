@@ -46,6 +46,14 @@ BAD_CASES = {
                       ["trial.probe"]),
     "idle_figure_without_idle": (TINY_SPACE.replace("idle_seconds: 0.5", "idle_seconds: 0.1"),
                                  ["constraints.cpu_idle_share_pct", "two windows"]),
+    "server_knob_python_only": (TINY_SPACE.replace("nice: [0, 19]", "poll: [0, 50]"),
+                                ["params.poll", "llama-server knob", "add backend: [server]"]),
+    "pacing_server_only": (TINY_SPACE.replace("n_ctx: 512", "n_ctx: 512\n  backend: server\n  pace_tps: 8"),
+                           ["fixed.pace_tps", "cannot pace decoding", "add backend: [python]"]),
+    "context_k_without_context": (TINY_SPACE.replace("nice: [0, 19]", "context_k: [3, 7]"),
+                                  ["params.context_k", "only means something with context set", "at none"]),
+    "period_without_quota": (TINY_SPACE.replace("n_ctx: 512", "n_ctx: 512\n  cpu_period_ms: 50"),
+                             ["fixed.cpu_period_ms", "with cpu_quota_pct set", "leaves it unset"]),
     "missing_model_file": (TINY_SPACE.replace("models:", "model_paths:\n  mine: {path: /nonexistent/x.gguf}\nmodels:\n  mine: [Q4_0]"),
                            ["models.mine", "does not exist"]),
 }
@@ -115,6 +123,18 @@ def test_sample_clamps_threads_to_cores_and_ubatch_to_batch(isolated: Path) -> N
     assert config.n_threads == 1 and config.n_threads_batch == 1
     assert config.n_ubatch == config.n_batch == 512
     assert trial.user_attrs["config"]["n_threads"] == 1
+
+
+def test_a_knob_that_means_nothing_to_a_trial_is_left_out_of_its_config(isolated: Path) -> None:
+    """context_k is swept, but a trial without the catalog gets the default: the same configuration
+    is never measured twice under two values that change nothing."""
+    body = TINY_SPACE.replace("nice: [0, 19]", "context: [none, attack-catalog]\n  context_k: [3, 7]")
+    space = load_space(write_space(isolated / "s.yaml", body))
+    base = {"model": "smollm2-135m", "n_threads": 1, "n_batch": 64}
+    plain = space.sample(optuna.trial.FixedTrial({**base, "context": "none", "context_k": 7}))
+    assert plain.context_k == 5 and "context_k" not in plain.to_dict()
+    catalog = space.sample(optuna.trial.FixedTrial({**base, "context": "attack-catalog", "context_k": 7}))
+    assert catalog.context_k == 7
 
 
 def test_fingerprint_ignores_trial_settings_but_not_the_space(isolated: Path) -> None:

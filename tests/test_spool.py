@@ -23,6 +23,9 @@ import pytest
 
 from conftest import TINY_SPACE, database_away, sweep_cli, wait_for, write_space
 
+# The sweeps here are about what becomes of a measurement, not the model: fake workers (sweep.testing).
+pytestmark = pytest.mark.usefixtures("fake_worker")
+
 
 def _trials(url: str, name: str = "tiny") -> list:
     import optuna
@@ -109,6 +112,7 @@ def _measuring(url: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_postgresql_restart_during_a_sweep_loses_nothing(pg_url: str, tmp_path: Path, cache_dir: Path) -> None:
     from pgserver import pg_ctl
 
@@ -130,6 +134,7 @@ def test_a_postgresql_restart_during_a_sweep_loses_nothing(pg_url: str, tmp_path
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and _spooled() == []
 
 
+@pytest.mark.slow
 def test_a_database_away_past_the_window_stops_with_the_spool_named(pg_url: str, tmp_path: Path,
                                                                      cache_dir: Path) -> None:
     from pgserver import pg_ctl
@@ -188,6 +193,7 @@ def test_sqlite_locked_across_a_record_is_waited_out(tmp_path: Path, cache_dir: 
     assert [t.state.name for t in _trials(url)] == ["COMPLETE"] and _spooled() == []
 
 
+@pytest.mark.slow
 def test_a_database_down_when_a_sweep_starts_is_waited_for_then_exit_5(tmp_path: Path, pg_url: str) -> None:
     """A server that is down or restarting when `sweep run` starts is not bad input (exit 2): the
     sweep waits for it as for one that goes away later, and stops with exit 5 past the window. A

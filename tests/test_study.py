@@ -13,6 +13,9 @@ from sweep.results.front import MISSING_FIGURE, constraint_values
 
 from conftest import TINY_SPACE, sweep_cli, write_space
 
+# The sweeps here are about what becomes of a measurement, not the model: fake workers (sweep.testing).
+pytestmark = pytest.mark.usefixtures("fake_worker")
+
 ONE_CONFIG = TINY_SPACE.replace('''params:
   n_threads: {low: 1, high: all}
   n_batch: [64, 512]

@@ -127,6 +127,7 @@ def _study(db: Path) -> optuna.Study:
     return optuna.load_study(study_name="v", storage=f"sqlite:///{db}")
 
 
+@pytest.mark.slow
 def test_verify_stores_pooled_figures_with_an_interval(verified: dict) -> None:
     proc = verified["proc"]
     assert proc.returncode == 0, proc.stderr
@@ -164,6 +165,7 @@ def test_verify_stores_pooled_figures_with_an_interval(verified: dict) -> None:
         assert set(record["by_kind"]) == {"attack", "iocs", "mcq", "severity", "verdict"}
 
 
+@pytest.mark.slow
 def test_export_prefers_verified_figures(verified: dict) -> None:
     out = verified["work"] / "pick.json"
     proc = sweep_cli("export", "--study", "v", "-o", str(out), "--allow-infeasible", env=verified["env"])
@@ -177,6 +179,7 @@ def test_export_prefers_verified_figures(verified: dict) -> None:
     assert record["prompt_strategy"]["output"] == "grammar" and "iocs" in record["prompt_strategy"]["grammars"]
 
 
+@pytest.mark.slow
 def test_verify_again_skips_what_is_verified_and_refuses_bad_input(verified: dict) -> None:
     env = verified["env"]
     again = sweep_cli("verify", "--study", "v", "--tasks", str(verified["tasks"]), "--repeats", "2", env=env)
@@ -191,6 +194,7 @@ def test_verify_again_skips_what_is_verified_and_refuses_bad_input(verified: dic
     assert verified["db"].read_bytes() == before
 
 
+@pytest.mark.slow
 def test_verify_without_the_lock_does_not_wait_for_it(smollm2_path: Path) -> None:
     import threading
 

@@ -54,6 +54,9 @@ CMAKE_FLAGS = (
     *((f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}") if NO_AMX else ()),
 )
 MANIFEST = "tools.json"
+# What a build holds, in the manifest: 2 is shared libraries in lib/ (every one a program or the
+# bindings load) and the programs in bin/; a build of another layout is built again.
+LAYOUT = 2
 
 
 class ToolsError(SweepError):
@@ -167,7 +170,8 @@ def _same_flags(done: dict[str, Any] | None) -> bool:
 
 def _current(done: dict[str, Any] | None, target: Path, force: bool) -> TypeGuard[dict[str, Any]]:
     """Built already, with this sweep's flags (a build with other flags, one with AMX say, is redone)."""
-    return bool(done and not force and _same_flags(done) and all((target / "bin" / p).is_file() for p in PROGRAMS)
+    return bool(done and not force and _same_flags(done) and done.get("layout") == LAYOUT
+                and all((target / "bin" / p).is_file() for p in PROGRAMS)
                 and done.get("libraries") and all((target / "lib" / n).is_file() for n in done["libraries"]))
 
 
@@ -218,10 +222,11 @@ def link_bindings(done: dict[str, Any], log: Callable[[str], None] = print, lib_
         shutil.copy2(source / name, partial)
         os.replace(partial, lib_dir / name)
         plain = lib_dir / name[: name.index(".so") + 3]
-        partial_link = lib_dir / f".{plain.name}.link"
-        partial_link.unlink(missing_ok=True)
-        partial_link.symlink_to(name)
-        os.replace(partial_link, plain)
+        if plain.name != name:
+            partial_link = lib_dir / f".{plain.name}.link"
+            partial_link.unlink(missing_ok=True)
+            partial_link.symlink_to(name)
+            os.replace(partial_link, plain)
     log(f"the bindings now load the built libraries ({', '.join(sorted(todo))}) from {lib_dir}")
     return lib_dir
 
@@ -272,10 +277,14 @@ def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log
     configure = ["cmake", "-S", str(llama), "-B", str(build_dir), *CMAKE_FLAGS]
     compile_ = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *PROGRAMS]
     started = time.monotonic()
+    # ggml compiles through ccache where it is installed. Each build unpacks into a directory of its
+    # own name: with that as ccache's base directory (paths under it hashed as relative ones), a
+    # rebuild of the same sdist with the same flags (another clone, a forced build) hits the cache.
+    env = {**os.environ, "CCACHE_BASEDIR": str(tmp), "CCACHE_NOHASHDIR": "1"}
     with open(log_path, "w") as out:
         for step, cmd in (("configuring", configure), ("compiling", compile_)):
             log(f"{step}: {' '.join(cmd)}" + (" (about 6 minutes on 2 cores)" if step == "compiling" else ""))
-            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
             if rc != 0:
                 lines = log_path.read_text(errors="replace").strip().splitlines()
                 errors = [x for x in lines if "error" in x.lower()][-2:] or lines[-2:]
@@ -287,8 +296,10 @@ def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log
     for p in PROGRAMS:
         shutil.copy2(build_dir / "bin" / p, staged / "bin" / p)
     # Each shared library once, as a plain file under its soname (the link chain libggml.so ->
-    # libggml.so.0 -> libggml.so.0.25.3 is the build's; the loader asks for the soname).
-    sonames = sorted(f.name for f in (build_dir / "bin").iterdir() if _SONAME.match(f.name))
+    # libggml.so.0 -> libggml.so.0.25.3 is the build's; the loader asks for the soname). A library
+    # without a version (libllama-server-impl.so) is its own soname.
+    sonames = sorted(f.name for f in (build_dir / "bin").iterdir()
+                     if _SONAME.match(f.name) or (f.name.endswith(".so") and not f.is_symlink()))
     if "libllama.so.0" not in sonames and not any(n.startswith("libllama.so.") for n in sonames):
         raise ToolsError(f"building llama.cpp made no shared libllama in {build_dir / 'bin'}")
     for name in sonames:
@@ -297,7 +308,7 @@ def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log
     info = {
         "llama_cpp_python": version, "llama_cpp_commit": llama_cpp_commit(src),
         "versions": {p: program_version(staged / "bin" / p) for p in PROGRAMS},
-        "libraries": {name: _digest(staged / "lib" / name) for name in sonames},
+        "layout": LAYOUT, "libraries": {name: _digest(staged / "lib" / name) for name in sonames},
         "cmake_flags": list(CMAKE_FLAGS), "jobs": jobs, "build_seconds": round(wall, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sdist": str(sdist),
     }

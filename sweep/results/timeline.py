@@ -91,7 +91,7 @@ def column_phases(series: dict[str, Any], per: int) -> list[str]:
 
     def overlap(col: int, span: tuple[str, float, float]) -> float:
         a, b = starts[cols[col]], ends[min(cols[col] + per, len(ends)) - 1]
-        return max(0.0, min(b, span[2]) - max(a, span[1]))
+        return float(max(0.0, min(b, span[2]) - max(a, span[1])))
 
     open_cols = [c for c, p in enumerate(drawn) if p == "transition"]
     for c in open_cols:

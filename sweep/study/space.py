@@ -25,7 +25,7 @@ from sweep.measure.open_load import FIGURES as OPEN_FIGURES
 from sweep.models.registry import Registry
 from sweep import platforms
 from sweep.platforms import is_portable
-from sweep.params import CGROUP_KNOBS, CONFIG_KNOBS, PARAMS, SERVER_ONLY, defaults
+from sweep.params import CGROUP_LIMITS, CONFIG_KNOBS, PARAMS, backend_reason, defaults, idle_knobs, is_set
 from sweep.records import TrialConfig, TrialSettings
 from sweep.trial.server import PARALLEL_PREFIX, config_problem, tools_problem
 
@@ -219,12 +219,11 @@ class Space:
         else:
             cpus = self.cpus
         mf = self.registry.resolve(model, quant)
-        server = v["backend"] == "server"
         # Threads never exceed the cores they may run on; n_ubatch never exceeds n_batch
         # (llama.cpp would clamp it silently; here the effective value is recorded).
         values = {name: v.get(name) for name in CONFIG_KNOBS}
-        for name in SERVER_ONLY:  # llama.cpp's own knobs mean nothing to a python trial: not in its config
-            values[name] = values[name] if server else None
+        for name in idle_knobs(values):  # what means nothing to this trial (another backend's knob, say) is left out
+            values[name] = PARAMS[name].default
         return TrialConfig(
             model=model, quant=quant, model_path=str(mf.path), chat_format=mf.chat_format,
             **{**values, "cpus": cpus, "temperature": float(v["temperature"]),
@@ -269,20 +268,25 @@ def _choices(spec: SpaceFile, name: str) -> list[Any]:
 
 
 def _check_backend(path: Path, spec: SpaceFile) -> None:
-    """llama.cpp's own knobs only with the server backend; what the server backend cannot do, refused."""
+    """A knob no trial of the space can take (no backend it runs takes it, or the knob it needs is
+    never set) is refused; one some trials take is left out of the others' configs (``idle_knobs``).
+    What the server backend cannot do is refused."""
     def key(name: str) -> str:
         return f"{path}: {'params' if name in spec.params else 'fixed'}.{name}"
 
-    if "server" not in _choices(spec, "backend"):
-        for name in SERVER_ONLY:
-            if name in spec.params or spec.fixed.get(name) is not None:
-                raise SpaceError(f"{key(name)}: {name} is a llama-server knob and this space runs only the "
-                                 "python backend (add backend: [server] or [python, server])")
+    backends = _choices(spec, "backend")
+    for name, p in PARAMS.items():
+        if not any(is_set(name, v) for v in _choices(spec, name)):
+            continue
+        if not set(backends) & set(p.backends):
+            raise SpaceError(f"{key(name)}: {backend_reason(name)}, and this space runs only backend "
+                             f"{', '.join(backends)} (add backend: [{', '.join(p.backends)}])")
+        if p.only_with and not any(is_set(p.only_with, v) for v in _choices(spec, p.only_with)):
+            alone = PARAMS[p.only_with].default
+            raise SpaceError(f"{key(name)}: {name} only means something with {p.only_with} set, and this space "
+                             f"leaves it {'unset' if alone is None else f'at {alone}'}")
+    if "server" not in backends:
         return
-    for name in ("pace_tps", "pace_duty"):
-        if any(v is not None for v in _choices(spec, name)):
-            raise SpaceError(f"{key(name)}: llama-server cannot pace decoding (it streams as fast as it "
-                             "computes); pacing needs backend: python")
     if any((v or 1) > 1 for v in _choices(spec, "parallel")) and "shared" in _choices(spec, "prefix_cache"):
         raise SpaceError(f"{key('parallel')}: {PARALLEL_PREFIX}")
     missing = tools_problem()  # last: what the space asks is checked even where the tools are not built
@@ -318,8 +322,7 @@ def _check_cgroups(path: Path, spec: SpaceFile) -> None:
     """A space that sets a kernel limit needs a cgroup per trial: refused where none can be made."""
     from sweep.trial.cgroups import controllers_for, problem
 
-    wants = {name: v for name in CGROUP_KNOBS if name != "cpu_period_ms"
-             for v in _choices(spec, name) if v is not None}
+    wants = {name: v for name in CGROUP_LIMITS for v in _choices(spec, name) if v is not None}
     controllers = controllers_for(wants)
     if not controllers:
         return
@@ -462,7 +465,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
         if name not in METRICS:
             raise SpaceError(f"{path}: constraints.{name}: unknown metric")
         _check_producible(f"{path}: constraints.{name}", name, spec.trial)
-    limited = any(v is not None for name in CGROUP_KNOBS if name != "cpu_period_ms" for v in _choices(spec, name))
+    limited = any(v is not None for name in CGROUP_LIMITS for v in _choices(spec, name))
     for where, name in [*((f"objectives[{i}]", n) for i, n in enumerate(spec.objectives)),
                         *((f"constraints.{n}", n) for n in spec.constraints)]:
         if name.startswith("cg_") and not limited:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sweep.params import PARAMS, SERVER_ONLY
+from sweep.params import PARAMS, SERVER_ONLY, idle_knobs
 
 # llama-cpp-python chat_format -> llama.cpp built-in template, where the two agree.
 SERVER_TEMPLATES = {"chatml": "chatml", "gemma": "gemma", "llama-2": "llama2", "llama-3": "llama3",
@@ -70,14 +70,15 @@ PARALLEL_PREFIX = ("prefix_cache: shared restores each kind's prefix into slot 0
 
 def config_problem(c: dict[str, Any]) -> str | None:
     """Why a configuration cannot run as given (``config.KEY: why``), or None."""
+    idle = idle_knobs(c)
+    if idle:
+        name = next(iter(idle))
+        return f"config.{name}: {idle[name]}"
     if c.get("backend", "python") != "server":
-        key = next((k for k in SERVER_ONLY if c.get(k) is not None), None)
-        return f"config.{key}: a llama-server knob, but config.backend is python" if key else None
+        return None
     wrong = next((f"config.{k}: {p}" for k in SERVER_ONLY if (p := PARAMS[k].problem(c.get(k)))), None)
     if wrong:
         return wrong
-    if c.get("pace_tps") or c.get("pace_duty"):
-        return "config.pace_tps/pace_duty: llama-server cannot pace decoding"
     if (c.get("parallel") or 1) > 1 and c.get("prefix_cache") == "shared":
         return f"config.parallel: {PARALLEL_PREFIX}"
     missing = tools_problem()
