@@ -277,14 +277,10 @@ def _build_in(tmp: Path, sdist: Path, version: str, target: Path, jobs: int, log
     configure = ["cmake", "-S", str(llama), "-B", str(build_dir), *CMAKE_FLAGS]
     compile_ = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *PROGRAMS]
     started = time.monotonic()
-    # ggml compiles through ccache where it is installed. Each build unpacks into a directory of its
-    # own name: with that as ccache's base directory (paths under it hashed as relative ones), a
-    # rebuild of the same sdist with the same flags (another clone, a forced build) hits the cache.
-    env = {**os.environ, "CCACHE_BASEDIR": str(tmp), "CCACHE_NOHASHDIR": "1"}
     with open(log_path, "w") as out:
         for step, cmd in (("configuring", configure), ("compiling", compile_)):
             log(f"{step}: {' '.join(cmd)}" + (" (about 6 minutes on 2 cores)" if step == "compiling" else ""))
-            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
             if rc != 0:
                 lines = log_path.read_text(errors="replace").strip().splitlines()
                 errors = [x for x in lines if "error" in x.lower()][-2:] or lines[-2:]
