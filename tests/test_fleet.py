@@ -123,7 +123,9 @@ def _running_on(url: str, name: str) -> bool:
 
 
 @TWO_CPUS
-def test_sigkill_of_one_of_two_orchestrators(isolated: Path, pg_url: str) -> None:
+def test_sigkill_of_one_of_two_orchestrators(isolated: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real model's trials: the survivor must still be measuring when the lost trial is requeued.
+    monkeypatch.delenv("SWEEP_TEST_WORKER")
     space = write_space(isolated / "s.yaml", TINY_SPACE)
     a = start(space, 5, host("a", isolated, **FAST_HEARTBEAT), cpu=allowed_cpus()[0])
     wait_for(lambda: _running_on(pg_url, "a"))

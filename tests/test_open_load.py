@@ -103,7 +103,7 @@ def test_sweep_capacity_bisects_to_the_highest_rate_that_holds(tmp_path: Path, f
     settings = TrialSettings(prompts=4, idle_seconds=0.3, baseline_seconds=0.2, noise_retries=0, timeout_seconds=120)
     conf.write_text(json.dumps({"config": config(cpus=(0,)).to_dict(), "settings": settings.to_dict()}))
     proc = sweep_cli("capacity", str(conf), "--budget", "queue_wait_p95_s=1.0", "--arrival", "constant",
-                     "--seconds", "4", "--low", "15", "--high", "960", "--steps", "1", "--json", "--no-lock")
+                     "--seconds", "5", "--low", "15", "--high", "960", "--steps", "1", "--json", "--no-lock")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     steps = out["steps"]

@@ -118,7 +118,7 @@ def _workers_of(pid: int) -> list[int]:
                 cmd = f.read()
         except (OSError, ValueError):
             continue
-        if ppid == pid and b"sweep.trial.worker" in cmd:
+        if ppid == pid and (b"sweep.trial.worker" in cmd or b"sweep.testing.worker" in cmd):
             found.append(int(entry))
     return found
 
