@@ -53,7 +53,10 @@ test: $(VENV)/.installed
 	@$(BIN)/sweep tools list 2>/dev/null | grep -q "^llama-server" || echo "*** llama-server is not built: the server-backend tests will be SKIPPED (make tools; .ci/run builds it) ***"
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q --durations=30 -m "not soak"
+	@echo "== the tests that start no model, server or calibrated load, two at a time (pytest-xdist)"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not soak"
+	@echo "== the tests that measure or run a real model, one at a time"
+	$(BIN)/python -m pytest -q --durations=30 -m "slow and not soak"
 	@echo "== the end-to-end and fault tests again, on the portable measurement path (psutil, portalocker)"
 	SWEEP_PLATFORM=portable $(BIN)/python -m pytest -q --durations=10 -m "portable and not linux_path"
 
@@ -65,7 +68,7 @@ soak: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 # The docs site (mkdocs.yml, docs/): --strict fails on a broken link. Never with -q: mkdocs 1.6.1's
 # -q hides the warnings that strict mode turns into a failure.

@@ -136,6 +136,7 @@ def test_a_child_dies_with_its_parent_by_a_watching_thread(watch: bool) -> None:
             os.kill(child, signal.SIGKILL)
 
 
+@pytest.mark.slow  # reads a paused process's CPU time: alone on the machine
 def test_the_foreground_is_paused_and_resumed_by_psutil(portable: None) -> None:
     from sweep.measure.foreground import CpuLoad
 

@@ -239,7 +239,9 @@ def test_server_args_carry_llama_cpp_knobs() -> None:
     ("fixed:\n  backend: python\n  cpu_strict: 1\n", ["fixed.cpu_strict", "python backend"]),
     # what the server backend cannot do
     ("fixed:\n  backend: server\n  prio: 1\n", ["fixed.prio"]),
-    ("params:\n  backend: [python, server]\n  pace_tps: [null, 10]\n", ["params.pace_tps"]),
+    ("fixed:\n  backend: server\n  pace_tps: 10\n", ["fixed.pace_tps", "cannot pace decoding"]),
+    # a knob that needs another: the batch poll level without poll
+    ("fixed:\n  backend: server\n  poll_batch: 0\n", ["fixed.poll_batch", "with poll set"]),
 ])
 def test_knobs_a_backend_cannot_take_are_refused(tmp_path: Path, body: str, needles: list[str]) -> None:
     space = write_space(tmp_path / "s.yaml", "version: 1\nname: r\nmodels:\n  smollm2-135m: [Q4_1]\n" + body)

@@ -279,8 +279,8 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
         if not any(is_set(name, v) for v in _choices(spec, name)):
             continue
         if not set(backends) & set(p.backends):
-            raise SpaceError(f"{key(name)}: {backend_reason(name)}, and this space runs only backend "
-                             f"{', '.join(backends)} (add backend: [{', '.join(p.backends)}])")
+            raise SpaceError(f"{key(name)}: {backend_reason(name)}, and this space runs only the "
+                             f"{' and '.join(backends)} backend (add backend: [{', '.join(p.backends)}])")
         if p.only_with and not any(is_set(p.only_with, v) for v in _choices(spec, p.only_with)):
             alone = PARAMS[p.only_with].default
             raise SpaceError(f"{key(name)}: {name} only means something with {p.only_with} set, and this space "
