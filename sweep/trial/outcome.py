@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweep.correctness.prompts import answer_text
-from sweep.correctness.guard import judge, layers
-from sweep.correctness.tasks import Task, injection_group, ioc_candidates, reported, score_answers
+from sweep.correctness.guard import ioc_evidence, judge, layers
+from sweep.correctness.tasks import Task, injection_group, reported, score_answers
 from sweep.measure.metrics import (
     contended_figures,
     cpu_load_figures,
@@ -230,7 +230,7 @@ def guarded(task: Task, prompt: dict[str, Any], config: TrialConfig) -> tuple[st
     text = answer_text(prompt["answer"], config.output)
     view = prompt.get("view_answer")
     return judge(task.kind, task.input, text, None if view is None else answer_text(view, config.output),
-                 config.input_guard, ioc_candidates(task.input))
+                 config.input_guard, ioc_evidence(task.input))
 
 
 def injection_records(obs: Observation) -> list[dict[str, Any]]:
