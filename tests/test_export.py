@@ -229,6 +229,35 @@ def test_a_link_is_refused_where_a_user_could_repoint_it(tmp_path: Path) -> None
     assert service_path_problem("/bin/true") is None
 
 
+def test_install_copies_the_libraries_a_built_llama_server_loads(tmp_path: Path) -> None:
+    """A llama-server of `sweep tools build` loads its libraries from ../lib: those its manifest
+    lists go beside the copy, root's, and nothing else of that directory."""
+    import tempfile
+
+    from sweep.results.export import install
+
+    if os.geteuid() != 0:
+        pytest.skip("--install copies into a directory of root's: run the tests as root")
+    built = tmp_path / "llama-cpp-python-9.9.9"
+    for sub in ("bin", "lib"):
+        (built / sub).mkdir(parents=True)
+    (built / "bin" / "llama-server").write_text("#!/bin/sh\n")
+    (built / "lib" / "libllama.so.0").write_text("llama")
+    (built / "lib" / "libllama-server-impl.so").write_text("server")  # no version: its own soname
+    (built / "lib" / "stray.txt").write_text("not a library of the build")
+    (built / "tools.json").write_text(json.dumps({"libraries": {"libllama.so.0": "x", "libllama-server-impl.so": "y"}}))
+    model = tmp_path / "m.gguf"
+    model.write_text("model")
+    opt = Path(tempfile.mkdtemp(prefix="sweep-opt-"))
+    try:
+        opt.chmod(0o755)
+        install({**_keyed_record(str(built / "bin" / "llama-server")), "config": {"model_path": str(model)}}, opt)
+        assert sorted(p.name for p in (opt / "lib").iterdir()) == ["libllama-server-impl.so", "libllama.so.0"]
+        assert all(p.stat().st_mode & 0o777 == 0o644 and p.stat().st_uid == 0 for p in (opt / "lib").iterdir())
+    finally:
+        shutil.rmtree(opt)
+
+
 def test_install_never_follows_a_link_planted_in_its_directory(tmp_path: Path) -> None:
     import tempfile
 

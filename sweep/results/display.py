@@ -14,18 +14,17 @@ from sweep.records import Progress
 def config_summary(c: dict[str, Any] | None) -> str:
     """A trial's configuration in one line: the usual knobs always, every other one (the knob table's
     ``shown``) where it is not at its default."""
-    from sweep.params import PARAMS
+    from sweep.params import PARAMS, idle_knobs, is_set
 
     if not c:
         return "?"
     cpus = ",".join(map(str, c["cpus"])) if c.get("cpus") else "any"
     out = (f"{c['model']}:{c['quant']} t={c['n_threads']}/{c['n_threads_batch']} b={c['n_batch']}/{c['n_ubatch']} "
            f"ctx={c['n_ctx']} cpus={cpus} nice={c['nice']} {c['sched_policy']}")
+    idle = idle_knobs(c)  # an older record may hold a value its trial never used (context_k without the catalog)
     for name, p in PARAMS.items():
-        value = c.get(name)
-        if p.shown and value is not None and value != p.default and not (name == "context_k" and c.get("context") in
-                                                                           (None, "none")):
-            out += " " + p.shown.format(value)
+        if p.shown and is_set(name, c.get(name)) and name not in idle:
+            out += " " + p.shown.format(c[name])
     return out + f" | {c.get('shots', 0)}-shot {c.get('output', 'free')} max_tokens={c.get('max_tokens', '?')}"
 
 

@@ -477,8 +477,15 @@ def install(record: dict[str, Any], directory: str | Path, server_binary: str | 
     sources = {"bin": server_binary or argv[0], "models": record["config"]["model_path"]}
     if shutil.which(sources["bin"]):
         sources["bin"] = shutil.which(sources["bin"]) or sources["bin"]
-    # The shared libraries `sweep tools build` put beside the program (it finds them in ../lib).
-    libs = sorted(str(f) for f in (Path(sources["bin"]).resolve().parent.parent / "lib").glob("lib*.so.*"))
+    # The shared libraries a program `sweep tools build` made loads from ../lib, as its manifest lists them.
+    from sweep.models.tools import MANIFEST
+
+    built = Path(sources["bin"]).resolve().parent.parent
+    try:
+        named = json.loads((built / MANIFEST).read_text()).get("libraries") or {}
+    except (OSError, ValueError):
+        named = {}
+    libs = [str(built / "lib" / name) for name in sorted(named)]
     copies = {}
     for sub, source in [*sources.items(), *(("lib", lib) for lib in libs)]:
         target_dir = Path(directory) / sub

@@ -470,7 +470,7 @@ def load_space(path: str | Path, models_dir: str | Path | None = None) -> Space:
                         *((f"constraints.{n}", n) for n in spec.constraints)]:
         if name.startswith("cg_") and not limited:
             raise SpaceError(f"{path}: {where}: {name} is counted in a trial's own cgroup, and this space sets no "
-                             "kernel limit (cpu_quota_pct, cpu_weight, memory_high_gb or memory_max_gb)")
+                             f"kernel limit ({', '.join(CGROUP_LIMITS[:-1])} or {CGROUP_LIMITS[-1]})")
     _check_arrivals(path, spec.trial)
     if spec.promote and spec.promote.prompts[0] != spec.trial.prompts:
         raise SpaceError(f"{path}: promote.prompts: the first rung ({spec.promote.prompts[0]}) must be the items every "
