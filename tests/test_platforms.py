@@ -22,7 +22,7 @@ from sweep.measure.host import allowed_cpus
 from sweep.study.space import load_space
 from sweep.trial.runner import run_trial
 
-from conftest import QUICK_TAIL, sweep_cli, write_space
+from conftest import QUICK_TAIL, sweep_cli, wait_for, write_space
 from test_runner import QUICK, TASKS, config
 
 PORTABLE = {"SWEEP_PLATFORM": "portable"}
@@ -153,7 +153,8 @@ def test_the_foreground_is_paused_and_resumed_by_psutil(portable: None) -> None:
         time.sleep(1.0)
         assert cpu() > 0.2  # it computes
         load.pause()
-        assert all(p.status() == psutil.STATUS_STOPPED for p in tree())
+        # SIGSTOP is delivered when the kernel next schedules each process: stopped soon, not at once.
+        wait_for(lambda: all(p.status() == psutil.STATUS_STOPPED for p in tree()), timeout=10)
         before = cpu()
         time.sleep(0.5)
         assert cpu() - before < 0.02  # no CPU while paused
