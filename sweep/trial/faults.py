@@ -1,4 +1,4 @@
-"""Fault injection for the fault suite: the one test hook, in both worker programs.
+"""Fault injection for the fault suite: a test hook in every worker program (the real two and the fake).
 
 ``SWEEP_TEST_FAULT=MODE:FLAGFILE`` makes the first worker that finds no FLAGFILE fault (it makes
 the file), before it reads its job, so that a whole sweep can run with one faulty trial and the

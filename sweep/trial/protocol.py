@@ -87,7 +87,7 @@ def serve(argv: list[str], run: Callable[[dict[str, Any], Channel], int]) -> int
 
     die_with_parent()
     chan = Channel(int(argv[0]))
-    inject(chan.fd)  # the fault suite's one hook (SWEEP_TEST_FAULT); nothing when unset
+    inject(chan.fd)  # the fault suite's hook (SWEEP_TEST_FAULT); nothing when unset
     job = json.loads(sys.stdin.readline())
     try:
         return run(job, chan)
