@@ -201,7 +201,8 @@ PARAMS.update({
                            shown="mem_max={:g}GB"),
 })
 CGROUP_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied == "cgroup")
-CGROUP_LIMITS = tuple(name for name in CGROUP_KNOBS if not PARAMS[name].only_with)  # a limit of its own (a period is not)
+# The knobs that limit by themselves (a period is not a limit without a quota).
+CGROUP_LIMITS = tuple(name for name in CGROUP_KNOBS if not PARAMS[name].only_with)
 
 SERVER_ONLY = tuple(name for name, p in PARAMS.items() if p.backends == _SERVER)
 CONFIG_KNOBS = tuple(name for name, p in PARAMS.items() if p.applied != "sampling")  # TrialConfig's fields
@@ -229,10 +230,14 @@ def idle_knobs(values: dict[str, Any]) -> dict[str, str]:
         if backend not in p.backends:
             idle[name] = f"{backend_reason(name)}, and backend is {backend}"
         elif p.only_with and not is_set(p.only_with, values.get(p.only_with)):
-            alone = PARAMS[p.only_with].default
-            idle[name] = f"{name} only means something with {p.only_with} set, which is left " + \
-                         ("unset" if alone is None else f"at {alone}")
+            idle[name] = f"{name} only means something with {p.only_with} set, which is left {left_alone(p.only_with)}"
     return idle
+
+
+def left_alone(name: str) -> str:
+    """How knob ``name`` reads when left at its default: ``unset``, or ``at none``."""
+    default = PARAMS[name].default
+    return "unset" if default is None else f"at {default}"
 
 
 _PROGRAMS = {"python": "llama-cpp-python", "server": "llama-server"}

@@ -116,7 +116,6 @@ def ascii_timeline(series: dict[str, Any], budgets: dict[str, dict[str, float]],
                    height: int = 10) -> str:
     """The LLM's share of the machine per column (max over the windows in it), phases below."""
     values = share_of_machine(series)
-    phases = series["phase"]
     if not values:
         return "(no windows)"
     per = max(1, -(-len(values) // width))

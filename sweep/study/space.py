@@ -25,7 +25,8 @@ from sweep.measure.open_load import FIGURES as OPEN_FIGURES
 from sweep.models.registry import Registry
 from sweep import platforms
 from sweep.platforms import is_portable
-from sweep.params import CGROUP_LIMITS, CONFIG_KNOBS, PARAMS, backend_reason, defaults, idle_knobs, is_set
+from sweep.params import (CGROUP_LIMITS, CONFIG_KNOBS, PARAMS, backend_reason, defaults, idle_knobs, is_set,
+                          left_alone)
 from sweep.records import TrialConfig, TrialSettings
 from sweep.trial.server import PARALLEL_PREFIX, config_problem, tools_problem
 
@@ -282,9 +283,8 @@ def _check_backend(path: Path, spec: SpaceFile) -> None:
             raise SpaceError(f"{key(name)}: {backend_reason(name)}, and this space runs only the "
                              f"{' and '.join(backends)} backend (add backend: [{', '.join(p.backends)}])")
         if p.only_with and not any(is_set(p.only_with, v) for v in _choices(spec, p.only_with)):
-            alone = PARAMS[p.only_with].default
             raise SpaceError(f"{key(name)}: {name} only means something with {p.only_with} set, and this space "
-                             f"leaves it {'unset' if alone is None else f'at {alone}'}")
+                             f"leaves it {left_alone(p.only_with)}")
     if "server" not in backends:
         return
     if any((v or 1) > 1 for v in _choices(spec, "parallel")) and "shared" in _choices(spec, "prefix_cache"):
